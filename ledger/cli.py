@@ -1,0 +1,213 @@
+"""The ``ledger`` command line: parses options, calls the core modules, renders what they return.
+
+Errors are mapped to exit codes in exactly one place (``LedgerGroup.invoke``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .db import open_ledger, upgrade
+from .errors import ExitStatus, InputError, LedgerError
+from .redact import RedactingFilter, redact
+from .scan import ScanReport, scan
+from .settings import OUTPUT_MODES, Settings, load_settings
+from .states import ALL_STATES
+from .store import Store
+
+log = logging.getLogger("ledger")
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def money(cents: int) -> str:
+    return f"${cents / 100:,.2f}"
+
+
+@dataclass
+class App:
+    """What the group callback gathers; ``settings()`` builds the one Settings object of a run."""
+
+    cwd: Path
+    environ: Dict[str, str]
+    verbose: int
+    database_url: Optional[str]
+    redactor: RedactingFilter
+    built: Optional[Settings] = None
+    secrets: List[str] = field(default_factory=list)
+
+    def settings(self, **overrides: Any) -> Settings:
+        if self.built is None:
+            self.built = load_settings(self.cwd, self.environ, {"database_url": self.database_url, **overrides})
+            if self.built.api_key:
+                self.secrets.append(self.built.api_key)
+                self.redactor.secrets.append(self.built.api_key)
+        return self.built
+
+    def store(self, settings: Settings) -> Store:
+        assert settings.database_url
+        return Store(open_ledger(settings.database_url), cwd=self.cwd)
+
+
+class LedgerGroup(click.Group):
+    """Maps every LedgerError (and Ctrl+C) to its documented exit code and a one-line cause."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LedgerError as exc:
+            self._report(ctx, exc)
+            ctx.exit(int(exc.exit_status))
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            ctx.exit(int(ExitStatus.INTERRUPTED))
+
+    @staticmethod
+    def _report(ctx: click.Context, exc: LedgerError) -> None:
+        app = ctx.find_object(App)
+        secrets = app.secrets if app else []
+        if app and app.verbose:
+            import traceback
+
+            err.print(redact("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), secrets), markup=False)
+        err.print(f"error: {redact(str(exc), secrets)}", markup=False)
+
+
+def _configure_logging(verbose: int, redactor: RedactingFilter) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.addFilter(redactor)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_ledger", False)]:
+        root.removeHandler(old)
+    handler._ledger = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+@click.group(cls=LedgerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ledger")
+@click.option("-v", "--verbose", count=True, help="More log lines (-vv for debug); tracebacks on errors.")
+@click.option("--database", "database_url", metavar="URL", help="Ledger database URL (LEDGER_DATABASE_URL).")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, database_url: Optional[str]) -> None:
+    """Turn storyboard JSON files into generated videos, reliably and in bulk."""
+    redactor = RedactingFilter()
+    _configure_logging(verbose, redactor)
+    ctx.obj = App(cwd=Path.cwd(), environ=dict(os.environ), verbose=verbose, database_url=database_url, redactor=redactor)
+
+
+def layout_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that say where storyboards are and where videos go."""
+    func = click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
+                        help="Where centralized output goes (OUTPUT_DIR, default ./output).")(func)
+    func = click.option("--output-mode", type=click.Choice(OUTPUT_MODES),
+                        help="centralized: output/{sub/dirs}/{stem}/Segment_{i}/; in-place: next to each storyboard.")(func)
+    func = click.option("--input-dir", type=click.Path(file_okay=False, path_type=Path),
+                        help="Folder searched recursively for storyboard*.json (INPUT_DIR, default ./input).")(func)
+    return func
+
+
+def _render_scan(report: ScanReport, settings: Settings, store: Store) -> None:
+    o = report.outcome
+    verb = "would" if o.dry_run else "did"
+    for warning in report.warnings:
+        err.print(f"warning: {warning}", markup=False)
+    for problem in report.problems:
+        err.print(f"invalid: {problem}", markup=False)
+    out.print(f"Scanned {len(report.files)} storyboard file(s) under {settings.input_dir}: "
+              f"{len(report.invalid_files)} invalid, {o.storyboards_new} new, {o.storyboards_changed} changed, "
+              f"{o.storyboards_unchanged} unchanged, {len(o.storyboards_missing)} gone.")
+    out.print(f"Jobs ({verb} change): +{o.added} new, {o.updated} updated, {o.revived} back, {o.removed} removed, "
+              f"{o.regenerate} to regenerate (video deleted), {o.requeued_changed} requeued after a change.")
+    for job in o.changed:
+        out.print(f"changed: {job.storyboard_path} segment {job.segment_index} v{job.version} is {job.state.value}; "
+                  f"left alone (use --requeue-changed to generate it again)", markup=False)
+    status = store.status(_price_table(settings))
+    pending = status.counts["pending"] + (o.added if o.dry_run else 0)
+    estimate = status.estimated_remaining_cents
+    if o.dry_run:
+        out.print(f"Dry run: nothing was written. After a real scan about {pending} job(s) would be pending.")
+    else:
+        out.print(f"Pending: {status.counts['pending']} job(s), estimated cost {money(estimate)} "
+                  f"(price table: normal {money(settings.price_normal_cents)}, Pro {money(settings.price_pro_cents)} per video).")
+
+
+def _price_table(settings: Settings) -> Callable[[bool], int]:
+    return lambda is_pro: settings.price_pro_cents if is_pro else settings.price_normal_cents
+
+
+@cli.command("scan")
+@layout_options
+@click.option("--dry-run", is_flag=True, help="Print what would change, the job count and cost; write nothing.")
+@click.option("--requeue-changed", is_flag=True, help="Generate again done jobs whose prompt or parameters changed.")
+@click.pass_obj
+def scan_command(app: App, input_dir: Optional[Path], output_mode: Optional[str], output_dir: Optional[Path],
+                 dry_run: bool, requeue_changed: bool) -> None:
+    """Find storyboards and record one job per (file, segment, version)."""
+    settings = app.settings(input_dir=input_dir, output_mode=output_mode, output_dir=output_dir)
+    store = app.store(settings)
+    report = scan(settings, app.cwd, store, dry_run=dry_run, requeue_changed=requeue_changed)
+    _render_scan(report, settings, store)
+    if report.problems:
+        raise InputError(f"{len(report.invalid_files)} storyboard file(s) are invalid (listed above); "
+                         f"the valid ones were recorded")
+
+
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.pass_obj
+def status_command(app: App, as_json: bool) -> None:
+    """Counts per state, per storyboard, and money spent / still to spend."""
+    settings = app.settings()
+    report = app.store(settings).status(_price_table(settings))
+    if as_json:
+        click.echo(json.dumps(report.to_json(), ensure_ascii=False, indent=2))
+        return
+    # Only the states in use (and the three everyone looks for) keep the table readable in 80 columns.
+    shown = [s for s in ALL_STATES if report.counts[s.value] or s.value in ("pending", "done", "failed")]
+    table = Table(title="ledger status")
+    table.add_column("storyboard", overflow="fold", ratio=1)
+    for state in shown:
+        table.add_column(state.value, justify="right")
+    table.add_column("total", justify="right")
+    table.add_column("spent", justify="right")
+    for board in report.storyboards.values():
+        table.add_row(board.path, *(str(board.counts[s.value]) for s in shown), str(board.total), money(board.spent_cents))
+    table.add_row("[b]all[/b]", *(f"[b]{report.counts[s.value]}[/b]" for s in shown), f"[b]{report.total}[/b]",
+                  f"[b]{money(report.spent_cents)}[/b]")
+    out.print(table)
+    out.print(f"Spent {money(report.spent_cents)}; estimated remaining {money(report.estimated_remaining_cents)} "
+              f"for {report.counts['pending'] + report.counts['submitting']} job(s) not yet paid for.")
+
+
+@cli.group("db")
+def db_group() -> None:
+    """Ledger database maintenance."""
+
+
+@db_group.command("upgrade")
+@click.pass_obj
+def db_upgrade(app: App) -> None:
+    """Bring the ledger's schema to the newest version (every command also does this on first use)."""
+    settings = app.settings()
+    assert settings.database_url
+    engine = open_ledger(settings.database_url, migrate=False)
+    upgrade(engine)
+    out.print("ledger database is up to date")
+
+
+def main() -> None:
+    """Console entry point."""
+    cli.main(prog_name="ledger")

@@ -1,0 +1,132 @@
+"""The ledger's tables: storyboards, jobs and the events that record every state transition.
+
+Written for SQLite and PostgreSQL alike: portable column types, explicit constraint names (so
+Alembic's batch mode can rebuild SQLite tables), and naive UTC timestamps everywhere.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Dict, Optional
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .states import State
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    """Naive UTC 'now': the one time representation stored in the ledger."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def state_type(name: str) -> Enum:
+    """A portable enum column (VARCHAR + CHECK), named so each CHECK constraint is unique."""
+    return Enum(
+        State,
+        name=name,
+        native_enum=False,
+        length=16,
+        values_callable=lambda states: [s.value for s in states],
+        validate_strings=True,
+        create_constraint=True,
+    )
+
+
+class Storyboard(Base):
+    """One storyboard file the scans have seen."""
+
+    __tablename__ = "storyboards"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # POSIX path relative to the working directory when the file lies under it, else absolute:
+    # the same project checked out elsewhere (another machine sharing a ledger) keeps its keys.
+    path: Mapped[str] = mapped_column(String(1024), unique=True)
+    project_name: Mapped[Optional[str]] = mapped_column(String(512))
+    # sha256 of the file bytes plus every setting that shapes its jobs: equal means nothing to do.
+    fingerprint: Mapped[Optional[str]] = mapped_column(String(64))
+    segment_count: Mapped[int] = mapped_column(Integer, default=0)
+    present: Mapped[bool] = mapped_column(Boolean, default=True)
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    scanned_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Job(Base):
+    """One (storyboard, segment, version): one paid generation and one video file."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("storyboard_id", "segment_index", "version"),
+        Index("ix_jobs_state_next_attempt_at", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    storyboard_id: Mapped[int] = mapped_column(ForeignKey("storyboards.id"), index=True)
+    segment_index: Mapped[int] = mapped_column(Integer)
+    version: Mapped[int] = mapped_column(Integer)
+    state: Mapped[State] = mapped_column(state_type("job_state"), default=State.PENDING)
+    # The fully resolved request body for POST /create (what is paid for).
+    params: Mapped[Dict[str, Any]] = mapped_column(JSON)
+    params_sha: Mapped[str] = mapped_column(String(64))
+    is_pro: Mapped[bool] = mapped_column(Boolean, default=False)
+    target_dir: Mapped[str] = mapped_column(String(1024))
+    remote_task_id: Mapped[Optional[str]] = mapped_column(String(128), unique=True)
+    cost_cents: Mapped[Optional[int]] = mapped_column(Integer)
+    # Everything ever paid for this job, across regenerations the user asked for.
+    spent_cents: Mapped[int] = mapped_column(Integer, default=0)
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    video_url: Mapped[Optional[str]] = mapped_column(Text)
+    video_path: Mapped[Optional[str]] = mapped_column(String(1024))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    lease_owner: Mapped[Optional[str]] = mapped_column(String(255), index=True)
+    lease_expires_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    error_kind: Mapped[Optional[str]] = mapped_column(String(64))
+    error_message: Mapped[Optional[str]] = mapped_column(Text)
+    submitting_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    submitted_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Event(Base):
+    """One state transition of one job, with its time and a human-readable detail."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    from_state: Mapped[Optional[State]] = mapped_column(state_type("event_from_state"))
+    to_state: Mapped[State] = mapped_column(state_type("event_to_state"))
+    detail: Mapped[Optional[str]] = mapped_column(Text)
+    worker: Mapped[Optional[str]] = mapped_column(String(255))
+
+
+storyboards = Storyboard.__table__
+jobs = Job.__table__
+events = Event.__table__

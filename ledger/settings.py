@@ -1,0 +1,236 @@
+"""The ``Settings`` object, built once per command and passed down.
+
+Precedence, highest first: command-line flag > process environment > ``.env`` in the working
+directory > ``config.yaml`` in the working directory > built-in default. Core modules never read
+``os.environ``; the CLI hands the environment in here.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import yaml
+from dotenv import dotenv_values
+
+from .errors import ConfigError
+
+RESOLUTIONS = ("horizontal", "vertical")
+QUALITIES = ("normal", "high")
+OUTPUT_MODES = ("centralized", "in-place")
+NORMAL_DURATIONS = (10, 15)
+PRO_DURATIONS = (10, 15, 25)
+
+
+def parse_bool(text: Any) -> bool:
+    if isinstance(text, bool):
+        return text
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r} (use true/false)")
+
+
+def _optional_str(text: Any) -> Optional[str]:
+    value = str(text).strip()
+    return value or None
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(text: Any) -> str:
+        value = str(text).strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _int_at_least(low: int) -> Callable[[Any], int]:
+    def parse(text: Any) -> int:
+        value = int(str(text).strip())
+        if value < low:
+            raise ValueError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: Any) -> float:
+    value = float(str(text).strip())
+    if value <= 0:
+        raise ValueError(f"must be positive, got {value}")
+    return value
+
+
+def _duration(text: Any) -> int:
+    value = int(str(text).strip())
+    if value not in PRO_DURATIONS:
+        raise ValueError(f"must be one of {', '.join(map(str, PRO_DURATIONS))}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the tool, resolved. ``sources`` says where each value came from."""
+
+    api_key: Optional[str] = None
+    base_url: str = "https://api.sora.hk/v1"
+    max_concurrent_tasks: int = 8
+    gen_count_per_segment: int = 2
+    http_proxy: Optional[str] = None
+    https_proxy: Optional[str] = None
+    no_proxy: Optional[str] = None
+    database_url: Optional[str] = None
+    input_dir: Path = Path("input")
+    output_dir: Path = Path("output")
+    output_mode: str = "centralized"
+    default_duration: int = 10
+    default_resolution: str = "horizontal"
+    default_is_pro: bool = False
+    default_remove_watermark: bool = True
+    default_quality: str = "normal"
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    poll_timeout_seconds: float = 45 * 60
+    poll_min_interval: float = 2.0
+    poll_max_interval: float = 120.0
+    poll_max_per_second: float = 10.0
+    max_attempts: int = 5
+    retry_base_delay: float = 30.0
+    retry_max_delay: float = 30 * 60
+    reconcile_grace_seconds: float = 30.0
+    lease_seconds: float = 120.0
+    price_normal_cents: int = 30
+    price_pro_cents: int = 150
+    sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def masked_api_key(self) -> str:
+        from .redact import mask_key
+
+        return mask_key(self.api_key) if self.api_key else "(not set)"
+
+    def __repr__(self) -> str:  # the key must never reach a log line through repr()
+        fields = ", ".join(
+            f"{f.name}={self.masked_api_key if f.name == 'api_key' else getattr(self, f.name)!r}"
+            for f in dataclasses.fields(self)
+            if f.repr
+        )
+        return f"Settings({fields})"
+
+
+# (environment / .env / config.yaml name, Settings field, parser). The names are the ones users of
+# the earlier tool already have in their .env files.
+SPECS: Tuple[Tuple[str, str, Callable[[Any], Any]], ...] = (
+    ("SORA_API_KEY", "api_key", _optional_str),
+    ("SORA_BASE_URL", "base_url", lambda v: str(v).strip().rstrip("/")),
+    ("MAX_CONCURRENT_TASKS", "max_concurrent_tasks", _int_at_least(1)),
+    ("GEN_COUNT_PER_SEGMENT", "gen_count_per_segment", _int_at_least(1)),
+    ("HTTP_PROXY", "http_proxy", _optional_str),
+    ("HTTPS_PROXY", "https_proxy", _optional_str),
+    ("NO_PROXY", "no_proxy", _optional_str),
+    ("LEDGER_DATABASE_URL", "database_url", _optional_str),
+    ("INPUT_DIR", "input_dir", lambda v: Path(str(v).strip())),
+    ("OUTPUT_DIR", "output_dir", lambda v: Path(str(v).strip())),
+    ("OUTPUT_MODE", "output_mode", _choice(*OUTPUT_MODES)),
+    ("DEFAULT_DURATION", "default_duration", _duration),
+    ("DEFAULT_RESOLUTION", "default_resolution", _choice(*RESOLUTIONS)),
+    ("DEFAULT_IS_PRO", "default_is_pro", parse_bool),
+    ("DEFAULT_REMOVE_WATERMARK", "default_remove_watermark", parse_bool),
+    ("DEFAULT_QUALITY", "default_quality", _choice(*QUALITIES)),
+    ("CONNECT_TIMEOUT", "connect_timeout", _positive_float),
+    ("READ_TIMEOUT", "read_timeout", _positive_float),
+    ("POLL_TIMEOUT_SECONDS", "poll_timeout_seconds", _positive_float),
+    ("POLL_MIN_INTERVAL", "poll_min_interval", _positive_float),
+    ("POLL_MAX_INTERVAL", "poll_max_interval", _positive_float),
+    ("POLL_MAX_PER_SECOND", "poll_max_per_second", _positive_float),
+    ("MAX_ATTEMPTS", "max_attempts", _int_at_least(1)),
+    ("RETRY_BASE_DELAY", "retry_base_delay", _positive_float),
+    ("RETRY_MAX_DELAY", "retry_max_delay", _positive_float),
+    ("RECONCILE_GRACE_SECONDS", "reconcile_grace_seconds", _positive_float),
+    ("LEASE_SECONDS", "lease_seconds", _positive_float),
+    ("PRICE_NORMAL_CENTS", "price_normal_cents", _int_at_least(0)),
+    ("PRICE_PRO_CENTS", "price_pro_cents", _int_at_least(0)),
+)
+ENV_NAMES = {field: env for env, field, _ in SPECS}
+# Proxy variables are conventionally lower-case too; requests honours both spellings.
+_ALIASES = {"http_proxy": "HTTP_PROXY", "https_proxy": "HTTPS_PROXY", "no_proxy": "NO_PROXY"}
+
+
+def _read_yaml(path: Path) -> Dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read settings: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of SETTING: value at the top level")
+    return {str(k).upper(): v for k, v in data.items() if v is not None}
+
+
+def _normalise_env(values: Mapping[str, Optional[str]]) -> Dict[str, str]:
+    known = {env for env, _, _ in SPECS}
+    out: Dict[str, str] = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        name = _ALIASES.get(key, key)
+        if name in known and (name not in out or key == name):
+            out[name] = value
+    return out
+
+
+def load_settings(
+    cwd: Path,
+    environ: Mapping[str, str],
+    overrides: Optional[Mapping[str, Any]] = None,
+) -> Settings:
+    """Build the settings from every layer. ``overrides`` maps field names to flag values;
+    ``None`` means the flag was not given."""
+    layers = [
+        ("default", {}),
+        ("config.yaml", _read_yaml(cwd / "config.yaml") if (cwd / "config.yaml").is_file() else {}),
+        (".env", _normalise_env(dotenv_values(cwd / ".env")) if (cwd / ".env").is_file() else {}),
+        ("environment", _normalise_env(environ)),
+    ]
+    values: Dict[str, Any] = {}
+    sources: Dict[str, str] = {}
+    for env_name, field, parse in SPECS:
+        for source, layer in reversed(layers):
+            if env_name in layer:
+                raw = layer[env_name]
+                try:
+                    values[field] = parse(raw)
+                except (TypeError, ValueError) as exc:
+                    shown = "***" if field == "api_key" else repr(raw)
+                    raise ConfigError(f"{env_name}={shown} from {source}: {exc}") from exc
+                sources[field] = source
+                break
+        else:
+            sources[field] = "default"
+    for field, value in (overrides or {}).items():
+        if value is not None:
+            values[field] = value
+            sources[field] = "flag"
+    if not values.get("database_url"):
+        values["database_url"] = f"sqlite:///{(cwd / 'ledger.db').as_posix()}"
+    for field in ("input_dir", "output_dir"):
+        path = Path(values.get(field, getattr(Settings, field)))
+        values[field] = path if path.is_absolute() else cwd / path
+    settings = Settings(**values, sources=sources)
+    if settings.poll_min_interval > settings.poll_max_interval:
+        raise ConfigError("POLL_MIN_INTERVAL must not exceed POLL_MAX_INTERVAL")
+    if settings.default_is_pro is False and settings.default_duration not in NORMAL_DURATIONS:
+        raise ConfigError(
+            f"DEFAULT_DURATION={settings.default_duration} needs the Pro model; "
+            f"normal generations take {' or '.join(map(str, NORMAL_DURATIONS))} seconds"
+        )
+    return settings

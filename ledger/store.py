@@ -1,0 +1,420 @@
+"""Every ledger query lives here: the scan upsert, status and counts, claims, leases, transitions.
+
+Writes go through ``write_tx`` (SQLite: ``BEGIN IMMEDIATE``); every state change inserts an
+``events`` row in the same transaction, so the history can never disagree with the state.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+
+from sqlalchemy import bindparam, func, insert, literal, select, update
+from sqlalchemy.engine import Connection, Engine, Row
+
+from .db import read_tx, write_tx
+from .models import events, jobs, storyboards, utcnow
+from .outputs import existing_videos, supersede
+from .states import ALL_STATES, IN_FLIGHT, State, check_transition
+from .storyboard import JobSpec, ParsedStoryboard
+
+log = logging.getLogger(__name__)
+
+CHUNK = 500  # ids per IN (...) list: far below every database's bound-parameter limit
+
+
+def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def path_in_scope(path: str, scope: str) -> bool:
+    """Is the stored storyboard ``path`` inside the scanned folder ``scope`` (both ledger paths)?"""
+    if scope in (".", ""):
+        return not path.startswith("/") and not path.startswith("..")
+    return path.startswith(scope.rstrip("/") + "/")
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """A frozen copy of one ``jobs`` row plus its storyboard's path."""
+
+    id: int
+    storyboard_id: int
+    storyboard_path: str
+    segment_index: int
+    version: int
+    state: State
+    params: Mapping[str, Any]
+    params_sha: str
+    is_pro: bool
+    target_dir: str
+    remote_task_id: Optional[str]
+    cost_cents: Optional[int]
+    spent_cents: int
+    progress: int
+    video_url: Optional[str]
+    video_path: Optional[str]
+    attempts: int
+    next_attempt_at: Optional[datetime]
+    lease_owner: Optional[str]
+    lease_expires_at: Optional[datetime]
+    error_kind: Optional[str]
+    error_message: Optional[str]
+    submitting_at: Optional[datetime]
+    submitted_at: Optional[datetime]
+    finished_at: Optional[datetime]
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Row) -> "JobRow":
+        data = dict(row._mapping)
+        data["state"] = State(data["state"])
+        return cls(**data)
+
+    @property
+    def label(self) -> str:
+        return f"{self.storyboard_path}#{self.segment_index}v{self.version}"
+
+
+JOB_COLUMNS = [c for c in jobs.c] + [storyboards.c.path.label("storyboard_path")]
+
+
+def job_select():  # type: ignore[no-untyped-def]
+    return select(*JOB_COLUMNS).join_from(jobs, storyboards, jobs.c.storyboard_id == storyboards.c.id)
+
+
+# --- scan --------------------------------------------------------------------------------------
+
+
+@dataclass
+class JobChange:
+    """One planned write to one job row; a state change also writes an event."""
+
+    job_id: int
+    from_state: State
+    to_state: State
+    values: Dict[str, Any]
+    detail: str
+    supersede: Optional[Tuple[str, int, int]] = None  # (target_dir, segment, version) to move aside
+
+
+@dataclass(frozen=True)
+class ChangedJob:
+    """A job whose storyboard entry changed after it was paid for; left alone unless asked."""
+
+    storyboard_path: str
+    segment_index: int
+    version: int
+    state: State
+
+
+@dataclass
+class ScanOutcome:
+    """What a scan did (or, with ``dry_run``, would do) to the ledger."""
+
+    dry_run: bool = False
+    storyboards_new: int = 0
+    storyboards_changed: int = 0
+    storyboards_unchanged: int = 0
+    storyboards_missing: List[str] = field(default_factory=list)
+    added: int = 0
+    updated: int = 0
+    revived: int = 0
+    removed: int = 0
+    regenerate: int = 0
+    requeued_changed: int = 0
+    changed: List[ChangedJob] = field(default_factory=list)
+
+    @property
+    def writes(self) -> int:
+        return (self.storyboards_new + self.storyboards_changed + len(self.storyboards_missing) + self.added
+                + self.updated + self.revived + self.removed + self.regenerate + self.requeued_changed)
+
+
+_RESET_REMOTE = {
+    "remote_task_id": None, "cost_cents": None, "progress": 0, "video_url": None, "video_path": None,
+    "attempts": 0, "next_attempt_at": None, "error_kind": None, "error_message": None,
+    "submitting_at": None, "submitted_at": None, "finished_at": None,
+}
+
+
+def _spec_values(spec: JobSpec) -> Dict[str, Any]:
+    return {"params": dict(spec.params), "params_sha": spec.params_sha, "is_pro": spec.is_pro, "target_dir": spec.target_dir}
+
+
+def _diff_jobs(
+    path: str,
+    specs: Sequence[JobSpec],
+    existing: Mapping[Tuple[int, int], Row],
+    requeue_changed: bool,
+    outcome: ScanOutcome,
+) -> Tuple[List[JobSpec], List[JobChange]]:
+    """The upsert rules for one storyboard: which specs are new and which rows change."""
+    new: List[JobSpec] = []
+    changes: List[JobChange] = []
+    wanted = set()
+    for spec in specs:
+        key = (spec.segment_index, spec.version)
+        wanted.add(key)
+        row = existing.get(key)
+        if row is None:
+            new.append(spec)
+            continue
+        state = State(row.state)
+        same_params = row.params_sha == spec.params_sha
+        if state is State.REMOVED:
+            changes.append(JobChange(row.id, state, State.PENDING, {**_RESET_REMOTE, **_spec_values(spec)},
+                                     "back in the storyboard"))
+            outcome.revived += 1
+        elif same_params:
+            if row.target_dir != spec.target_dir and state in (State.PENDING, State.FAILED):
+                changes.append(JobChange(row.id, state, state, {"target_dir": spec.target_dir}, "output folder changed"))
+                outcome.updated += 1
+        elif state is State.PENDING:
+            changes.append(JobChange(row.id, state, state, _spec_values(spec), "parameters changed before submission"))
+            outcome.updated += 1
+        elif state is State.FAILED:
+            # The user edited a failed segment: that is the fix they want tried, not a surprise cost.
+            changes.append(JobChange(row.id, state, State.PENDING, {**_RESET_REMOTE, **_spec_values(spec)},
+                                     "parameters changed after failure"))
+            outcome.updated += 1
+        elif state is State.DONE and requeue_changed:
+            changes.append(JobChange(row.id, state, State.PENDING, {**_RESET_REMOTE, **_spec_values(spec)},
+                                     "parameters changed; regenerating (--requeue-changed)",
+                                     supersede=(row.target_dir, row.segment_index, row.version)))
+            outcome.requeued_changed += 1
+        else:
+            outcome.changed.append(ChangedJob(path, spec.segment_index, spec.version, state))
+    for key, row in existing.items():
+        state = State(row.state)
+        if key not in wanted and state in (State.PENDING, State.FAILED):
+            changes.append(JobChange(row.id, state, State.REMOVED, {"lease_owner": None, "lease_expires_at": None},
+                                     "no longer in the storyboard"))
+            outcome.removed += 1
+    return new, changes
+
+
+class Store:
+    """The ledger's queries over one engine."""
+
+    def __init__(self, engine: Engine, cwd: Optional[Path] = None) -> None:
+        self.engine = engine
+        self.cwd = cwd or Path.cwd()
+
+    def resolve(self, ledger_path: str) -> Path:
+        """A stored (possibly relative) path as a real path for this process."""
+        path = Path(ledger_path)
+        return path if path.is_absolute() else self.cwd / path
+
+    # scan ----------------------------------------------------------------------------------
+
+    def fingerprints(self, scope: str) -> Dict[str, str]:
+        """Stored fingerprints of the present storyboards inside ``scope``."""
+        with read_tx(self.engine) as conn:
+            rows = conn.execute(select(storyboards.c.path, storyboards.c.fingerprint).where(storyboards.c.present.is_(True)))
+            return {r.path: r.fingerprint for r in rows if r.fingerprint and path_in_scope(r.path, scope)}
+
+    def apply_scan(self, parsed: Sequence[ParsedStoryboard], scope: str, *, dry_run: bool = False,
+                   requeue_changed: bool = False) -> ScanOutcome:
+        """Bring the ledger in step with the parsed storyboards of one input folder.
+
+        Invalid files are left exactly as the ledger knew them; files gone from ``scope`` take their
+        not-yet-done jobs out of the queue; done jobs whose video the user deleted go back to pending.
+        """
+        outcome = ScanOutcome(dry_run=dry_run)
+        now = utcnow()
+        tx = read_tx if dry_run else write_tx
+        with tx(self.engine) as conn:
+            known = {r.path: r for r in conn.execute(select(storyboards))}
+            seen = {p.path for p in parsed}
+            missing = [r for path, r in known.items() if r.present and path not in seen and path_in_scope(path, scope)]
+            to_diff: List[Tuple[int, ParsedStoryboard]] = []
+            new_boards = []
+            board_updates = []
+            for item in parsed:
+                row = known.get(item.path)
+                if not item.valid:
+                    continue
+                if item.unchanged:
+                    if row is not None and row.fingerprint == item.fingerprint:
+                        outcome.storyboards_unchanged += 1
+                    continue
+                values = {"project_name": item.project_name, "fingerprint": item.fingerprint,
+                          "segment_count": item.segment_count, "present": True, "scanned_at": now}
+                if row is None:
+                    new_boards.append({"path": item.path, "first_seen_at": now, **values})
+                    outcome.storyboards_new += 1
+                else:
+                    board_updates.append({"b_id": row.id, **values})
+                    to_diff.append((row.id, item))
+                    outcome.storyboards_changed += 1
+            outcome.storyboards_missing = [r.path for r in missing]
+
+            new_specs: List[Tuple[int, JobSpec]] = []
+            changes: List[JobChange] = []
+            existing = self._jobs_by_board(conn, [bid for bid, _ in to_diff] + [r.id for r in missing])
+            for board_id, item in to_diff:
+                fresh, diff = _diff_jobs(item.path, item.jobs, existing.get(board_id, {}), requeue_changed, outcome)
+                new_specs.extend((board_id, spec) for spec in fresh)
+                changes.extend(diff)
+            for row in missing:
+                _, diff = _diff_jobs(row.path, [], existing.get(row.id, {}), requeue_changed, outcome)
+                changes.extend(diff)
+            if not dry_run and new_boards:
+                conn.execute(insert(storyboards), new_boards)
+                ids = self._board_ids(conn, [b["path"] for b in new_boards])
+                new_specs.extend((ids[item.path], spec) for item in parsed
+                                 if item.valid and not item.unchanged and item.path in ids and item.path not in known
+                                 for spec in item.jobs)
+            elif new_boards:
+                outcome.added += sum(len(item.jobs) for item in parsed
+                                     if item.valid and not item.unchanged and item.path not in known)
+            changed_ids = {c.job_id for c in changes}
+            gone = {r.id for r in missing}
+            changes.extend(self._deleted_videos(conn, scope, changed_ids, gone, outcome))
+            outcome.added += len(new_specs)
+            if dry_run:
+                return outcome
+            if board_updates:
+                conn.execute(update(storyboards).where(storyboards.c.id == bindparam("b_id")), board_updates)
+            if missing:
+                conn.execute(update(storyboards).where(storyboards.c.id.in_([r.id for r in missing]))
+                             .values(present=False, scanned_at=now))
+            self._insert_jobs(conn, new_specs, now)
+            self._apply_changes(conn, changes, now, worker=None)
+        return outcome
+
+    def _board_ids(self, conn: Connection, paths: Sequence[str]) -> Dict[str, int]:
+        ids: Dict[str, int] = {}
+        for chunk in _chunks(list(paths)):
+            ids.update({r.path: r.id for r in conn.execute(select(storyboards.c.id, storyboards.c.path)
+                                                           .where(storyboards.c.path.in_(chunk)))})
+        return ids
+
+    def _jobs_by_board(self, conn: Connection, board_ids: Sequence[int]) -> Dict[int, Dict[Tuple[int, int], Row]]:
+        found: Dict[int, Dict[Tuple[int, int], Row]] = {}
+        cols = (jobs.c.id, jobs.c.storyboard_id, jobs.c.segment_index, jobs.c.version, jobs.c.state,
+                jobs.c.params_sha, jobs.c.target_dir)
+        for chunk in _chunks(list(board_ids)):
+            for r in conn.execute(select(*cols).where(jobs.c.storyboard_id.in_(chunk))):
+                found.setdefault(r.storyboard_id, {})[(r.segment_index, r.version)] = r
+        return found
+
+    def _deleted_videos(self, conn: Connection, scope: str, skip_jobs: Set[int], skip_boards: Set[int],
+                        outcome: ScanOutcome) -> List[JobChange]:
+        """Done jobs whose video file is gone: the user's way of asking for a regeneration."""
+        changes = []
+        rows = conn.execute(
+            select(jobs.c.id, jobs.c.storyboard_id, jobs.c.video_path, jobs.c.target_dir, jobs.c.segment_index,
+                   jobs.c.version, storyboards.c.path)
+            .join_from(jobs, storyboards, jobs.c.storyboard_id == storyboards.c.id)
+            .where(jobs.c.state == State.DONE.value)
+        )
+        for r in rows:
+            if r.id in skip_jobs or r.storyboard_id in skip_boards or not path_in_scope(r.path, scope):
+                continue
+            if r.video_path:
+                if self.resolve(r.video_path).is_file():
+                    continue
+            elif existing_videos(self.resolve(r.target_dir), r.segment_index, r.version):
+                continue
+            changes.append(JobChange(r.id, State.DONE, State.PENDING, dict(_RESET_REMOTE),
+                                     f"video file deleted ({r.video_path}); regenerating"))
+            outcome.regenerate += 1
+        return changes
+
+    def _insert_jobs(self, conn: Connection, specs: Sequence[Tuple[int, JobSpec]], now: datetime) -> None:
+        if not specs:
+            return
+        rows = [{"storyboard_id": board_id, "segment_index": s.segment_index, "version": s.version,
+                 "state": State.PENDING, "params": dict(s.params), "params_sha": s.params_sha, "is_pro": s.is_pro,
+                 "target_dir": s.target_dir, "created_at": now, "updated_at": now} for board_id, s in specs]
+        conn.execute(insert(jobs), rows)
+        # Every row created by this transaction carries exactly ``now``: one statement records them all.
+        conn.execute(insert(events).from_select(
+            ["job_id", "at", "to_state", "detail"],
+            select(jobs.c.id, literal(now, jobs.c.created_at.type), literal(State.PENDING.value), literal("added by scan"))
+            .where(jobs.c.created_at == now),
+        ))
+
+    def _apply_changes(self, conn: Connection, changes: Sequence[JobChange], now: datetime,
+                       worker: Optional[str]) -> None:
+        groups: Dict[Tuple[str, ...], List[Dict[str, Any]]] = {}
+        for change in changes:
+            if change.from_state is not change.to_state:
+                check_transition(change.from_state, change.to_state)
+            if change.supersede:
+                target, segment, version = change.supersede
+                supersede(self.resolve(target), segment, version)
+            values = {**change.values, "state": change.to_state, "updated_at": now}
+            groups.setdefault(tuple(sorted(values)), []).append({"j_id": change.job_id, **values})
+        for keys, rows in groups.items():
+            stmt = update(jobs).where(jobs.c.id == bindparam("j_id")).values({k: bindparam(k) for k in keys})
+            conn.execute(stmt, rows)
+        if changes:
+            conn.execute(insert(events), [
+                {"job_id": c.job_id, "at": now, "from_state": c.from_state, "to_state": c.to_state,
+                 "detail": c.detail, "worker": worker}
+                for c in changes
+            ])
+
+    # status --------------------------------------------------------------------------------
+
+    def status(self, prices: Callable[[bool], int]) -> "StatusReport":
+        """Counts per state, overall and per storyboard, and money spent / still to spend."""
+        report = StatusReport()
+        with read_tx(self.engine) as conn:
+            rows = conn.execute(
+                select(storyboards.c.path, jobs.c.state, jobs.c.is_pro, func.count(jobs.c.id),
+                       func.coalesce(func.sum(jobs.c.spent_cents), 0))
+                .join_from(jobs, storyboards, jobs.c.storyboard_id == storyboards.c.id)
+                .group_by(storyboards.c.path, jobs.c.state, jobs.c.is_pro)
+                .order_by(storyboards.c.path)
+            )
+            for path, state, is_pro, count, spent in rows:
+                board = report.storyboards.setdefault(path, BoardStatus(path))
+                for target in (report, board):
+                    target.counts[State(state).value] += count
+                    target.total += count
+                    target.spent_cents += spent
+                    if State(state) in (State.PENDING, State.SUBMITTING):
+                        target.estimated_remaining_cents += count * prices(bool(is_pro))
+        return report
+
+
+def _zero_counts() -> Dict[str, int]:
+    return {s.value: 0 for s in ALL_STATES}
+
+
+@dataclass
+class BoardStatus:
+    path: str
+    counts: Dict[str, int] = field(default_factory=_zero_counts)
+    total: int = 0
+    spent_cents: int = 0
+    estimated_remaining_cents: int = 0
+
+
+@dataclass
+class StatusReport:
+    counts: Dict[str, int] = field(default_factory=_zero_counts)
+    total: int = 0
+    spent_cents: int = 0
+    estimated_remaining_cents: int = 0
+    storyboards: Dict[str, BoardStatus] = field(default_factory=dict)
+
+    def to_json(self) -> Dict[str, Any]:
+        return {
+            "counts": self.counts,
+            "total": self.total,
+            "money": {"spent_cents": self.spent_cents, "estimated_remaining_cents": self.estimated_remaining_cents},
+            "storyboards": [
+                {"path": b.path, "counts": b.counts, "total": b.total, "spent_cents": b.spent_cents,
+                 "estimated_remaining_cents": b.estimated_remaining_cents}
+                for b in self.storyboards.values()
+            ],
+        }
