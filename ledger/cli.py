@@ -135,13 +135,14 @@ def _render_scan(report: ScanReport, settings: Settings, store: Store) -> None:
         out.print(f"changed: {job.storyboard_path} segment {job.segment_index} v{job.version} is {job.state.value}; "
                   f"left alone (use --requeue-changed to generate it again)", markup=False)
     status = store.status(_price_table(settings))
-    pending = status.counts["pending"] + (o.added if o.dry_run else 0)
+    pending = status.counts["pending"]
     estimate = status.estimated_remaining_cents
     if o.dry_run:
-        out.print(f"Dry run: nothing was written. After a real scan about {pending} job(s) would be pending.")
-    else:
-        out.print(f"Pending: {status.counts['pending']} job(s), estimated cost {money(estimate)} "
-                  f"(price table: normal {money(settings.price_normal_cents)}, Pro {money(settings.price_pro_cents)} per video).")
+        pending += o.added
+        estimate += o.added_pro * settings.price_pro_cents + (o.added - o.added_pro) * settings.price_normal_cents
+        out.print("Dry run: nothing was written.")
+    out.print(f"Pending: {pending} job(s), estimated cost {money(estimate)} "
+              f"(price table: normal {money(settings.price_normal_cents)}, Pro {money(settings.price_pro_cents)} per video).")
 
 
 def _price_table(settings: Settings) -> Callable[[bool], int]:

@@ -4,17 +4,17 @@ from __future__ import annotations
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Iterable, Iterator, List, Mapping, Optional, Sequence
 
 from .errors import UsageError
 from .settings import Settings
 from .store import ScanOutcome, Store
 from .storyboard import Layout, ParsedStoryboard, Problem, discover, ledger_path, read_storyboard
 
-# Below this many files a process pool costs more to start than it saves.
-POOL_THRESHOLD = 200
-FILES_PER_TASK = 50
+BATCH = 250  # files per batch: one batch is stored while the next ones are parsed
+POOL_THRESHOLD = 1000  # below this many files a process pool costs more to start than it saves
 
 
 @dataclass
@@ -31,23 +31,25 @@ class ScanReport:
         return sorted({p.path for p in self.problems})
 
 
-def _read_many(paths: Sequence[Path], settings: Settings, layout: Layout, known: Dict[str, Optional[str]]) -> List[ParsedStoryboard]:
-    return [read_storyboard(p, settings, layout, known.get(ledger_path(p, layout.cwd))) for p in paths]
+def _read_many(paths: Sequence[Path], settings: Settings, layout: Layout,
+               fingerprints: Sequence[Optional[str]]) -> List[ParsedStoryboard]:
+    return [read_storyboard(p, settings, layout, f) for p, f in zip(paths, fingerprints)]
 
 
-def parse_all(paths: Sequence[Path], settings: Settings, layout: Layout, known: Dict[str, Optional[str]],
-              processes: Optional[int] = None) -> List[ParsedStoryboard]:
-    """Read every file, in parallel when there are many: JSON Schema validation is CPU-bound."""
-    workers = processes if processes is not None else (os.cpu_count() or 1)
-    if workers <= 1 or len(paths) < POOL_THRESHOLD:
-        return _read_many(paths, settings, layout, known)
-    batches = [paths[i:i + FILES_PER_TASK] for i in range(0, len(paths), FILES_PER_TASK)]
-    parsed: List[ParsedStoryboard] = []
+def parse_batches(paths: Sequence[Path], settings: Settings, layout: Layout, known: Mapping[str, str],
+                  processes: Optional[int] = None) -> Iterator[List[ParsedStoryboard]]:
+    """Read every file, ``BATCH`` at a time and in order, skipping the parse of files whose
+    fingerprint is known. With many files, other processes parse while the caller stores."""
+    fingerprints = [known.get(ledger_path(p, layout.cwd)) for p in paths]
+    starts = range(0, len(paths), BATCH)
+    path_batches = [paths[i:i + BATCH] for i in starts]
+    print_batches = [fingerprints[i:i + BATCH] for i in starts]
+    workers = (os.cpu_count() or 1) if processes is None else processes
+    if workers < 2 or len(paths) < POOL_THRESHOLD:
+        yield from map(_read_many, path_batches, repeat(settings), repeat(layout), print_batches)
+        return
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        for chunk in pool.map(_read_many, batches, [settings] * len(batches), [layout] * len(batches),
-                              [{ledger_path(p, layout.cwd): known.get(ledger_path(p, layout.cwd)) for p in b} for b in batches]):
-            parsed.extend(chunk)
-    return parsed
+        yield from pool.map(_read_many, path_batches, repeat(settings), repeat(layout), print_batches)
 
 
 def scan(settings: Settings, cwd: Path, store: Store, *, dry_run: bool = False, requeue_changed: bool = False,
@@ -59,11 +61,16 @@ def scan(settings: Settings, cwd: Path, store: Store, *, dry_run: bool = False, 
     skip = [layout.output_dir] if layout.output_mode == "centralized" else []
     paths = discover(layout.input_dir, skip=skip)
     scope = ledger_path(layout.input_dir, cwd)
-    known: Dict[str, Optional[str]] = dict(store.fingerprints(scope))
-    parsed = parse_all(paths, settings, layout, known, processes)
-    report = ScanReport(files=[p.path for p in parsed])
-    for item in parsed:
-        report.problems.extend(item.problems)
-        report.warnings.extend(item.warnings)
-    report.outcome = store.apply_scan(parsed, scope, dry_run=dry_run, requeue_changed=requeue_changed)
+    report = ScanReport(files=[ledger_path(p, cwd) for p in paths])
+
+    def collect(batches: Iterable[List[ParsedStoryboard]]) -> Iterator[List[ParsedStoryboard]]:
+        for batch in batches:
+            for item in batch:
+                report.problems.extend(item.problems)
+                report.warnings.extend(item.warnings)
+            yield batch
+
+    batches = parse_batches(paths, settings, layout, store.fingerprints(scope), processes)
+    report.outcome = store.apply_scan(collect(batches), set(report.files), scope, dry_run=dry_run,
+                                      requeue_changed=requeue_changed)
     return report

@@ -11,14 +11,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
-from sqlalchemy import bindparam, func, insert, literal, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine, Row
 
 from .db import read_tx, write_tx
 from .models import events, jobs, storyboards, utcnow
 from .outputs import existing_videos, supersede
-from .states import ALL_STATES, IN_FLIGHT, State, check_transition
-from .storyboard import JobSpec, ParsedStoryboard
+from .states import ALL_STATES, State, check_transition
+from .storyboard import JobSpec, ParsedStoryboard, SegmentSpec
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,7 @@ class ScanOutcome:
     storyboards_unchanged: int = 0
     storyboards_missing: List[str] = field(default_factory=list)
     added: int = 0
+    added_pro: int = 0
     updated: int = 0
     revived: int = 0
     removed: int = 0
@@ -142,8 +143,18 @@ _RESET_REMOTE = {
 }
 
 
+_NEW_JOB_COLUMNS = ("storyboard_id", "segment_index", "version", "state", "params", "params_sha", "is_pro",
+                    "target_dir", "spent_cents", "progress", "attempts", "created_at", "updated_at")
+
+
+def _db_value(column: Any, value: Any, dialect: Any) -> Any:
+    """``value`` as the driver expects it for ``column`` (what SQLAlchemy would send)."""
+    process = column.type.dialect_impl(dialect).bind_processor(dialect)
+    return process(value) if process else value
+
+
 def _spec_values(spec: JobSpec) -> Dict[str, Any]:
-    return {"params": dict(spec.params), "params_sha": spec.params_sha, "is_pro": spec.is_pro, "target_dir": spec.target_dir}
+    return {"params": spec.params, "params_sha": spec.params_sha, "is_pro": spec.is_pro, "target_dir": spec.target_dir}
 
 
 def _diff_jobs(
@@ -218,75 +229,88 @@ class Store:
             rows = conn.execute(select(storyboards.c.path, storyboards.c.fingerprint).where(storyboards.c.present.is_(True)))
             return {r.path: r.fingerprint for r in rows if r.fingerprint and path_in_scope(r.path, scope)}
 
-    def apply_scan(self, parsed: Sequence[ParsedStoryboard], scope: str, *, dry_run: bool = False,
-                   requeue_changed: bool = False) -> ScanOutcome:
-        """Bring the ledger in step with the parsed storyboards of one input folder.
+    def apply_scan(self, batches: Iterable[Sequence[ParsedStoryboard]], discovered: Set[str], scope: str, *,
+                   dry_run: bool = False, requeue_changed: bool = False) -> ScanOutcome:
+        """Bring the ledger in step with the storyboards of one input folder, in one transaction.
 
-        Invalid files are left exactly as the ledger knew them; files gone from ``scope`` take their
-        not-yet-done jobs out of the queue; done jobs whose video the user deleted go back to pending.
+        ``batches`` may still be being parsed in other processes: each batch is applied as it
+        arrives. Invalid files are left exactly as the ledger knew them; files gone from ``scope``
+        (not in ``discovered``) take their not-yet-done jobs out of the queue; done jobs whose video
+        the user deleted go back to pending.
         """
         outcome = ScanOutcome(dry_run=dry_run)
         now = utcnow()
         tx = read_tx if dry_run else write_tx
         with tx(self.engine) as conn:
             known = {r.path: r for r in conn.execute(select(storyboards))}
-            seen = {p.path for p in parsed}
-            missing = [r for path, r in known.items() if r.present and path not in seen and path_in_scope(path, scope)]
-            to_diff: List[Tuple[int, ParsedStoryboard]] = []
-            new_boards = []
-            board_updates = []
-            for item in parsed:
-                row = known.get(item.path)
-                if not item.valid:
-                    continue
-                if item.unchanged:
-                    if row is not None and row.fingerprint == item.fingerprint:
-                        outcome.storyboards_unchanged += 1
-                    continue
-                values = {"project_name": item.project_name, "fingerprint": item.fingerprint,
-                          "segment_count": item.segment_count, "present": True, "scanned_at": now}
-                if row is None:
-                    new_boards.append({"path": item.path, "first_seen_at": now, **values})
-                    outcome.storyboards_new += 1
-                else:
-                    board_updates.append({"b_id": row.id, **values})
-                    to_diff.append((row.id, item))
-                    outcome.storyboards_changed += 1
+            changed_jobs: Set[int] = set()
+            for batch in batches:
+                changed_jobs.update(self._apply_batch(conn, batch, known, now, outcome, dry_run, requeue_changed))
+            missing = [r for path, r in known.items() if r.present and path not in discovered and path_in_scope(path, scope)]
             outcome.storyboards_missing = [r.path for r in missing]
-
-            new_specs: List[Tuple[int, JobSpec]] = []
+            existing = self._jobs_by_board(conn, [r.id for r in missing])
             changes: List[JobChange] = []
-            existing = self._jobs_by_board(conn, [bid for bid, _ in to_diff] + [r.id for r in missing])
-            for board_id, item in to_diff:
-                fresh, diff = _diff_jobs(item.path, item.jobs, existing.get(board_id, {}), requeue_changed, outcome)
-                new_specs.extend((board_id, spec) for spec in fresh)
-                changes.extend(diff)
             for row in missing:
-                _, diff = _diff_jobs(row.path, [], existing.get(row.id, {}), requeue_changed, outcome)
-                changes.extend(diff)
-            if not dry_run and new_boards:
-                conn.execute(insert(storyboards), new_boards)
-                ids = self._board_ids(conn, [b["path"] for b in new_boards])
-                new_specs.extend((ids[item.path], spec) for item in parsed
-                                 if item.valid and not item.unchanged and item.path in ids and item.path not in known
-                                 for spec in item.jobs)
-            elif new_boards:
-                outcome.added += sum(len(item.jobs) for item in parsed
-                                     if item.valid and not item.unchanged and item.path not in known)
-            changed_ids = {c.job_id for c in changes}
-            gone = {r.id for r in missing}
-            changes.extend(self._deleted_videos(conn, scope, changed_ids, gone, outcome))
-            outcome.added += len(new_specs)
+                changes.extend(_diff_jobs(row.path, [], existing.get(row.id, {}), requeue_changed, outcome)[1])
+            changed_jobs.update(c.job_id for c in changes)
+            changes.extend(self._deleted_videos(conn, scope, changed_jobs, {r.id for r in missing}, outcome))
             if dry_run:
                 return outcome
-            if board_updates:
-                conn.execute(update(storyboards).where(storyboards.c.id == bindparam("b_id")), board_updates)
             if missing:
                 conn.execute(update(storyboards).where(storyboards.c.id.in_([r.id for r in missing]))
                              .values(present=False, scanned_at=now))
-            self._insert_jobs(conn, new_specs, now)
             self._apply_changes(conn, changes, now, worker=None)
         return outcome
+
+    def _apply_batch(self, conn: Connection, batch: Sequence[ParsedStoryboard], known: Mapping[str, Row],
+                     now: datetime, outcome: ScanOutcome, dry_run: bool, requeue_changed: bool) -> Set[int]:
+        """Upsert one batch of parsed files; returns the ids of the jobs it changed."""
+        usable = [item for item in batch if item.valid]
+        # A concurrent scan may have moved a fingerprint on; such a file waits for the next scan.
+        outcome.storyboards_unchanged += sum(1 for item in usable if item.unchanged)
+        fresh = [item for item in usable if not item.unchanged and item.path not in known]
+        revisited = [(known[item.path], item) for item in usable if not item.unchanged and item.path in known]
+        outcome.storyboards_new += len(fresh)
+        existing = self._jobs_by_board(conn, [row.id for row, _ in revisited])
+        new_specs: List[Tuple[int, JobSpec]] = []
+        changes: List[JobChange] = []
+        board_updates = []
+        for row, item in revisited:
+            reported = len(outcome.changed)
+            specs, diff = _diff_jobs(item.path, item.jobs, existing.get(row.id, {}), requeue_changed, outcome)
+            # With changes left outstanding the file is not "in step": no fingerprint, so the next
+            # scan reads it again and reports them again instead of forgetting them.
+            values = {"project_name": item.project_name, "segment_count": item.segment_count, "present": True,
+                      "fingerprint": None if len(outcome.changed) > reported else item.fingerprint}
+            if specs or diff or any(getattr(row, k) != v for k, v in values.items()):
+                board_updates.append({"b_id": row.id, "scanned_at": now, **values})
+                outcome.storyboards_changed += 1
+            else:
+                outcome.storyboards_unchanged += 1
+            new_specs.extend((row.id, spec) for spec in specs)
+            changes.extend(diff)
+        for item in fresh:
+            for segment in item.segments:
+                outcome.added += segment.versions
+                outcome.added_pro += segment.versions if segment.is_pro else 0
+        outcome.added += len(new_specs)
+        outcome.added_pro += sum(1 for _, spec in new_specs if spec.is_pro)
+        if dry_run:
+            return {c.job_id for c in changes}
+        inserts = [(board_id, spec.segment, spec.version) for board_id, spec in new_specs]
+        if fresh:
+            conn.execute(insert(storyboards), [
+                {"path": item.path, "project_name": item.project_name, "fingerprint": item.fingerprint,
+                 "segment_count": item.segment_count, "present": True, "first_seen_at": now, "scanned_at": now}
+                for item in fresh])
+            ids = self._board_ids(conn, [item.path for item in fresh])
+            inserts.extend((ids[item.path], segment, version) for item in fresh for segment in item.segments
+                           for version in range(1, segment.versions + 1))
+        if board_updates:
+            conn.execute(update(storyboards).where(storyboards.c.id == bindparam("b_id")), board_updates)
+        self._insert_jobs(conn, inserts, now)
+        self._apply_changes(conn, changes, now, worker=None)
+        return {c.job_id for c in changes}
 
     def _board_ids(self, conn: Connection, paths: Sequence[str]) -> Dict[str, int]:
         ids: Dict[str, int] = {}
@@ -327,19 +351,28 @@ class Store:
             outcome.regenerate += 1
         return changes
 
-    def _insert_jobs(self, conn: Connection, specs: Sequence[Tuple[int, JobSpec]], now: datetime) -> None:
+    def _insert_jobs(self, conn: Connection, specs: Sequence[Tuple[int, SegmentSpec, int]], now: datetime) -> None:
+        """Insert new pending jobs in one driver-level executemany.
+
+        A job's birth is its ``created_at``; the events table records what happens to it afterwards.
+
+        A first scan inserts 100,000 rows; SQLAlchemy's per-row parameter processing costs more than
+        the database itself there, so the statement is compiled once and fed ready-made values: the
+        canonical JSON text computed during expansion and one pre-processed timestamp.
+        """
         if not specs:
             return
-        rows = [{"storyboard_id": board_id, "segment_index": s.segment_index, "version": s.version,
-                 "state": State.PENDING, "params": dict(s.params), "params_sha": s.params_sha, "is_pro": s.is_pro,
-                 "target_dir": s.target_dir, "created_at": now, "updated_at": now} for board_id, s in specs]
-        conn.execute(insert(jobs), rows)
-        # Every row created by this transaction carries exactly ``now``: one statement records them all.
-        conn.execute(insert(events).from_select(
-            ["job_id", "at", "to_state", "detail"],
-            select(jobs.c.id, literal(now, jobs.c.created_at.type), literal(State.PENDING.value), literal("added by scan"))
-            .where(jobs.c.created_at == now),
-        ))
+        dialect = conn.dialect
+        stamp = _db_value(jobs.c.created_at, now, dialect)
+        compiled = insert(jobs).compile(dialect=dialect, column_keys=list(_NEW_JOB_COLUMNS))
+        rows = [(board_id, segment.segment_index, version, State.PENDING.value, segment.params_json, segment.params_sha,
+                 segment.is_pro, segment.target_dir, 0, 0, 0, stamp, stamp) for board_id, segment, version in specs]
+        if compiled.positional:
+            # The columns are listed in table order, which is the order a positional statement binds.
+            assert tuple(compiled.positiontup or ()) == _NEW_JOB_COLUMNS, compiled.positiontup
+            conn.exec_driver_sql(compiled.string, rows)
+        else:
+            conn.exec_driver_sql(compiled.string, [dict(zip(_NEW_JOB_COLUMNS, row)) for row in rows])
 
     def _apply_changes(self, conn: Connection, changes: Sequence[JobChange], now: datetime,
                        worker: Optional[str]) -> None:

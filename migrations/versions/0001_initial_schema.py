@@ -61,15 +61,13 @@ def upgrade() -> None:
     sa.UniqueConstraint('storyboard_id', 'segment_index', 'version', name=op.f('uq_jobs_storyboard_id_segment_index_version'))
     )
     with op.batch_alter_table('jobs', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_jobs_lease_owner'), ['lease_owner'], unique=False)
         batch_op.create_index('ix_jobs_state_next_attempt_at', ['state', 'next_attempt_at'], unique=False)
-        batch_op.create_index(batch_op.f('ix_jobs_storyboard_id'), ['storyboard_id'], unique=False)
 
     op.create_table('events',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('job_id', sa.Integer(), nullable=False),
     sa.Column('at', sa.DateTime(), nullable=False),
-    sa.Column('from_state', sa.Enum('pending', 'submitting', 'submitted', 'downloading', 'done', 'failed', 'removed', name='event_from_state', native_enum=False, create_constraint=True, length=16), nullable=True),
+    sa.Column('from_state', sa.Enum('pending', 'submitting', 'submitted', 'downloading', 'done', 'failed', 'removed', name='event_from_state', native_enum=False, create_constraint=True, length=16), nullable=False),
     sa.Column('to_state', sa.Enum('pending', 'submitting', 'submitted', 'downloading', 'done', 'failed', 'removed', name='event_to_state', native_enum=False, create_constraint=True, length=16), nullable=False),
     sa.Column('detail', sa.Text(), nullable=True),
     sa.Column('worker', sa.String(length=255), nullable=True),
@@ -87,9 +85,7 @@ def downgrade() -> None:
 
     op.drop_table('events')
     with op.batch_alter_table('jobs', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_jobs_storyboard_id'))
         batch_op.drop_index('ix_jobs_state_next_attempt_at')
-        batch_op.drop_index(batch_op.f('ix_jobs_lease_owner'))
 
     op.drop_table('jobs')
     op.drop_table('storyboards')

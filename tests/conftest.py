@@ -1,0 +1,52 @@
+"""Shared fixtures: every test runs in its own workspace with no settings leaking in from outside."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Union
+
+import pytest
+from click.testing import CliRunner, Result
+
+from ledger.cli import cli
+from ledger.settings import SPECS
+
+ISOLATED_ENV = [env for env, _, _ in SPECS] + ["http_proxy", "https_proxy", "no_proxy", "ALL_PROXY", "all_proxy"]
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test sees the developer's .env, config.yaml, proxies or key."""
+    for name in ISOLATED_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+class Workspace:
+    """A user's project folder: input/, output/, ledger.db — all real files."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.input = root / "input"
+        self.output = root / "output"
+        self.input.mkdir(exist_ok=True)
+        self.db_url = f"sqlite:///{(root / 'ledger.db').as_posix()}"
+
+    def storyboard(self, relpath: str, doc: Union[dict, str, bytes]) -> Path:
+        path = self.input / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(doc, bytes):
+            path.write_bytes(doc)
+        elif isinstance(doc, str):
+            path.write_text(doc, encoding="utf-8")
+        else:
+            path.write_text(json.dumps(doc, ensure_ascii=False, indent=1), encoding="utf-8")
+        return path
+
+    def cli(self, *args: Any, env: Union[dict, None] = None) -> Result:
+        return CliRunner().invoke(cli, [str(a) for a in args], env=env or {}, catch_exceptions=False)
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    return Workspace(tmp_path)

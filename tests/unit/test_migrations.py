@@ -1,0 +1,57 @@
+"""The schema comes only from Alembic migrations, and they agree with the models."""
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from click.testing import CliRunner
+
+from ledger.cli import cli
+from ledger.db import _alembic_config, current_revision, head_revision, open_ledger, write_tx
+from ledger.models import Base
+
+
+def tables(path: Path):
+    with sqlite3.connect(path) as conn:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def test_first_use_migrates_an_empty_file_to_head(tmp_path: Path):
+    engine = open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    assert current_revision(engine) == head_revision()
+    assert {"storyboards", "jobs", "events", "alembic_version"} <= tables(tmp_path / "ledger.db")
+    with sqlite3.connect(tmp_path / "ledger.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_migrations_match_the_models(tmp_path: Path):
+    engine = open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    assert diff == []
+
+
+def test_downgrade_to_empty_and_back(tmp_path: Path):
+    engine = open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    with write_tx(engine) as conn:
+        command.downgrade(_alembic_config(conn), "base")
+    assert tables(tmp_path / "ledger.db") == {"alembic_version"}
+    engine.dispose()
+    engine = open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    assert {"storyboards", "jobs", "events"} <= tables(tmp_path / "ledger.db")
+
+
+def test_db_upgrade_command(tmp_path: Path):
+    result = CliRunner().invoke(cli, ["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    assert "up to date" in result.output
+    assert "jobs" in tables(tmp_path / "ledger.db")
+
+
+def test_unreachable_database_is_a_configuration_error(tmp_path: Path):
+    result = CliRunner().invoke(cli, ["--database", f"sqlite:///{tmp_path}/no/such/dir/ledger.db", "status"])
+    assert result.exit_code == 3
+    assert "the ledger's folder does not exist" in result.output
