@@ -1,0 +1,127 @@
+"""Claim: ledger's verified, resumable download keeps up with a bare stream and uses constant memory.
+
+Starts ``ledger sim`` in its own process serving an N MB video, then downloads it in turn with a
+plain ``requests`` stream into /dev/null (the baseline of the goal), with the same plain stream
+into a file that is then fsynced (the same disk work ledger must do), and with
+``ledger.download.download_file`` — each in a fresh child process, so a child's peak RSS is its own.
+Goal: ledger >= 0.9x the baseline's throughput, peak RSS < 100 MB whatever the size.
+
+    .venv/bin/python bench/download_bench.py [--mb 500] [--runs 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List
+
+CHUNK = 1 << 20
+THROUGHPUT_GOAL = 0.9
+RSS_GOAL_MB = 100.0
+
+
+def child(mode: str, url: str, folder: str) -> None:
+    """Download once ("plain", "plain-file" or "ledger"); print {"seconds", "bytes", "peak_rss_mb"}."""
+    import requests
+
+    started = time.perf_counter()
+    if mode in ("plain", "plain-file"):
+        size = 0
+        target = "/dev/null" if mode == "plain" else str(Path(folder) / "plain.bin")
+        with requests.get(url, stream=True, timeout=(10, 60)) as resp, open(target, "wb") as sink:
+            resp.raise_for_status()
+            for chunk in resp.iter_content(CHUNK):
+                sink.write(chunk)
+                size += len(chunk)
+            if mode == "plain-file":
+                sink.flush()
+                os.fsync(sink.fileno())
+        if mode == "plain-file":
+            os.unlink(target)
+    else:
+        from ledger.download import download_file
+
+        with requests.Session() as session:
+            result = download_file(session, url, Path(folder) / "bench.mp4", root=Path(folder),
+                                   timeout=(10, 60), chunk_size=CHUNK)
+        size = result.size
+        result.path.unlink()
+    seconds = time.perf_counter() - started
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    print(json.dumps({"seconds": seconds, "bytes": size, "peak_rss_mb": peak_kb / 1024}))
+
+
+def run_child(mode: str, url: str, folder: str) -> Dict[str, float]:
+    """Run ``child`` in a fresh interpreter and return what it measured."""
+    out = subprocess.run([sys.executable, __file__, "--child", mode, url, folder],
+                         check=True, capture_output=True, text=True).stdout
+    result: Dict[str, float] = json.loads(out)
+    return result
+
+
+def main() -> int:
+    """Run the comparison and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=int, default=500, help="video size in MB (default 500)")
+    parser.add_argument("--runs", type=int, default=3, help="downloads per method; the best counts (default 3)")
+    parser.add_argument("--child", nargs=3, metavar=("MODE", "URL", "FOLDER"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+        return 0
+
+    size = args.mb * 1_000_000
+    server = subprocess.Popen(
+        [sys.executable, "-c", "from ledger.sim.command import sim; sim()",
+         "--port", "0", "--gen-seconds", "0", "--video-bytes", str(size)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert server.stdout is not None
+        base_url = server.stdout.readline().split()[-1]
+        from ledger.client import SoraClient
+
+        with SoraClient(base_url, "bench") as client:
+            url = client.get(client.create({"prompt": "bench"}).task_id).video_url
+        assert url is not None
+        results: Dict[str, List[Dict[str, float]]] = {"plain": [], "plain-file": [], "ledger": []}
+        with tempfile.TemporaryDirectory(prefix="ledger-bench-") as folder:
+            for _ in range(args.runs):
+                for mode in results:
+                    run = run_child(mode, url, folder)
+                    if run["bytes"] != size:
+                        raise SystemExit(f"{mode}: got {run['bytes']} bytes, expected {size}")
+                    results[mode].append(run)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+    best = {mode: min(runs, key=lambda run: run["seconds"]) for mode, runs in results.items()}
+    rate = {mode: size / 1e6 / run["seconds"] for mode, run in best.items()}
+    ratio = rate["ledger"] / rate["plain"]
+    rss = max(run["peak_rss_mb"] for run in results["ledger"])
+    labels = {
+        "plain": "plain requests stream -> /dev/null",
+        "plain-file": "plain requests stream -> file + fsync",
+        "ledger": "ledger download_file (sha256, fsync, rename)",
+    }
+    print(f"download of {args.mb} MB from the simulator, best of {args.runs} (1 MiB chunks)")
+    print(f"{'method':<46} {'MB/s':>7} {'seconds':>8} {'peak RSS MB':>12}")
+    for mode, label in labels.items():
+        peak = max(run["peak_rss_mb"] for run in results[mode])
+        print(f"{label:<46} {rate[mode]:>7.0f} {best[mode]['seconds']:>8.2f} {peak:>12.1f}")
+    print(f"ledger / plain stream: {ratio:.2f} (goal >= {THROUGHPUT_GOAL}): "
+          f"{'met' if ratio >= THROUGHPUT_GOAL else 'MISSED'}")
+    print(f"ledger / plain stream with the same fsync'd file: {rate['ledger'] / rate['plain-file']:.2f}")
+    print(f"ledger peak RSS {rss:.1f} MB (goal < {RSS_GOAL_MB:.0f} MB): {'met' if rss < RSS_GOAL_MB else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""``ledger sim``: run the API simulator in the foreground to rehearse against."""
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Callable, Optional
+
+import click
+
+from .server import POLICY_TRIGGER, SimConfig, SimServer
+
+
+@click.command("sim")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0 picks a free one).")
+@click.option("--api-key", default=None, metavar="KEY",
+              help="Accept only this key (answer 401 to others). Default: accept any key.")
+@click.option("--gen-seconds", default=10.0, show_default=True, type=click.FloatRange(min=0),
+              help="How long a generation takes.")
+@click.option("--fail-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Fraction of tasks that end failed.")
+@click.option("--balance", default=100_000, show_default=True, type=click.IntRange(min=0),
+              help="Starting balance in cents.")
+@click.option("--fault-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Probability that a request meets a random fault (502, drop, 429, truncation…).")
+@click.option("--url-ttl", default=2 * 86400.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds a video URL stays valid.")
+@click.option("--video-bytes", default=None, type=click.IntRange(min=1), metavar="N",
+              help="Serve N pseudo-random bytes as every video instead of the sample MP4.")
+def sim(host: str, port: int, api_key: Optional[str], gen_seconds: float, fail_rate: float, balance: int,
+        fault_rate: float, url_ttl: float, video_bytes: Optional[int]) -> None:
+    """Run a local simulator of the video API until Ctrl+C.
+
+    Put "[policy-reject]" in a prompt to get a content-policy rejection.
+    """
+    config = SimConfig(api_key=api_key, gen_seconds=gen_seconds, fail_rate=fail_rate, balance=balance,
+                       fault_rate=fault_rate, url_ttl=url_ttl, video_bytes=video_bytes)
+    server = SimServer(config, host=host, port=port)
+    try:
+        server.start()
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    click.echo(f"Sora simulator listening on {server.base_url}")
+    key_hint = "the key given with --api-key" if api_key else "any value"
+    click.echo(f"Point ledger at it: SORA_BASE_URL={server.base_url} and SORA_API_KEY={key_hint}")
+    click.echo(f'A prompt containing "{POLICY_TRIGGER}" is rejected by the content policy. Ctrl+C stops.')
+    stopping = threading.Event()
+    restore = _on_sigterm(stopping)
+    try:
+        while not stopping.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        restore()
+    click.echo("Sora simulator stopped.")
+
+
+def _on_sigterm(stopping: threading.Event) -> Callable[[], None]:
+    """Make SIGTERM stop the server like Ctrl+C; return a function restoring the old handler."""
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    except ValueError:  # not the main thread (e.g. an embedding test runner): Ctrl+C still works
+        return lambda: None
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore
