@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import click
 from rich.console import Console
@@ -18,12 +20,17 @@ from rich.table import Table
 
 from . import __version__
 from .db import open_ledger, upgrade
-from .errors import ExitStatus, InputError, LedgerError
+from .client import SoraClient
+from .errors import BudgetExhausted, ConfigError, ExitStatus, InputError, Interrupted, JobsFailed, LedgerError
+from .live import make_view
+from .policy import PollPolicy, RetryPolicy
 from .redact import RedactingFilter, redact
 from .scan import ScanReport, scan
 from .settings import OUTPUT_MODES, Settings, load_settings
+from .sim.command import sim
 from .states import ALL_STATES
-from .store import Store
+from .store import JobScope, Store
+from .worker import WorkOptions, Worker, WorkSummary
 
 log = logging.getLogger("ledger")
 out = Console(highlight=False, soft_wrap=True)
@@ -193,6 +200,113 @@ def status_command(app: App, as_json: bool) -> None:
               f"for {report.counts['pending'] + report.counts['submitting']} job(s) not yet paid for.")
 
 
+def work_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of a work run, shared by ``work`` and ``run``."""
+    for option in reversed([
+        click.option("--concurrency", type=click.IntRange(1), help="Generations in flight at once (MAX_CONCURRENT_TASKS, default 8)."),
+        click.option("--limit", type=click.IntRange(1), help="Process at most N jobs in this run."),
+        click.option("--storyboard", "pattern", metavar="PATTERN", help="Only storyboards whose path or name matches this glob."),
+        click.option("--max-spend", type=click.IntRange(0), metavar="CENTS", help="Never submit a job that would take this run's spend past CENTS."),
+        click.option("--no-progress", is_flag=True, help="Plain log lines instead of the live view."),
+    ]):
+        func = option(func)
+    return func
+
+
+def _work(app: App, settings: Settings, store: Store, *, pattern: Optional[str], limit: Optional[int],
+          max_spend: Optional[int], no_progress: bool, job_ids: Optional[List[int]] = None) -> WorkSummary:
+    """Run the worker with the live view and Ctrl+C handling; print the summary; return it."""
+    if not settings.api_key:
+        raise ConfigError("SORA_API_KEY is not set (in the environment, .env or config.yaml)")
+    scope = JobScope(storyboard_ids=store.storyboard_ids(pattern) if pattern else None, job_ids=job_ids)
+    prices = _price_table(settings)
+    options = WorkOptions(
+        concurrency=settings.max_concurrent_tasks, limit=limit, scope=scope, max_spend=max_spend,
+        poll=PollPolicy.from_settings(settings), retry=RetryPolicy.from_settings(settings),
+        polls_per_second=settings.poll_max_per_second, lease_seconds=settings.lease_seconds,
+        reconcile_grace=settings.reconcile_grace_seconds, poll_timeout=settings.poll_timeout_seconds, price=prices)
+    with SoraClient.from_settings(settings) as client, make_view(err, plain=no_progress or None) as view:
+        worker = Worker(store, client, options, on_event=view.event, on_tick=view.tick)
+        with _stop_on_signals(worker):
+            summary = worker.run()
+    _render_summary(summary)
+    return summary
+
+
+@contextmanager
+def _stop_on_signals(worker: Worker) -> Iterator[None]:
+    """Ctrl+C / SIGTERM: stop claiming and submitting; a second one aborts downloads."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        again = worker.stopping
+        worker.request_stop()
+        err.print("aborting downloads…" if again else
+                  "stopping: nothing new will be submitted; finishing downloads (Ctrl+C again to abort them)")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _render_summary(s: WorkSummary) -> None:
+    out.print(f"Work finished in {s.seconds:.0f} s: {s.done} downloaded, {s.skipped_existing} already on disk, "
+              f"{s.failed} failed; {s.creates} generation(s) paid ({money(s.spent_cents)}), {s.polls} polls.")
+    for label, kind, message in s.failures:
+        out.print(f"failed: {label} [{kind}] {message}", markup=False)
+    if s.still_generating:
+        out.print(f"{s.still_generating} job(s) are still generating remotely; their task ids are kept — "
+                  f"run `ledger work` again to collect them (nothing is paid twice).")
+
+
+def _raise_for(summary: WorkSummary) -> None:
+    """Turn a run's outcome into its documented exit code (through the one error map)."""
+    status = summary.exit_status
+    if status is ExitStatus.INTERRUPTED:
+        raise Interrupted("interrupted")
+    if status is ExitStatus.CONFIG:
+        raise ConfigError(f"stopped: {summary.stop_detail}")
+    if status is ExitStatus.BALANCE:
+        raise BudgetExhausted(f"stopped submitting: {summary.stop_detail}")
+    if status is ExitStatus.JOBS_FAILED:
+        raise JobsFailed(f"{summary.failed} job(s) failed; see `ledger export-failed`")
+
+
+@cli.command("work")
+@work_options
+@click.pass_obj
+def work_command(app: App, concurrency: Optional[int], limit: Optional[int], pattern: Optional[str],
+                 max_spend: Optional[int], no_progress: bool) -> None:
+    """Claim pending jobs, generate them, download the videos."""
+    settings = app.settings(max_concurrent_tasks=concurrency)
+    summary = _work(app, settings, app.store(settings), pattern=pattern, limit=limit, max_spend=max_spend,
+                    no_progress=no_progress)
+    _raise_for(summary)
+
+
+@cli.command("run")
+@layout_options
+@click.option("--dry-run", is_flag=True, help="Scan without writing and stop: what would change and cost.")
+@work_options
+@click.pass_obj
+def run_command(app: App, input_dir: Optional[Path], output_mode: Optional[str], output_dir: Optional[Path],
+                dry_run: bool, concurrency: Optional[int], limit: Optional[int], pattern: Optional[str],
+                max_spend: Optional[int], no_progress: bool) -> None:
+    """`scan`, then `work`: the one-command experience."""
+    settings = app.settings(input_dir=input_dir, output_mode=output_mode, output_dir=output_dir,
+                            max_concurrent_tasks=concurrency)
+    store = app.store(settings)
+    report = scan(settings, app.cwd, store, dry_run=dry_run)
+    _render_scan(report, settings, store)
+    if not dry_run:
+        _raise_for(_work(app, settings, store, pattern=pattern, limit=limit, max_spend=max_spend,
+                         no_progress=no_progress))
+    if report.problems:
+        raise InputError(f"{len(report.invalid_files)} storyboard file(s) are invalid (listed above)")
+
+
 @cli.group("db")
 def db_group() -> None:
     """Ledger database maintenance."""
@@ -207,6 +321,9 @@ def db_upgrade(app: App) -> None:
     engine = open_ledger(settings.database_url, migrate=False)
     upgrade(engine)
     out.print("ledger database is up to date")
+
+
+cli.add_command(sim)
 
 
 def main() -> None:

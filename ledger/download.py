@@ -214,12 +214,13 @@ def _fsync_and_hash(fh: IO[bytes], path: Path) -> str:
     """fsync ``fh`` while another thread hashes the file back from the page cache: the hash covers
     exactly the bytes on disk, and the wait for the disk pays for the hashing."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sha256") as pool:
-        digest = pool.submit(_sha256_of, path)
+        digest = pool.submit(sha256_of, path)
         os.fsync(fh.fileno())
         return digest.result()
 
 
-def _sha256_of(path: Path) -> str:
+def sha256_of(path: Path) -> str:
+    """The sha256 hex digest of a file, read in blocks."""
     hasher = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(_HASH_BLOCK), b""):

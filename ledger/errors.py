@@ -27,6 +27,12 @@ class LedgerError(Exception):
     exit_status: ExitStatus = ExitStatus.JOBS_FAILED
 
 
+class JobsFailed(LedgerError):
+    """The run finished, and some of its jobs ended ``failed`` (their reasons are in the ledger)."""
+
+    exit_status = ExitStatus.JOBS_FAILED
+
+
 class UsageError(LedgerError):
     """Bad command-line usage or bad input files."""
 

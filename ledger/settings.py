@@ -96,7 +96,7 @@ class Settings:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     poll_timeout_seconds: float = 45 * 60
-    poll_min_interval: float = 2.0
+    poll_min_interval: float = 0.25
     poll_max_interval: float = 120.0
     poll_max_per_second: float = 10.0
     max_attempts: int = 5

@@ -7,20 +7,45 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
+from datetime import datetime, timedelta
+from fnmatch import fnmatch
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, case, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine, Row
 
 from .db import read_tx, write_tx
 from .models import events, jobs, storyboards, utcnow
 from .outputs import existing_videos, supersede
-from .states import ALL_STATES, State, check_transition
+from .errors import LedgerError
+from .leases import owner_is_dead
+from .states import ALL_STATES, CLAIMABLE, IN_FLIGHT, State, check_transition
 from .storyboard import JobSpec, ParsedStoryboard, SegmentSpec
 
 log = logging.getLogger(__name__)
+
+class LeaseLost(LedgerError):
+    """Another worker took this job over (its lease expired); this worker must let it go."""
+
+
+@dataclass(frozen=True)
+class JobScope:
+    """Which jobs a ``ledger work`` run may touch: some storyboards, some job ids, or all."""
+
+    storyboard_ids: Optional[Sequence[int]] = None
+    job_ids: Optional[Sequence[int]] = None
+    paid_only: bool = False  # only jobs that already have (or may have) a remote task
+
+    def apply(self, query):  # type: ignore[no-untyped-def]
+        if self.storyboard_ids is not None:
+            query = query.where(jobs.c.storyboard_id.in_(list(self.storyboard_ids)))
+        if self.job_ids is not None:
+            query = query.where(jobs.c.id.in_(list(self.job_ids)))
+        if self.paid_only:
+            query = query.where(jobs.c.state != State.PENDING.value)
+        return query
+
 
 CHUNK = 500  # ids per IN (...) list: far below every database's bound-parameter limit
 
@@ -394,6 +419,133 @@ class Store:
                  "detail": c.detail, "worker": worker}
                 for c in changes
             ])
+
+    # work ----------------------------------------------------------------------------------
+
+    def storyboard_ids(self, pattern: str) -> List[int]:
+        """Ids of the storyboards whose stored path (or file name) matches the glob ``pattern``."""
+        with read_tx(self.engine) as conn:
+            rows = conn.execute(select(storyboards.c.id, storyboards.c.path)).all()
+        return [r.id for r in rows if fnmatch(r.path, pattern) or fnmatch(PurePosixPath(r.path).name, pattern)]
+
+    def release_dead_owners(self) -> int:
+        """Clear the leases held by processes of this machine that no longer exist (a crash or a
+        kill -9): their jobs can be resumed at once rather than when the leases expire."""
+        with read_tx(self.engine) as conn:
+            owners = [o for (o,) in conn.execute(select(jobs.c.lease_owner).where(jobs.c.lease_owner.is_not(None))
+                                                 .distinct())]
+        dead = [o for o in owners if owner_is_dead(o)]
+        if not dead:
+            return 0
+        with write_tx(self.engine) as conn:
+            released = conn.execute(update(jobs).where(jobs.c.lease_owner.in_(dead))
+                                    .values(lease_owner=None, lease_expires_at=None)).rowcount
+        log.info("adopted %d job(s) from %d dead worker(s): %s", released, len(dead), ", ".join(dead))
+        return released
+
+    def _claimable(self, now: datetime, scope: "JobScope"):  # type: ignore[no-untyped-def]
+        query = (select(jobs.c.id)
+                 .where(jobs.c.state.in_([s.value for s in CLAIMABLE]))
+                 .where(or_(jobs.c.lease_owner.is_(None), jobs.c.lease_expires_at < now))
+                 .where(or_(jobs.c.next_attempt_at.is_(None), jobs.c.next_attempt_at <= now)))
+        return scope.apply(query)
+
+    def claim(self, owner: str, limit: int, lease_seconds: float, scope: "JobScope",
+              exclude: Iterable[int] = ()) -> List[JobRow]:
+        """Atomically lease up to ``limit`` claimable jobs to ``owner``: jobs already paid for
+        (in flight) first, then pending ones in ledger order."""
+        if limit <= 0:
+            return []
+        now = utcnow()
+        in_flight_first = case((jobs.c.state == State.PENDING.value, 1), else_=0)
+        query = self._claimable(now, scope)
+        excluded = list(exclude)
+        if excluded:
+            query = query.where(jobs.c.id.not_in(excluded))
+        with write_tx(self.engine) as conn:
+            ids = [r.id for r in conn.execute(
+                query.order_by(in_flight_first, jobs.c.id).limit(limit).with_for_update(skip_locked=True))]
+            if not ids:
+                return []
+            conn.execute(update(jobs).where(jobs.c.id.in_(ids))
+                         .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds)))
+            rows = conn.execute(job_select().where(jobs.c.id.in_(ids)).order_by(jobs.c.id)).all()
+        return [JobRow.from_row(r) for r in rows]
+
+    def pending_outlook(self, scope: "JobScope") -> Tuple[int, Optional[datetime]]:
+        """How many jobs in ``scope`` could be claimed now, and when the next delayed one is due
+        (a retry waiting out its backoff). Jobs leased by live workers count for neither."""
+        now = utcnow()
+        with read_tx(self.engine) as conn:
+            ready = conn.execute(select(func.count()).select_from(self._claimable(now, scope).subquery())).scalar_one()
+            later = scope.apply(
+                select(func.min(jobs.c.next_attempt_at))
+                .where(jobs.c.state.in_([s.value for s in CLAIMABLE]))
+                .where(or_(jobs.c.lease_owner.is_(None), jobs.c.lease_expires_at < now))
+                .where(jobs.c.next_attempt_at > now))
+            return ready, conn.execute(later).scalar_one()
+
+    def count_in_flight(self, scope: "JobScope") -> int:
+        """Jobs in ``scope`` whose generation is paid for (or may be) and not yet downloaded."""
+        with read_tx(self.engine) as conn:
+            return conn.execute(scope.apply(select(func.count()).select_from(jobs)
+                                            .where(jobs.c.state.in_([s.value for s in IN_FLIGHT])))).scalar_one()
+
+    def renew(self, owner: str, ids: Iterable[int], lease_seconds: float) -> Set[int]:
+        """Extend ``owner``'s leases on ``ids``; returns the ids it still holds."""
+        ids = list(ids)
+        held: Set[int] = set()
+        if not ids:
+            return held
+        expires = utcnow() + timedelta(seconds=lease_seconds)
+        with write_tx(self.engine) as conn:
+            for chunk in _chunks(ids):
+                conn.execute(update(jobs).where(jobs.c.id.in_(chunk)).where(jobs.c.lease_owner == owner)
+                             .values(lease_expires_at=expires))
+                held.update(i for (i,) in conn.execute(select(jobs.c.id).where(jobs.c.id.in_(chunk))
+                                                       .where(jobs.c.lease_owner == owner)))
+        return held
+
+    def release(self, owner: str, ids: Optional[Iterable[int]] = None) -> int:
+        """Give up ``owner``'s leases (all of them, or on ``ids``); states and task ids stay."""
+        stmt = update(jobs).where(jobs.c.lease_owner == owner)
+        if ids is not None:
+            stmt = stmt.where(jobs.c.id.in_(list(ids)))
+        with write_tx(self.engine) as conn:
+            return conn.execute(stmt.values(lease_owner=None, lease_expires_at=None)).rowcount
+
+    def transition(self, job_id: int, owner: str, old: State, new: State, detail: str,
+                   **values: Any) -> JobRow:
+        """Move one job ``old`` -> ``new`` (or update it in place when they are equal), only while
+        ``owner`` holds its lease; records the event in the same transaction."""
+        if old is not new:
+            check_transition(old, new)
+        now = utcnow()
+        with write_tx(self.engine) as conn:
+            changed = conn.execute(
+                update(jobs).where(jobs.c.id == job_id).where(jobs.c.state == old.value)
+                .where(jobs.c.lease_owner == owner)
+                .values(state=new, updated_at=now, **values)).rowcount
+            if not changed:
+                raise LeaseLost(f"job {job_id} is no longer {old.value} under this worker's lease")
+            if old is not new:
+                conn.execute(insert(events).values(job_id=job_id, at=now, from_state=old, to_state=new,
+                                                   detail=detail, worker=owner))
+            row = conn.execute(job_select().where(jobs.c.id == job_id)).one()
+        return JobRow.from_row(row)
+
+    def linked_task_ids(self, task_ids: Iterable[str]) -> Set[str]:
+        """Which of ``task_ids`` already belong to a job (a remote task is never adopted twice)."""
+        wanted = list(task_ids)
+        if not wanted:
+            return set()
+        with read_tx(self.engine) as conn:
+            return {t for (t,) in conn.execute(select(jobs.c.remote_task_id).where(jobs.c.remote_task_id.in_(wanted)))}
+
+    def job(self, job_id: int) -> Optional[JobRow]:
+        with read_tx(self.engine) as conn:
+            row = conn.execute(job_select().where(jobs.c.id == job_id)).one_or_none()
+        return JobRow.from_row(row) if row else None
 
     # status --------------------------------------------------------------------------------
 
