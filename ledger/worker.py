@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta, timezone
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from sqlalchemy import exc as sa_exc
@@ -178,6 +179,7 @@ class Worker:
         self._no_submit: Optional[str] = None  # "balance" / "budget": only finish what is paid for
         self._fatal: Optional[str] = None
         self._parked: Set[int] = set()  # poll timeouts: left for a later run
+        self._downloads: Dict[int, Path] = {}
         self._reserved = 0
         self._next_claim = 0.0
         self._started = time.monotonic()
@@ -327,6 +329,10 @@ class Worker:
             for active in [a for a in self.active.values() if not a.running]:
                 self.active.pop(active.job.id)
         self.store.release(self.owner)
+        with self._lock:
+            stuck = list(self._downloads.values())
+        for dest in stuck:  # a download that ignored the abort: its partial file goes, never its final one
+            dest.with_name(dest.name + ".part").unlink(missing_ok=True)
         if self._stopping.is_set() and not self._fatal:
             self.summary.stopped = "interrupted"
         elif self._fatal:
@@ -559,7 +565,13 @@ class Worker:
                 # A previous run finished the file but stopped before recording it.
                 size, digest = dest.stat().st_size, sha256_of(dest)
             else:
-                result = self.client.download(job.video_url, dest, root=target, cancel=self._abort)
+                with self._lock:
+                    self._downloads[job.id] = dest
+                try:
+                    result = self.client.download(job.video_url, dest, root=target, cancel=self._abort)
+                finally:
+                    with self._lock:
+                        self._downloads.pop(job.id, None)
                 size, digest = result.size, result.sha256
         except Interrupted:
             return Next(outcome="released")
@@ -578,7 +590,10 @@ class Worker:
             return Next(0.0)
         except ApiError as exc:  # DownloadError and transport trouble: the download only is retried
             return self._retry_later(active, State.DOWNLOADING, exc)
-        write_json_atomic(sidecar_path(dest), {
+        sidecar = sidecar_path(dest)
+        for stale in target.glob(f".{sidecar.name}.*.tmp"):  # a write cut short by a crash
+            stale.unlink(missing_ok=True)
+        write_json_atomic(sidecar, {
             "storyboard": job.storyboard_path, "segment_index": job.segment_index, "version": job.version,
             "prompt": job.params.get("prompt"), "parameters": dict(job.params), "task_id": job.remote_task_id,
             "cost_cents": job.cost_cents, "submitted_at": _iso(job.submitted_at), "downloaded_at": _iso(utcnow()),

@@ -1,10 +1,33 @@
 """Small builders the tests share."""
 from __future__ import annotations
 
-from typing import Any
+import os
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
+from pathlib import Path
+from typing import Any, Dict, List
 
 
 def segments(*prompts: str, **extra: Any) -> dict:
     """A storyboard in the format users already have, one segment per prompt."""
     return {"metadata": {"project_name": "test"},
             "segments": [{"segment_index": i, "prompt_text": p, **extra} for i, p in enumerate(prompts, start=1)]}
+
+
+def query(root: Path, sql: str, *args: Any) -> List[tuple]:
+    """Rows from the workspace's real ledger file, read with plain sqlite3 (not our code)."""
+    with closing(sqlite3.connect(root / "ledger.db")) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def spawn(root: Path, env: Dict[str, str], *args: str) -> "subprocess.Popen[str]":
+    """`ledger ARGS` as a separate process in the workspace, as a user would run it."""
+    return subprocess.Popen([sys.executable, "-m", "ledger", *args], cwd=root, env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def leftovers(root: Path) -> List[Path]:
+    """Temporary files a run must never leave behind."""
+    return [p for p in root.rglob("*") if p.name.endswith((".part", ".tmp"))]

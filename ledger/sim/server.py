@@ -76,6 +76,7 @@ class SimConfig:
     fault_rate: float = 0.0  # probability that a request meets a random transport fault
     video_bytes: Optional[int] = None  # None serves the shipped sample.mp4
     seed: Optional[int] = None
+    create_latency: float = 0.0  # seconds between making (and billing) a task and answering the create
 
 
 @dataclass
@@ -568,6 +569,9 @@ class _Handler(BaseHTTPRequestHandler):
         except (UnicodeDecodeError, ValueError):
             body = None
         code, message, data = self.server.sim._create(body)
+        if code == 200 and self.server.sim.config.create_latency:
+            # The real service answers a create after a while, with the task already made and billed.
+            time.sleep(self.server.sim.config.create_latency)
         if lost and code == 200:
             self.close_connection = True  # made and billed, but the answer never leaves
             return

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Any, Callable, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
@@ -99,3 +99,10 @@ def unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def work_env(sim: SimServer) -> Dict[str, str]:
+    """Settings for a `ledger work` against ``sim``, with the waits shrunk to test size."""
+    return {"SORA_BASE_URL": sim.base_url, "SORA_API_KEY": API_KEY, "GEN_COUNT_PER_SEGMENT": "1",
+            "POLL_MIN_INTERVAL": "0.05", "RETRY_BASE_DELAY": "0.1", "RECONCILE_GRACE_SECONDS": "0.2"}
