@@ -8,7 +8,9 @@ PostgreSQL, where row locks (``FOR UPDATE SKIP LOCKED``) do that job.
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
+import threading
+from contextlib import contextmanager, nullcontext
+from weakref import WeakKeyDictionary
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 30_000
 _WRITE = "ledger_write"
+_write_locks: "WeakKeyDictionary[Engine, threading.Lock]" = WeakKeyDictionary()
 
 
 def _install_sqlite_pragmas(engine: Engine) -> None:
@@ -52,8 +55,13 @@ def make_engine(url: str) -> Engine:
             folder = Path(parsed.database).expanduser().resolve().parent
             if not folder.is_dir():
                 raise DatabaseError(f"the ledger's folder does not exist: {folder}")
-        engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+        # One connection per worker thread, so no thread waits for the pool itself.
+        # Every use ends its own transaction (write_tx/read_tx), so the pool need not roll back
+        # again on each return.
+        engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000}, pool_size=40,
+                               max_overflow=40, pool_reset_on_return=None)
         _install_sqlite_pragmas(engine)
+        _write_locks[engine] = threading.Lock()
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -65,8 +73,14 @@ def make_engine(url: str) -> Engine:
 
 @contextmanager
 def write_tx(engine: Engine) -> Iterator[Connection]:
-    """A write transaction that holds the write lock from its first statement."""
-    with engine.connect() as conn:
+    """A write transaction that holds the write lock from its first statement.
+
+    On SQLite the threads of one process also queue on a plain lock first: SQLite's own busy
+    handler sleeps in steps of up to 100 ms, which would leave the database idle most of the
+    time under contention; other processes still meet the busy handler.
+    """
+    lock = _write_locks.get(engine)
+    with lock if lock is not None else nullcontext(), engine.connect() as conn:
         conn.execution_options(**{_WRITE: True})
         with conn.begin():
             yield conn

@@ -5,7 +5,9 @@ Writes go through ``write_tx`` (SQLite: ``BEGIN IMMEDIATE``); every state change
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+from functools import lru_cache
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from fnmatch import fnmatch
@@ -110,6 +112,21 @@ JOB_COLUMNS = [c for c in jobs.c] + [storyboards.c.path.label("storyboard_path")
 
 def job_select():  # type: ignore[no-untyped-def]
     return select(*JOB_COLUMNS).join_from(jobs, storyboards, jobs.c.storyboard_id == storyboards.c.id)
+
+
+# The worker runs these thousands of times: statements built once skip SQLAlchemy's per-call
+# construction and cache-key work, which costs more than SQLite itself here.
+_JOB_BY_ID = job_select().where(jobs.c.id == bindparam("t_id"))
+_EVENT_INSERT = insert(events)
+
+
+@lru_cache(maxsize=64)
+def _transition_update(columns: Tuple[str, ...]):  # type: ignore[no-untyped-def]
+    """``UPDATE jobs SET state, updated_at, <columns> WHERE id, state and lease owner match``."""
+    return (update(jobs)
+            .where(jobs.c.id == bindparam("t_id"), jobs.c.state == bindparam("t_old"),
+                   jobs.c.lease_owner == bindparam("t_owner"))
+            .values({name: bindparam(name) for name in ("state", "updated_at", *columns)}))
 
 
 # --- scan --------------------------------------------------------------------------------------
@@ -514,24 +531,28 @@ class Store:
         with write_tx(self.engine) as conn:
             return conn.execute(stmt.values(lease_owner=None, lease_expires_at=None)).rowcount
 
-    def transition(self, job_id: int, owner: str, old: State, new: State, detail: str,
-                   **values: Any) -> JobRow:
+    def transition(self, job_id: int, owner: str, old: State, new: State, detail: str, *,
+                   current: Optional[JobRow] = None, **values: Any) -> JobRow:
         """Move one job ``old`` -> ``new`` (or update it in place when they are equal), only while
-        ``owner`` holds its lease; records the event in the same transaction."""
+        ``owner`` holds its lease; records the event in the same transaction.
+
+        Returns the row as it now is: ``current`` with the changes applied when given (the caller's
+        copy is known to be in step: only the lease holder writes), else read back."""
         if old is not new:
             check_transition(old, new)
         now = utcnow()
         with write_tx(self.engine) as conn:
-            changed = conn.execute(
-                update(jobs).where(jobs.c.id == job_id).where(jobs.c.state == old.value)
-                .where(jobs.c.lease_owner == owner)
-                .values(state=new, updated_at=now, **values)).rowcount
+            changed = conn.execute(_transition_update(tuple(sorted(values))), {
+                **values, "t_id": job_id, "t_old": old.value, "t_owner": owner, "state": new, "updated_at": now,
+            }).rowcount
             if not changed:
                 raise LeaseLost(f"job {job_id} is no longer {old.value} under this worker's lease")
             if old is not new:
-                conn.execute(insert(events).values(job_id=job_id, at=now, from_state=old, to_state=new,
-                                                   detail=detail, worker=owner))
-            row = conn.execute(job_select().where(jobs.c.id == job_id)).one()
+                conn.execute(_EVENT_INSERT, {"job_id": job_id, "at": now, "from_state": old, "to_state": new,
+                                             "detail": detail, "worker": owner})
+            if current is not None:
+                return dataclasses.replace(current, state=new, updated_at=now, **values)
+            row = conn.execute(_JOB_BY_ID, {"t_id": job_id}).one()
         return JobRow.from_row(row)
 
     def linked_task_ids(self, task_ids: Iterable[str]) -> Set[str]:

@@ -182,6 +182,7 @@ class Worker:
         self._downloads: Dict[int, Path] = {}
         self._reserved = 0
         self._next_claim = 0.0
+        self._last_claim = 0.0
         self._started = time.monotonic()
 
     # --- control from the CLI (signal handlers) ---------------------------------------------------
@@ -246,8 +247,12 @@ class Worker:
         free = self.options.concurrency - len(self.active)
         if self.options.limit is not None:
             free = min(free, self.options.limit - self.claimed)
-        if free <= 0 or now < self._next_claim:
+        # Claim in batches: each claim is a write transaction, so wait for a quarter of the slots
+        # to free up (or a short while) rather than claiming one job per finished one.
+        batch = max(1, self.options.concurrency // 4)
+        if free <= 0 or now < self._next_claim or (free < batch and self.active and now < self._last_claim + 0.2):
             return False
+        self._last_claim = now
         scope = self.options.scope
         if self._no_submit:
             # Only what is already paid for: a claim may not start new generations.
@@ -364,11 +369,13 @@ class Worker:
         self.on_event(job, text)
 
     def _move(self, active: Active, new: State, detail: str, *, release: bool = False, show: bool = True,
-              **values: Any) -> JobRow:
-        """One ledger transition of a job this run holds (``release``: and give up its lease)."""
+              reread: bool = False, **values: Any) -> JobRow:
+        """One ledger transition of a job this run holds (``release``: and give up its lease;
+        ``reread``: return the row as stored, e.g. parameters a scan may have changed since the claim)."""
         if release:
             values.update(lease_owner=None, lease_expires_at=None)
-        active.job = self.store.transition(active.job.id, self.owner, active.job.state, new, detail, **values)
+        active.job = self.store.transition(active.job.id, self.owner, active.job.state, new, detail,
+                                           current=None if reread else active.job, **values)
         if detail and show:
             self._event(active.job, detail)
         return active.job
@@ -410,7 +417,7 @@ class Worker:
                 self.summary.released_pending += 1
             return Next(outcome="released")
         try:
-            job = self._move(active, State.SUBMITTING, "write-ahead: sending POST /create", show=False,
+            job = self._move(active, State.SUBMITTING, "write-ahead: sending POST /create", show=False, reread=True,
                              submitting_at=utcnow())
             self.client.backoff.wait(self._abort)
             task = self.client.create(job.params)
