@@ -12,16 +12,27 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__
 from .db import open_ledger, upgrade
 from .client import SoraClient
-from .errors import BudgetExhausted, ConfigError, ExitStatus, InputError, Interrupted, JobsFailed, LedgerError
+from .errors import (
+    BudgetExhausted,
+    ConfigError,
+    ExitStatus,
+    InputError,
+    Interrupted,
+    JobsFailed,
+    LedgerError,
+    UsageError,
+)
+from .failures import default_export_path, export_failed, select_from_file
 from .live import make_view
 from .policy import PollPolicy, RetryPolicy
 from .redact import RedactingFilter, redact
@@ -29,8 +40,9 @@ from .scan import ScanReport, scan
 from .settings import OUTPUT_MODES, Settings, load_settings
 from .sim.command import sim
 from .states import ALL_STATES
-from .store import JobScope, Store
-from .worker import WorkOptions, Worker, WorkSummary
+from .store import JobRow, JobScope, Store
+from .storyboard import ledger_path
+from .worker import WorkOptions, Worker, WorkSummary, plan_work
 
 log = logging.getLogger("ledger")
 out = Console(highlight=False, soft_wrap=True)
@@ -175,9 +187,14 @@ def scan_command(app: App, input_dir: Optional[Path], output_mode: Optional[str]
 
 @cli.command("status")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
-@click.pass_obj
-def status_command(app: App, as_json: bool) -> None:
+@click.option("--job", metavar="JOB", help="Show one job instead (same as `ledger show JOB`).")
+@click.pass_context
+def status_command(ctx: click.Context, as_json: bool, job: Optional[str]) -> None:
     """Counts per state, per storyboard, and money spent / still to spend."""
+    if job is not None:
+        ctx.invoke(show_command, job=job)
+        return
+    app: App = ctx.obj
     settings = app.settings()
     report = app.store(settings).status(_price_table(settings))
     if as_json:
@@ -274,21 +291,141 @@ def _raise_for(summary: WorkSummary) -> None:
         raise JobsFailed(f"{summary.failed} job(s) failed; see `ledger export-failed`")
 
 
+def _dry_run(settings: Settings, store: Store, pattern: Optional[str], limit: Optional[int],
+             extra: Tuple[int, int] = (0, 0)) -> None:
+    """Print what a run would submit and cost, beside the balance; nothing is paid."""
+    scope = JobScope(storyboard_ids=store.storyboard_ids(pattern) if pattern else None)
+    with SoraClient.from_settings(settings) as client:
+        plan = plan_work(store, client, scope, fallback=(settings.price_normal_cents, settings.price_pro_cents),
+                         limit=limit, extra=extra)
+    out.print(f"Dry run: {plan.jobs} job(s) would be submitted ({plan.normal} normal, {plan.pro} Pro), "
+              f"{plan.in_flight} already paid for would be collected.", markup=False)
+    out.print(f"Estimated cost {money(plan.cost)} at {money(plan.normal_price)} / {money(plan.pro_price)} per "
+              f"normal / Pro video, from {plan.price_source}.", markup=False)
+    if plan.balance is None:
+        out.print(f"Balance unknown ({plan.balance_note}).", markup=False)
+    elif plan.balance >= plan.cost:
+        out.print(f"Balance {money(plan.balance)} covers it ({money(plan.balance - plan.cost)} would be left).")
+    else:
+        out.print(f"Balance {money(plan.balance)} does NOT cover it: {money(plan.cost - plan.balance)} short; "
+                  f"a run would stop submitting when the balance runs out.")
+
+
 @cli.command("work")
 @work_options
+@click.option("--dry-run", is_flag=True, help="Count and price what would be submitted (GET /pricing, /balance); pay nothing.")
+@click.option("--retry-failed", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
+              help="Requeue the failed jobs listed in FILE (from export-failed), then work only those.")
 @click.pass_obj
 def work_command(app: App, concurrency: Optional[int], limit: Optional[int], pattern: Optional[str],
-                 max_spend: Optional[int], no_progress: bool) -> None:
+                 max_spend: Optional[int], no_progress: bool, dry_run: bool, retry_failed: Optional[Path]) -> None:
     """Claim pending jobs, generate them, download the videos."""
     settings = app.settings(max_concurrent_tasks=concurrency)
-    summary = _work(app, settings, app.store(settings), pattern=pattern, limit=limit, max_spend=max_spend,
-                    no_progress=no_progress)
-    _raise_for(summary)
+    store = app.store(settings)
+    if dry_run:
+        _dry_run(settings, store, pattern, limit)
+        return
+    job_ids = None
+    if retry_failed is not None:
+        selection = select_from_file(store, retry_failed, app.cwd)
+        _report_requeue(store.requeue(selection.job_ids), selection.unmatched)
+        job_ids = selection.job_ids
+    _raise_for(_work(app, settings, store, pattern=pattern, limit=limit, max_spend=max_spend,
+                     no_progress=no_progress, job_ids=job_ids))
+
+
+def _report_requeue(counts: Tuple[int, int], unmatched: Sequence[str] = ()) -> None:
+    downloads, generations = counts
+    for entry in unmatched:
+        err.print(f"warning: not in the ledger: {entry}", markup=False)
+    out.print(f"Requeued {downloads + generations} failed job(s): {downloads} to download again (already paid for), "
+              f"{generations} to generate again.")
+
+
+@cli.command("requeue")
+@click.option("--failed", "failed", is_flag=True, help="Select failed jobs (narrow with the options below).")
+@click.option("--storyboard", "pattern", metavar="PATTERN", help="Only storyboards whose path or name matches this glob.")
+@click.option("--segment", type=click.IntRange(1), help="Only this segment index.")
+@click.option("--error-contains", metavar="TEXT", help="Only failures whose message contains TEXT.")
+@click.option("--from-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
+              help="Select the jobs listed in a failed-tasks file.")
+@click.option("--regenerate", is_flag=True, help="Generate again (and pay) even when only the download failed.")
+@click.pass_obj
+def requeue_command(app: App, failed: bool, pattern: Optional[str], segment: Optional[int],
+                    error_contains: Optional[str], from_file: Optional[Path], regenerate: bool) -> None:
+    """Put failed jobs back in the queue, attempts reset."""
+    if failed == (from_file is not None):
+        raise UsageError("give exactly one of --failed or --from-file FILE")
+    settings = app.settings()
+    store = app.store(settings)
+    unmatched: Sequence[str] = ()
+    if from_file is not None:
+        selection = select_from_file(store, from_file, app.cwd)
+        ids, unmatched = selection.job_ids, selection.unmatched
+    else:
+        boards = store.storyboard_ids(pattern) if pattern else None
+        ids = [j.id for j in store.failed_jobs(storyboard_ids=boards, segment=segment, error_contains=error_contains)]
+    _report_requeue(store.requeue(ids, regenerate=regenerate), unmatched)
+
+
+@cli.command("export-failed")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Where to write (default: OUTPUT_DIR/failed_tasks_YYYYmmdd_HHMMSS.json).")
+@click.pass_obj
+def export_failed_command(app: App, output: Optional[Path]) -> None:
+    """Write every failed job, with its reason, to a JSON file and print its path."""
+    settings = app.settings()
+    path = output or default_export_path(settings.output_dir)
+    count = export_failed(app.store(settings), path)
+    err.print(f"{count} failed job(s) exported")
+    click.echo(str(path))
+
+
+@cli.command("show")
+@click.argument("job")
+@click.pass_obj
+def show_command(app: App, job: str) -> None:
+    """One job: parameters, remote task, and its full history. JOB is an id or PATH#SEGMENTvVERSION."""
+    settings = app.settings()
+    store = app.store(settings)
+    row = _find_job(store, job, app.cwd)
+    table = Table(show_header=False, box=None)
+    for name, value in [("job", row.id), ("storyboard", row.storyboard_path), ("segment", row.segment_index),
+                        ("version", row.version), ("state", row.state.value), ("remote task", row.remote_task_id or "-"),
+                        ("cost", money(row.cost_cents) if row.cost_cents is not None else "-"),
+                        ("spent in all", money(row.spent_cents)), ("attempts", row.attempts),
+                        ("target", row.target_dir), ("video", row.video_path or "-"),
+                        ("error", f"[{row.error_kind}] {row.error_message}" if row.error_kind else "-"),
+                        ("created", row.created_at), ("parameters", json.dumps(dict(row.params), ensure_ascii=False))]:
+        table.add_row(f"[b]{name}[/b]", Text(str(value)))
+    out.print(table)
+    history = Table(title="history")
+    for column in ("at (UTC)", "from", "to", "detail", "worker"):
+        history.add_column(column, overflow="fold")
+    for event in store.history(row.id):
+        history.add_row(str(event.at), event.from_state.value, event.to_state.value, Text(event.detail or ""),
+                        Text(event.worker or ""))
+    out.print(history)
+
+
+def _find_job(store: Store, ident: str, cwd: Path) -> JobRow:
+    if ident.isdigit():
+        row = store.job(int(ident))
+    else:
+        path, _, rest = ident.rpartition("#")
+        segment, _, version = rest.partition("v")
+        if not path or not segment.isdigit() or (version and not version.isdigit()):
+            raise UsageError(f"{ident!r} is not a job id or PATH#SEGMENTvVERSION (e.g. input/storyboard_a.json#2v1)")
+        found = store.find_jobs([(ledger_path(Path(path), cwd), int(segment), int(version) if version else 1)])
+        row = found[0] if found else None
+    if row is None:
+        raise UsageError(f"no job {ident!r} in this ledger")
+    return row
 
 
 @cli.command("run")
 @layout_options
-@click.option("--dry-run", is_flag=True, help="Scan without writing and stop: what would change and cost.")
+@click.option("--dry-run", is_flag=True, help="Scan without writing, then count and price the work; pay nothing.")
 @work_options
 @click.pass_obj
 def run_command(app: App, input_dir: Optional[Path], output_mode: Optional[str], output_dir: Optional[Path],
@@ -300,7 +437,10 @@ def run_command(app: App, input_dir: Optional[Path], output_mode: Optional[str],
     store = app.store(settings)
     report = scan(settings, app.cwd, store, dry_run=dry_run)
     _render_scan(report, settings, store)
-    if not dry_run:
+    if dry_run:
+        added = report.outcome
+        _dry_run(settings, store, pattern, limit, extra=(added.added - added.added_pro, added.added_pro))
+    else:
         _raise_for(_work(app, settings, store, pattern=pattern, limit=limit, max_spend=max_spend,
                          no_progress=no_progress))
     if report.problems:

@@ -489,18 +489,32 @@ class Store:
             rows = conn.execute(job_select().where(jobs.c.id.in_(ids)).order_by(jobs.c.id)).all()
         return [JobRow.from_row(r) for r in rows]
 
-    def pending_outlook(self, scope: "JobScope") -> Tuple[int, Optional[datetime]]:
+    def pending_outlook(self, scope: "JobScope", exclude: Iterable[int] = ()) -> Tuple[int, Optional[datetime]]:
         """How many jobs in ``scope`` could be claimed now, and when the next delayed one is due
         (a retry waiting out its backoff). Jobs leased by live workers count for neither."""
         now = utcnow()
+        excluded = list(exclude)
+        ready_query = self._claimable(now, scope)
+        later = scope.apply(
+            select(func.min(jobs.c.next_attempt_at))
+            .where(jobs.c.state.in_([s.value for s in CLAIMABLE]))
+            .where(or_(jobs.c.lease_owner.is_(None), jobs.c.lease_expires_at < now))
+            .where(jobs.c.next_attempt_at > now))
+        if excluded:
+            ready_query = ready_query.where(jobs.c.id.not_in(excluded))
+            later = later.where(jobs.c.id.not_in(excluded))
         with read_tx(self.engine) as conn:
-            ready = conn.execute(select(func.count()).select_from(self._claimable(now, scope).subquery())).scalar_one()
-            later = scope.apply(
-                select(func.min(jobs.c.next_attempt_at))
-                .where(jobs.c.state.in_([s.value for s in CLAIMABLE]))
-                .where(or_(jobs.c.lease_owner.is_(None), jobs.c.lease_expires_at < now))
-                .where(jobs.c.next_attempt_at > now))
+            ready = conn.execute(select(func.count()).select_from(ready_query.subquery())).scalar_one()
             return ready, conn.execute(later).scalar_one()
+
+    def pending_by_model(self, scope: "JobScope") -> Dict[bool, int]:
+        """Pending jobs in ``scope`` (the ones a run would pay for), counted by ``is_pro``."""
+        with read_tx(self.engine) as conn:
+            rows = conn.execute(scope.apply(select(jobs.c.is_pro, func.count()).where(jobs.c.state == State.PENDING.value)
+                                            .group_by(jobs.c.is_pro))).all()
+        counts = {False: 0, True: 0}
+        counts.update({bool(pro): n for pro, n in rows})
+        return counts
 
     def count_in_flight(self, scope: "JobScope") -> int:
         """Jobs in ``scope`` whose generation is paid for (or may be) and not yet downloaded."""
@@ -534,7 +548,8 @@ class Store:
     def transition(self, job_id: int, owner: str, old: State, new: State, detail: str, *,
                    current: Optional[JobRow] = None, **values: Any) -> JobRow:
         """Move one job ``old`` -> ``new`` (or update it in place when they are equal), only while
-        ``owner`` holds its lease; records the event in the same transaction.
+        ``owner`` holds its lease; records an event in the same transaction (for an update in place
+        only when there is a ``detail`` to record).
 
         Returns the row as it now is: ``current`` with the changes applied when given (the caller's
         copy is known to be in step: only the lease holder writes), else read back."""
@@ -547,7 +562,7 @@ class Store:
             }).rowcount
             if not changed:
                 raise LeaseLost(f"job {job_id} is no longer {old.value} under this worker's lease")
-            if old is not new:
+            if old is not new or detail:
                 conn.execute(_EVENT_INSERT, {"job_id": job_id, "at": now, "from_state": old, "to_state": new,
                                              "detail": detail, "worker": owner})
             if current is not None:
@@ -567,6 +582,58 @@ class Store:
         with read_tx(self.engine) as conn:
             row = conn.execute(job_select().where(jobs.c.id == job_id)).one_or_none()
         return JobRow.from_row(row) if row else None
+
+    # failures ------------------------------------------------------------------------------
+
+    def failed_jobs(self, *, storyboard_ids: Optional[Sequence[int]] = None, segment: Optional[int] = None,
+                    error_contains: Optional[str] = None, job_ids: Optional[Sequence[int]] = None) -> List[JobRow]:
+        """Failed jobs, optionally narrowed to storyboards, a segment index, an error text or ids."""
+        query = job_select().where(jobs.c.state == State.FAILED.value).order_by(jobs.c.id)
+        query = JobScope(storyboard_ids, job_ids).apply(query)
+        if segment is not None:
+            query = query.where(jobs.c.segment_index == segment)
+        with read_tx(self.engine) as conn:
+            rows = [JobRow.from_row(r) for r in conn.execute(query)]
+        if error_contains:
+            needle = error_contains.casefold()
+            rows = [r for r in rows if needle in (r.error_message or "").casefold()]
+        return rows
+
+    def find_jobs(self, keys: Iterable[Tuple[str, int, Optional[int]]]) -> List[JobRow]:
+        """Jobs by (storyboard path, segment index, version or None for every version)."""
+        wanted = list(keys)
+        with read_tx(self.engine) as conn:
+            rows = [JobRow.from_row(r) for r in conn.execute(job_select().order_by(jobs.c.id))]
+        return [r for r in rows
+                if any(r.storyboard_path == p and r.segment_index == i and v in (None, r.version) for p, i, v in wanted)]
+
+    def requeue(self, job_ids: Sequence[int], *, regenerate: bool = False) -> Tuple[int, int]:
+        """Failed jobs back to work, attempts reset. One whose remote task exists and did not fail
+        only needs its download: it resumes from ``submitted`` (polled for a fresh URL) and nothing
+        is paid again, unless ``regenerate``. Returns (to download again, to generate again)."""
+        now = utcnow()
+        changes: List[JobChange] = []
+        downloads = 0
+        with write_tx(self.engine) as conn:
+            rows = conn.execute(select(jobs.c.id, jobs.c.remote_task_id, jobs.c.error_kind)
+                                .where(jobs.c.id.in_(list(job_ids))).where(jobs.c.state == State.FAILED.value)).all()
+            for row in rows:
+                reset = {"attempts": 0, "next_attempt_at": None, "error_kind": None, "error_message": None,
+                         "finished_at": None, "lease_owner": None, "lease_expires_at": None}
+                if row.remote_task_id and row.error_kind != "remote_failed" and not regenerate:
+                    changes.append(JobChange(row.id, State.FAILED, State.SUBMITTED, {**reset, "video_url": None},
+                                             "requeued: download again (the generation is paid for)"))
+                    downloads += 1
+                else:
+                    changes.append(JobChange(row.id, State.FAILED, State.PENDING, {**_RESET_REMOTE, **reset},
+                                             "requeued: generate again"))
+            self._apply_changes(conn, changes, now, worker=None)
+        return downloads, len(changes) - downloads
+
+    def history(self, job_id: int) -> List[Row]:
+        """Every recorded transition of one job, oldest first."""
+        with read_tx(self.engine) as conn:
+            return conn.execute(select(events).where(events.c.job_id == job_id).order_by(events.c.id)).all()
 
     # status --------------------------------------------------------------------------------
 

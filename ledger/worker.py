@@ -167,7 +167,7 @@ class Worker:
         self.on_event = on_event or (lambda job, text: None)
         self.on_tick = on_tick or (lambda worker: None)
         self.active: Dict[int, Active] = {}
-        self.claimed = 0
+        self._claimed: Set[int] = set()
         self.expected_total = 0
         self._heap: List[Tuple[float, int, int]] = []
         self._seq = itertools.count()
@@ -230,12 +230,19 @@ class Worker:
         soonest = min(waiting) - time.monotonic() if waiting else 0.5
         return max(0.0, min(soonest, 0.25))
 
+    def _scope(self) -> JobScope:
+        """What this run may claim now: after a 1012 or the budget cap only paid-for jobs; once
+        ``--limit`` jobs were taken only those (their retries)."""
+        scope = self.options.scope
+        ids = scope.job_ids
+        if self.options.limit is not None and len(self._claimed) >= self.options.limit:
+            ids = sorted(self._claimed if ids is None else set(ids) & self._claimed)
+        return JobScope(scope.storyboard_ids, ids, paid_only=bool(self._no_submit))
+
     def _finished(self) -> bool:
         """Nothing to claim now; wait only for retries this run could still take."""
-        if self._no_submit or (self.options.limit is not None and self.claimed >= self.options.limit):
-            return True
-        ready, later = self.store.pending_outlook(self.options.scope)
-        if ready > len(self._parked):
+        ready, later = self.store.pending_outlook(self._scope(), exclude=self._parked)
+        if ready:
             return False
         if later is None:
             return True
@@ -245,24 +252,21 @@ class Worker:
 
     def _claim(self, now: float) -> bool:
         free = self.options.concurrency - len(self.active)
-        if self.options.limit is not None:
-            free = min(free, self.options.limit - self.claimed)
+        if self.options.limit is not None and len(self._claimed) < self.options.limit:
+            free = min(free, self.options.limit - len(self._claimed))
         # Claim in batches: each claim is a write transaction, so wait for a quarter of the slots
         # to free up (or a short while) rather than claiming one job per finished one.
         batch = max(1, self.options.concurrency // 4)
         if free <= 0 or now < self._next_claim or (free < batch and self.active and now < self._last_claim + 0.2):
             return False
         self._last_claim = now
-        scope = self.options.scope
-        if self._no_submit:
-            # Only what is already paid for: a claim may not start new generations.
-            scope = JobScope(scope.storyboard_ids, scope.job_ids, paid_only=True)
+        scope = self._scope()
         rows = self.store.claim(self.owner, free, self.options.lease_seconds, scope, exclude=self._parked)
         if not rows:
             self._next_claim = now + 0.5
             return False
         for row in rows:
-            self.claimed += 1
+            self._claimed.add(row.id)
             active = Active(job=row, action=_FIRST_ACTION[row.state], due=now)
             self.active[row.id] = active
             self._schedule(active, 0.0)
@@ -432,7 +436,7 @@ class Worker:
             if isinstance(exc, AuthError):
                 raise
             self._no_submit = "balance"
-            self.summary.stop_detail = str(exc)
+            self.summary.stop_detail = self._balance_situation(active.job)
             return Next(outcome="released")
         except BadParameters as exc:
             self._move(active, State.FAILED, f"rejected by the API: {exc}", release=True, error_kind=exc.kind,
@@ -471,6 +475,16 @@ class Worker:
         active.last_delay = None
         elapsed = (now - started).total_seconds()
         return Next(self.options.poll.next_delay(elapsed, task.progress) if how == "created" else 0.0)
+
+    def _balance_situation(self, job: JobRow) -> str:
+        """Why submitting stopped on a 1012, in numbers the user can act on."""
+        price = self.options.price(job.is_pro)
+        try:
+            balance = f"the balance is {self.client.balance()} cents"
+        except ApiError:
+            balance = "the balance could not be read"
+        return (f"the API refused a new generation for lack of balance (code 1012): {balance}, one generation costs "
+                f"about {price} cents; generations already paid for were finished. Top up, then run `ledger work` again")
 
     def _reserve(self, active: Active) -> bool:
         cap = self.options.max_spend
@@ -612,6 +626,50 @@ class Worker:
         with self._lock:
             self.summary.done += 1
         return Next(outcome="done")
+
+
+@dataclass(frozen=True)
+class WorkPlan:
+    """What a run would pay for, priced, beside the account balance. Costs nothing to make."""
+
+    normal: int
+    pro: int
+    in_flight: int
+    normal_price: int
+    pro_price: int
+    price_source: str
+    balance: Optional[int]
+    balance_note: str = ""
+
+    @property
+    def jobs(self) -> int:
+        return self.normal + self.pro
+
+    @property
+    def cost(self) -> int:
+        return self.normal * self.normal_price + self.pro * self.pro_price
+
+
+def plan_work(store: Store, client: SoraClient, scope: JobScope, *, fallback: Tuple[int, int],
+              limit: Optional[int] = None, extra: Tuple[int, int] = (0, 0)) -> WorkPlan:
+    """Count what ``ledger work`` would submit (plus ``extra`` (normal, Pro) jobs a dry-run scan
+    would add) and price it with ``GET /pricing``, or the fallback table when that cannot be
+    reached; ``GET /balance`` says whether the account covers it. Only GETs: nothing is paid."""
+    counts = store.pending_by_model(scope)
+    normal, pro = counts[False] + extra[0], counts[True] + extra[1]
+    if limit is not None and normal + pro > limit:
+        pro = min(pro, limit)
+        normal = limit - pro
+    try:
+        pricing = client.pricing()
+        prices, source = (pricing.normal_price, pricing.pro_price), "GET /pricing"
+    except (AuthError, ApiError) as exc:
+        prices, source = fallback, f"the fallback price table (GET /pricing failed: {exc})"
+    try:
+        balance, note = client.balance(), ""
+    except (AuthError, ApiError) as exc:
+        balance, note = None, f"GET /balance failed: {exc}"
+    return WorkPlan(normal, pro, store.count_in_flight(scope), prices[0], prices[1], source, balance, note)
 
 
 def _same_request(task: RemoteTask, params: Mapping[str, Any]) -> bool:

@@ -31,7 +31,7 @@ __all__ = ["SimConfig", "SimServer", "POLICY_TRIGGER", "POLICY_MESSAGE", "GENERA
 log = logging.getLogger(__name__)
 
 ROUTES = ("create", "task", "tasks", "balance", "pricing", "file")
-GENERIC_FAULTS = frozenset({"http_502_html", "envelope_500", "http_500_json", "drop", "rate_limit", "delay"})
+GENERIC_FAULTS = frozenset({"http_502_html", "envelope_500", "http_500_json", "drop", "rate_limit", "delay", "envelope"})
 FILE_FAULTS = frozenset({"truncate", "expired", "ignore_range", "bad_length"})
 FAULT_KINDS = GENERIC_FAULTS | FILE_FAULTS | {"lost_create"}
 # What a random fault (``fault_rate``) may be on each route: transport trouble, not quirks.
@@ -162,6 +162,7 @@ class SimServer:
         self._tasks: Dict[str, _Task] = {}
         self._balance = self.config.balance
         self._faults: Dict[str, List[_Fault]] = {}
+        self._request_times: List[Tuple[str, float]] = []
         self._stats: Dict[str, Any] = {
             "creates_received": 0,
             "tasks_created": 0,
@@ -232,7 +233,8 @@ class SimServer:
     def inject(self, route: str, kind: str, count: int = 1, **opts: Any) -> None:
         """Queue ``count`` faults of ``kind`` for the next requests on ``route`` ("any" for all).
 
-        Options: ``retry_after`` and ``body`` ("json"/"text") for rate_limit, ``seconds`` for
+        Options: ``retry_after`` and ``body`` ("json"/"text") for rate_limit, ``code`` and ``message``
+        for envelope (an error code inside an HTTP 200), ``seconds`` for
         delay, ``fraction`` or ``bytes`` for truncate, ``extra`` for bad_length.
         """
         if route not in ROUTES and route != "any":
@@ -248,6 +250,11 @@ class SimServer:
         with self._lock:
             self._faults.setdefault(route, []).append(_Fault(kind, count, dict(opts)))
 
+    def clear_faults(self) -> None:
+        """Drop every queued fault (the service "recovers")."""
+        with self._lock:
+            self._faults.clear()
+
     def stats(self) -> Dict[str, Any]:
         """A copy of the counters, the balance and the video's size and sha256."""
         with self._lock:
@@ -256,6 +263,11 @@ class SimServer:
         snapshot["video_size"] = self._video.size
         snapshot["video_sha256"] = self._video.sha256
         return snapshot
+
+    def request_times(self) -> List[Tuple[str, float]]:
+        """(route, time.monotonic()) of every API and file request so far, in arrival order."""
+        with self._lock:
+            return list(self._request_times)
 
     def tasks(self) -> List[Dict[str, Any]]:
         """Every task as the API would show it now, oldest first."""
@@ -267,6 +279,7 @@ class SimServer:
 
     def _count(self, route: str, proxied: bool) -> None:
         with self._lock:
+            self._request_times.append((route, time.monotonic()))
             by_route = self._stats["requests_by_route"]
             by_route[route] = by_route.get(route, 0) + 1
             if proxied:
@@ -611,6 +624,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, _envelope(500, "服务器内部错误"))
         elif kind == "http_500_json":
             self._send_json(500, _envelope(500, "服务器内部错误"))
+        elif kind == "envelope":  # any documented (or undocumented) error code, inside an HTTP 200
+            self._send_json(200, _envelope(int(fault.opts.get("code", 1001)), str(fault.opts.get("message", "参数错误"))))
         else:  # rate_limit
             retry_after = fault.opts.get("retry_after")
             headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
