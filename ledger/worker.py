@@ -453,7 +453,14 @@ class Worker:
             return self._retry_later(active, State.PENDING, exc)
         finally:
             self._unreserve(active)
-        return self._linked(active, task, "created")
+        try:
+            return self._linked(active, task, "created")
+        except sa_exc.IntegrityError:
+            # A sibling job with the same prompt, reconciling its own unanswered create, adopted
+            # this task a moment ago. Either task serves either job: look for the other one.
+            self._event(active.job, f"task {task.task_id} was adopted by another job; looking for a twin")
+            active.action = RECONCILE
+            return Next(0.0)
 
     def _linked(self, active: Active, task: RemoteTask, how: str) -> Next:
         job = active.job
