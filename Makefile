@@ -21,11 +21,23 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The whole pipeline on the bundled examples against the local simulator, in demo/ (git-ignored):
+# start `ledger sim`, `ledger run`, show the output tree and `ledger status`, stop the simulator.
+DEMO_ENV = SORA_BASE_URL=http://127.0.0.1:$(SIM_PORT)/v1 SORA_API_KEY=sora-demo0000000000000000000000000000 \
+	LEDGER_DATABASE_URL=sqlite:///demo/ledger.db OUTPUT_DIR=demo/output
 demo: $(STAMP)
-	$(BIN)/ledger scan --input-dir input/examples --dry-run
+	rm -rf demo && mkdir -p demo
+	$(BIN)/ledger sim --port $(SIM_PORT) --gen-seconds 3 > demo/sim.log 2>&1 & echo $$! > demo/sim.pid; \
+	trap 'kill $$(cat demo/sim.pid) 2>/dev/null' EXIT; \
+	for i in $$(seq 50); do grep -q listening demo/sim.log && break; sleep 0.1; done; \
+	$(DEMO_ENV) $(BIN)/ledger run --input-dir input/examples && \
+	echo && echo "demo/output:" && find demo/output -type f | sort && echo && \
+	$(DEMO_ENV) $(BIN)/ledger status
 
 bench: $(STAMP)
 	$(BIN)/python bench/scan_bench.py
+	$(BIN)/python bench/download_bench.py
+	$(BIN)/python bench/work_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
