@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ledger.db import open_ledger  # noqa: E402
-from ledger.models import Event, Job, Storyboard, utcnow  # noqa: E402
+from ledger.models import Job, Storyboard  # noqa: E402
 from ledger.scan import parse_batches, scan  # noqa: E402
 from ledger.settings import load_settings  # noqa: E402
 from ledger.states import State  # noqa: E402
@@ -72,8 +72,6 @@ def naive_baseline(root: Path, settings, layout: Layout) -> float:
                           state=State.PENDING, params=dict(spec.params), params_sha=spec.params_sha,
                           is_pro=spec.is_pro, target_dir=spec.target_dir)
                 session.add(job)
-                session.flush()
-                session.add(Event(job_id=job.id, to_state=State.PENDING, detail="added by scan", at=utcnow()))
                 session.flush()
         session.commit()
     return time.perf_counter() - started

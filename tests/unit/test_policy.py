@@ -1,0 +1,69 @@
+"""Polling and retry policies as pure functions: simulated clocks, no sleeping."""
+from __future__ import annotations
+
+import random
+import threading
+
+import pytest
+
+from ledger.policy import PollPolicy, RateGate, RetryPolicy
+
+
+def simulate(policy: PollPolicy, generation: float, seed: int):
+    """Poll a task whose progress rises linearly (integer %), as the service reports it.
+    Returns (polls, seconds between the finish and the poll that noticed it)."""
+    rng = random.Random(seed)
+    elapsed, last, polls = 0.0, None, 0
+    while True:
+        last = policy.next_delay(elapsed, min(99, int(100 * elapsed / generation)), last, rng)
+        elapsed += last
+        polls += 1
+        if elapsed >= generation:
+            return polls, elapsed - generation
+
+
+@pytest.mark.parametrize("generation, most", [(180.0, 8), (270.0, 8), (600.0, 10), (1800.0, 22)])
+def test_a_real_length_generation_takes_few_polls_and_is_noticed_quickly(generation, most):
+    # beyond a few minutes, POLL_MAX_INTERVAL (120 s) adds a poll per two minutes
+    for seed in range(50):
+        polls, lag = simulate(PollPolicy(), generation, seed)
+        assert polls <= most
+        assert lag <= 0.05 * generation
+
+
+def test_a_short_generation_is_noticed_within_a_fraction_of_a_second():
+    for seed in range(50):
+        polls, lag = simulate(PollPolicy(), 5.0, seed)
+        assert lag < 0.25 and polls <= 8
+
+
+def test_a_task_stuck_at_99_percent_is_asked_less_and_less_often():
+    policy = PollPolicy()
+    delays = [policy.next_delay(elapsed, 99, None, random.Random(1)) for elapsed in (100.0, 1000.0, 3000.0)]
+    assert delays[0] >= policy.min_interval and delays[0] < delays[1] < delays[2]
+    assert delays[2] >= 0.01 * 3000 * 0.95
+
+
+def test_delays_stay_within_bounds():
+    policy = PollPolicy(min_interval=2.0, max_interval=60.0)
+    rng = random.Random(3)
+    for elapsed in (0.0, 1.0, 50.0, 500.0, 5000.0):
+        for progress in (0, 1, 50, 99):
+            delay = policy.next_delay(elapsed, progress, 100.0, rng)
+            assert 2.0 * 0.95 <= delay <= 60.0 * 1.05
+
+
+def test_retry_delays_grow_exponentially_up_to_the_cap():
+    policy = RetryPolicy(max_attempts=5, base_delay=10.0, max_delay=60.0, jitter=0.0)
+    assert [policy.delay(n) for n in (1, 2, 3, 4, 5)] == [10.0, 20.0, 40.0, 60.0, 60.0]
+    assert not policy.exhausted(4) and policy.exhausted(5)
+    jittered = RetryPolicy(base_delay=10.0, jitter=0.2)
+    assert all(8.0 <= jittered.delay(1, random.Random(s)) <= 12.0 for s in range(20))
+
+
+def test_rate_gate_allows_a_burst_then_waits_and_can_be_cancelled():
+    gate = RateGate(per_second=0.001, burst=2)
+    assert gate.acquire() and gate.acquire()
+    cancel = threading.Event()
+    cancel.set()
+    assert gate.acquire(cancel) is False  # the next token is 1000 s away; cancelling returns at once
