@@ -134,15 +134,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--long-g", type=float, default=270.0, help="generation time of the polling scenario")
     parser.add_argument("--skip-long", action="store_true", help="skip the polling scenario (it takes G seconds)")
+    parser.add_argument("--only", default="1234", help="which scenarios to run, e.g. 13")
     args = parser.parse_args()
+    if args.skip_long:
+        args.only = args.only.replace("2", "")
     print(f"work benchmark ({os.cpu_count()} cores); the simulator runs as a separate process\n")
 
-    summary, wall, _, _ = run_worker(64, 16, 5.0)
-    ideal = 64 / 16 * 5.0
-    print(f"1. N=64 C=16 G=5s: wall {wall:.2f} s, ideal {ideal:.2f} s -> efficiency {ideal / wall:.3f} "
-          f"(goal >= 0.95), {summary.polls / 64:.1f} polls/job")
+    if "1" in args.only:
+        summary, wall, _, _ = run_worker(64, 16, 5.0)
+        ideal = 64 / 16 * 5.0
+        print(f"1. N=64 C=16 G=5s: wall {wall:.2f} s, ideal {ideal:.2f} s -> efficiency {ideal / wall:.3f} "
+              f"(goal >= 0.95), {summary.polls / 64:.1f} polls/job")
 
-    if not args.skip_long:
+    if "2" in args.only:
         g = args.long_g
         summary, wall, _, root = run_worker(8, 8, g)
         lags = detection_lags(root, g)
@@ -150,15 +154,17 @@ def main() -> None:
               f"{max(lags):.1f} s at worst = {100 * max(lags) / g:.1f} % of G (goal <= 5 %)")
         print(f"   baseline, a fixed 10 s tick: {g / 10:.0f} polls/job, up to 10 s = {1000 / g:.1f} % of G")
 
-    plain = plain_calls(1000, 64)
-    summary, wall, _, _ = run_worker(1000, 64, 0.0)
-    print(f"3. N=1000 C=64 G=0: {1000 / wall:.0f} jobs/s end to end through the ledger (goal >= 200); "
-          f"the same HTTP calls with no ledger: {plain:.0f} jobs/s")
+    if "3" in args.only:
+        plain = plain_calls(1000, 64)
+        summary, wall, _, _ = run_worker(1000, 64, 0.0)
+        print(f"3. N=1000 C=64 G=0: {1000 / wall:.0f} jobs/s end to end through the ledger (goal >= 200); "
+              f"the same HTTP calls with no ledger: {plain:.0f} jobs/s")
 
-    summary, wall, usage, _ = run_worker(512, 256, 5.0)
-    ideal = 512 / 256 * 5.0
-    print(f"4. N=512 C=256 G=5s: wall {wall:.2f} s (ideal {ideal:.1f} s), {usage['cpu'] / wall:.2f} CPU-seconds per "
-          f"second, at most {usage['threads']:.0f} threads for 256 generations in flight")
+    if "4" in args.only:
+        summary, wall, usage, _ = run_worker(512, 256, 5.0)
+        ideal = 512 / 256 * 5.0
+        print(f"4. N=512 C=256 G=5s: wall {wall:.2f} s (ideal {ideal:.1f} s), {usage['cpu'] / wall:.2f} CPU-seconds per "
+              f"second, at most {usage['threads']:.0f} threads for 256 generations in flight")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ from .settings import Settings
 class PollPolicy:
     """When to ask about a generation next, from how long it has run and the progress it reports.
 
-    The service takes 3–30 minutes and reports an integer progress. Early on nothing is known, so
-    polls are spaced geometrically (``min_interval`` × ``growth``ⁿ). Once progress is above zero
+    The service takes 3–30 minutes, may keep a task queued at 0 % for a while, and reports an
+    integer progress. Early on nothing is known, so polls are spaced geometrically
+    (``first_delay`` × ``growth``ⁿ). Once progress is above zero
     the finish time is estimated from the rate so far, and the next poll covers a fraction of the
     estimated remainder that grows with the progress: far from the end a wrong estimate costs
     little, and near the end the poll lands just after the estimated finish. About seven polls
@@ -24,7 +25,8 @@ class PollPolicy:
 
     min_interval: float = 0.25
     max_interval: float = 120.0
-    growth: float = 4.0
+    first_delay: float = 0.5
+    growth: float = 5.0
     # Beyond this progress the estimate is trusted: poll just after the estimated finish.
     confident_progress: int = 80
     # Never poll more often than this fraction of the time already elapsed: a task stuck at 99 %
@@ -50,7 +52,7 @@ class PollPolicy:
         floor = max(self.min_interval, self.floor_fraction * elapsed)
         total = self.estimated_total(elapsed, progress)
         if total is None:
-            delay = self.min_interval if last_delay is None else last_delay * self.growth
+            delay = max(self.first_delay, self.min_interval) if last_delay is None else last_delay * self.growth
             spread = self.jitter
         elif progress >= self.confident_progress:
             delay = total - elapsed + self.floor_fraction * total

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 SUBMIT, RECONCILE, POLL, DOWNLOAD = "submit", "reconcile", "poll", "download"
 _FIRST_ACTION = {State.PENDING: SUBMIT, State.SUBMITTING: RECONCILE, State.SUBMITTED: POLL,
                  State.DOWNLOADING: DOWNLOAD}
+CLAIM_GATHER = 0.05  # seconds
 _URL_REFRESHES = 3  # fresh URLs fetched for one download before it counts as a failed attempt
 
 
@@ -254,10 +255,9 @@ class Worker:
         free = self.options.concurrency - len(self.active)
         if self.options.limit is not None and len(self._claimed) < self.options.limit:
             free = min(free, self.options.limit - len(self._claimed))
-        # Claim in batches: each claim is a write transaction, so wait for a quarter of the slots
-        # to free up (or a short while) rather than claiming one job per finished one.
-        batch = max(1, self.options.concurrency // 4)
-        if free <= 0 or now < self._next_claim or (free < batch and self.active and now < self._last_claim + 0.2):
+        # Each claim is a write transaction: when jobs finish one after another, gather the free
+        # slots for a moment and claim them together rather than one claim per finished job.
+        if free <= 0 or now < self._next_claim or (self.active and now < self._last_claim + CLAIM_GATHER):
             return False
         self._last_claim = now
         scope = self._scope()
@@ -384,26 +384,27 @@ class Worker:
             self._event(active.job, detail)
         return active.job
 
-    def _retry_later(self, active: Active, state: State, exc: ApiError, *, keep: Optional[State] = None) -> Next:
-        """Transient trouble: count the attempt, and either schedule the next one (ledger columns,
-        lease released) or give up with the last reason."""
-        job = active.job
-        attempts = job.attempts + 1
-        reason = {"error_kind": exc.kind, "error_message": str(exc), "attempts": attempts}
+    def _retry_later(self, active: Active, state: State, exc: ApiError) -> Next:
+        """Transient trouble: count the attempt, and either schedule the next one in ``state``
+        (attempts and next-attempt time are ledger columns; the lease is released) or give up
+        with the last reason."""
+        attempts = active.job.attempts + 1
         if self.options.retry.exhausted(attempts):
-            self._move(active, State.FAILED, f"failed after {attempts} attempts: {exc}", release=True,
-                       finished_at=utcnow(), **reason)
-            self._record_failure(active.job)
-            return Next(outcome="failed")
+            return self._fail(active, f"failed after {attempts} attempts: {exc}", exc.kind, str(exc), attempts=attempts)
         delay = self.options.retry.delay(attempts)
-        self._move(active, keep or state, f"attempt {attempts} failed ({exc}); next try in {delay:.0f} s",
-                   release=True, next_attempt_at=utcnow() + timedelta(seconds=delay), **reason)
+        self._move(active, state, f"attempt {attempts} failed ({exc}); next try in {delay:.0f} s", release=True,
+                   next_attempt_at=utcnow() + timedelta(seconds=delay), error_kind=exc.kind, error_message=str(exc),
+                   attempts=attempts)
         return Next(outcome="released")
 
-    def _record_failure(self, job: JobRow) -> None:
+    def _fail(self, active: Active, detail: str, kind: str, message: str, **values: Any) -> Next:
+        """End a job ``failed`` with its reason (kept verbatim) and let it go."""
+        job = self._move(active, State.FAILED, detail, release=True, error_kind=kind, error_message=message,
+                         finished_at=utcnow(), **values)
         with self._lock:
             self.summary.failed += 1
-            self.summary.failures.append((job.label, job.error_kind or "", job.error_message or ""))
+            self.summary.failures.append((job.label, kind, message))
+        return Next(outcome="failed")
 
     def _submit(self, active: Active) -> Next:
         job = active.job
@@ -439,10 +440,7 @@ class Worker:
             self.summary.stop_detail = self._balance_situation(active.job)
             return Next(outcome="released")
         except BadParameters as exc:
-            self._move(active, State.FAILED, f"rejected by the API: {exc}", release=True, error_kind=exc.kind,
-                       error_message=str(exc), finished_at=utcnow())
-            self._record_failure(active.job)
-            return Next(outcome="failed")
+            return self._fail(active, f"rejected by the API: {exc}", exc.kind, str(exc))
         except TransientError as exc:
             if exc.maybe_created:
                 self._event(active.job, f"no answer to POST /create ({exc}); will look the task up before anything is sent again")
@@ -479,9 +477,11 @@ class Worker:
             self.summary.spent_cents += cost
         active.action = POLL
         active.polls = 0
-        active.last_delay = None
-        elapsed = (now - started).total_seconds()
-        return Next(self.options.poll.next_delay(elapsed, task.progress) if how == "created" else 0.0)
+        if how != "created":
+            active.last_delay = None
+            return Next(0.0)
+        active.last_delay = self.options.poll.next_delay((now - started).total_seconds(), task.progress)
+        return Next(active.last_delay)
 
     def _balance_situation(self, job: JobRow) -> str:
         """Why submitting stopped on a 1012, in numbers the user can act on."""
@@ -565,10 +565,7 @@ class Worker:
             return Next(0.0)
         if task.is_failed:
             message = task.error_msg or "the task failed without a reason"
-            self._move(active, State.FAILED, f"the service reports failure: {message}", release=True,
-                       error_kind="remote_failed", error_message=message, finished_at=utcnow())
-            self._record_failure(active.job)
-            return Next(outcome="failed")
+            return self._fail(active, f"the service reports failure: {message}", "remote_failed", message)
         if task.progress != job.progress:
             self._move(active, job.state, "", progress=task.progress)
         active.progress = task.progress
@@ -604,10 +601,7 @@ class Worker:
         except Interrupted:
             return Next(outcome="released")
         except UnsafeDownload as exc:
-            self._move(active, State.FAILED, f"refused: {exc}", release=True, error_kind=exc.kind,
-                       error_message=str(exc), finished_at=utcnow())
-            self._record_failure(active.job)
-            return Next(outcome="failed")
+            return self._fail(active, f"refused: {exc}", exc.kind, str(exc))
         except UrlExpired as exc:
             active.url_refreshes += 1
             if active.url_refreshes > _URL_REFRESHES:

@@ -28,14 +28,16 @@ from .server import POLICY_TRIGGER, SimConfig, SimServer
               help="Seconds a video URL stays valid.")
 @click.option("--video-bytes", default=None, type=click.IntRange(min=1), metavar="N",
               help="Serve N pseudo-random bytes as every video instead of the sample MP4.")
+@click.option("--file-rate", default=None, type=click.FloatRange(min=0, min_open=True), metavar="MBPS",
+              help="Serve videos at most this fast (MB/s), like a real link.")
 def sim(host: str, port: int, api_key: Optional[str], gen_seconds: float, fail_rate: float, balance: int,
-        fault_rate: float, url_ttl: float, video_bytes: Optional[int]) -> None:
+        fault_rate: float, url_ttl: float, video_bytes: Optional[int], file_rate: Optional[float]) -> None:
     """Run a local simulator of the video API until Ctrl+C.
 
     Put "[policy-reject]" in a prompt to get a content-policy rejection.
     """
     config = SimConfig(api_key=api_key, gen_seconds=gen_seconds, fail_rate=fail_rate, balance=balance,
-                       fault_rate=fault_rate, url_ttl=url_ttl, video_bytes=video_bytes)
+                       fault_rate=fault_rate, url_ttl=url_ttl, video_bytes=video_bytes, file_rate=file_rate)
     server = SimServer(config, host=host, port=port)
     try:
         server.start()

@@ -77,6 +77,7 @@ class SimConfig:
     video_bytes: Optional[int] = None  # None serves the shipped sample.mp4
     seed: Optional[int] = None
     create_latency: float = 0.0  # seconds between making (and billing) a task and answering the create
+    file_rate: Optional[float] = None  # MB/s per video download (a real link); None: as fast as possible
 
 
 @dataclass
@@ -674,6 +675,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         self.end_headers()
         sim._bump("downloads_started")
+        rate = sim.config.file_rate
+        began, sent = time.monotonic(), 0
         for chunk in sim._video.chunks(start, send_until):
             try:
                 self.wfile.write(chunk)
@@ -681,6 +684,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
             sim._bump("bytes_served", len(chunk))
+            sent += len(chunk)
+            if rate:  # pace the body like a link of that speed
+                ahead = sent / (rate * 1e6) - (time.monotonic() - began)
+                if ahead > 0:
+                    time.sleep(ahead)
 
     def _admin(self, method: str, path: str, body: bytes) -> None:
         sim = self.server.sim

@@ -9,13 +9,18 @@ import pytest
 from ledger.policy import PollPolicy, RateGate, RetryPolicy
 
 
+def progress(elapsed: float, generation: float) -> int:
+    """Like the service (and the simulator): queued at 0 % for the first tenth, then linear."""
+    return 0 if elapsed < 0.1 * generation else max(1, min(99, int(100 * elapsed / generation)))
+
+
 def simulate(policy: PollPolicy, generation: float, seed: int):
-    """Poll a task whose progress rises linearly (integer %), as the service reports it.
-    Returns (polls, seconds between the finish and the poll that noticed it)."""
+    """Poll a task the way the worker does. Returns (polls, seconds between the finish and the
+    poll that noticed it)."""
     rng = random.Random(seed)
     elapsed, last, polls = 0.0, None, 0
     while True:
-        last = policy.next_delay(elapsed, min(99, int(100 * elapsed / generation)), last, rng)
+        last = policy.next_delay(elapsed, progress(elapsed, generation), last, rng)
         elapsed += last
         polls += 1
         if elapsed >= generation:
