@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -63,13 +63,11 @@ class App:
     database_url: Optional[str]
     redactor: RedactingFilter
     built: Optional[Settings] = None
-    secrets: List[str] = field(default_factory=list)
 
     def settings(self, **overrides: Any) -> Settings:
         if self.built is None:
             self.built = load_settings(self.cwd, self.environ, {"database_url": self.database_url, **overrides})
             if self.built.api_key:
-                self.secrets.append(self.built.api_key)
                 self.redactor.secrets.append(self.built.api_key)
         return self.built
 
@@ -94,7 +92,7 @@ class LedgerGroup(click.Group):
     @staticmethod
     def _report(ctx: click.Context, exc: LedgerError) -> None:
         app = ctx.find_object(App)
-        secrets = app.secrets if app else []
+        secrets = app.redactor.secrets if app else []
         if app and app.verbose:
             import traceback
 
