@@ -240,7 +240,7 @@ def _work(app: App, settings: Settings, store: Store, *, pattern: Optional[str],
         poll=PollPolicy.from_settings(settings), retry=RetryPolicy.from_settings(settings),
         polls_per_second=settings.poll_max_per_second, lease_seconds=settings.lease_seconds,
         reconcile_grace=settings.reconcile_grace_seconds, poll_timeout=settings.poll_timeout_seconds, price=prices)
-    with SoraClient.from_settings(settings) as client, make_view(err, plain=no_progress or None) as view:
+    with SoraClient.from_settings(settings) as client, make_view(err, plain=no_progress, stdout_is_terminal=out.is_terminal) as view:
         worker = Worker(store, client, options, on_event=view.event, on_tick=view.tick)
         with _stop_on_signals(worker):
             summary = worker.run()

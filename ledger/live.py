@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import datetime
-from typing import Any, Optional
+from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -92,8 +92,9 @@ class LiveView:
         self.live.update(Group(self.progress, counts, table))
 
 
-def make_view(console: Console, plain: Optional[bool] = None) -> Any:
-    """A live view on a terminal, plain lines otherwise (or when ``plain`` is True)."""
-    if plain or (plain is None and not console.is_terminal):
+def make_view(console: Console, plain: bool = False, stdout_is_terminal: bool = True) -> Any:
+    """A live view when both stdout and ``console`` (stderr) are terminals; plain lines when
+    output is redirected or ``plain`` is asked for."""
+    if plain or not (stdout_is_terminal and console.is_terminal):
         return PlainView(console)
     return LiveView(console)

@@ -12,6 +12,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import leftovers, query, segments, spawn
 
 
@@ -219,3 +221,32 @@ def test_plain_progress_lines_go_to_stderr_and_the_summary_to_stdout(ws, sim, wo
     assert result.exit_code == 0
     assert "saved output/storyboard_a/Segment_1/1_v1_" in result.stderr
     assert "Work finished" in result.stdout and "saved output" not in result.stdout
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_during_a_slow_download_leaves_no_partial_file(ws, make_sim, work_env, presses):
+    """One Ctrl+C lets a download finish for a few seconds, then rolls it back; a second one
+    aborts it at once. Either way the run ends within seconds and the next run completes it."""
+    sim = make_sim(gen_seconds=0.2, video_bytes=8_000_000, file_rate=1.0)  # an 8-second download
+    env = {**work_env, "SORA_BASE_URL": sim.base_url}
+    ws.storyboard("storyboard_a.json", segments("a big one"))
+    assert ws.cli("scan", env=env).exit_code == 0
+    proc = spawn(ws.root, env, "work", "--no-progress")
+    deadline = time.monotonic() + 15
+    while not list((ws.root / "output").rglob("*.part")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list((ws.root / "output").rglob("*.part")), "the download never started"
+    for _ in range(presses):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+    sent = time.monotonic()
+    out, errors = proc.communicate(timeout=30)
+    waited = time.monotonic() - sent
+    assert proc.returncode == 130, (out, errors)
+    assert waited < (2 if presses == 2 else 9), waited
+    assert leftovers(ws.root) == [] and videos(ws.root) == []
+    assert query(ws.root, "SELECT state, remote_task_id IS NOT NULL, lease_owner FROM jobs") == [("downloading", 1, None)]
+    resumed = ws.cli("work", "--no-progress", env=env)
+    assert resumed.exit_code == 0, resumed.output
+    (video,) = videos(ws.root)
+    assert sha(video) == sim.stats()["video_sha256"] and sim.stats()["tasks_created"] == 1

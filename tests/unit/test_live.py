@@ -44,5 +44,7 @@ def test_plain_view_when_not_a_terminal():
     assert isinstance(view, PlainView)
     view.event(fake_job(1, State.SUBMITTED), "created task abc (cost 30 cents)")
     assert buffer.getvalue().endswith("input/storyboard_a.json#1v1 created task abc (cost 30 cents)\n")
-    assert isinstance(make_view(Console(file=io.StringIO(), force_terminal=True)), LiveView)
-    assert isinstance(make_view(Console(file=io.StringIO(), force_terminal=True), plain=True), PlainView)
+    terminal = Console(file=io.StringIO(), force_terminal=True)
+    assert isinstance(make_view(terminal), LiveView)
+    assert isinstance(make_view(terminal, plain=True), PlainView)
+    assert isinstance(make_view(terminal, stdout_is_terminal=False), PlainView)  # `ledger work > log.txt`
