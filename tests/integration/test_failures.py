@@ -13,6 +13,11 @@ from tests.integration.test_work import assert_all_done_and_whole, assert_every_
 REJECT = "[policy-reject]"
 
 
+def exported_path(result) -> str:
+    """The path export-failed prints last (older click mixes the stderr count line into stdout)."""
+    return result.stdout.strip().splitlines()[-1]
+
+
 def states(ws):
     return dict(query(ws.root, "SELECT segment_index, state FROM jobs"))
 
@@ -119,7 +124,7 @@ def test_the_key_never_appears_in_any_output_at_any_verbosity(ws, sim, work_env)
         assert result.exit_code in (0, 1), result.output
         assert API_KEY not in result.output and API_KEY[5:] not in result.output
         assert ws.cli(*flags, "status", env=work_env).output.count(API_KEY) == 0
-    export = ws.cli("export-failed", env=work_env).stdout.strip()
+    export = exported_path(ws.cli("export-failed", env=work_env))
     assert API_KEY not in Path(export).read_text(encoding="utf-8")
 
 
@@ -183,7 +188,7 @@ def test_export_failed_writes_every_reason_atomically(ws, sim, work_env):
     ws.cli("run", "--no-progress", env=work_env)
     result = ws.cli("export-failed", env=work_env)
     assert result.exit_code == 0
-    path = Path(result.stdout.strip())
+    path = Path(exported_path(result))
     assert re.fullmatch(r"failed_tasks_\d{8}_\d{6}\.json", path.name) and path.parent == ws.root / "output"
     data = json.loads(path.read_text(encoding="utf-8"))
     assert data["count"] == 1
@@ -194,7 +199,7 @@ def test_export_failed_writes_every_reason_atomically(ws, sim, work_env):
     assert entry["error_message"] and entry["attempts"] == 0 and entry["remote_task_id"]
     assert entry["failed_at"] and entry["submitted_at"]
     custom = ws.cli("export-failed", "--output", "mine.json", env=work_env)
-    assert custom.stdout.strip() == "mine.json" and json.loads((ws.root / "mine.json").read_text())["count"] == 1
+    assert exported_path(custom) == "mine.json" and json.loads((ws.root / "mine.json").read_text())["count"] == 1
     assert leftovers(ws.root) == []
 
 
@@ -223,7 +228,7 @@ def test_requeue_selects_by_storyboard_segment_and_error_text(ws, sim, work_env)
 
 def test_work_retry_failed_requeues_that_file_and_works_only_those(ws, sim, work_env):
     _three_failures(ws, sim, work_env)
-    export = Path(ws.cli("export-failed", env=work_env).stdout.strip())
+    export = Path(exported_path(ws.cli("export-failed", env=work_env)))
     data = json.loads(export.read_text(encoding="utf-8"))
     data["failed"] = [e for e in data["failed"] if e["storyboard"].endswith("storyboard_a.json")]
     export.write_text(json.dumps(data), encoding="utf-8")
