@@ -163,7 +163,17 @@ def _render_scan(report: ScanReport, settings: Settings, store: Store) -> None:
 
 
 def _price_table(settings: Settings) -> Callable[[bool], int]:
+    """The fallback prices from the settings (estimates that must not call the API)."""
     return lambda is_pro: settings.price_pro_cents if is_pro else settings.price_normal_cents
+
+
+def _prices(client: SoraClient, settings: Settings) -> Callable[[bool], int]:
+    """The service's own prices (GET /pricing), else the fallback table."""
+    try:
+        return client.pricing().price_for
+    except LedgerError as exc:
+        log.warning("GET /pricing failed (%s); using the fallback price table", exc)
+        return _price_table(settings)
 
 
 @cli.command("scan")
@@ -234,13 +244,14 @@ def _work(app: App, settings: Settings, store: Store, *, pattern: Optional[str],
     if not settings.api_key:
         raise ConfigError("SORA_API_KEY is not set (in the environment, .env or config.yaml)")
     scope = JobScope(storyboard_ids=store.storyboard_ids(pattern) if pattern else None, job_ids=job_ids)
-    prices = _price_table(settings)
-    options = WorkOptions(
-        concurrency=settings.max_concurrent_tasks, limit=limit, scope=scope, max_spend=max_spend,
-        poll=PollPolicy.from_settings(settings), retry=RetryPolicy.from_settings(settings),
-        polls_per_second=settings.poll_max_per_second, lease_seconds=settings.lease_seconds,
-        reconcile_grace=settings.reconcile_grace_seconds, poll_timeout=settings.poll_timeout_seconds, price=prices)
-    with SoraClient.from_settings(settings) as client, make_view(err, plain=no_progress, stdout_is_terminal=out.is_terminal) as view:
+    with SoraClient.from_settings(settings) as client, \
+            make_view(err, plain=no_progress, stdout_is_terminal=out.is_terminal) as view:
+        options = WorkOptions(
+            concurrency=settings.max_concurrent_tasks, limit=limit, scope=scope, max_spend=max_spend,
+            poll=PollPolicy.from_settings(settings), retry=RetryPolicy.from_settings(settings),
+            polls_per_second=settings.poll_max_per_second, lease_seconds=settings.lease_seconds,
+            reconcile_grace=settings.reconcile_grace_seconds, poll_timeout=settings.poll_timeout_seconds,
+            price=_prices(client, settings) if max_spend is not None else _price_table(settings))
         worker = Worker(store, client, options, on_event=view.event, on_tick=view.tick)
         with _stop_on_signals(worker):
             summary = worker.run()
@@ -271,6 +282,8 @@ def _render_summary(s: WorkSummary) -> None:
               f"{s.failed} failed; {s.creates} generation(s) paid ({money(s.spent_cents)}), {s.polls} polls.")
     for label, kind, message in s.failures:
         out.print(f"failed: {label} [{kind}] {message}", markup=False)
+    if s.pending_left and s.stopped:
+        out.print(f"{s.pending_left} job(s) were not submitted and stay pending.")
     if s.still_generating:
         out.print(f"{s.still_generating} job(s) are still generating remotely; their task ids are kept — "
                   f"run `ledger work` again to collect them (nothing is paid twice).")

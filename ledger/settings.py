@@ -159,7 +159,6 @@ SPECS: Tuple[Tuple[str, str, Callable[[Any], Any]], ...] = (
     ("PRICE_NORMAL_CENTS", "price_normal_cents", _int_at_least(0)),
     ("PRICE_PRO_CENTS", "price_pro_cents", _int_at_least(0)),
 )
-ENV_NAMES = {field: env for env, field, _ in SPECS}
 # Proxy variables are conventionally lower-case too; requests honours both spellings.
 _ALIASES = {"http_proxy": "HTTP_PROXY", "https_proxy": "HTTPS_PROXY", "no_proxy": "NO_PROXY"}
 

@@ -35,6 +35,7 @@ from .errors import (
     InsufficientBalance,
     Interrupted,
     RateLimited,
+    RemoteTaskFailed,
     TransientError,
     UnsafeDownload,
     UrlExpired,
@@ -113,7 +114,7 @@ class WorkSummary:
     polls: int = 0
     spent_cents: int = 0
     still_generating: int = 0
-    released_pending: int = 0
+    pending_left: int = 0
     stopped: Optional[str] = None  # "interrupted", "auth", "balance", "budget"
     stop_detail: str = ""
     failures: List[Tuple[str, str, str]] = field(default_factory=list)
@@ -349,6 +350,7 @@ class Worker:
         elif self._no_submit:
             self.summary.stopped = self._no_submit
         self.summary.still_generating = self.store.count_in_flight(self.options.scope)
+        self.summary.pending_left = sum(self.store.pending_by_model(self.options.scope).values())
 
     # --- steps (run on the pool's threads) ---------------------------------------------------------
 
@@ -418,8 +420,6 @@ class Worker:
             return Next(outcome="skipped")
         if self._stopping.is_set() or self._no_submit or self._fatal or not self._reserve(active):
             self.store.release(self.owner, [job.id])
-            with self._lock:
-                self.summary.released_pending += 1
             return Next(outcome="released")
         try:
             job = self._move(active, State.SUBMITTING, "write-ahead: sending POST /create", show=False, reread=True,
@@ -563,9 +563,10 @@ class Worker:
                 self._move(active, State.DOWNLOADING, "", video_url=task.video_url)
             active.action = DOWNLOAD
             return Next(0.0)
-        if task.is_failed:
-            message = task.error_msg or "the task failed without a reason"
-            return self._fail(active, f"the service reports failure: {message}", "remote_failed", message)
+        try:
+            task.raise_if_failed()
+        except RemoteTaskFailed as exc:
+            return self._fail(active, f"the service reports failure: {exc}", exc.kind, str(exc))
         if task.progress != job.progress:
             self._move(active, job.state, "", progress=task.progress)
         active.progress = task.progress
