@@ -56,7 +56,8 @@ def owner_is_dead(owner: str) -> bool:
     if parsed is None:
         return False
     host, pid, start = parsed
-    if host != hostname() or owner == owner_id():
+    # Only where "signal 0" merely asks: on Windows os.kill would terminate the process.
+    if os.name != "posix" or host != hostname() or owner == owner_id():
         return False
     try:
         os.kill(pid, 0)
