@@ -42,7 +42,7 @@ from .sim.command import sim
 from .states import ALL_STATES
 from .store import JobRow, JobScope, Store
 from .storyboard import ledger_path
-from .worker import WorkOptions, Worker, WorkSummary, plan_work
+from .worker import WorkOptions, Worker, WorkSummary, fetch_prices, plan_work
 
 log = logging.getLogger("ledger")
 out = Console(highlight=False, soft_wrap=True)
@@ -169,11 +169,9 @@ def _price_table(settings: Settings) -> Callable[[bool], int]:
 
 def _prices(client: SoraClient, settings: Settings) -> Callable[[bool], int]:
     """The service's own prices (GET /pricing), else the fallback table."""
-    try:
-        return client.pricing().price_for
-    except LedgerError as exc:
-        log.warning("GET /pricing failed (%s); using the fallback price table", exc)
-        return _price_table(settings)
+    normal, pro, source = fetch_prices(client, (settings.price_normal_cents, settings.price_pro_cents))
+    log.info("prices from %s", source)
+    return lambda is_pro: pro if is_pro else normal
 
 
 @cli.command("scan")

@@ -9,12 +9,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .download import write_json_atomic
 from .errors import UsageError
+from .models import iso_utc
 from .store import JobRow, Store
 from .storyboard import ledger_path
-
-
-def _iso(value: Optional[datetime]) -> Optional[str]:
-    return value.replace(tzinfo=timezone.utc).isoformat() if value is not None else None
 
 
 def failure_entry(job: JobRow) -> Dict[str, Any]:
@@ -31,9 +28,9 @@ def failure_entry(job: JobRow) -> Dict[str, Any]:
         "attempts": job.attempts,
         "remote_task_id": job.remote_task_id,
         "target_dir": job.target_dir,
-        "created_at": _iso(job.created_at),
-        "submitted_at": _iso(job.submitted_at),
-        "failed_at": _iso(job.finished_at or job.updated_at),
+        "created_at": iso_utc(job.created_at),
+        "submitted_at": iso_utc(job.submitted_at),
+        "failed_at": iso_utc(job.finished_at or job.updated_at),
     }
 
 

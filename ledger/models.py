@@ -39,6 +39,11 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+def iso_utc(value: Optional[datetime]) -> Optional[str]:
+    """A stored (naive UTC) time as ISO 8601 with its offset, for files users read."""
+    return value.replace(tzinfo=timezone.utc).isoformat() if value is not None else None
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 

@@ -460,12 +460,17 @@ class Store:
         log.info("adopted %d job(s) from %d dead worker(s): %s", released, len(dead), ", ".join(dead))
         return released
 
-    def _claimable(self, now: datetime, scope: "JobScope"):  # type: ignore[no-untyped-def]
-        query = (select(jobs.c.id)
+    def _unleased(self, query, now: datetime, scope: "JobScope", exclude: Sequence[int]):  # type: ignore[no-untyped-def]
+        """``query`` narrowed to jobs in ``scope`` a worker could take: in a claimable state and
+        leased by nobody (or by a lease that expired), ``exclude`` left out."""
+        query = (scope.apply(query)
                  .where(jobs.c.state.in_([s.value for s in CLAIMABLE]))
-                 .where(or_(jobs.c.lease_owner.is_(None), jobs.c.lease_expires_at < now))
-                 .where(or_(jobs.c.next_attempt_at.is_(None), jobs.c.next_attempt_at <= now)))
-        return scope.apply(query)
+                 .where(or_(jobs.c.lease_owner.is_(None), jobs.c.lease_expires_at < now)))
+        return query.where(jobs.c.id.not_in(list(exclude))) if exclude else query
+
+    @staticmethod
+    def _due(now: datetime):  # type: ignore[no-untyped-def]
+        return or_(jobs.c.next_attempt_at.is_(None), jobs.c.next_attempt_at <= now)
 
     def claim(self, owner: str, limit: int, lease_seconds: float, scope: "JobScope",
               exclude: Iterable[int] = ()) -> List[JobRow]:
@@ -475,10 +480,7 @@ class Store:
             return []
         now = utcnow()
         in_flight_first = case((jobs.c.state == State.PENDING.value, 1), else_=0)
-        query = self._claimable(now, scope)
-        excluded = list(exclude)
-        if excluded:
-            query = query.where(jobs.c.id.not_in(excluded))
+        query = self._unleased(select(jobs.c.id), now, scope, list(exclude)).where(self._due(now))
         with write_tx(self.engine) as conn:
             ids = [r.id for r in conn.execute(
                 query.order_by(in_flight_first, jobs.c.id).limit(limit).with_for_update(skip_locked=True))]
@@ -494,18 +496,11 @@ class Store:
         (a retry waiting out its backoff). Jobs leased by live workers count for neither."""
         now = utcnow()
         excluded = list(exclude)
-        ready_query = self._claimable(now, scope)
-        later = scope.apply(
-            select(func.min(jobs.c.next_attempt_at))
-            .where(jobs.c.state.in_([s.value for s in CLAIMABLE]))
-            .where(or_(jobs.c.lease_owner.is_(None), jobs.c.lease_expires_at < now))
-            .where(jobs.c.next_attempt_at > now))
-        if excluded:
-            ready_query = ready_query.where(jobs.c.id.not_in(excluded))
-            later = later.where(jobs.c.id.not_in(excluded))
+        ready = self._unleased(select(func.count()).select_from(jobs), now, scope, excluded).where(self._due(now))
+        later = self._unleased(select(func.min(jobs.c.next_attempt_at)), now, scope, excluded) \
+            .where(jobs.c.next_attempt_at > now)
         with read_tx(self.engine) as conn:
-            ready = conn.execute(select(func.count()).select_from(ready_query.subquery())).scalar_one()
-            return ready, conn.execute(later).scalar_one()
+            return conn.execute(ready).scalar_one(), conn.execute(later).scalar_one()
 
     def pending_by_model(self, scope: "JobScope") -> Dict[bool, int]:
         """Pending jobs in ``scope`` (the ones a run would pay for), counted by ``is_pro``."""

@@ -41,7 +41,7 @@ from .errors import (
     UrlExpired,
 )
 from .leases import owner_id
-from .models import utcnow
+from .models import iso_utc, utcnow
 from .outputs import existing_videos
 from .policy import PollPolicy, RateGate, RetryPolicy
 from .states import State
@@ -619,8 +619,8 @@ class Worker:
         write_json_atomic(sidecar, {
             "storyboard": job.storyboard_path, "segment_index": job.segment_index, "version": job.version,
             "prompt": job.params.get("prompt"), "parameters": dict(job.params), "task_id": job.remote_task_id,
-            "cost_cents": job.cost_cents, "submitted_at": _iso(job.submitted_at), "downloaded_at": _iso(utcnow()),
-            "download_started_at": _iso(started), "size": size, "sha256": digest, "file": dest.name,
+            "cost_cents": job.cost_cents, "submitted_at": iso_utc(job.submitted_at), "downloaded_at": iso_utc(utcnow()),
+            "download_started_at": iso_utc(started), "size": size, "sha256": digest, "file": dest.name,
         })
         self._move(active, State.DONE, f"saved {ledger_path(dest, self.store.cwd)} ({size:,} bytes)", release=True,
                    video_path=ledger_path(dest, self.store.cwd), finished_at=utcnow(), attempts=0,
@@ -662,16 +662,21 @@ def plan_work(store: Store, client: SoraClient, scope: JobScope, *, fallback: Tu
     if limit is not None and normal + pro > limit:
         pro = min(pro, limit)
         normal = limit - pro
-    try:
-        pricing = client.pricing()
-        prices, source = (pricing.normal_price, pricing.pro_price), "GET /pricing"
-    except (AuthError, ApiError) as exc:
-        prices, source = fallback, f"the fallback price table (GET /pricing failed: {exc})"
+    normal_price, pro_price, source = fetch_prices(client, fallback)
     try:
         balance, note = client.balance(), ""
-    except (AuthError, ApiError) as exc:
+    except ApiError as exc:
         balance, note = None, f"GET /balance failed: {exc}"
-    return WorkPlan(normal, pro, store.count_in_flight(scope), prices[0], prices[1], source, balance, note)
+    return WorkPlan(normal, pro, store.count_in_flight(scope), normal_price, pro_price, source, balance, note)
+
+
+def fetch_prices(client: SoraClient, fallback: Tuple[int, int]) -> Tuple[int, int, str]:
+    """(normal, Pro) cents per video from ``GET /pricing``, else ``fallback``; and which it was."""
+    try:
+        pricing = client.pricing()
+    except ApiError as exc:
+        return fallback[0], fallback[1], f"the fallback price table (GET /pricing failed: {exc})"
+    return pricing.normal_price, pricing.pro_price, "GET /pricing"
 
 
 def _same_request(task: RemoteTask, params: Mapping[str, Any]) -> bool:
@@ -681,8 +686,4 @@ def _same_request(task: RemoteTask, params: Mapping[str, Any]) -> bool:
         if key in raw and key in params and raw[key] not in (None, "") and raw[key] != params[key]:
             return False
     return True
-
-
-def _iso(value: Any) -> Optional[str]:
-    return value.replace(tzinfo=timezone.utc).isoformat() if value is not None else None
 
