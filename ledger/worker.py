@@ -54,7 +54,8 @@ SUBMIT, RECONCILE, POLL, DOWNLOAD = "submit", "reconcile", "poll", "download"
 _FIRST_ACTION = {State.PENDING: SUBMIT, State.SUBMITTING: RECONCILE, State.SUBMITTED: POLL,
                  State.DOWNLOADING: DOWNLOAD}
 CLAIM_GATHER = 0.05  # seconds
-_URL_REFRESHES = 3  # fresh URLs fetched for one download before it counts as a failed attempt
+_URL_REFRESHES = 3
+_UNEXPECTED_RETRY = 5.0  # seconds before a step that raised something unforeseen runs again  # fresh URLs fetched for one download before it counts as a failed attempt
 
 
 @dataclass
@@ -368,7 +369,8 @@ class Worker:
             return Next(0.0)
         except Exception:  # a bug or a broken database: keep the job as it is, say so, go on
             log.exception("%s: unexpected error during %s; the job is left as it was", active.job.label, active.action)
-            return Next(0.0) if not self._stopping.is_set() else Next(outcome="released")
+            # Try again later, not at once: a persistent fault must not become a busy loop.
+            return Next(_UNEXPECTED_RETRY) if not self._stopping.is_set() else Next(outcome="released")
 
     def _event(self, job: JobRow, text: str) -> None:
         log.info("%s: %s", job.label, text)
