@@ -124,8 +124,26 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     """Run the Alembic migrations up to ``revision`` on ``engine``."""
     from alembic import command
 
-    with write_tx(engine) as conn:
-        command.upgrade(_alembic_config(conn), revision)
+    if engine.dialect.name != "sqlite":
+        with write_tx(engine) as conn:
+            command.upgrade(_alembic_config(conn), revision)
+        return
+    # Batch mode rebuilds a SQLite table (copy, drop, rename); with foreign keys enforced, dropping
+    # a referenced table fails. SQLite's documented procedure: keys off outside the transaction,
+    # migrate, check, keys on again.
+    lock = _write_locks.get(engine)
+    with lock if lock is not None else nullcontext(), engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        raw.execute("PRAGMA foreign_keys = OFF")
+        try:
+            conn.execution_options(**{_WRITE: True})
+            with conn.begin():
+                command.upgrade(_alembic_config(conn), revision)
+                broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise DatabaseError(f"the migration left {len(broken)} row(s) pointing nowhere: {broken[:3]}")
+        finally:
+            raw.execute("PRAGMA foreign_keys = ON")
 
 
 def open_ledger(url: str, *, migrate: bool = True) -> Engine:

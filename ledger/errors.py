@@ -18,6 +18,7 @@ class ExitStatus(enum.IntEnum):
     USAGE = 2
     CONFIG = 3
     BALANCE = 4
+    DATABASE = 5
     INTERRUPTED = 130
 
 
@@ -53,6 +54,12 @@ class DatabaseError(ConfigError):
     """The ledger database cannot be opened or migrated."""
 
 
+class DatabaseUnavailable(LedgerError):
+    """The ledger database stayed locked, read-only, corrupt or unreachable while a command ran."""
+
+    exit_status = ExitStatus.DATABASE
+
+
 class Interrupted(LedgerError):
     """The user pressed Ctrl+C (or the process got SIGTERM)."""
 
@@ -69,9 +76,12 @@ class BudgetExhausted(LedgerError):
 
 
 class ApiError(LedgerError):
-    """Any failure talking to the video API. ``kind`` is stored in the ledger."""
+    """Any failure talking to the video API. ``kind`` is stored in the ledger.
+
+    ``terminal`` errors end the job at once: trying the same step again cannot help."""
 
     kind = "api"
+    terminal = False
 
     def __init__(self, message: str, *, code: Optional[int] = None, http_status: Optional[int] = None):
         super().__init__(message)
@@ -91,6 +101,7 @@ class BadParameters(ApiError):
     """1001: the service rejected the request parameters (terminal for that job)."""
 
     kind = "bad_parameters"
+    terminal = True
 
 
 class InsufficientBalance(ApiError):
@@ -128,6 +139,7 @@ class RemoteTaskFailed(ApiError):
     """The remote task finished ``failed`` (often a content-policy rejection). Terminal."""
 
     kind = "remote_failed"
+    terminal = True
 
     def __init__(self, error_msg: str, *, task_id: Optional[str] = None):
         super().__init__(error_msg or "the task failed without a reason")
@@ -151,3 +163,42 @@ class UnsafeDownload(DownloadError):
     """A URL with a scheme other than http(s), or a destination outside the output root."""
 
     kind = "unsafe_download"
+    terminal = True
+
+
+class DownloadTooLarge(UnsafeDownload):
+    """The video is bigger than ``MAX_DOWNLOAD_BYTES`` (announced, sent, or once decompressed)."""
+
+    kind = "too_large"
+
+
+class DownloadTooSlow(DownloadError):
+    """The transfer stayed below the minimum speed, or passed its total deadline: retried later."""
+
+    kind = "too_slow"
+
+
+class OutputError(DownloadError):
+    """The video or its sidecar cannot be written: disk full, read-only or blocked output folder.
+
+    The generation is paid for; ``ledger requeue`` downloads it again once the disk is fixed."""
+
+    terminal = True
+
+    def __init__(self, message: str, *, kind: str = "output_unwritable") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class TaskNotFound(ApiError):
+    """The API answers 404 for a task this ledger created: it is gone on the service's side."""
+
+    kind = "task_not_found"
+    terminal = True
+
+
+class InvalidTaskId(ApiError):
+    """The API returned a task id this ledger cannot store or use safely (control characters, …)."""
+
+    kind = "invalid_task_id"
+    terminal = True

@@ -5,6 +5,7 @@ Alembic's batch mode can rebuild SQLite tables), and naive UTC timestamps everyw
 """
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timezone
 from typing import Any, Dict, Optional
 
@@ -69,7 +70,9 @@ class Storyboard(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     # POSIX path relative to the working directory when the file lies under it, else absolute:
     # the same project checked out elsewhere (another machine sharing a ledger) keeps its keys.
-    path: Mapped[str] = mapped_column(String(1024), unique=True)
+    # Any length: the uniqueness lives in ``path_key`` (an index entry has a size limit on PostgreSQL).
+    path: Mapped[str] = mapped_column(Text)
+    path_key: Mapped[str] = mapped_column(String(64), unique=True)
     project_name: Mapped[Optional[str]] = mapped_column(String(512))
     # sha256 of the file bytes plus every setting that shapes its jobs: equal means nothing to do.
     fingerprint: Mapped[Optional[str]] = mapped_column(String(64))
@@ -86,6 +89,7 @@ class Job(Base):
     __table_args__ = (
         UniqueConstraint("storyboard_id", "segment_index", "version"),
         Index("ix_jobs_state_next_attempt_at", "state", "next_attempt_at"),
+        Index("ix_jobs_lease_owner", "lease_owner"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -98,14 +102,15 @@ class Job(Base):
     params: Mapped[Dict[str, Any]] = mapped_column(JSON)
     params_sha: Mapped[str] = mapped_column(String(64))
     is_pro: Mapped[bool] = mapped_column(Boolean, default=False)
-    target_dir: Mapped[str] = mapped_column(String(1024))
-    remote_task_id: Mapped[Optional[str]] = mapped_column(String(128), unique=True)
+    target_dir: Mapped[str] = mapped_column(Text)
+    # Whatever length the API chose; ids are checked before they are stored or used in a file name.
+    remote_task_id: Mapped[Optional[str]] = mapped_column(Text, unique=True)
     cost_cents: Mapped[Optional[int]] = mapped_column(Integer)
     # Everything ever paid for this job, across regenerations the user asked for.
     spent_cents: Mapped[int] = mapped_column(Integer, default=0)
     progress: Mapped[int] = mapped_column(Integer, default=0)
     video_url: Mapped[Optional[str]] = mapped_column(Text)
-    video_path: Mapped[Optional[str]] = mapped_column(String(1024))
+    video_path: Mapped[Optional[str]] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
     lease_owner: Mapped[Optional[str]] = mapped_column(String(255))
@@ -136,6 +141,23 @@ class Event(Base):
     worker: Mapped[Optional[str]] = mapped_column(String(255))
 
 
+class Meta(Base):
+    """Small facts about the ledger as a whole, by key: e.g. the last ``GET /pricing`` answer, so
+    ``scan``, ``status`` and dry runs quote one price and say where it came from."""
+
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[Dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+def path_key(path: str) -> str:
+    """The unique key of a stored storyboard path (sha256 hex of its UTF-8 bytes)."""
+    return hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()
+
+
 storyboards = Storyboard.__table__
 jobs = Job.__table__
 events = Event.__table__
+meta = Meta.__table__

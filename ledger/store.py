@@ -18,7 +18,7 @@ from sqlalchemy import bindparam, case, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine, Row
 
 from .db import read_tx, write_tx
-from .models import events, jobs, storyboards, utcnow
+from .models import events, jobs, path_key, storyboards, utcnow
 from .outputs import existing_videos, supersede
 from .errors import LedgerError
 from .leases import owner_is_dead
@@ -342,7 +342,7 @@ class Store:
         inserts = [(board_id, spec.segment, spec.version) for board_id, spec in new_specs]
         if fresh:
             conn.execute(insert(storyboards), [
-                {"path": item.path, "project_name": item.project_name, "fingerprint": item.fingerprint,
+                {"path": item.path, "path_key": path_key(item.path), "project_name": item.project_name, "fingerprint": item.fingerprint,
                  "segment_count": item.segment_count, "present": True, "first_seen_at": now, "scanned_at": now}
                 for item in fresh])
             ids = self._board_ids(conn, [item.path for item in fresh])
@@ -357,8 +357,9 @@ class Store:
     def _board_ids(self, conn: Connection, paths: Sequence[str]) -> Dict[str, int]:
         ids: Dict[str, int] = {}
         for chunk in _chunks(list(paths)):
-            ids.update({r.path: r.id for r in conn.execute(select(storyboards.c.id, storyboards.c.path)
-                                                           .where(storyboards.c.path.in_(chunk)))})
+            keys = {path_key(p): p for p in chunk}
+            ids.update({keys[r.path_key]: r.id for r in conn.execute(
+                select(storyboards.c.id, storyboards.c.path_key).where(storyboards.c.path_key.in_(list(keys))))})
         return ids
 
     def _jobs_by_board(self, conn: Connection, board_ids: Sequence[int]) -> Dict[int, Dict[Tuple[int, int], Row]]:

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from ledger.cli import cli
 from ledger.db import _alembic_config, current_revision, head_revision, open_ledger, write_tx
-from ledger.models import Base
+from ledger.models import Base, path_key
 
 
 def tables(path: Path):
@@ -55,3 +55,26 @@ def test_unreachable_database_is_a_configuration_error(tmp_path: Path):
     result = CliRunner().invoke(cli, ["--database", f"sqlite:///{tmp_path}/no/such/dir/ledger.db", "status"])
     assert result.exit_code == 3
     assert "the ledger's folder does not exist" in result.output
+
+
+def test_upgrade_from_0001_keeps_rows_and_keys_every_path(tmp_path: Path):
+    """A ledger written by the first release migrates in place: rows kept, path keys filled in,
+    task ids and paths no longer length-limited."""
+    engine = open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}", migrate=False)
+    with write_tx(engine) as conn:
+        command.upgrade(_alembic_config(conn), "0001")
+    with sqlite3.connect(tmp_path / "ledger.db") as conn:
+        conn.execute("INSERT INTO storyboards (id, path, segment_count, present, first_seen_at, scanned_at) "
+                     "VALUES (1, 'input/storyboard_a.json', 1, 1, '2026-01-01', '2026-01-01')")
+        conn.execute("INSERT INTO jobs (storyboard_id, segment_index, version, state, params, params_sha, is_pro, "
+                     "target_dir, spent_cents, progress, attempts, created_at, updated_at) VALUES "
+                     "(1, 1, 1, 'done', '{}', 'x', 0, 'output/a', 30, 100, 0, '2026-01-01', '2026-01-01')")
+    engine.dispose()
+    engine = open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    assert current_revision(engine) == head_revision()
+    long_id = "t" * 600
+    with sqlite3.connect(tmp_path / "ledger.db") as conn:
+        key = conn.execute("SELECT path_key FROM storyboards WHERE id = 1").fetchone()[0]
+        conn.execute("UPDATE jobs SET remote_task_id = ? WHERE id = 1", (long_id,))
+        assert conn.execute("SELECT state, spent_cents, remote_task_id FROM jobs").fetchall() == [("done", 30, long_id)]
+    assert key == path_key("input/storyboard_a.json")
