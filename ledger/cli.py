@@ -25,6 +25,7 @@ from .client import SoraClient
 from .errors import (
     BudgetExhausted,
     ConfigError,
+    DatabaseUnavailable,
     ExitStatus,
     InputError,
     Interrupted,
@@ -42,15 +43,12 @@ from .sim.command import sim
 from .states import ALL_STATES
 from .store import JobRow, JobScope, Store
 from .storyboard import ledger_path
-from .worker import WorkOptions, Worker, WorkSummary, fetch_prices, plan_work
+from .pricing import known_prices, money, refresh_prices
+from .work import Scheduler, Stop, WorkOptions, WorkSummary, plan_work
 
 log = logging.getLogger("ledger")
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def money(cents: int) -> str:
-    return f"${cents / 100:,.2f}"
 
 
 @dataclass
@@ -151,27 +149,18 @@ def _render_scan(report: ScanReport, settings: Settings, store: Store) -> None:
     for job in o.changed:
         out.print(f"changed: {job.storyboard_path} segment {job.segment_index} v{job.version} is {job.state.value}; "
                   f"left alone (use --requeue-changed to generate it again)", markup=False)
-    status = store.status(_price_table(settings))
+    for job in o.moved_meanwhile:
+        out.print(f"moved meanwhile: {job.storyboard_path} segment {job.segment_index} v{job.version} was taken by a "
+                  f"worker while this scan ran; left alone (the next scan looks again)", markup=False)
+    prices = known_prices(store, settings)
+    status = store.status(prices.price)
     pending = status.counts["pending"]
     estimate = status.estimated_remaining_cents
     if o.dry_run:
         pending += o.added
-        estimate += o.added_pro * settings.price_pro_cents + (o.added - o.added_pro) * settings.price_normal_cents
+        estimate += o.added_pro * prices.pro + (o.added - o.added_pro) * prices.normal
         out.print("Dry run: nothing was written.")
-    out.print(f"Pending: {pending} job(s), estimated cost {money(estimate)} "
-              f"(price table: normal {money(settings.price_normal_cents)}, Pro {money(settings.price_pro_cents)} per video).")
-
-
-def _price_table(settings: Settings) -> Callable[[bool], int]:
-    """The fallback prices from the settings (estimates that must not call the API)."""
-    return lambda is_pro: settings.price_pro_cents if is_pro else settings.price_normal_cents
-
-
-def _prices(client: SoraClient, settings: Settings) -> Callable[[bool], int]:
-    """The service's own prices (GET /pricing), else the fallback table."""
-    normal, pro, source = fetch_prices(client, (settings.price_normal_cents, settings.price_pro_cents))
-    log.info("prices from %s", source)
-    return lambda is_pro: pro if is_pro else normal
+    out.print(f"Pending: {pending} job(s), estimated cost {money(estimate)} at {prices.describe()}.", markup=False)
 
 
 @cli.command("scan")
@@ -202,7 +191,9 @@ def status_command(ctx: click.Context, as_json: bool, job: Optional[str]) -> Non
         return
     app: App = ctx.obj
     settings = app.settings()
-    report = app.store(settings).status(_price_table(settings))
+    store = app.store(settings)
+    prices = known_prices(store, settings)
+    report = store.status(prices.price)
     if as_json:
         click.echo(json.dumps(report.to_json(), ensure_ascii=False, indent=2))
         return
@@ -220,7 +211,8 @@ def status_command(ctx: click.Context, as_json: bool, job: Optional[str]) -> Non
                   f"[b]{money(report.spent_cents)}[/b]")
     out.print(table)
     out.print(f"Spent {money(report.spent_cents)}; estimated remaining {money(report.estimated_remaining_cents)} "
-              f"for {report.counts['pending'] + report.counts['submitting']} job(s) not yet paid for.")
+              f"for {report.counts['pending'] + report.counts['submitting']} job(s) not yet paid for, at "
+              f"{prices.describe()}.", markup=False)
 
 
 def work_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -244,13 +236,14 @@ def _work(app: App, settings: Settings, store: Store, *, pattern: Optional[str],
     scope = JobScope(storyboard_ids=store.storyboard_ids(pattern) if pattern else None, job_ids=job_ids)
     with SoraClient.from_settings(settings) as client, \
             make_view(err, plain=no_progress, stdout_is_terminal=out.is_terminal) as view:
+        prices = refresh_prices(store, client, settings)
         options = WorkOptions(
             concurrency=settings.max_concurrent_tasks, limit=limit, scope=scope, max_spend=max_spend,
             poll=PollPolicy.from_settings(settings), retry=RetryPolicy.from_settings(settings),
             polls_per_second=settings.poll_max_per_second, lease_seconds=settings.lease_seconds,
             reconcile_grace=settings.reconcile_grace_seconds, poll_timeout=settings.poll_timeout_seconds,
-            price=_prices(client, settings) if max_spend is not None else _price_table(settings))
-        worker = Worker(store, client, options, on_event=view.event, on_tick=view.tick)
+            create_timeout=settings.connect_timeout + settings.read_timeout)
+        worker = Scheduler(store, client, options, prices, on_event=view.event, on_tick=view.tick)
         with _stop_on_signals(worker):
             summary = worker.run()
     _render_summary(summary)
@@ -258,7 +251,7 @@ def _work(app: App, settings: Settings, store: Store, *, pattern: Optional[str],
 
 
 @contextmanager
-def _stop_on_signals(worker: Worker) -> Iterator[None]:
+def _stop_on_signals(worker: Scheduler) -> Iterator[None]:
     """Ctrl+C / SIGTERM: stop claiming and submitting; a second one aborts downloads."""
 
     def handler(signum: int, _frame: Any) -> None:
@@ -276,8 +269,12 @@ def _stop_on_signals(worker: Worker) -> Iterator[None]:
 
 
 def _render_summary(s: WorkSummary) -> None:
+    collected = f", {s.collected} paid earlier collected" if s.collected else ""
     out.print(f"Work finished in {s.seconds:.0f} s: {s.done} downloaded, {s.skipped_existing} already on disk, "
-              f"{s.failed} failed; {s.creates} generation(s) paid ({money(s.spent_cents)}), {s.polls} polls.")
+              f"{s.failed} failed; {s.creates} generation(s) paid ({money(s.spent_cents)}){collected}, {s.polls} polls.")
+    if s.unresolved:
+        out.print(f"{s.unresolved} job(s) whose create went unanswered could not be looked up; they stay in "
+                  f"`submitting` and nothing is sent again for them — run `ledger work` later.")
     for label, kind, message in s.failures:
         out.print(f"failed: {label} [{kind}] {message}", markup=False)
     if s.pending_left and s.stopped:
@@ -289,14 +286,16 @@ def _render_summary(s: WorkSummary) -> None:
 
 def _raise_for(summary: WorkSummary) -> None:
     """Turn a run's outcome into its documented exit code (through the one error map)."""
-    status = summary.exit_status
-    if status is ExitStatus.INTERRUPTED:
+    stop = summary.stopped
+    if stop is Stop.INTERRUPTED:
         raise Interrupted("interrupted")
-    if status is ExitStatus.CONFIG:
+    if stop in (Stop.AUTH, Stop.UNREACHABLE):
         raise ConfigError(f"stopped: {summary.stop_detail}")
-    if status is ExitStatus.BALANCE:
+    if stop in (Stop.BALANCE, Stop.BUDGET):
         raise BudgetExhausted(f"stopped submitting: {summary.stop_detail}")
-    if status is ExitStatus.JOBS_FAILED:
+    if stop is Stop.DATABASE:
+        raise DatabaseUnavailable(f"stopped: {summary.stop_detail}")
+    if summary.exit_status is ExitStatus.JOBS_FAILED:
         raise JobsFailed(f"{summary.failed} job(s) failed; see `ledger export-failed`")
 
 
@@ -305,12 +304,11 @@ def _dry_run(settings: Settings, store: Store, pattern: Optional[str], limit: Op
     """Print what a run would submit and cost, beside the balance; nothing is paid."""
     scope = JobScope(storyboard_ids=store.storyboard_ids(pattern) if pattern else None)
     with SoraClient.from_settings(settings) as client:
-        plan = plan_work(store, client, scope, fallback=(settings.price_normal_cents, settings.price_pro_cents),
-                         limit=limit, extra=extra)
+        prices = refresh_prices(store, client, settings)
+        plan = plan_work(store, client, scope, prices, limit=limit, extra=extra)
     out.print(f"Dry run: {plan.jobs} job(s) would be submitted ({plan.normal} normal, {plan.pro} Pro), "
               f"{plan.in_flight} already paid for would be collected.", markup=False)
-    out.print(f"Estimated cost {money(plan.cost)} at {money(plan.normal_price)} / {money(plan.pro_price)} per "
-              f"normal / Pro video, from {plan.price_source}.", markup=False)
+    out.print(f"Estimated cost {money(plan.cost)} at {prices.describe()}.", markup=False)
     if plan.balance is None:
         out.print(f"Balance unknown ({plan.balance_note}).", markup=False)
     elif plan.balance >= plan.cost:

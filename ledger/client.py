@@ -40,7 +40,9 @@ from .errors import (
     BadParameters,
     InsufficientBalance,
     RateLimited,
+    InvalidTaskId,
     RemoteTaskFailed,
+    TaskNotFound,
     TransientError,
 )
 from .redact import mask_key, redact
@@ -116,6 +118,36 @@ class RemoteTask:
             completed_at=parse_timestamp(data.get("completed_at")),
             raw=MappingProxyType(dict(data)),
         )
+
+
+@dataclass(frozen=True)
+class TaskSearch:
+    """What a look-up in the task list found, and whether it covered the whole time window (only
+    then does finding nothing prove that nothing was created)."""
+
+    tasks: List[RemoteTask]
+    covered: bool
+    pages: int
+    reason: str = ""
+
+
+def _nearest(tasks: Any, when: datetime) -> List[RemoteTask]:
+    """``tasks`` ordered by how close their creation is to ``when``; undated ones last."""
+    return sorted(tasks, key=lambda t: abs((t.created_at - when).total_seconds()) if t.created_at else float("inf"))
+
+
+_TASK_ID_MAX = 1000
+
+
+def task_id_problem(task_id: str) -> Optional[str]:
+    """Why ``task_id`` cannot be stored in the ledger and used in URLs, or None when it can."""
+    if not task_id:
+        return "is empty"
+    if len(task_id) > _TASK_ID_MAX:
+        return f"is {len(task_id):,} characters long (more than {_TASK_ID_MAX:,})"
+    if any(ord(ch) < 32 or ord(ch) == 127 or 0xD800 <= ord(ch) <= 0xDFFF for ch in task_id):
+        return "contains control characters or invalid Unicode"
+    return None
 
 
 @dataclass(frozen=True)
@@ -229,6 +261,9 @@ class SoraClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.backoff = backoff or SharedBackoff()
+        # Since when no connection to the API could be made (None: the last call got through).
+        self._unreachable_since: Optional[float] = None
+        self.last_unreachable: str = ""
         self._key = api_key
         self._timeout: Tuple[float, float] = (connect_timeout, read_timeout)
         # Given proxies describe the whole proxy setup: a scheme without one goes direct.
@@ -295,9 +330,13 @@ class SoraClient:
                 maybe_created=True,
             )
         task = RemoteTask.from_api(data)
+        problem = task_id_problem(task.task_id)
+        if problem:
+            raise InvalidTaskId(self._redact(f"POST /create: the task was created and billed, but its id "
+                                             f"{_snippet(repr(task.task_id))} {problem}"), cost=task.cost)
         if task.prompt is None and body.get("prompt") is not None:
             task = dataclasses.replace(task, prompt=str(body["prompt"]))
-        log.info("created task %s (cost %s)", task.task_id, task.cost)
+        log.debug("created task %s (cost %s)", task.task_id, task.cost)
         return task
 
     def get(self, task_id: str) -> RemoteTask:
@@ -320,33 +359,50 @@ class SoraClient:
         self,
         prompt: str,
         since: datetime,
+        until: Optional[datetime] = None,
         *,
         skew_seconds: float = 120.0,
-        max_pages: int = 5,
         page_size: int = 50,
-    ) -> List[RemoteTask]:
-        """Tasks whose prompt equals ``prompt`` and created_at >= since - skew (a task without
-        created_at counts), oldest first. Pages newest-first; stops paging once a page is older
-        than the window or is short.
+        stale_pages: int = 3,
+    ) -> "TaskSearch":
+        """Tasks whose prompt equals ``prompt`` (surrounding whitespace aside) created between
+        ``since - skew`` and ``until + skew`` (a task without ``created_at`` counts), nearest to
+        ``since`` first.
 
-        A naive ``since`` is taken as UTC. Prompts are compared without surrounding whitespace.
+        Pages newest first **until the list is older than the window or ends**, however many pages
+        that takes: only then does "not found" mean "not created" (``covered``). New tasks arriving
+        meanwhile only shift entries to later pages (seen twice, never missed). A list that keeps
+        repeating itself (``stale_pages`` pages with nothing new) cannot cover the window.
+        Naive datetimes are UTC.
         """
-        if since.tzinfo is None:
-            since = since.replace(tzinfo=timezone.utc)
+        since = since if since.tzinfo is not None else since.replace(tzinfo=timezone.utc)
+        if until is not None and until.tzinfo is None:
+            until = until.replace(tzinfo=timezone.utc)
         window_start = since - timedelta(seconds=skew_seconds)
+        window_end = (until + timedelta(seconds=skew_seconds)) if until is not None else None
         wanted = prompt.strip()
+        seen: set = set()
         found: Dict[str, RemoteTask] = {}
-        for page in range(1, max_pages + 1):
-            tasks = self.list(page=page, page_size=page_size)
-            for task in tasks:
-                recent = task.created_at is None or task.created_at >= window_start
-                if recent and (task.prompt or "").strip() == wanted:
+        repeats = 0
+        pages = 0
+        while True:
+            pages += 1
+            tasks = self.list(page=pages, page_size=page_size)
+            fresh = [task for task in tasks if task.task_id not in seen]
+            seen.update(task.task_id for task in fresh)
+            repeats = repeats + 1 if tasks and not fresh else 0
+            if repeats >= stale_pages:
+                return TaskSearch(_nearest(found.values(), since), False, pages,
+                                  f"the task list repeated itself for {repeats} pages (page {pages}); "
+                                  "it never reached the time of the create")
+            for task in fresh:
+                created = task.created_at
+                recent = created is None or (created >= window_start and (window_end is None or created <= window_end))
+                if recent and (task.prompt or "").strip() == wanted and not task_id_problem(task.task_id):
                     found[task.task_id] = task
             dated = [task.created_at for task in tasks if task.created_at is not None]
             if len(tasks) < page_size or (dated and min(dated) < window_start):
-                break
-        far_future = datetime.max.replace(tzinfo=timezone.utc)
-        return sorted(found.values(), key=lambda task: task.created_at or far_future)
+                return TaskSearch(_nearest(found.values(), since), True, pages)
 
     def balance(self) -> int:
         """The account balance in cents."""
@@ -388,6 +444,11 @@ class SoraClient:
             # requests drops None entries after merging, so nothing from the environment sneaks in.
             return {"http": None, "https": None}
         return dict(self._proxies)
+
+    def unreachable_for(self) -> float:
+        """Seconds since calls stopped reaching the API at all (0 while they get through)."""
+        since = self._unreachable_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -450,6 +511,7 @@ class SoraClient:
         except requests.RequestException as exc:
             raise self._transport_error(method, path, exc) from exc
         log.debug("%s %s -> HTTP %d in %.2f s", method, path, resp.status_code, time.monotonic() - started)
+        self._unreachable_since = None
         return self._unwrap(method, path, resp)
 
     def _transport_error(self, method: str, path: str, exc: requests.RequestException) -> ApiError:
@@ -457,12 +519,17 @@ class SoraClient:
         if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
                             requests.exceptions.MissingSchema)):
             return ApiError(self._redact(f"{method} {path}: cannot send the request: {detail}"))
-        maybe_created = method == "POST" and not _never_sent(exc)
+        never_sent = _never_sent(exc)
+        if never_sent:
+            if self._unreachable_since is None:
+                self._unreachable_since = time.monotonic()
+            self.last_unreachable = self._redact(f"cannot reach {self.base_url}: {detail}")
+        maybe_created = method == "POST" and not never_sent
         what = "timed out" if isinstance(exc, requests.Timeout) else "connection failed"
         message = f"{method} {path}: {what} ({detail})"
         if maybe_created:
             message += "; the task may have been created"
-        return TransientError(self._redact(message), maybe_created=maybe_created)
+        return TransientError(self._redact(message), maybe_created=maybe_created, unreachable=never_sent)
 
     def _unwrap(self, method: str, path: str, resp: requests.Response) -> Any:
         """The envelope's ``data`` of a successful answer; raise the mapped error otherwise."""
@@ -496,6 +563,9 @@ class SoraClient:
                              code=code, http_status=status)
         if kind == 1001:
             return BadParameters(self._redact(f"{where}, bad parameters ({detail})"), code=code, http_status=status)
+        if kind == 404 and method == "GET" and where.startswith("GET /tasks/"):
+            return TaskNotFound(self._redact(f"{where}, the API does not know this task ({detail})"),
+                                code=code, http_status=status)
         if kind == 1012:
             return InsufficientBalance(self._redact(f"{where}, insufficient balance ({detail})"),
                                        code=code, http_status=status)

@@ -120,9 +120,12 @@ class TransientError(ApiError):
 
     kind = "transient"
 
-    def __init__(self, message: str, *, maybe_created: bool = False, **kw):
+    def __init__(self, message: str, *, maybe_created: bool = False, unreachable: bool = False, **kw):
         super().__init__(message, **kw)
         self.maybe_created = maybe_created
+        # No connection to the API (or its proxy) could be made at all: the API is out of reach, not
+        # misbehaving, so the job is not to blame and no attempt is counted.
+        self.unreachable = unreachable
 
 
 class RateLimited(TransientError):
@@ -198,7 +201,13 @@ class TaskNotFound(ApiError):
 
 
 class InvalidTaskId(ApiError):
-    """The API returned a task id this ledger cannot store or use safely (control characters, …)."""
+    """The API returned a task id this ledger cannot store or use safely (control characters, …).
+
+    Raised by a create whose task was made and billed: ``cost`` is what the answer said it cost."""
 
     kind = "invalid_task_id"
     terminal = True
+
+    def __init__(self, message: str, *, cost: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.cost = cost

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from .models import utcnow
 from .store import JobRow
+from .work.types import MILESTONES, EventKind
 
 MAX_ROWS = 12
 
@@ -33,7 +34,7 @@ class PlainView:
     def __exit__(self, *exc: Any) -> None:
         return None
 
-    def event(self, job: JobRow, text: str) -> None:
+    def event(self, job: JobRow, kind: EventKind, text: str) -> None:
         with self._lock:
             self.console.print(f"{datetime.now():%H:%M:%S} {job.label} {text}", markup=False, highlight=False)
 
@@ -59,9 +60,9 @@ class LiveView:
     def __exit__(self, *exc: Any) -> None:
         self.live.__exit__(*exc)
 
-    def event(self, job: JobRow, text: str) -> None:
+    def event(self, job: JobRow, kind: EventKind, text: str) -> None:
         # Only the milestones scroll above the live view; progress shows in the table.
-        if text.startswith(("created task", "saved", "the service reports", "failed", "rejected", "found the lost")):
+        if kind in MILESTONES:
             self.live.console.print(f"{job.label} {text}", markup=False, highlight=False)
 
     def tick(self, worker: Any) -> None:

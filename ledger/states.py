@@ -25,14 +25,20 @@ IN_FLIGHT: FrozenSet[State] = frozenset({State.SUBMITTING, State.SUBMITTED, Stat
 # A worker takes jobs in these states; everything else needs a user's action first.
 CLAIMABLE: FrozenSet[State] = frozenset({State.PENDING}) | IN_FLIGHT
 
+# Every move the ledger allows, and why it exists. Nothing else may change a job's state: the store
+# checks each write against this table and against the state it expects to find.
 TRANSITIONS: Dict[State, FrozenSet[State]] = {
+    # submit (write-ahead) · video already on disk · a step failing MAX_ATTEMPTS times · storyboard edit
     State.PENDING: frozenset({State.SUBMITTING, State.DONE, State.FAILED, State.REMOVED}),
-    # back to pending only when the create provably did not happen (429, 1012, an error envelope,
-    # or a reconciliation that found no remote task)
+    # task id recorded · provably not created (429, 1012, 401, an error envelope, or a reconciliation that
+    # covered the whole time window and found nothing) · rejected parameters or an unusable task id
     State.SUBMITTING: frozenset({State.SUBMITTED, State.PENDING, State.FAILED}),
-    State.SUBMITTED: frozenset({State.DOWNLOADING, State.FAILED, State.PENDING}),
-    State.DOWNLOADING: frozenset({State.DONE, State.SUBMITTED, State.FAILED}),
+    # a paid task is only ever polled and downloaded: it never goes back to pending
+    State.SUBMITTED: frozenset({State.DOWNLOADING, State.FAILED}),
+    State.DOWNLOADING: frozenset({State.DONE, State.FAILED}),
+    # the user deleted the video, or asked for a regeneration (--requeue-changed)
     State.DONE: frozenset({State.PENDING}),
+    # requeue (generate again / download again without paying) · an edit · the storyboard lost it
     State.FAILED: frozenset({State.PENDING, State.SUBMITTED, State.REMOVED}),
     State.REMOVED: frozenset({State.PENDING}),
 }

@@ -18,7 +18,7 @@ from sqlalchemy import bindparam, case, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine, Row
 
 from .db import read_tx, write_tx
-from .models import events, jobs, path_key, storyboards, utcnow
+from .models import events, jobs, meta, path_key, storyboards, utcnow
 from .outputs import existing_videos, supersede
 from .errors import LedgerError
 from .leases import owner_is_dead
@@ -28,7 +28,8 @@ from .storyboard import JobSpec, ParsedStoryboard, SegmentSpec
 log = logging.getLogger(__name__)
 
 class LeaseLost(LedgerError):
-    """Another worker took this job over (its lease expired); this worker must let it go."""
+    """A guarded write found the job no longer as expected (another worker took it over, or a scan
+    or requeue moved it first): this worker must let it go."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class JobScope:
         return query
 
 
+# Failures after which the remote task holds no video to fetch: requeue generates them again.
+NO_VIDEO_KINDS = frozenset({"remote_failed", "task_not_found"})
 CHUNK = 500  # ids per IN (...) list: far below every database's bound-parameter limit
 
 
@@ -121,6 +124,15 @@ _EVENT_INSERT = insert(events)
 
 
 @lru_cache(maxsize=64)
+def _guarded_update(columns: Tuple[str, ...]):  # type: ignore[no-untyped-def]
+    """``UPDATE jobs SET <columns> WHERE id = :g_id AND state = :g_old``: the write of every change a
+    scan or requeue makes. Matching no row means someone else moved the job first."""
+    return (update(jobs)
+            .where(jobs.c.id == bindparam("g_id"), jobs.c.state == bindparam("g_old"))
+            .values({name: bindparam(name) for name in columns}))
+
+
+@lru_cache(maxsize=64)
 def _transition_update(columns: Tuple[str, ...]):  # type: ignore[no-untyped-def]
     """``UPDATE jobs SET state, updated_at, <columns> WHERE id, state and lease owner match``."""
     return (update(jobs)
@@ -142,6 +154,9 @@ class JobChange:
     values: Dict[str, Any]
     detail: str
     supersede: Optional[Tuple[str, int, int]] = None  # (target_dir, segment, version) to move aside
+    storyboard_id: Optional[int] = None
+    label: Optional[Tuple[str, int, int]] = None  # (storyboard path, segment, version) for messages
+    counter: str = ""  # the ScanOutcome counter this change added to (taken back if it cannot apply)
 
 
 @dataclass(frozen=True)
@@ -171,6 +186,8 @@ class ScanOutcome:
     regenerate: int = 0
     requeued_changed: int = 0
     changed: List[ChangedJob] = field(default_factory=list)
+    # Jobs a worker (or another scan) moved between this scan's read and its write: left alone.
+    moved_meanwhile: List[ChangedJob] = field(default_factory=list)
 
     @property
     def writes(self) -> int:
@@ -206,10 +223,19 @@ def _diff_jobs(
     requeue_changed: bool,
     outcome: ScanOutcome,
 ) -> Tuple[List[JobSpec], List[JobChange]]:
-    """The upsert rules for one storyboard: which specs are new and which rows change."""
+    """The upsert rules for one storyboard: which specs are new and which rows change.
+
+    Jobs in flight (``submitting``, ``submitted``, ``downloading``) are never changed: their
+    generation is (or may be) paid for. A job leaves the queue (``removed``) only if it was never paid.
+    """
     new: List[JobSpec] = []
     changes: List[JobChange] = []
     wanted = set()
+
+    def change(row: Row, to_state: State, values: Dict[str, Any], detail: str, **extra: Any) -> None:
+        changes.append(JobChange(row.id, State(row.state), to_state, values, detail, storyboard_id=row.storyboard_id,
+                                 label=(path, row.segment_index, row.version), **extra))
+
     for spec in specs:
         key = (spec.segment_index, spec.version)
         wanted.add(key)
@@ -220,33 +246,33 @@ def _diff_jobs(
         state = State(row.state)
         same_params = row.params_sha == spec.params_sha
         if state is State.REMOVED:
-            changes.append(JobChange(row.id, state, State.PENDING, {**_RESET_REMOTE, **_spec_values(spec)},
-                                     "back in the storyboard"))
+            change(row, State.PENDING, {**_RESET_REMOTE, **_spec_values(spec)}, "back in the storyboard",
+                   counter="revived")
             outcome.revived += 1
         elif same_params:
             if row.target_dir != spec.target_dir and state in (State.PENDING, State.FAILED):
-                changes.append(JobChange(row.id, state, state, {"target_dir": spec.target_dir}, "output folder changed"))
+                change(row, state, {"target_dir": spec.target_dir}, "output folder changed", counter="updated")
                 outcome.updated += 1
         elif state is State.PENDING:
-            changes.append(JobChange(row.id, state, state, _spec_values(spec), "parameters changed before submission"))
+            change(row, state, _spec_values(spec), "parameters changed before submission", counter="updated")
             outcome.updated += 1
         elif state is State.FAILED:
             # The user edited a failed segment: that is the fix they want tried, not a surprise cost.
-            changes.append(JobChange(row.id, state, State.PENDING, {**_RESET_REMOTE, **_spec_values(spec)},
-                                     "parameters changed after failure"))
+            change(row, State.PENDING, {**_RESET_REMOTE, **_spec_values(spec)}, "parameters changed after failure",
+                   counter="updated")
             outcome.updated += 1
         elif state is State.DONE and requeue_changed:
-            changes.append(JobChange(row.id, state, State.PENDING, {**_RESET_REMOTE, **_spec_values(spec)},
-                                     "parameters changed; regenerating (--requeue-changed)",
-                                     supersede=(row.target_dir, row.segment_index, row.version)))
+            change(row, State.PENDING, {**_RESET_REMOTE, **_spec_values(spec)},
+                   "parameters changed; regenerating (--requeue-changed)",
+                   supersede=(row.target_dir, row.segment_index, row.version), counter="requeued_changed")
             outcome.requeued_changed += 1
         else:
             outcome.changed.append(ChangedJob(path, spec.segment_index, spec.version, state))
     for key, row in existing.items():
         state = State(row.state)
-        if key not in wanted and state in (State.PENDING, State.FAILED):
-            changes.append(JobChange(row.id, state, State.REMOVED, {"lease_owner": None, "lease_expires_at": None},
-                                     "no longer in the storyboard"))
+        if key not in wanted and state in (State.PENDING, State.FAILED) and row.remote_task_id is None:
+            change(row, State.REMOVED, {"lease_owner": None, "lease_expires_at": None}, "no longer in the storyboard",
+                   counter="removed")
             outcome.removed += 1
     return new, changes
 
@@ -257,6 +283,13 @@ class Store:
     def __init__(self, engine: Engine, cwd: Optional[Path] = None) -> None:
         self.engine = engine
         self.cwd = cwd or Path.cwd()
+
+    def describe(self) -> str:
+        """The ledger for messages: the SQLite file, or the URL with its password hidden."""
+        url = self.engine.url
+        if url.get_backend_name() == "sqlite" and url.database:
+            return url.database
+        return url.render_as_string(hide_password=True)
 
     def resolve(self, ledger_path: str) -> Path:
         """A stored (possibly relative) path as a real path for this process."""
@@ -301,8 +334,19 @@ class Store:
             if missing:
                 conn.execute(update(storyboards).where(storyboards.c.id.in_([r.id for r in missing]))
                              .values(present=False, scanned_at=now))
-            self._apply_changes(conn, changes, now, worker=None)
+            self._skip_moved(self._apply_changes(conn, changes, now, worker=None), outcome)
         return outcome
+
+    @staticmethod
+    def _skip_moved(moved: Sequence[JobChange], outcome: ScanOutcome) -> Set[int]:
+        """Account for changes whose job moved on before the write; returns their storyboards."""
+        for change in moved:
+            if change.counter:
+                setattr(outcome, change.counter, getattr(outcome, change.counter) - 1)
+            if change.label:
+                path, segment, version = change.label
+                outcome.moved_meanwhile.append(ChangedJob(path, segment, version, change.from_state))
+        return {c.storyboard_id for c in moved if c.storyboard_id is not None}
 
     def _apply_batch(self, conn: Connection, batch: Sequence[ParsedStoryboard], known: Mapping[str, Row],
                      now: datetime, outcome: ScanOutcome, dry_run: bool, requeue_changed: bool) -> Set[int]:
@@ -348,10 +392,13 @@ class Store:
             ids = self._board_ids(conn, [item.path for item in fresh])
             inserts.extend((ids[item.path], segment, version) for item in fresh for segment in item.segments
                            for version in range(1, segment.versions + 1))
+        self._insert_jobs(conn, inserts, now)
+        unsettled = self._skip_moved(self._apply_changes(conn, changes, now, worker=None), outcome)
+        for values in board_updates:
+            if values["b_id"] in unsettled:  # read again by the next scan, which reports them again
+                values["fingerprint"] = None
         if board_updates:
             conn.execute(update(storyboards).where(storyboards.c.id == bindparam("b_id")), board_updates)
-        self._insert_jobs(conn, inserts, now)
-        self._apply_changes(conn, changes, now, worker=None)
         return {c.job_id for c in changes}
 
     def _board_ids(self, conn: Connection, paths: Sequence[str]) -> Dict[str, int]:
@@ -365,7 +412,7 @@ class Store:
     def _jobs_by_board(self, conn: Connection, board_ids: Sequence[int]) -> Dict[int, Dict[Tuple[int, int], Row]]:
         found: Dict[int, Dict[Tuple[int, int], Row]] = {}
         cols = (jobs.c.id, jobs.c.storyboard_id, jobs.c.segment_index, jobs.c.version, jobs.c.state,
-                jobs.c.params_sha, jobs.c.target_dir)
+                jobs.c.params_sha, jobs.c.target_dir, jobs.c.remote_task_id)
         for chunk in _chunks(list(board_ids)):
             for r in conn.execute(select(*cols).where(jobs.c.storyboard_id.in_(chunk))):
                 found.setdefault(r.storyboard_id, {})[(r.segment_index, r.version)] = r
@@ -390,7 +437,8 @@ class Store:
             elif existing_videos(self.resolve(r.target_dir), r.segment_index, r.version):
                 continue
             changes.append(JobChange(r.id, State.DONE, State.PENDING, dict(_RESET_REMOTE),
-                                     f"video file deleted ({r.video_path}); regenerating"))
+                                     f"video file deleted ({r.video_path}); regenerating", storyboard_id=r.storyboard_id,
+                                     label=(r.path, r.segment_index, r.version), counter="regenerate"))
             outcome.regenerate += 1
         return changes
 
@@ -418,25 +466,32 @@ class Store:
             conn.exec_driver_sql(compiled.string, [dict(zip(_NEW_JOB_COLUMNS, row)) for row in rows])
 
     def _apply_changes(self, conn: Connection, changes: Sequence[JobChange], now: datetime,
-                       worker: Optional[str]) -> None:
-        groups: Dict[Tuple[str, ...], List[Dict[str, Any]]] = {}
+                       worker: Optional[str]) -> List[JobChange]:
+        """Apply each change as one guarded write (``WHERE id AND state = expected``) with its event.
+
+        Returns the changes that found their job no longer in the expected state — a worker or
+        another scan moved it after it was read — and so were not applied."""
+        moved: List[JobChange] = []
+        applied: List[JobChange] = []
         for change in changes:
             if change.from_state is not change.to_state:
                 check_transition(change.from_state, change.to_state)
+            values = {**change.values, "state": change.to_state, "updated_at": now}
+            stmt = _guarded_update(tuple(sorted(values)))
+            if conn.execute(stmt, {**values, "g_id": change.job_id, "g_old": change.from_state.value}).rowcount != 1:
+                moved.append(change)
+                continue
             if change.supersede:
                 target, segment, version = change.supersede
                 supersede(self.resolve(target), segment, version)
-            values = {**change.values, "state": change.to_state, "updated_at": now}
-            groups.setdefault(tuple(sorted(values)), []).append({"j_id": change.job_id, **values})
-        for keys, rows in groups.items():
-            stmt = update(jobs).where(jobs.c.id == bindparam("j_id")).values({k: bindparam(k) for k in keys})
-            conn.execute(stmt, rows)
-        if changes:
+            applied.append(change)
+        if applied:
             conn.execute(insert(events), [
                 {"job_id": c.job_id, "at": now, "from_state": c.from_state, "to_state": c.to_state,
                  "detail": c.detail, "worker": worker}
-                for c in changes
+                for c in applied
             ])
+        return moved
 
     # work ----------------------------------------------------------------------------------
 
@@ -566,6 +621,36 @@ class Store:
             row = conn.execute(_JOB_BY_ID, {"t_id": job_id}).one()
         return JobRow.from_row(row)
 
+    def adopt_journaled(self, job_id: int, task_id: str, cost: Callable[[bool], int]) -> str:
+        """Give a job the task a worker journaled when the ledger could not take it. Applied only while
+        the job still waits in ``submitting`` without a task; returns what needs saying ("" when the
+        task is already the job's)."""
+        now = utcnow()
+        with write_tx(self.engine) as conn:
+            row = conn.execute(select(jobs.c.state, jobs.c.remote_task_id, jobs.c.spent_cents, jobs.c.is_pro)
+                               .where(jobs.c.id == job_id)).one_or_none()
+            if row is None:
+                return f"task {task_id} from the journal belongs to no job in this ledger"
+            if row.remote_task_id == task_id:
+                return ""
+            owner = conn.execute(select(jobs.c.id).where(jobs.c.remote_task_id == task_id)).scalar_one_or_none()
+            if owner is not None or row.state != State.SUBMITTING.value or row.remote_task_id is not None:
+                return (f"task {task_id} from the journal was not adopted: the job is {row.state}"
+                        + (f" with task {row.remote_task_id}" if row.remote_task_id else "")
+                        + (f" and the task belongs to job {owner}" if owner is not None else ""))
+            price = cost(bool(row.is_pro))
+            values = {"remote_task_id": task_id, "cost_cents": price, "spent_cents": row.spent_cents + price,
+                      "submitted_at": now, "lease_owner": None, "lease_expires_at": None, "attempts": 0,
+                      "error_kind": None, "error_message": None, "next_attempt_at": None,
+                      "state": State.SUBMITTED, "updated_at": now}
+            stmt = _guarded_update(tuple(sorted(values))).where(jobs.c.remote_task_id.is_(None))
+            if conn.execute(stmt, {**values, "g_id": job_id, "g_old": State.SUBMITTING.value}).rowcount != 1:
+                return f"task {task_id} from the journal was not adopted: the job moved on meanwhile"
+            conn.execute(_EVENT_INSERT, {"job_id": job_id, "at": now, "from_state": State.SUBMITTING,
+                                         "to_state": State.SUBMITTED, "worker": None,
+                                         "detail": f"adopted task {task_id}, journaled while the ledger was unavailable"})
+        return f"adopted task {task_id}, journaled while the ledger was unavailable"
+
     def linked_task_ids(self, task_ids: Iterable[str]) -> Set[str]:
         """Which of ``task_ids`` already belong to a job (a remote task is never adopted twice)."""
         wanted = list(task_ids)
@@ -578,6 +663,20 @@ class Store:
         with read_tx(self.engine) as conn:
             row = conn.execute(job_select().where(jobs.c.id == job_id)).one_or_none()
         return JobRow.from_row(row) if row else None
+
+    # facts about the ledger ----------------------------------------------------------------
+
+    def get_meta(self, key: str) -> Optional[Dict[str, Any]]:
+        """The value kept under ``key`` in the ``meta`` table, or None."""
+        with read_tx(self.engine) as conn:
+            return conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar_one_or_none()
+
+    def put_meta(self, key: str, value: Dict[str, Any]) -> None:
+        """Keep ``value`` under ``key`` (replacing what was there)."""
+        now = utcnow()
+        with write_tx(self.engine) as conn:
+            if not conn.execute(update(meta).where(meta.c.key == key).values(value=value, updated_at=now)).rowcount:
+                conn.execute(insert(meta).values(key=key, value=value, updated_at=now))
 
     # failures ------------------------------------------------------------------------------
 
@@ -609,22 +708,23 @@ class Store:
         is paid again, unless ``regenerate``. Returns (to download again, to generate again)."""
         now = utcnow()
         changes: List[JobChange] = []
-        downloads = 0
         with write_tx(self.engine) as conn:
             rows = conn.execute(select(jobs.c.id, jobs.c.remote_task_id, jobs.c.error_kind)
                                 .where(jobs.c.id.in_(list(job_ids))).where(jobs.c.state == State.FAILED.value)).all()
             for row in rows:
                 reset = {"attempts": 0, "next_attempt_at": None, "error_kind": None, "error_message": None,
                          "finished_at": None, "lease_owner": None, "lease_expires_at": None}
-                if row.remote_task_id and row.error_kind != "remote_failed" and not regenerate:
+                if row.remote_task_id and row.error_kind not in NO_VIDEO_KINDS and not regenerate:
                     changes.append(JobChange(row.id, State.FAILED, State.SUBMITTED, {**reset, "video_url": None},
-                                             "requeued: download again (the generation is paid for)"))
-                    downloads += 1
+                                             "requeued: download again (the generation is paid for)",
+                                             counter="download"))
                 else:
                     changes.append(JobChange(row.id, State.FAILED, State.PENDING, {**_RESET_REMOTE, **reset},
-                                             "requeued: generate again"))
-            self._apply_changes(conn, changes, now, worker=None)
-        return downloads, len(changes) - downloads
+                                             "requeued: generate again", counter="generate"))
+            moved = {c.job_id for c in self._apply_changes(conn, changes, now, worker=None)}
+        applied = [c for c in changes if c.job_id not in moved]
+        downloads = sum(1 for c in applied if c.counter == "download")
+        return downloads, len(applied) - downloads
 
     def history(self, job_id: int) -> List[Row]:
         """Every recorded transition of one job, oldest first."""

@@ -223,11 +223,11 @@ def test_a_create_whose_answer_was_lost_is_found_by_find_tasks(make_sim: MakeSim
     found = client.find_tasks(PROMPT, since, page_size=2)
 
     [made] = [task["task_id"] for task in sim.tasks() if task["prompt"] == PROMPT]
-    assert [task.task_id for task in found] == [made]
+    assert [task.task_id for task in found.tasks] == [made] and found.covered
     assert client.balance() == 100_000 - 5 * 30
 
 
-def test_find_tasks_keeps_the_window_orders_oldest_first_and_stops_paging(httpserver: HTTPServer,
+def test_find_tasks_keeps_the_window_orders_nearest_first_and_stops_paging(httpserver: HTTPServer,
                                                                          make_client: MakeClient) -> None:
     def task(task_id: str, prompt: str, created_at: Optional[str]) -> dict:
         return {"task_id": task_id, "status": "processing", "prompt": prompt, "created_at": created_at}
@@ -245,7 +245,8 @@ def test_find_tasks_keeps_the_window_orders_oldest_first_and_stops_paging(httpse
 
     found = make_client(httpserver.url_for("/v1")).find_tasks(PROMPT, since, skew_seconds=60, page_size=2)
 
-    assert [t.task_id for t in found] == ["t4", "t6", "t3"]  # t3 has no created_at and counts, last
+    assert [t.task_id for t in found.tasks] == ["t4", "t6", "t3"]  # t3 has no created_at and counts, last
+    assert found.covered and found.pages == 3
     assert len(httpserver.log) == 3  # page 3 is older than the window: no page 4
 
 

@@ -10,7 +10,7 @@ from rich.console import Console
 from ledger.live import LiveView, PlainView, make_view
 from ledger.models import utcnow
 from ledger.states import State
-from ledger.worker import Active, WorkSummary
+from ledger.work.types import Action, Active, EventKind, WorkSummary
 
 
 def fake_job(i: int, state: State):
@@ -24,11 +24,11 @@ def test_live_view_shows_progress_counts_and_active_jobs():
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=True, width=120, color_system=None)
     worker = SimpleNamespace(summary=WorkSummary(done=3, failed=1, creates=6, polls=20), expected_total=10,
-                             active={1: Active(job=fake_job(1, State.SUBMITTED), action="poll", progress=37)},
+                             active={1: Active(job=fake_job(1, State.SUBMITTED), action=Action.POLL, progress=37)},
                              stopping=True)
     with LiveView(console) as view:
         view.tick(worker)
-        view.event(fake_job(2, State.DONE), "saved output/storyboard_a/Segment_2/2_v1_abcdef12.mp4 (3,443 bytes)")
+        view.event(fake_job(2, State.DONE), EventKind.SAVED, "saved output/storyboard_a/Segment_2/2_v1_abcdef12.mp4 (3,443 bytes)")
     text = buffer.getvalue()
     assert "4/10" in text  # done + failed of the expected total
     assert "done 3" in text and "failed 1" in text and "in flight 1" in text
@@ -42,8 +42,8 @@ def test_plain_view_when_not_a_terminal():
     console = Console(file=buffer, force_terminal=False)
     view = make_view(console)
     assert isinstance(view, PlainView)
-    view.event(fake_job(1, State.SUBMITTED), "created task abc (cost 30 cents)")
-    assert buffer.getvalue().endswith("input/storyboard_a.json#1v1 created task abc (cost 30 cents)\n")
+    view.event(fake_job(1, State.SUBMITTED), EventKind.CREATED, "created task abc ($0.30)")
+    assert buffer.getvalue().endswith("input/storyboard_a.json#1v1 created task abc ($0.30)\n")
     terminal = Console(file=io.StringIO(), force_terminal=True)
     assert isinstance(make_view(terminal), LiveView)
     assert isinstance(make_view(terminal, plain=True), PlainView)

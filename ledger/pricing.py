@@ -1,0 +1,88 @@
+"""What a generation costs, from one source at a time, and money as users read it.
+
+The API's own price list (``GET /pricing``) is fetched by the commands that talk to the API (work,
+dry runs) and kept in the ledger, so ``scan`` and ``status`` — which never call the API — quote the
+same figure and say where it came from. The settings' fallback table is used only before the API
+has ever answered for this base URL.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Dict, Optional
+
+from .errors import ApiError
+from .models import utcnow
+from .settings import Settings
+
+if TYPE_CHECKING:  # imported for annotations only: the store and client import nothing from here
+    from .client import SoraClient
+    from .store import Store
+
+log = logging.getLogger(__name__)
+
+PRICING_KEY = "pricing"
+
+
+def money(cents: int) -> str:
+    """Cents as the user's currency: ``$1.14``."""
+    sign = "-" if cents < 0 else ""
+    return f"{sign}${abs(cents) / 100:,.2f}"
+
+
+@dataclass(frozen=True)
+class PriceBook:
+    """Cents per generation for the normal and the Pro model, and where the figures came from."""
+
+    normal: int
+    pro: int
+    source: str
+
+    def price(self, is_pro: bool) -> int:
+        """The price of one generation with the Pro model or the normal one."""
+        return self.pro if is_pro else self.normal
+
+    def describe(self) -> str:
+        """``normal $0.30, Pro $1.50 per video (from …)``."""
+        return f"normal {money(self.normal)}, Pro {money(self.pro)} per video ({self.source})"
+
+
+def fallback_prices(settings: Settings) -> PriceBook:
+    """The settings' price table (``PRICE_NORMAL_CENTS`` / ``PRICE_PRO_CENTS``)."""
+    return PriceBook(settings.price_normal_cents, settings.price_pro_cents,
+                     "the fallback table PRICE_NORMAL_CENTS / PRICE_PRO_CENTS: no price list from this API yet")
+
+
+def _from_stored(value: Dict[str, Any], settings: Settings) -> Optional[PriceBook]:
+    if value.get("base_url") != settings.base_url:
+        return None  # another service's prices say nothing about this one
+    try:
+        normal, pro = int(value["normal"]), int(value["pro"])
+        fetched = datetime.fromisoformat(str(value["fetched_at"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return PriceBook(normal, pro, f"GET /pricing, {fetched:%Y-%m-%d %H:%M} UTC")
+
+
+def known_prices(store: "Store", settings: Settings) -> PriceBook:
+    """The last price list the API gave for this base URL, else the fallback table. No API call."""
+    stored = store.get_meta(PRICING_KEY)
+    book = _from_stored(stored, settings) if stored else None
+    return book or fallback_prices(settings)
+
+
+def refresh_prices(store: "Store", client: "SoraClient", settings: Settings) -> PriceBook:
+    """Ask ``GET /pricing`` and keep the answer in the ledger; when it cannot be read, the last kept
+    answer (or the fallback table) with the reason in its source."""
+    try:
+        pricing = client.pricing()
+    except ApiError as exc:
+        book = known_prices(store, settings)
+        log.info("GET /pricing failed (%s); using %s", exc, book.source)
+        return PriceBook(book.normal, book.pro, f"{book.source}; GET /pricing failed just now")
+    now = utcnow()
+    store.put_meta(PRICING_KEY, {"normal": pricing.normal_price, "pro": pricing.pro_price,
+                                 "currency": pricing.currency, "base_url": settings.base_url,
+                                 "fetched_at": now.isoformat(timespec="seconds")})
+    return PriceBook(pricing.normal_price, pricing.pro_price, f"GET /pricing, {now:%Y-%m-%d %H:%M} UTC")

@@ -1,0 +1,328 @@
+"""``ledger work``: the scheduler. It sees jobs as ids and step results.
+
+One thread owns the jobs this run holds (a heap of "what to do next, when"); a small pool of daemon
+threads performs the steps (``steps.py``). The scheduler claims jobs in batches, renews their leases,
+frees the jobs of dead workers on this machine while it runs, stops cleanly on Ctrl+C, and stops
+with one clear reason when the ledger or the API stay out of reach — nothing lost either way.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import queue
+import threading
+import time
+from typing import Callable, Dict, List, Optional, Set, Tuple, TypeVar
+
+from sqlalchemy import exc as sa_exc
+
+from ..client import SoraClient
+from ..journal import Journal, journal_folder, orphaned
+from ..leases import owner_id
+from ..models import utcnow
+from ..policy import RateGate
+from ..pricing import PriceBook
+from ..store import JobRow, JobScope, Store
+from .budget import Budget
+from .decide import is_ledger_trouble
+from .steps import RunState, StepContext, keep_in_journal, run_step
+from .types import FIRST_ACTION, Active, EventKind, Next, Outcome, Stop, WorkOptions, WorkSummary
+
+log = logging.getLogger(__name__)
+
+CLAIM_GATHER = 0.05  # seconds
+T = TypeVar("T")
+
+
+class _DaemonPool:
+    """Fixed daemon threads: a step stuck in a socket read never keeps the process from exiting."""
+
+    def __init__(self, size: int) -> None:
+        self._tasks: "queue.Queue[Optional[Callable[[], None]]]" = queue.Queue()
+        self._threads = [threading.Thread(target=self._run, name=f"ledger-io-{i}", daemon=True) for i in range(size)]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self) -> None:
+        while True:
+            task = self._tasks.get()
+            if task is None:
+                return
+            task()
+
+    def submit(self, task: Callable[[], None]) -> None:
+        self._tasks.put(task)
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._tasks.put(None)
+
+
+class Scheduler:
+    """One ``ledger work`` run over one ledger. Create, then ``run()`` once."""
+
+    def __init__(self, store: Store, client: SoraClient, options: WorkOptions, prices: PriceBook,
+                 on_event: Optional[Callable[[JobRow, EventKind, str], None]] = None,
+                 on_tick: Optional[Callable[["Scheduler"], None]] = None,
+                 journal_dir: Optional[str] = None) -> None:
+        self.store = store
+        self.client = client
+        self.options = options
+        self.owner = owner_id()
+        self.run_state = RunState()
+        self.on_tick = on_tick or (lambda scheduler: None)
+        self.active: Dict[int, Active] = {}
+        self.expected_total = 0
+        self._claimed: Set[int] = set()
+        self._parked: Set[int] = set()
+        self._heap: List[Tuple[float, int, int]] = []
+        self._seq = itertools.count()
+        self._results: "queue.Queue[Tuple[Active, Next]]" = queue.Queue()
+        self._next_claim = 0.0
+        self._last_claim = 0.0
+        self._next_rescue = 0.0
+        self._started = time.monotonic()
+        folder = journal_folder(str(store.engine.url.render_as_string(hide_password=False)), store.cwd) \
+            if journal_dir is None else journal_dir
+        self.ctx = StepContext(
+            store=store, client=client, options=options, owner=self.owner, budget=Budget(options.max_spend),
+            prices=prices, journal=Journal(folder, self.owner),  # type: ignore[arg-type]
+            run=self.run_state, gate=RateGate(options.polls_per_second),
+            emit=on_event or (lambda job, kind, text: None), clock=time.monotonic)
+
+    # --- what the CLI and the live view use ---------------------------------------------------------
+
+    @property
+    def summary(self) -> WorkSummary:
+        return self.run_state.summary
+
+    @property
+    def stopping(self) -> bool:
+        return self.run_state.stopping.is_set()
+
+    def request_stop(self) -> None:
+        """First Ctrl+C: stop claiming and submitting; let in-flight downloads finish briefly.
+        A second one aborts them."""
+        if self.run_state.stopping.is_set():
+            self.run_state.abort.set()
+        with self.run_state.lock:
+            if self.summary.stopped in (None, Stop.BALANCE, Stop.BUDGET):
+                self.summary.stopped, self.summary.stop_detail = Stop.INTERRUPTED, "interrupted"
+        self.run_state.stopping.set()
+
+    # --- the loop -----------------------------------------------------------------------------------
+
+    def run(self) -> WorkSummary:
+        """Work until nothing claimable is left and nothing is in flight (or until stopped)."""
+        self._ledger(self.store.release_dead_owners, 0)
+        self._replay_journals()
+        ready, _ = self._ledger(lambda: self.store.pending_outlook(self.options.scope), (0, None))
+        self.expected_total = ready if self.options.limit is None else min(ready, self.options.limit)
+        pool = _DaemonPool(self.options.io_threads)
+        next_renew = time.monotonic() + self.options.lease_seconds / 3
+        self._next_rescue = time.monotonic() + self.options.rescue_every
+        try:
+            while not self.stopping:
+                self._collect(timeout=0)
+                now = time.monotonic()
+                if now >= next_renew:
+                    self._renew()
+                    next_renew = now + self.options.lease_seconds / 3
+                if now >= self._next_rescue:
+                    self._ledger(self.store.release_dead_owners, 0)
+                    self._next_rescue = now + self.options.rescue_every
+                claimed = self._claim(now)
+                self._dispatch(pool, now)
+                self._watch_outages()
+                self.on_tick(self)
+                if not self.active and not claimed and self._finished():
+                    break
+                self._collect(timeout=self._wait_time())
+        finally:
+            self._shutdown()
+            pool.close()
+            self.summary.seconds = time.monotonic() - self._started
+        return self.summary
+
+    def _ledger(self, call: Callable[[], T], default: T) -> T:
+        """A scheduler-side ledger call that survives the database being briefly unavailable."""
+        try:
+            result = call()
+        except sa_exc.SQLAlchemyError as exc:
+            if not is_ledger_trouble(exc):
+                raise
+            self.run_state.ledger_trouble(exc, time.monotonic())
+            return default
+        self.run_state.ledger_ok()
+        return result
+
+    def _watch_outages(self) -> None:
+        """Stop (nothing lost) when the ledger or the API have been out of reach for too long."""
+        down = self.run_state.ledger_down_since
+        if down is not None and time.monotonic() - down > self.options.database_patience:
+            self.run_state.halt(Stop.DATABASE, f"the ledger {self.store.describe()} has been unavailable for "
+                                               f"{time.monotonic() - down:.0f} s ({self.run_state.ledger_error})")
+        elif self.client.unreachable_for() > self.options.api_patience:
+            self.run_state.halt(Stop.UNREACHABLE, f"{self.client.last_unreachable} (for "
+                                                  f"{self.client.unreachable_for():.0f} s); nothing was lost")
+
+    def _wait_time(self) -> float:
+        waiting = [a.due for a in self.active.values() if not a.running]
+        soonest = min(waiting) - time.monotonic() if waiting else 0.5
+        return max(0.0, min(soonest, 0.25))
+
+    def _scope(self) -> JobScope:
+        """What this run may claim now: after a 1012 or the budget cap only paid-for jobs; once
+        ``--limit`` jobs were taken only those (their retries)."""
+        scope = self.options.scope
+        ids = scope.job_ids
+        if self.options.limit is not None and len(self._claimed) >= self.options.limit:
+            ids = sorted(self._claimed if ids is None else set(ids) & self._claimed)
+        return JobScope(scope.storyboard_ids, ids, paid_only=self.run_state.no_submit)
+
+    def _finished(self) -> bool:
+        """Nothing to claim now: wait only for retries this run could still take, and for the jobs of
+        dead workers on this machine, which are freed and taken rather than left behind."""
+        if self.run_state.ledger_down_since is not None:
+            return False
+        ready, later = self._ledger(lambda: self.store.pending_outlook(self._scope(), exclude=self._parked), (1, None))
+        if ready:
+            return False
+        if self._ledger(self.store.release_dead_owners, 0):
+            return False
+        if later is None:
+            return True
+        wait = (later - utcnow()).total_seconds()
+        self._next_claim = time.monotonic() + max(0.2, min(wait, 5.0))
+        return False
+
+    def _claim(self, now: float) -> bool:
+        free = self.options.concurrency - len(self.active)
+        if self.options.limit is not None and len(self._claimed) < self.options.limit:
+            free = min(free, self.options.limit - len(self._claimed))
+        # Each claim is a write transaction: when jobs finish one after another, gather the free
+        # slots for a moment and claim them together rather than one claim per finished job.
+        if free <= 0 or now < self._next_claim or (self.active and now < self._last_claim + CLAIM_GATHER):
+            return False
+        self._last_claim = now
+        scope = self._scope()
+        rows = self._ledger(lambda: self.store.claim(self.owner, free, self.options.lease_seconds, scope,
+                                                     exclude=self._parked), [])
+        if not rows:
+            self._next_claim = now + 0.5
+            return False
+        for row in rows:
+            self._claimed.add(row.id)
+            active = Active(job=row, action=FIRST_ACTION[row.state], due=now)
+            self.active[row.id] = active
+            self._schedule(active, 0.0)
+        return True
+
+    def _schedule(self, active: Active, delay: float) -> None:
+        active.due = time.monotonic() + delay
+        heapq.heappush(self._heap, (active.due, next(self._seq), active.job.id))
+
+    def _dispatch(self, pool: _DaemonPool, now: float) -> None:
+        while self._heap and self._heap[0][0] <= now:
+            due, _, job_id = heapq.heappop(self._heap)
+            active = self.active.get(job_id)
+            if active is None or active.running or active.due != due:
+                continue  # finished meanwhile, or rescheduled
+            active.running = True
+            pool.submit(lambda a=active: self._results.put((a, run_step(self.ctx, a))))
+
+    def _collect(self, timeout: float) -> None:
+        try:
+            active, nxt = self._results.get(timeout=timeout) if timeout > 0 else self._results.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._settle(active, nxt)
+            try:
+                active, nxt = self._results.get_nowait()
+            except queue.Empty:
+                return
+
+    def _settle(self, active: Active, nxt: Next) -> None:
+        active.running = False
+        if nxt.delay is not None and not self.stopping:
+            self._schedule(active, nxt.delay)
+            return
+        if nxt.delay is not None:
+            self._let_go(active)
+            return
+        self.active.pop(active.job.id, None)
+        if nxt.outcome is Outcome.PARKED:
+            self._parked.add(active.job.id)
+
+    def _let_go(self, active: Active) -> None:
+        """Release a job we still hold (the run is stopping): its state and task id stay; a created
+        task the ledger has not taken yet stays in the journal."""
+        self.active.pop(active.job.id, None)
+        if active.created is not None:
+            keep_in_journal(self.ctx, active)
+        self._ledger(lambda: self.store.release(self.owner, [active.job.id]), 0)
+
+    def _renew(self) -> None:
+        mine = list(self.active)
+        held = self._ledger(lambda: self.store.renew(self.owner, mine, self.options.lease_seconds), set(mine))
+        for job_id in set(mine) - held:
+            log.warning("job %d: lease lost to another worker; letting it go", job_id)
+            active = self.active.get(job_id)
+            if active is not None and not active.running:
+                self.active.pop(job_id)
+
+    def _shutdown(self) -> None:
+        """Stop cleanly: idle jobs are released at once, running steps get a bounded grace."""
+        for active in [a for a in self.active.values() if not a.running]:
+            self._let_go(active)
+        deadline = time.monotonic() + self.options.shutdown_grace
+        while any(a.running for a in self.active.values()):
+            if time.monotonic() >= deadline or self.run_state.abort.is_set():
+                self.run_state.abort.set()  # downloads stop between chunks and delete their .part files
+                if time.monotonic() >= deadline + 2.0:
+                    break
+            self._collect(timeout=0.1)
+            self.on_tick(self)
+            for active in [a for a in self.active.values() if not a.running]:
+                self._let_go(active)
+        for active in list(self.active.values()):  # steps that ignored the abort: keep what they created
+            if active.created is not None:
+                keep_in_journal(self.ctx, active)
+        self._ledger(lambda: self.store.release(self.owner), 0)
+        with self.run_state.lock:
+            stuck = list(self.ctx.downloads.values())
+        for dest in stuck:  # a download that ignored the abort: its partial file goes, never its final one
+            try:
+                dest.with_name(dest.name + ".part").unlink(missing_ok=True)
+            except OSError:
+                pass
+        if not self.ctx.unrecorded:  # every task this run journaled reached the ledger after all
+            self.ctx.journal.remove()
+        summary = self.summary
+        summary.spent_cents = self.ctx.budget.spent
+        summary.still_generating = self._ledger(lambda: self.store.count_in_flight(self.options.scope), 0)
+        summary.pending_left = self._ledger(lambda: sum(self.store.pending_by_model(self.options.scope).values()), 0)
+
+    def _replay_journals(self) -> None:
+        """Adopt the tasks that workers which are gone kept in their journals because the ledger was
+        unavailable: each becomes its job's task, as if the create's answer had just been recorded."""
+        for path, entries in orphaned(self.ctx.journal.folder, self.owner):
+            settled = True
+            for entry in entries:
+                cost = entry.cost_cents
+                try:
+                    outcome = self.store.adopt_journaled(
+                        entry.job_id, entry.task_id, lambda is_pro: cost if cost is not None else self.ctx.prices.price(is_pro))
+                except sa_exc.SQLAlchemyError as exc:
+                    log.warning("cannot replay the task journal %s yet (%s)", path, exc)
+                    settled = False
+                    break
+                if outcome:
+                    log.warning("job %d: %s", entry.job_id, outcome)
+            if settled:
+                try:
+                    path.unlink()
+                except OSError:
+                    pass

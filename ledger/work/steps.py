@@ -1,0 +1,576 @@
+"""The life of one job, top to bottom: submit → record → (reconcile) → poll → download.
+
+Each step is a plain function of a ``StepContext`` and the job's ``Active`` entry; it returns
+``Next`` (run the job's action again after a delay, or let go) or raises. What an exception means
+is decided in one place (``decide.py``) and carried out here, in ``settle``.
+
+Everything that must survive a crash is in the ledger before the step that depends on it:
+
+* ``submitting`` is committed before the paid ``POST /create`` is sent. From the moment the POST
+  goes out the job's next step is ``record`` (the answer came) or ``reconcile`` (it did not): no
+  error after the POST — database, disk, a bug — leads back to ``submit``.
+* A task id is recorded the moment it is known, retried until it is stored (and journaled on
+  disk meanwhile when the database stays unavailable).
+* A job with a remote task id is only ever polled and downloaded.
+* A video reaches its final name only complete (``download.py``), then its sidecar, then ``done``.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Set
+
+from ..client import RemoteTask, SoraClient
+from ..download import sha256_of, sidecar_path, video_filename, write_json_atomic
+from ..errors import ApiError, InvalidTaskId, RateLimited, TaskNotFound
+from ..journal import Entry, Journal
+from ..models import iso_utc, utcnow
+from ..outputs import existing_videos
+from ..policy import RateGate
+from ..pricing import PriceBook, money
+from ..states import State
+from ..store import NO_VIDEO_KINDS, JobRow, LeaseLost, Store
+from ..storyboard import ledger_path
+from .budget import Budget
+from .decide import Verdict, decide, is_ledger_trouble
+from .types import Action, Active, EventKind, Next, Outcome, Stop, WorkOptions, WorkSummary
+
+log = logging.getLogger(__name__)
+
+URL_REFRESHES = 3  # fresh video URLs fetched for one download before it counts as a failed attempt
+LEDGER_RETRY = 5.0  # seconds before a step the database refused runs again
+MISSING_TASK_GRACE = 30.0  # a task may answer 404 this long after its create before it counts as gone
+
+
+class LookupIncomplete(ApiError):
+    """The task list could not be read back far enough to tell whether a lost create made a task."""
+
+    kind = "unresolved"
+
+
+class RunState:
+    """What the scheduler and the steps share: stop flags, counters and the summary."""
+
+    def __init__(self) -> None:
+        self.summary = WorkSummary()
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()  # Ctrl+C, or a stop: claim and submit nothing more
+        self.abort = threading.Event()  # second Ctrl+C, or the grace is over: cancel downloads
+        self.no_submit = False  # balance or budget exhausted: only finish what is paid for
+        self.ledger_down_since: Optional[float] = None
+        self.ledger_error = ""
+
+    def halt(self, stop: Stop, detail: str) -> None:
+        """Record why the run stops (the first reason wins). A refused key, a lost ledger or API stop
+        everything; balance and budget stop only new submissions."""
+        with self.lock:
+            if self.summary.stopped is None:
+                self.summary.stopped, self.summary.stop_detail = stop, detail
+            if stop in (Stop.BALANCE, Stop.BUDGET):
+                self.no_submit = True
+                return
+        self.stopping.set()
+
+    def may_submit(self) -> bool:
+        return not (self.stopping.is_set() or self.no_submit)
+
+    def count(self, **amounts: int) -> None:
+        with self.lock:
+            for name, amount in amounts.items():
+                setattr(self.summary, name, getattr(self.summary, name) + amount)
+
+    def ledger_trouble(self, exc: BaseException, now: float) -> None:
+        with self.lock:
+            if self.ledger_down_since is None:
+                self.ledger_down_since = now
+                log.warning("the ledger is unavailable (%s); retrying", _first_line(exc))
+            self.ledger_error = _first_line(exc)
+
+    def ledger_ok(self) -> None:
+        if self.ledger_down_since is not None:
+            with self.lock:
+                self.ledger_down_since = None
+
+
+@dataclass
+class StepContext:
+    """What the steps work with: the ledger, the API, the run's options and shared state."""
+
+    store: Store
+    client: SoraClient
+    options: WorkOptions
+    owner: str
+    budget: Budget
+    prices: PriceBook
+    journal: Journal
+    run: RunState
+    gate: RateGate
+    emit: Callable[[JobRow, EventKind, str], None]
+    clock: Callable[[], float]
+    downloads: Dict[int, Path] = field(default_factory=dict)  # job id -> video being written
+    unrecorded: Set[int] = field(default_factory=set)  # jobs whose journaled task the ledger has not taken
+
+
+# --- the steps ------------------------------------------------------------------------------------
+
+
+def submit(ctx: StepContext, a: Active) -> Next:
+    """Skip what is already on disk; otherwise reserve the price, commit ``submitting`` and send the
+    paid create. Once it is sent, the next step is ``record`` or ``reconcile``, never this one."""
+    job = a.job
+    found = existing_videos(ctx.store.resolve(job.target_dir), job.segment_index, job.version)
+    if found:
+        _move(ctx, a, State.DONE, EventKind.SKIPPED, f"video already on disk: {found[-1].name} (no API call)",
+              release=True, video_path=ledger_path(found[-1], ctx.store.cwd), finished_at=utcnow())
+        ctx.run.count(skipped_existing=1)
+        return Next(outcome=Outcome.SKIPPED)
+    price = ctx.prices.price(job.is_pro)
+    if not ctx.run.may_submit() or not _reserve(ctx, a, price):
+        ctx.store.release(ctx.owner, [job.id])
+        return Next(outcome=Outcome.RELEASED)
+    try:
+        _move(ctx, a, State.SUBMITTING, EventKind.NOTE, "write-ahead: sending POST /create", show=False,
+              reread=True, submitting_at=utcnow())
+    except BaseException:
+        _unreserve(ctx, a)
+        raise
+    ctx.client.backoff.wait(ctx.run.abort)
+    if ctx.run.stopping.is_set():  # stopped while waiting out a 429: nothing was sent
+        _move(ctx, a, State.PENDING, EventKind.NOTE, "not sent: the run is stopping", show=False, release=True)
+        _unreserve(ctx, a)
+        return Next(outcome=Outcome.RELEASED)
+    a.action = Action.RECONCILE  # from here on, this write-ahead is never submitted again
+    a.sent_at = utcnow()
+    try:
+        a.created = ctx.client.create(a.job.params)
+    finally:
+        a.answered_at = utcnow()
+    a.found = False
+    a.action = Action.RECORD
+    return Next(0.0)
+
+
+def record(ctx: StepContext, a: Active) -> Next:
+    """Store the task id of a created (or found) task: the job is ``submitted`` from now on."""
+    job, task = a.job, a.created
+    assert task is not None
+    cost = task.cost if task.cost is not None else ctx.prices.price(job.is_pro)
+    now = utcnow()
+    if a.found:
+        # A found task started before we looked (by the service's clock, which has whole seconds).
+        created = task.created_at.astimezone(timezone.utc).replace(tzinfo=None) if task.created_at else now
+        started, what, kind = min(created, now), "found the lost create's task", EventKind.FOUND
+    else:
+        started, what, kind = now, "created task", EventKind.CREATED
+    paid_by = "" if a.sent_at is not None else "; paid by an earlier run"
+    _move(ctx, a, State.SUBMITTED, kind, f"{what} {task.task_id} ({money(cost)}{paid_by})",
+          remote_task_id=task.task_id, cost_cents=cost, spent_cents=job.spent_cents + cost, submitted_at=started,
+          progress=task.progress, attempts=0, error_kind=None, error_message=None, next_attempt_at=None)
+    if a.sent_at is not None:
+        ctx.budget.spend(a.reserved, cost)
+        ctx.run.count(creates=1)
+    else:
+        ctx.run.count(collected=1)
+    a.reserved, a.created, a.tries = 0, None, 0
+    a.action, a.polls = Action.POLL, 0
+    if a.journaled:
+        with ctx.run.lock:
+            ctx.unrecorded.discard(job.id)
+    if a.found:
+        a.last_delay = None
+        return Next(0.0)
+    a.last_delay = ctx.options.poll.next_delay(0.0, task.progress)
+    return Next(a.last_delay)
+
+
+def reconcile(ctx: StepContext, a: Active) -> Next:
+    """A create whose answer never came: read the task list back past the create's time window.
+    A task found is recorded; "not created" is concluded only when the whole window was read."""
+    job = a.job
+    assert job.submitting_at is not None
+    since = job.submitting_at
+    wait = ((a.answered_at or since) + timedelta(seconds=ctx.options.reconcile_grace) - utcnow()).total_seconds()
+    if wait > 0:
+        return Next(wait)
+    ctx.client.backoff.wait(ctx.run.abort)
+    until = a.answered_at or since + timedelta(seconds=ctx.options.create_timeout)
+    search = ctx.client.find_tasks(job.params["prompt"], since.replace(tzinfo=timezone.utc),
+                                   until.replace(tzinfo=timezone.utc), skew_seconds=ctx.options.reconcile_skew)
+    candidates = [t for t in search.tasks if same_request(t, job.params)]
+    linked = ctx.store.linked_task_ids(t.task_id for t in candidates)
+    free = [t for t in candidates if t.task_id not in linked]
+    if free:
+        a.created, a.found, a.action = free[0], True, Action.RECORD
+        return Next(0.0)
+    if not search.covered:
+        raise LookupIncomplete(f"cannot tell whether the unanswered create made a task: {search.reason}")
+    _move(ctx, a, State.PENDING, EventKind.NOTE,
+          f"no task was created by the unanswered POST /create (read {search.pages} page(s) of the task list "
+          "back past its time); submitting again")
+    _unreserve(ctx, a)
+    a.sent_at = a.answered_at = None
+    a.action = Action.SUBMIT
+    return Next(0.0)
+
+
+def poll(ctx: StepContext, a: Active) -> Next:
+    """Ask how the generation is doing; on completion move on to the download."""
+    job = a.job
+    if not ctx.gate.acquire(ctx.run.abort):
+        return Next(0.0)
+    ctx.client.backoff.wait(ctx.run.abort)
+    a.polls += 1
+    ctx.run.count(polls=1)
+    elapsed = _elapsed(job)
+    try:
+        task = ctx.client.get(job.remote_task_id or "")
+    except TaskNotFound:
+        if elapsed < MISSING_TASK_GRACE:
+            return Next(5.0)  # a service may not list a task it made a moment ago
+        raise
+    if task.is_completed and task.video_url:
+        detail = f"generated in {elapsed:.0f} s ({a.polls} polls)" if job.state is State.SUBMITTED else ""
+        _move(ctx, a, State.DOWNLOADING, EventKind.NOTE, detail, video_url=task.video_url, progress=100)
+        a.action = Action.DOWNLOAD
+        return Next(0.0)
+    task.raise_if_failed()
+    if task.progress != job.progress:
+        _move(ctx, a, job.state, EventKind.NOTE, "", progress=task.progress)
+    a.progress = task.progress
+    if elapsed > ctx.options.poll_timeout:
+        return _park_generating(ctx, a, elapsed)
+    a.last_delay = ctx.options.poll.next_delay(elapsed, task.progress, a.last_delay)
+    return Next(a.last_delay)
+
+
+def download(ctx: StepContext, a: Active) -> Next:
+    """Fetch the video (resumable, verified, atomic), write its sidecar, and mark the job done."""
+    job = a.job
+    if not job.video_url:
+        a.action = Action.POLL
+        return Next(0.0)
+    target = ctx.store.resolve(job.target_dir)
+    dest = target / video_filename(job.segment_index, job.version, job.remote_task_id or "")
+    started = utcnow()
+    if dest.is_file() and dest.stat().st_size > 0:
+        # A previous run finished the file but stopped before recording it.
+        size, digest = dest.stat().st_size, sha256_of(dest)
+    else:
+        with ctx.run.lock:
+            ctx.downloads[job.id] = dest
+        try:
+            result = ctx.client.download(job.video_url, dest, root=target, cancel=ctx.run.abort)
+        finally:
+            with ctx.run.lock:
+                ctx.downloads.pop(job.id, None)
+        size, digest = result.size, result.sha256
+    sidecar = sidecar_path(dest)
+    for stale in target.glob(f".{sidecar.name}.*.tmp"):  # a write cut short by a crash
+        stale.unlink(missing_ok=True)
+    write_json_atomic(sidecar, {
+        "storyboard": job.storyboard_path, "segment_index": job.segment_index, "version": job.version,
+        "prompt": job.params.get("prompt"), "parameters": dict(job.params), "task_id": job.remote_task_id,
+        "cost_cents": job.cost_cents, "submitted_at": iso_utc(job.submitted_at), "downloaded_at": iso_utc(utcnow()),
+        "download_started_at": iso_utc(started), "size": size, "sha256": digest, "file": dest.name,
+    })
+    shown = ledger_path(dest, ctx.store.cwd)
+    _move(ctx, a, State.DONE, EventKind.SAVED, f"saved {shown} ({size:,} bytes)", release=True, video_path=shown,
+          finished_at=utcnow(), attempts=0, error_kind=None, error_message=None, next_attempt_at=None)
+    ctx.run.count(done=1)
+    return Next(outcome=Outcome.DONE)
+
+
+STEPS: Mapping[Action, Callable[[StepContext, Active], Next]] = {
+    Action.SUBMIT: submit, Action.RECORD: record, Action.RECONCILE: reconcile, Action.POLL: poll,
+    Action.DOWNLOAD: download,
+}
+
+
+def run_step(ctx: StepContext, a: Active) -> Next:
+    """Run the job's next step; an exception is settled by its verdict. Never raises."""
+    step = a.action
+    try:
+        if ctx.run.abort.is_set():
+            return Next(0.0)
+        return STEPS[step](ctx, a)
+    except Exception as exc:  # every exception gets a verdict: that is the point of decide.py
+        try:
+            return settle(ctx, a, step, exc)
+        except Exception as again:  # writing the verdict down failed too
+            if isinstance(again, LeaseLost):
+                return Next(outcome=Outcome.LOST)
+            if is_ledger_trouble(again):
+                _ledger_down(ctx, a, again)
+            else:
+                log.warning("%s: could not record the outcome of %s (%s)", a.job.label, step.value, _first_line(again))
+                log.debug("traceback", exc_info=again)
+            return Next(LEDGER_RETRY)
+
+
+# --- what an error means, carried out ---------------------------------------------------------------
+
+
+def settle(ctx: StepContext, a: Active, step: Action, exc: Exception) -> Next:
+    """Carry out ``decide``'s verdict on ``exc`` raised by ``step``."""
+    verdict = decide(step, exc, sent=a.sent_at is not None)
+    job = a.job
+    if verdict is Verdict.LET_GO:
+        log.info("%s: %s; letting it go", job.label, exc)
+        return Next(outcome=Outcome.LOST)
+    if verdict is Verdict.LEDGER_DOWN:
+        _ledger_down(ctx, a, exc)
+        return Next(LEDGER_RETRY)
+    if verdict is Verdict.RELEASE:
+        ctx.store.release(ctx.owner, [job.id])
+        return Next(outcome=Outcome.RELEASED)
+    if verdict in (Verdict.STOP_AUTH, Verdict.STOP_BALANCE):
+        # The refused create was not made: the job waits, untouched, for a run with a key or money.
+        if job.state is State.SUBMITTING:
+            _move(ctx, a, State.PENDING, EventKind.NOTE, f"not created: {exc}", show=False, release=True)
+        else:
+            ctx.store.release(ctx.owner, [job.id])
+        _unreserve(ctx, a)
+        a.action = Action.SUBMIT
+        stop = Stop.AUTH if verdict is Verdict.STOP_AUTH else Stop.BALANCE
+        ctx.run.halt(stop, str(exc) if stop is Stop.AUTH else _balance_situation(ctx, job))
+        return Next(outcome=Outcome.RELEASED)
+    if verdict is Verdict.RATE_LIMITED:
+        assert isinstance(exc, RateLimited)
+        pause = exc.retry_after if exc.retry_after is not None else 5.0
+        _back_to_pending(ctx, a, EventKind.RETRY, f"rate limited before creating; retry in {pause:g} s",
+                         next_attempt_at=utcnow() + timedelta(seconds=pause))
+        return Next(outcome=Outcome.RELEASED)
+    if verdict is Verdict.OUT_OF_REACH:
+        # Not the job's fault: nothing is counted or written for later runs; the scheduler stops the
+        # run if the API stays out of reach.
+        if job.state is State.SUBMITTING:
+            _move(ctx, a, State.PENDING, EventKind.NOTE, "", show=False)
+            _unreserve(ctx, a)
+            a.sent_at = a.answered_at = None
+            a.action = Action.SUBMIT
+        a.tries += 1
+        return Next(min(30.0, 2.0 * a.tries))
+    if verdict is Verdict.NOT_CREATED:
+        if job.state is State.SUBMITTING:
+            _unreserve(ctx, a)
+            a.sent_at = a.answered_at = None
+            a.action = Action.SUBMIT
+        return _retry_later(ctx, a, exc)
+    if verdict is Verdict.RECONCILE:
+        if step is Action.RECORD:
+            _event(ctx, job, EventKind.NOTE, f"task {a.created.task_id if a.created else '?'} was adopted by another "
+                                             "job a moment ago; looking for this job's own")
+            delay = 0.0
+        else:
+            _event(ctx, job, EventKind.NOTE, f"no answer to POST /create ({exc}); will look the task up before "
+                                             "anything is sent again")
+            delay = ctx.options.reconcile_grace
+        a.created, a.action = None, Action.RECONCILE
+        return Next(delay)
+    if verdict is Verdict.FAIL:
+        extra: Dict[str, Any] = {}
+        if isinstance(exc, InvalidTaskId):  # made and billed: its cost is booked all the same
+            cost = exc.cost if exc.cost is not None else ctx.prices.price(job.is_pro)
+            extra["spent_cents"] = job.spent_cents + cost
+            ctx.budget.spend(a.reserved, cost)
+            ctx.run.count(creates=1)
+            a.reserved = 0
+        else:
+            _unreserve(ctx, a)
+        return _fail(ctx, a, exc, **extra)
+    if verdict is Verdict.FRESH_URL:
+        a.url_refreshes += 1
+        if a.url_refreshes > URL_REFRESHES:
+            return _retry_later(ctx, a, exc)
+        _move(ctx, a, State.DOWNLOADING, EventKind.NOTE, f"video URL expired ({exc}); asking the task for a fresh one",
+              video_url=None)
+        a.action = Action.POLL
+        return Next(0.0)
+    if verdict is Verdict.WAIT:
+        return _wait(ctx, a, step, exc)
+    if verdict is Verdict.UNRESOLVED:
+        return _unresolved(ctx, a, exc)
+    assert verdict is Verdict.RETRY, verdict
+    if not isinstance(exc, ApiError):
+        log.warning("%s: unexpected error during %s: %s", job.label, step.value, _first_line(exc))
+        log.debug("traceback", exc_info=exc)
+    if job.state is State.SUBMITTING and a.sent_at is None:  # nothing was sent yet
+        a.action = Action.SUBMIT
+    return _retry_later(ctx, a, exc)
+
+
+def _wait(ctx: StepContext, a: Active, step: Action, exc: Exception) -> Next:
+    """The same step again after a pause; nothing counted against the job."""
+    retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
+    if step is Action.POLL:
+        elapsed = _elapsed(a.job)
+        if elapsed > ctx.options.poll_timeout:
+            return _park_generating(ctx, a, elapsed)
+        log.info("%s: poll failed (%s)", a.job.label, exc)
+        a.last_delay = retry_after or min(60.0, max(1.0, 2.0 * (a.last_delay or 1.0)))
+        a.retry_note = f"poll failed; asking again in {a.last_delay:.0f} s"
+        return Next(a.last_delay)
+    if step is Action.RECORD:
+        a.tries += 1
+        if a.tries >= 3:
+            keep_in_journal(ctx, a)
+        log.warning("%s: cannot record task %s yet (%s); trying again", a.job.label,
+                    a.created.task_id if a.created else "?", _first_line(exc))
+        log.debug("traceback", exc_info=exc)
+        return Next(min(30.0, 2.0 ** a.tries))
+    return Next(retry_after if retry_after is not None else 1.0)
+
+
+def _unresolved(ctx: StepContext, a: Active, exc: Exception) -> Next:
+    """A look-up that could not finish: asked again with growing pauses; after MAX_ATTEMPTS the job
+    is left in ``submitting`` with the reason, for a later run — never sent again blindly."""
+    a.tries += 1
+    message = str(exc) if isinstance(exc, ApiError) else f"{type(exc).__name__}: {_first_line(exc)}"
+    if a.tries < ctx.options.retry.max_attempts:
+        delay = min(300.0, 10.0 * 2 ** (a.tries - 1))
+        a.retry_note = f"look-up failed; again in {delay:.0f} s"
+        log.info("%s: task look-up failed (%s); asking again in %.0f s", a.job.label, message, delay)
+        return Next(delay)
+    _move(ctx, a, State.SUBMITTING, EventKind.PARKED,
+          f"unresolved: {message}. Nothing will be sent again until a look-up settles it; "
+          "run `ledger work` later", release=True, error_kind=LookupIncomplete.kind, error_message=message)
+    ctx.run.count(unresolved=1)
+    return Next(outcome=Outcome.PARKED)
+
+
+def _retry_later(ctx: StepContext, a: Active, exc: Exception) -> Next:
+    """Count an attempt and either schedule the next one (attempts and next-attempt time are ledger
+    columns; the lease is released) or end the job with the last reason."""
+    job = a.job
+    attempts = job.attempts + 1
+    if ctx.options.retry.exhausted(attempts):
+        return _fail(ctx, a, exc, attempts=attempts, detail=f"failed after {attempts} attempts: {_message(exc)}")
+    delay = ctx.options.retry.delay(attempts)
+    state = State.PENDING if job.state is State.SUBMITTING else job.state
+    a.retry_note = f"retrying in {delay:.0f} s"
+    _move(ctx, a, state, EventKind.RETRY, f"attempt {attempts} failed ({_message(exc)}); next try in {delay:.0f} s",
+          release=True, next_attempt_at=utcnow() + timedelta(seconds=delay), error_kind=_kind(exc),
+          error_message=_message(exc), attempts=attempts)
+    return Next(outcome=Outcome.RELEASED)
+
+
+def _fail(ctx: StepContext, a: Active, exc: Exception, *, detail: str = "", **values: Any) -> Next:
+    """End a job ``failed`` with its reason (the API's message verbatim) and let it go."""
+    kind, message = _kind(exc), _message(exc)
+    paid = a.job.remote_task_id is not None and kind not in NO_VIDEO_KINDS and "requeue" not in message
+    hint = " (the generation is paid for: `ledger requeue --failed` downloads it again without paying)" if paid else ""
+    job = _move(ctx, a, State.FAILED, EventKind.FAILED, (detail or message) + hint, release=True, error_kind=kind,
+                error_message=message, finished_at=utcnow(), **values)
+    ctx.run.count(failed=1)
+    with ctx.run.lock:
+        ctx.run.summary.failures.append((job.label, kind, message + hint))
+    return Next(outcome=Outcome.FAILED)
+
+
+def _park_generating(ctx: StepContext, a: Active, elapsed: float) -> Next:
+    _event(ctx, a.job, EventKind.PARKED, f"still generating after {elapsed / 60:.0f} min; left for a later "
+                                         "`ledger work` (its task id is kept, nothing will be paid again)")
+    ctx.store.release(ctx.owner, [a.job.id])
+    return Next(outcome=Outcome.PARKED)
+
+
+def _back_to_pending(ctx: StepContext, a: Active, kind: EventKind, detail: str, **values: Any) -> None:
+    _move(ctx, a, State.PENDING, kind, detail, release=True, **values)
+    _unreserve(ctx, a)
+    a.sent_at = a.answered_at = None
+    a.action = Action.SUBMIT
+
+
+def _ledger_down(ctx: StepContext, a: Active, exc: BaseException) -> None:
+    ctx.run.ledger_trouble(exc, ctx.clock())
+    keep_in_journal(ctx, a)
+
+
+def keep_in_journal(ctx: StepContext, a: Active) -> None:
+    """Keep a created task's id on disk while the ledger cannot take it (once per task)."""
+    task = a.created
+    if task is None or a.journaled:
+        return
+    try:
+        ctx.journal.append(Entry(a.job.id, task.task_id, task.cost, utcnow().isoformat()))
+        a.journaled = True
+        with ctx.run.lock:
+            ctx.unrecorded.add(a.job.id)
+        log.warning("%s: task %s kept in %s until the ledger takes it", a.job.label, task.task_id, ctx.journal.path)
+    except OSError as exc:
+        log.warning("%s: cannot write the task journal %s (%s); task %s is kept in memory", a.job.label,
+                    ctx.journal.path, exc, task.task_id)
+
+
+def _move(ctx: StepContext, a: Active, new: State, kind: EventKind, detail: str, *, release: bool = False,
+          show: bool = True, reread: bool = False, **values: Any) -> JobRow:
+    """One guarded ledger transition of a job this run holds (``release``: and give up its lease;
+    ``reread``: return the row as stored, e.g. parameters a scan changed since the claim)."""
+    if release:
+        values.update(lease_owner=None, lease_expires_at=None)
+    a.job = ctx.store.transition(a.job.id, ctx.owner, a.job.state, new, detail,
+                                 current=None if reread else a.job, **values)
+    ctx.run.ledger_ok()
+    if detail and show:
+        _event(ctx, a.job, kind, detail)
+    return a.job
+
+
+def _event(ctx: StepContext, job: JobRow, kind: EventKind, text: str) -> None:
+    log.debug("%s: %s", job.label, text)
+    ctx.emit(job, kind, text)
+
+
+def _reserve(ctx: StepContext, a: Active, price: int) -> bool:
+    if not ctx.budget.reserve(price):
+        cap = ctx.budget.cap or 0
+        ctx.run.halt(Stop.BUDGET, f"--max-spend {money(cap)} reached: spent {money(ctx.budget.spent)}, "
+                                  f"the next generation costs {money(price)}")
+        return False
+    a.reserved = price
+    return True
+
+
+def _unreserve(ctx: StepContext, a: Active) -> None:
+    ctx.budget.release(a.reserved)
+    a.reserved = 0
+
+
+def _balance_situation(ctx: StepContext, job: JobRow) -> str:
+    """Why submitting stopped on a 1012, in numbers the user can act on."""
+    price = ctx.prices.price(job.is_pro)
+    try:
+        balance = f"the balance is {money(ctx.client.balance())}"
+    except ApiError:
+        balance = "the balance could not be read"
+    return (f"the API refused a new generation for lack of balance (code 1012): {balance}, one generation costs "
+            f"{money(price)}; generations already paid for were finished. Top up, then run `ledger work` again")
+
+
+def _elapsed(job: JobRow) -> float:
+    return (utcnow() - (job.submitted_at or job.updated_at)).total_seconds()
+
+
+def _kind(exc: BaseException) -> str:
+    return exc.kind if isinstance(exc, ApiError) else "unexpected"
+
+
+def _message(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, ApiError) else f"{type(exc).__name__}: {_first_line(exc)}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def same_request(task: RemoteTask, params: Mapping[str, Any]) -> bool:
+    """Does a listed task look like the one we sent? Fields the list omits do not count against it."""
+    raw = task.raw
+    for key in ("duration", "resolution", "is_pro"):
+        if key in raw and key in params and raw[key] not in (None, "") and raw[key] != params[key]:
+            return False
+    return True
