@@ -150,7 +150,7 @@ def submit(ctx: StepContext, a: Active) -> Next:
         a.answered_at = utcnow()
     a.found = False
     a.action = Action.RECORD
-    return Next(0.0)
+    return record(ctx, a)  # at once: a Ctrl+C arriving now must not leave the id unrecorded
 
 
 def record(ctx: StepContext, a: Active) -> Next:
@@ -204,7 +204,7 @@ def reconcile(ctx: StepContext, a: Active) -> Next:
     free = [t for t in candidates if t.task_id not in linked]
     if free:
         a.created, a.found, a.action = free[0], True, Action.RECORD
-        return Next(0.0)
+        return record(ctx, a)
     if not search.covered:
         raise LookupIncomplete(f"cannot tell whether the unanswered create made a task: {search.reason}")
     _move(ctx, a, State.PENDING, EventKind.NOTE,
@@ -297,6 +297,8 @@ def run_step(ctx: StepContext, a: Active) -> Next:
             return Next(0.0)
         return STEPS[step](ctx, a)
     except Exception as exc:  # every exception gets a verdict: that is the point of decide.py
+        if a.action is Action.RECORD:  # the create answered inside ``submit``: recording it is what failed
+            step = Action.RECORD
         try:
             return settle(ctx, a, step, exc)
         except Exception as again:  # writing the verdict down failed too
