@@ -37,7 +37,8 @@ from ledger.policy import PollPolicy, RetryPolicy  # noqa: E402
 from ledger.scan import scan  # noqa: E402
 from ledger.settings import load_settings  # noqa: E402
 from ledger.store import Store  # noqa: E402
-from ledger.worker import WorkOptions, Worker, WorkSummary  # noqa: E402
+from ledger.pricing import fallback_prices  # noqa: E402
+from ledger.work import Scheduler, WorkOptions, WorkSummary  # noqa: E402
 
 KEY = "sora-bench000000000000000000000000000"
 
@@ -81,8 +82,8 @@ def run_worker(n: int, concurrency: int, gen_seconds: float) -> Tuple[WorkSummar
                               retry=RetryPolicy.from_settings(settings), polls_per_second=1000.0)
         peak_threads = [threading.active_count()]
         with SoraClient.from_settings(settings) as client:
-            worker = Worker(store, client, options,
-                            on_tick=lambda w: peak_threads.append(threading.active_count()))
+            worker = Scheduler(store, client, options, fallback_prices(settings),
+                               on_tick=lambda w: peak_threads.append(threading.active_count()))
             usage_before = resource.getrusage(resource.RUSAGE_SELF)
             started = time.perf_counter()
             summary = worker.run()

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 __all__ = ["SimConfig", "SimServer", "POLICY_TRIGGER", "POLICY_MESSAGE", "GENERATION_FAILED_MESSAGE"]
 
@@ -33,7 +33,10 @@ log = logging.getLogger(__name__)
 ROUTES = ("create", "task", "tasks", "balance", "pricing", "file")
 GENERIC_FAULTS = frozenset({"http_502_html", "envelope_500", "http_500_json", "drop", "rate_limit", "delay", "envelope"})
 FILE_FAULTS = frozenset({"truncate", "expired", "ignore_range", "bad_length"})
-FAULT_KINDS = GENERIC_FAULTS | FILE_FAULTS | {"lost_create"}
+# Create-only: the answer is lost after the task was made ("lost_create"); the task gets the id given
+# as ``task_id`` ("task_id": over-long, NUL, path-like ids a hostile or broken server might send).
+CREATE_FAULTS = frozenset({"lost_create", "task_id"})
+FAULT_KINDS = GENERIC_FAULTS | FILE_FAULTS | CREATE_FAULTS
 # What a random fault (``fault_rate``) may be on each route: transport trouble, not quirks.
 RANDOM_FAULTS: Mapping[str, Tuple[str, ...]] = {
     "create": ("http_502_html", "envelope_500", "drop", "rate_limit", "lost_create"),
@@ -73,6 +76,8 @@ class SimConfig:
     unit: str = "task"
     url_ttl: float = 2 * 86400.0  # seconds a video URL stays valid
     list_shape: str = "list"  # "list": data is the page; "object": {"tasks": [...], "total", ...}
+    list_ignores_page: bool = False  # a broken server: every page of GET /tasks is the first one
+    list_shows_cost: bool = True  # False: task objects carry no ``cost`` (only the create answer does)
     fault_rate: float = 0.0  # probability that a request meets a random transport fault
     video_bytes: Optional[int] = None  # None serves the shipped sample.mp4
     seed: Optional[int] = None
@@ -244,8 +249,8 @@ class SimServer:
             raise ValueError(f"unknown fault {kind!r}; use one of {', '.join(sorted(FAULT_KINDS))}")
         if kind in FILE_FAULTS and route != "file":
             raise ValueError(f"fault {kind!r} only applies to the file route")
-        if kind == "lost_create" and route != "create":
-            raise ValueError("fault 'lost_create' only applies to the create route")
+        if kind in CREATE_FAULTS and route != "create":
+            raise ValueError(f"fault {kind!r} only applies to the create route")
         if count < 1:
             raise ValueError("count must be at least 1")
         with self._lock:
@@ -269,6 +274,18 @@ class SimServer:
         """(route, time.monotonic()) of every API and file request so far, in arrival order."""
         with self._lock:
             return list(self._request_times)
+
+    def create_external(self, prompt: str, **params: Any) -> str:
+        """Make (and bill) a task as another client of the same account would; returns its id."""
+        code, message, data = self._create({"prompt": prompt, **params})
+        if code != 200:
+            raise ValueError(message)
+        return str(data["task_id"])
+
+    def forget(self, task_id: str) -> None:
+        """Make the service lose a task: it answers 404 for it from now on and lists it no more."""
+        with self._lock:
+            self._tasks.pop(task_id, None)
 
     def tasks(self) -> List[Dict[str, Any]]:
         """Every task as the API would show it now, oldest first."""
@@ -318,7 +335,7 @@ class SimServer:
             injected[fault.kind] = injected.get(fault.kind, 0) + 1
             return fault
 
-    def _create(self, body: Any) -> Tuple[int, str, Any]:
+    def _create(self, body: Any, task_id: Optional[str] = None) -> Tuple[int, str, Any]:
         """Validate, charge and record a task; return (code, message, data)."""
         problem = _validate(body)
         if problem:
@@ -335,7 +352,7 @@ class SimServer:
             else:
                 outcome = "error" if self._rng.random() < self.config.fail_rate else "ok"
             task = _Task(
-                task_id=str(uuid.uuid4()),
+                task_id=task_id if task_id is not None else str(uuid.uuid4()),
                 seq=len(self._tasks),
                 prompt=prompt,
                 is_pro=is_pro,
@@ -375,7 +392,8 @@ class SimServer:
         views = [self._task_view(task, origin) for task in tasks]
         if status is not None:
             views = [view for view in views if view["status"] == status]
-        page_items = views[(page - 1) * page_size: page * page_size]
+        first = 0 if self.config.list_ignores_page else (page - 1) * page_size
+        page_items = views[first: first + page_size]
         if self.config.list_shape == "list":
             return page_items
         return {"tasks": page_items, "total": len(views), "page": page, "page_size": page_size}
@@ -393,7 +411,7 @@ class SimServer:
         else:
             status, progress = "processing", max(1, min(99, int(100 * elapsed / gen)))
         done = status in ("completed", "failed")
-        return {
+        view = {
             "task_id": task.task_id,
             "status": status,
             "progress": progress,
@@ -411,11 +429,14 @@ class SimServer:
             "created_at": task.created_wall.isoformat(),
             "completed_at": (task.created_wall + timedelta(seconds=round(ends_at))).isoformat() if done else None,
         }
+        if not self.config.list_shows_cost:
+            del view["cost"]
+        return view
 
     def _signed_url(self, task_id: str, origin: str) -> str:
         # Signed afresh at every poll, as object storage URLs are: re-polling yields a live URL.
         expires = int(time.time() + self.config.url_ttl)
-        return f"{origin}/files/{task_id}.mp4?expires={expires}&sig={self._signature(task_id, expires)}"
+        return f"{origin}/files/{quote(task_id, safe='')}.mp4?expires={expires}&sig={self._signature(task_id, expires)}"
 
     def _signature(self, task_id: str, expires: int) -> str:
         return hmac.new(self._secret, f"{task_id}:{expires}".encode(), hashlib.sha256).hexdigest()[:32]
@@ -563,7 +584,8 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorised():
             return
         if route == "create":
-            self._answer_create(body, lost=fault is not None and fault.kind == "lost_create")
+            self._answer_create(body, lost=fault is not None and fault.kind == "lost_create",
+                                task_id=fault.opts.get("task_id") if fault is not None and fault.kind == "task_id" else None)
         elif route == "task":
             task = sim._get_task(arg, self._origin(), poll=True)
             if task is None:
@@ -577,12 +599,12 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send_json(200, _envelope(200, "操作成功", sim._charge_info()))
 
-    def _answer_create(self, raw_body: bytes, *, lost: bool) -> None:
+    def _answer_create(self, raw_body: bytes, *, lost: bool, task_id: Optional[str] = None) -> None:
         try:
             body = json.loads(raw_body.decode("utf-8")) if raw_body else None
         except (UnicodeDecodeError, ValueError):
             body = None
-        code, message, data = self.server.sim._create(body)
+        code, message, data = self.server.sim._create(body, task_id)
         if code == 200 and self.server.sim.config.create_latency:
             # The real service answers a create after a while, with the task already made and billed.
             time.sleep(self.server.sim.config.create_latency)
@@ -746,10 +768,10 @@ def _route(method: str, path: str) -> Tuple[Optional[str], str]:
         return path[4:], ""
     match = _TASK_PATH.match(path)
     if match:
-        return "task", match.group(1)
+        return "task", unquote(match.group(1))
     match = _FILE_PATH.match(path)
     if match:
-        return "file", match.group(1)
+        return "file", unquote(match.group(1))
     return None, ""
 
 

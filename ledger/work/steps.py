@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 
 URL_REFRESHES = 3  # fresh video URLs fetched for one download before it counts as a failed attempt
 LEDGER_RETRY = 5.0  # seconds before a step the database refused runs again
-MISSING_TASK_GRACE = 30.0  # a task may answer 404 this long after its create before it counts as gone
 
 
 class LookupIncomplete(ApiError):
@@ -228,8 +227,8 @@ def poll(ctx: StepContext, a: Active) -> Next:
     try:
         task = ctx.client.get(job.remote_task_id or "")
     except TaskNotFound:
-        if elapsed < MISSING_TASK_GRACE:
-            return Next(5.0)  # a service may not list a task it made a moment ago
+        if elapsed < ctx.options.reconcile_grace:
+            return Next(min(5.0, ctx.options.reconcile_grace))  # a service may not know a task it made a moment ago
         raise
     if task.is_completed and task.video_url:
         detail = f"generated in {elapsed:.0f} s ({a.polls} polls)" if job.state is State.SUBMITTED else ""
@@ -432,7 +431,7 @@ def _unresolved(ctx: StepContext, a: Active, exc: Exception) -> Next:
     a.tries += 1
     message = str(exc) if isinstance(exc, ApiError) else f"{type(exc).__name__}: {_first_line(exc)}"
     if a.tries < ctx.options.retry.max_attempts:
-        delay = min(300.0, 10.0 * 2 ** (a.tries - 1))
+        delay = ctx.options.retry.delay(a.tries)
         a.retry_note = f"look-up failed; again in {delay:.0f} s"
         log.info("%s: task look-up failed (%s); asking again in %.0f s", a.job.label, message, delay)
         return Next(delay)

@@ -97,8 +97,11 @@ class WorkOptions:
     # Stop the run (nothing lost) when the ledger or the API stay out of reach this long.
     database_patience: float = 120.0
     api_patience: float = 60.0
-    # How often a live worker frees the jobs of dead workers on this machine.
-    rescue_every: float = 10.0
+
+    @property
+    def rescue_every(self) -> float:
+        """How often a live worker frees the jobs of dead workers on this machine."""
+        return min(10.0, self.lease_seconds / 4)
 
     @property
     def io_threads(self) -> int:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import socket
 import time
+import uuid
 from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
@@ -12,6 +13,7 @@ from ledger.sim import SimConfig, SimServer
 
 # Shaped like a real key (sora- and 32 characters) so the generic masking is exercised too.
 API_KEY = "sora-Tq3v9Zk2LmN8pR4sW6yB1cD5fG7hJ0xA"
+POSTGRES_SERVER = "postgresql://root@127.0.0.1:5432"
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy",
                    "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 
@@ -106,3 +108,18 @@ def work_env(sim: SimServer) -> Dict[str, str]:
     """Settings for a `ledger work` against ``sim``, with the waits shrunk to test size."""
     return {"SORA_BASE_URL": sim.base_url, "SORA_API_KEY": API_KEY, "GEN_COUNT_PER_SEGMENT": "1",
             "POLL_MIN_INTERVAL": "0.05", "RETRY_BASE_DELAY": "0.1", "RECONCILE_GRACE_SECONDS": "0.2"}
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh database on the machine's PostgreSQL server, dropped afterwards."""
+    psycopg = pytest.importorskip("psycopg")
+    name = f"ledger_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(f"{POSTGRES_SERVER}/test", autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL server on 127.0.0.1:5432 ({exc})")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        yield f"{POSTGRES_SERVER}/{name}"
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

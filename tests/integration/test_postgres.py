@@ -1,9 +1,6 @@
 """The same code on PostgreSQL: migrations, scan, and two workers sharing one ledger."""
 from __future__ import annotations
 
-import uuid
-from typing import Iterator
-
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -14,24 +11,7 @@ from tests.helpers import segments, spawn
 from tests.helpers import leftovers
 from tests.integration.test_work import sha, videos
 
-SERVER = "postgresql://root@127.0.0.1:5432"
-
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh database on the machine's PostgreSQL server, dropped afterwards."""
-    psycopg = pytest.importorskip("psycopg")
-    name = f"ledger_test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(f"{SERVER}/test", autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL server on 127.0.0.1:5432 ({exc})")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        yield f"{SERVER}/{name}"
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def test_migrations_match_the_models_on_postgres(pg_url):
