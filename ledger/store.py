@@ -493,6 +493,11 @@ class Store:
             ])
         return moved
 
+    def _apply_changes_now(self, changes: Sequence[JobChange]) -> List[JobChange]:
+        """``_apply_changes`` in a transaction of its own (for tests and one-off repairs)."""
+        with write_tx(self.engine) as conn:
+            return self._apply_changes(conn, changes, utcnow(), worker=None)
+
     # work ----------------------------------------------------------------------------------
 
     def storyboard_ids(self, pattern: str) -> List[int]:

@@ -45,6 +45,9 @@ def test_chaos_every_job_ends_with_a_reason_nothing_paid_twice(ws, make_sim, wor
     created = {t["task_id"] for t in sim.tasks()}
     orphans = created - linked  # paid for and belonging to no job: a video paid twice
     assert orphans == set(), seed
+    # money: what the ledger says was spent is what the account was billed, to the cent
+    charged = sim.config.balance - stats["balance"]
+    assert query(ws.root, "SELECT sum(spent_cents) FROM jobs") == [(charged,)], seed
     assert leftovers(ws.root) == [], seed
     files = videos(ws.root)
     assert len(files) == outcome.get("done", 0)
@@ -54,4 +57,4 @@ def test_chaos_every_job_ends_with_a_reason_nothing_paid_twice(ws, make_sim, wor
               f"{outcome.get('done', 0)} done, {outcome.get('failed', 0)} failed; "
               f"{sum(stats['faults_injected'].values())} faults injected ({stats['faults_injected']}), "
               f"{stats['creates_received']} creates received, "
-              f"{stats['tasks_created']} tasks paid, 0 paid twice, 0 temp files")
+              f"{stats['tasks_created']} tasks paid, 0 paid twice, 0 temp files, ledger spend = billed = {charged} cents")
