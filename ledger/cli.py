@@ -213,6 +213,10 @@ def status_command(ctx: click.Context, as_json: bool, job: Optional[str]) -> Non
     out.print(f"Spent {money(report.spent_cents)}; estimated remaining {money(report.estimated_remaining_cents)} "
               f"for {report.counts['pending'] + report.counts['submitting']} job(s) not yet paid for, at "
               f"{prices.describe()}.", markup=False)
+    if report.unresolved:
+        out.print(f"{report.unresolved} job(s) are unresolved: a create went unanswered and the task list could not "
+                  f"be read back far enough to tell whether it made a task. Nothing is sent again for them; "
+                  f"`ledger work` looks again (details: `ledger show JOB`).", markup=False)
 
 
 def work_options(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -749,6 +749,9 @@ class Store:
                 .group_by(storyboards.c.path, jobs.c.state, jobs.c.is_pro)
                 .order_by(storyboards.c.path)
             )
+            report.unresolved = conn.execute(
+                select(func.count()).select_from(jobs).where(jobs.c.state == State.SUBMITTING.value)
+                .where(jobs.c.error_kind == "unresolved")).scalar_one()
             for path, state, is_pro, count, spent in rows:
                 board = report.storyboards.setdefault(path, BoardStatus(path))
                 for target in (report, board):
@@ -780,12 +783,14 @@ class StatusReport:
     spent_cents: int = 0
     estimated_remaining_cents: int = 0
     storyboards: Dict[str, BoardStatus] = field(default_factory=dict)
+    unresolved: int = 0  # lost creates whose look-up could not settle them (``submitting``)
 
     def to_json(self) -> Dict[str, Any]:
         return {
             "counts": self.counts,
             "total": self.total,
             "money": {"spent_cents": self.spent_cents, "estimated_remaining_cents": self.estimated_remaining_cents},
+            "unresolved": self.unresolved,
             "storyboards": [
                 {"path": b.path, "counts": b.counts, "total": b.total, "spent_cents": b.spent_cents,
                  "estimated_remaining_cents": b.estimated_remaining_cents}

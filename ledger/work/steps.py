@@ -461,6 +461,7 @@ def _retry_later(ctx: StepContext, a: Active, exc: Exception) -> Next:
 def _fail(ctx: StepContext, a: Active, exc: Exception, *, detail: str = "", **values: Any) -> Next:
     """End a job ``failed`` with its reason (the API's message verbatim) and let it go."""
     kind, message = _kind(exc), _message(exc)
+    values.setdefault("attempts", a.job.attempts + 1)  # the try that ended it counts
     paid = a.job.remote_task_id is not None and kind not in NO_VIDEO_KINDS and "requeue" not in message
     hint = " (the generation is paid for: `ledger requeue --failed` downloads it again without paying)" if paid else ""
     job = _move(ctx, a, State.FAILED, EventKind.FAILED, (detail or message) + hint, release=True, error_kind=kind,

@@ -43,7 +43,7 @@ def test_bad_parameters_are_terminal_at_once(ws, sim, work_env):
     result = ws.cli("run", "--no-progress", env=work_env)
     assert result.exit_code == 1
     assert query(ws.root, "SELECT state, error_kind, attempts, remote_task_id FROM jobs") == [
-        ("failed", "bad_parameters", 0, None)]
+        ("failed", "bad_parameters", 1, None)]
     assert "参数错误：duration 不支持" in query(ws.root, "SELECT error_message FROM jobs")[0][0]
     assert sim.stats()["creates_received"] == 1
 
@@ -197,7 +197,7 @@ def test_export_failed_writes_every_reason_atomically(ws, sim, work_env):
     assert entry["storyboard"] == "input/ep/storyboard_a.json" and entry["segment_index"] == 2
     assert entry["version"] == 1 and entry["prompt"] == f"bad {REJECT}"
     assert entry["parameters"]["duration"] == 10 and entry["error_kind"] == "remote_failed"
-    assert entry["error_message"] and entry["attempts"] == 0 and entry["remote_task_id"]
+    assert entry["error_message"] and entry["attempts"] == 1 and entry["remote_task_id"]
     assert entry["failed_at"] and entry["submitted_at"]
     custom = ws.cli("export-failed", "--output", "mine.json", env=work_env)
     assert exported_path(custom) == "mine.json" and json.loads((ws.root / "mine.json").read_text())["count"] == 1

@@ -102,6 +102,7 @@ def test_a_list_that_never_reaches_the_create_leaves_the_job_unresolved_not_resu
     assert sim.stats()["creates_per_prompt"]["lost and unfindable"] == 1
     assert query(ws.root, "SELECT state, error_kind, remote_task_id, lease_owner FROM jobs") == [
         ("submitting", "unresolved", None, None)]
+    assert "1 job(s) are unresolved" in ws.cli("status", env=env).output
     show = ws.cli("show", "1", env=env)
     assert "unresolved" in show.output and "repeated itself" in show.output
     # a later run asks again, and still never sends the create twice
