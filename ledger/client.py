@@ -32,7 +32,8 @@ from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ConnectTimeoutError, InvalidHeader, MaxRetryError
+from requests.utils import select_proxy
+from urllib3.exceptions import ConnectTimeoutError, InvalidHeader, MaxRetryError, NewConnectionError, ReadTimeoutError
 from urllib3.exceptions import ProxyError as Urllib3ProxyError
 from urllib3.util.retry import Retry
 
@@ -417,7 +418,7 @@ class SoraClient:
             resp = session.get(url, headers={"Accept": "application/json", "Authorization": f"Bearer {self._key}"},
                                timeout=timeouts, proxies=self._proxies_for(url))  # type: ignore[arg-type]
         except requests.RequestException as exc:
-            raise self._unreachable(exc, timeouts) from exc
+            raise self._unreachable(exc, session, url, timeouts) from exc
         try:
             data = self._unwrap("GET", "/balance", resp)
         except AuthError as exc:
@@ -439,29 +440,40 @@ class SoraClient:
             raise self._not_the_api(resp)
         return cents
 
-    def _unreachable(self, exc: requests.RequestException, timeouts: Tuple[float, float]) -> Exception:
-        """What to say when ``GET /balance`` got no HTTP answer at all."""
-        causes = _causes(exc)
+    def _unreachable(self, exc: requests.RequestException, session: requests.Session, url: str,
+                     timeouts: Tuple[float, float]) -> Exception:
+        """What to say when ``GET /balance`` got no HTTP answer at all (``_Busy`` when the
+        connection was made and then dropped: the server is there, another try may do)."""
         if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
                             requests.exceptions.MissingSchema)):
-            return ConfigError(self._redact(f"SORA_BASE_URL {self.base_url!r} cannot be used: {describe_request_error(exc)}"))
-        if isinstance(exc, requests.exceptions.ProxyError):
-            why = "connection refused" if any(isinstance(c, ConnectionRefusedError) for c in causes) \
-                else describe_request_error(exc)
-            return ConfigError(self._redact(f"cannot reach {self.base_url}: the proxy failed ({why}): "
-                                            f"check HTTP_PROXY / HTTPS_PROXY / NO_PROXY"))
-        if any(isinstance(c, ConnectionRefusedError) for c in causes):
-            why = "connection refused"
-        elif any(isinstance(c, socket.gaierror) for c in causes):
-            why = f"unknown host {urlsplit(self.base_url).hostname!r}"
-        elif isinstance(exc, requests.exceptions.ConnectTimeout):
+            return ConfigError(self._redact(f"SORA_BASE_URL {self.base_url!r} cannot be used: "
+                                            f"{describe_request_error(exc)}"))
+        causes = _causes(exc)
+        proxy = _proxy_for(session, url, self._proxies_for(url))
+        refused = any(isinstance(c, ConnectionRefusedError) for c in causes)
+        unknown = any(isinstance(c, socket.gaierror) for c in causes)
+        connect_timeout = any(isinstance(c, ConnectTimeoutError) and not isinstance(c, NewConnectionError)
+                              for c in causes) or isinstance(exc, requests.exceptions.ConnectTimeout)
+        read_timeout = any(isinstance(c, (ReadTimeoutError, socket.timeout)) for c in causes)
+        if refused:
+            why = "the proxy refused the connection" if proxy else "connection refused"
+        elif unknown:
+            host = urlsplit(proxy).hostname if proxy else urlsplit(self.base_url).hostname
+            why = f"unknown host {host!r}"
+        elif connect_timeout:
             why = f"no connection within {timeouts[0]:g} s"
-        elif isinstance(exc, requests.exceptions.ReadTimeout):
-            why = f"connected, but no answer within {timeouts[1]:g} s (a proxy or server that does not answer?)"
+        elif read_timeout:
+            why = ("the proxy accepted the connection but did not answer" if proxy else
+                   "connected, but no answer came (is something other than the API listening there?)")
         elif isinstance(exc, requests.exceptions.SSLError):
             why = f"TLS failed ({describe_request_error(exc)})"
-        else:  # connected, then the connection dropped: the server is there; try again
+        elif isinstance(exc, requests.exceptions.ProxyError):
+            why = f"the proxy failed ({describe_request_error(exc)})"
+        else:
             return _Busy(f"GET /balance: {describe_request_error(exc)}")
+        if proxy:
+            return ConfigError(self._redact(f"cannot reach {self.base_url} through the proxy {_without_password(proxy)}: "
+                                            f"{why}: check HTTP_PROXY / HTTPS_PROXY / NO_PROXY"))
         return ConfigError(self._redact(f"cannot reach {self.base_url}: {why}"))
 
     def _not_the_api(self, resp: requests.Response) -> ConfigError:
@@ -646,6 +658,20 @@ class _Busy(Exception):
     def __init__(self, message: str, *, wait: Optional[float] = None) -> None:
         super().__init__(message)
         self.wait = wait
+
+
+def _proxy_for(session: requests.Session, url: str, proxies: Optional[Dict[str, Optional[str]]]) -> Optional[str]:
+    """The proxy a request to ``url`` goes through: the configured ones, else the environment's."""
+    merged = session.merge_environment_settings(url, proxies or {}, None, None, None)
+    return select_proxy(url, {k: v for k, v in merged["proxies"].items() if v})
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 def _causes(exc: BaseException) -> List[BaseException]:

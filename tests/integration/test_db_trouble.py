@@ -76,6 +76,20 @@ def test_a_lock_held_past_the_busy_timeout_is_one_line_and_exit_5(recorded):
     assert query(ws.root, "SELECT count(*) FROM jobs") == [(151 * 2,)]
 
 
+def test_work_on_a_locked_ledger_stops_with_one_line_and_pays_nothing(recorded, sim, work_env):
+    ws = recorded
+    with closing(sqlite3.connect(ws.root / "ledger.db", isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")
+        proc = spawn(ws.root, {**work_env, "LEDGER_BUSY_TIMEOUT": "0.3"}, "work", "--no-progress")
+        out, err = proc.communicate(timeout=120)
+        other.execute("ROLLBACK")
+    assert proc.returncode == DATABASE_TROUBLE, (out, err)
+    assert one_line(err) == ("error: the ledger ./ledger.db is locked by another process (waited 0.3 s, "
+                             "LEDGER_BUSY_TIMEOUT): try again when it has finished")
+    assert sim.stats()["creates_received"] == 0
+    assert query(ws.root, "SELECT DISTINCT state FROM jobs") == [("pending",)]
+
+
 def test_the_traceback_of_database_trouble_shows_only_with_vv(recorded):
     ws = recorded
     ws.storyboard("storyboard_b.json", segments("new shot"))
