@@ -42,8 +42,8 @@ from .download import DownloadResult, describe_request_error, download_file
 from .errors import (
     ApiError,
     AuthError,
-    ConfigError,
     BadParameters,
+    ConfigError,
     InsufficientBalance,
     RateLimited,
     RemoteTaskFailed,

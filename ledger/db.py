@@ -4,6 +4,10 @@ SQLite is made a safe concurrent store the way Prefect and MLflow do it: WAL, a 
 ``synchronous=NORMAL``, foreign keys on, and write transactions that take the write lock up front
 (``BEGIN IMMEDIATE``) so two processes never deadlock upgrading a read lock. The same code runs on
 PostgreSQL, where row locks (``FOR UPDATE SKIP LOCKED``) do that job.
+
+Trouble is named here too: ``database_trouble`` turns whatever SQLAlchemy or a driver raised
+(locked, read-only, corrupt, unreachable, …) into one line naming the ledger and the cause, and
+``require_ledger`` keeps commands that need an existing ledger from creating an empty one.
 """
 from __future__ import annotations
 
@@ -228,7 +232,6 @@ def require_ledger(url: str, cwd: Optional[Path] = None) -> None:
     path = sqlite_file(url)
     if path is None:
         return
-    path = path if path.is_absolute() or cwd is None else cwd / path
     # A missing folder is a wrong URL rather than a fresh folder; make_engine says so.
     if path.parent.is_dir() and not path.exists():
         raise DatabaseError(f"no ledger here ({describe_database(url, cwd)}) — run `ledger scan` first")
@@ -248,14 +251,14 @@ def database_trouble(exc: BaseException, url: str, *, cwd: Optional[Path] = None
     name = describe_database(url, cwd)
     path = sqlite_file(url)
     if path is not None:
-        cause = _sqlite_cause(text, detail, path if path.is_absolute() or cwd is None else cwd / path, busy_timeout)
+        cause = _sqlite_cause(text, detail, path, busy_timeout)
     else:
         cause = _server_cause(text, detail, exc)
     if cause is None:
         wording = "cannot open the ledger" if opening else "the ledger database failed"
         return (DatabaseError if opening else DatabaseUnavailable)(f"{wording} {name}: {detail}")
     unavailable, message = cause
-    return (DatabaseUnavailable if unavailable else DatabaseError)(message.format(name=name))
+    return (DatabaseUnavailable if unavailable else DatabaseError)(message.replace("{name}", name))
 
 
 def _sqlite_cause(text: str, detail: str, path: Path, busy_timeout: float) -> Optional[Tuple[bool, str]]:
