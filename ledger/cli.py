@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .db import open_ledger, upgrade
+from .db import DRIVER_ERRORS, database_trouble, open_ledger, require_ledger, upgrade
 from .client import SoraClient
 from .errors import (
     BudgetExhausted,
@@ -69,13 +69,19 @@ class App:
                 self.redactor.secrets.append(self.built.api_key)
         return self.built
 
-    def store(self, settings: Settings) -> Store:
+    def store(self, settings: Settings, *, create: bool = False) -> Store:
+        """The ledger of ``settings``. Only commands that start a ledger (``create``: scan, run)
+        may bring a new SQLite file into being; the others say there is no ledger here."""
         assert settings.database_url
-        return Store(open_ledger(settings.database_url), cwd=self.cwd)
+        if not create:
+            require_ledger(settings.database_url, self.cwd)
+        return Store(open_ledger(settings.database_url, busy_timeout=settings.busy_timeout, cwd=self.cwd),
+                     cwd=self.cwd)
 
 
 class LedgerGroup(click.Group):
-    """Maps every LedgerError (and Ctrl+C) to its documented exit code and a one-line cause."""
+    """Maps every LedgerError, database trouble and Ctrl+C to its documented exit code and a
+    one-line cause; the traceback only with ``-vv``."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -83,6 +89,14 @@ class LedgerGroup(click.Group):
         except LedgerError as exc:
             self._report(ctx, exc)
             ctx.exit(int(exc.exit_status))
+        except DRIVER_ERRORS as exc:
+            app = ctx.find_object(App)
+            if app is None or app.built is None or not app.built.database_url:
+                raise
+            error = database_trouble(exc, app.built.database_url, cwd=app.cwd, busy_timeout=app.built.busy_timeout)
+            error.__cause__ = exc
+            self._report(ctx, error)
+            ctx.exit(int(error.exit_status))
         except KeyboardInterrupt:
             err.print("interrupted")
             ctx.exit(int(ExitStatus.INTERRUPTED))
@@ -91,17 +105,52 @@ class LedgerGroup(click.Group):
     def _report(ctx: click.Context, exc: LedgerError) -> None:
         app = ctx.find_object(App)
         secrets = app.redactor.secrets if app else []
-        if app and app.verbose:
+        # An expected outcome is not a crash: its traceback is for debugging (-vv) only.
+        if app and app.verbose >= 2:
             import traceback
 
             err.print(redact("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), secrets), markup=False)
         err.print(f"error: {redact(str(exc), secrets)}", markup=False)
 
 
+class _LogFormatter(logging.Formatter):
+    """Log lines with the key masked; below ``-vv`` an exception is its one-line cause, not a traceback."""
+
+    def __init__(self, redactor: RedactingFilter, tracebacks: bool) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        self.redactor = redactor
+        self.tracebacks = tracebacks
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self.tracebacks or not record.exc_info or record.exc_info[1] is None:
+            return redact(super().format(record), self.redactor.secrets)
+        exc = record.exc_info[1]
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            line = super().format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+        cause = " ".join(str(exc).split()) or "no details"
+        return redact(f"{line} ({type(exc).__name__}: {cause})", self.redactor.secrets)
+
+
+def _ours_or_serious(verbose: int) -> Callable[[logging.LogRecord], bool]:
+    """Third-party INFO and WARNING lines (urllib3's "Retrying …", alembic's migration steps) only
+    at ``-vv``; their errors, and every line of ours at the chosen level, always."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return (verbose >= 2 or record.levelno >= logging.ERROR or record.name == "ledger"
+                or record.name.startswith("ledger."))
+
+    return keep
+
+
 def _configure_logging(verbose: int, redactor: RedactingFilter) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.setFormatter(_LogFormatter(redactor, tracebacks=verbose >= 2))
+    handler.addFilter(_ours_or_serious(verbose))
     handler.addFilter(redactor)
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_ledger", False)]:
@@ -113,7 +162,7 @@ def _configure_logging(verbose: int, redactor: RedactingFilter) -> None:
 
 @click.group(cls=LedgerGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ledger")
-@click.option("-v", "--verbose", count=True, help="More log lines (-vv for debug); tracebacks on errors.")
+@click.option("-v", "--verbose", count=True, help="More log lines; -vv for debug, third-party logs and tracebacks.")
 @click.option("--database", "database_url", metavar="URL", help="Ledger database URL (LEDGER_DATABASE_URL).")
 @click.pass_context
 def cli(ctx: click.Context, verbose: int, database_url: Optional[str]) -> None:
@@ -172,7 +221,7 @@ def scan_command(app: App, input_dir: Optional[Path], output_mode: Optional[str]
                  dry_run: bool, requeue_changed: bool) -> None:
     """Find storyboards and record one job per (file, segment, version)."""
     settings = app.settings(input_dir=input_dir, output_mode=output_mode, output_dir=output_dir)
-    store = app.store(settings)
+    store = app.store(settings, create=True)
     report = scan(settings, app.cwd, store, dry_run=dry_run, requeue_changed=requeue_changed)
     _render_scan(report, settings, store)
     if report.problems:
@@ -235,8 +284,6 @@ def work_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def _work(app: App, settings: Settings, store: Store, *, pattern: Optional[str], limit: Optional[int],
           max_spend: Optional[int], no_progress: bool, job_ids: Optional[List[int]] = None) -> WorkSummary:
     """Run the worker with the live view and Ctrl+C handling; print the summary; return it."""
-    if not settings.api_key:
-        raise ConfigError("SORA_API_KEY is not set (in the environment, .env or config.yaml)")
     scope = JobScope(storyboard_ids=store.storyboard_ids(pattern) if pattern else None, job_ids=job_ids)
     with SoraClient.from_settings(settings) as client, \
             make_view(err, plain=no_progress, stdout_is_terminal=out.is_terminal) as view:
@@ -303,9 +350,21 @@ def _raise_for(summary: WorkSummary) -> None:
         raise JobsFailed(f"{summary.failed} job(s) failed; see `ledger export-failed`")
 
 
+def _preflight(settings: Settings) -> int:
+    """One cheap authenticated call before anything is spent or touched; the balance in cents.
+    A wrong key, URL or proxy is a one-line ``ConfigError`` (exit 3) within seconds."""
+    with SoraClient.from_settings(settings, pool_size=1) as client:
+        balance = client.preflight()
+    log.info("pre-flight: %s answers; balance %s", settings.base_url, money(balance))
+    return balance
+
+
 def _dry_run(settings: Settings, store: Store, pattern: Optional[str], limit: Optional[int],
-             extra: Tuple[int, int] = (0, 0)) -> None:
-    """Print what a run would submit and cost, beside the balance; nothing is paid."""
+             extra: Tuple[int, int] = (0, 0), *, max_spend: Optional[int] = None,
+             balance: Optional[int] = None) -> None:
+    """Print what a run would submit and cost, beside the balance (``balance``: the pre-flight's
+    answer, used when the plan's own look-up fails) and ``max_spend``; nothing is paid. Raises
+    ``BudgetExhausted`` (exit 4) when either does not cover the plan."""
     scope = JobScope(storyboard_ids=store.storyboard_ids(pattern) if pattern else None)
     with SoraClient.from_settings(settings) as client:
         prices = refresh_prices(store, client, settings)
@@ -313,13 +372,25 @@ def _dry_run(settings: Settings, store: Store, pattern: Optional[str], limit: Op
     out.print(f"Dry run: {plan.jobs} job(s) would be submitted ({plan.normal} normal, {plan.pro} Pro), "
               f"{plan.in_flight} already paid for would be collected.", markup=False)
     out.print(f"Estimated cost {money(plan.cost)} at {prices.describe()}.", markup=False)
-    if plan.balance is None:
+    balance = plan.balance if plan.balance is not None else balance
+    short: List[str] = []
+    if balance is None:
         out.print(f"Balance unknown ({plan.balance_note}).", markup=False)
-    elif plan.balance >= plan.cost:
-        out.print(f"Balance {money(plan.balance)} covers it ({money(plan.balance - plan.cost)} would be left).")
+    elif balance >= plan.cost:
+        out.print(f"Balance {money(balance)} covers it ({money(balance - plan.cost)} would be left).")
     else:
-        out.print(f"Balance {money(plan.balance)} does NOT cover it: {money(plan.cost - plan.balance)} short; "
+        out.print(f"Balance {money(balance)} does NOT cover it: {money(plan.cost - balance)} short; "
                   f"a run would stop submitting when the balance runs out.")
+        short.append(f"the balance {money(balance)}")
+    if max_spend is not None:
+        if max_spend >= plan.cost:
+            out.print(f"--max-spend {money(max_spend)} covers it.")
+        else:
+            out.print(f"--max-spend {money(max_spend)} does NOT cover it: a run would stop submitting "
+                      f"before it spent more than that.")
+            short.append(f"--max-spend {money(max_spend)}")
+    if short:
+        raise BudgetExhausted(f"dry run: {' and '.join(short)} would not cover the estimated {money(plan.cost)}")
 
 
 @cli.command("work")
@@ -333,8 +404,9 @@ def work_command(app: App, concurrency: Optional[int], limit: Optional[int], pat
     """Claim pending jobs, generate them, download the videos."""
     settings = app.settings(max_concurrent_tasks=concurrency)
     store = app.store(settings)
+    balance = _preflight(settings)  # before any job is touched, --retry-failed's requeue included
     if dry_run:
-        _dry_run(settings, store, pattern, limit)
+        _dry_run(settings, store, pattern, limit, max_spend=max_spend, balance=balance)
         return
     job_ids = None
     if retry_failed is not None:
@@ -445,12 +517,14 @@ def run_command(app: App, input_dir: Optional[Path], output_mode: Optional[str],
     """`scan`, then `work`: the one-command experience."""
     settings = app.settings(input_dir=input_dir, output_mode=output_mode, output_dir=output_dir,
                             max_concurrent_tasks=concurrency)
-    store = app.store(settings)
+    balance = _preflight(settings)  # before the scan: a wrong key or URL leaves no trace
+    store = app.store(settings, create=True)
     report = scan(settings, app.cwd, store, dry_run=dry_run)
     _render_scan(report, settings, store)
     if dry_run:
         added = report.outcome
-        _dry_run(settings, store, pattern, limit, extra=(added.added - added.added_pro, added.added_pro))
+        _dry_run(settings, store, pattern, limit, extra=(added.added - added.added_pro, added.added_pro),
+                 max_spend=max_spend, balance=balance)
     else:
         _raise_for(_work(app, settings, store, pattern=pattern, limit=limit, max_spend=max_spend,
                          no_progress=no_progress))

@@ -9,6 +9,9 @@ Retries: urllib3's ``Retry`` on the session retries GETs on transport errors and
 *connecting* for every method, since nothing has been sent before a connection exists. A paid
 ``POST /create`` is otherwise never re-sent: when its answer is lost the ``TransientError`` says
 ``maybe_created=True`` and ``find_tasks()`` tells whether the task exists.
+
+Pre-flight: ``preflight()`` makes one cheap authenticated call without urllib3 retries and with
+short timeouts, so a wrong URL, key or proxy is one line within seconds, before anything is spent.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import dataclasses
 import logging
 import math
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -28,7 +32,8 @@ from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ConnectTimeoutError, InvalidHeader, MaxRetryError
+from requests.utils import select_proxy
+from urllib3.exceptions import ConnectTimeoutError, InvalidHeader, MaxRetryError, NewConnectionError, ReadTimeoutError
 from urllib3.exceptions import ProxyError as Urllib3ProxyError
 from urllib3.util.retry import Retry
 
@@ -38,6 +43,7 @@ from .errors import (
     ApiError,
     AuthError,
     BadParameters,
+    ConfigError,
     InsufficientBalance,
     RateLimited,
     InvalidTaskId,
@@ -63,6 +69,13 @@ _LIST_KEYS = ("tasks", "list", "items", "records", "rows", "results", "data")
 _SNIPPET_CHARS = 120
 _FRACTION = re.compile(r"\.(\d+)")
 _COMPACT_OFFSET = re.compile(r"([+-]\d{2})(\d{2})$")
+# The pre-flight's (connect, read) timeouts: long enough for a slow proxy, short enough that a
+# wrong address is reported within seconds rather than after a retry storm.
+PREFLIGHT_TIMEOUT: Tuple[float, float] = (5.0, 10.0)
+# Answers that prove the API is there but busy (5xx, 429, a dropped connection) are tried this
+# many times in all, PREFLIGHT_PAUSE seconds apart (doubling); nothing else is tried again.
+PREFLIGHT_ATTEMPTS = 4
+PREFLIGHT_PAUSE = 0.5
 
 
 @dataclass(frozen=True)
@@ -345,6 +358,8 @@ class SoraClient:
         if not isinstance(data, Mapping):
             raise TransientError(self._redact(f"GET /tasks/{task_id}: unexpected answer: {_snippet(repr(data))}"))
         task = RemoteTask.from_api(data)
+        if task.error_msg:  # stored in the ledger and printed: a server may echo the key in it
+            task = dataclasses.replace(task, error_msg=self._redact(task.error_msg))
         return task if task.task_id else dataclasses.replace(task, task_id=task_id)
 
     def list(self, page: int = 1, page_size: int = 20, status: Optional[str] = None) -> List[RemoteTask]:
@@ -418,6 +433,110 @@ class SoraClient:
         if not isinstance(data, Mapping):
             raise ApiError(self._redact(f"GET /pricing: unexpected answer: {_snippet(repr(data))}"))
         return Pricing.from_api(data)
+
+    def preflight(self, *, timeout: Tuple[float, float] = PREFLIGHT_TIMEOUT) -> int:
+        """One cheap authenticated call (``GET /balance``) before anything is spent: the balance in cents.
+
+        Raises ``ConfigError`` with one line saying what to fix: no key, a refused key, an
+        unreachable or wrong base URL, a proxy that refuses or does not answer. Only answers that
+        show the API is there but busy are tried again (``PREFLIGHT_ATTEMPTS``)."""
+        if not self._key:
+            raise ConfigError("SORA_API_KEY is not set: set it in .env (SORA_API_KEY=sora-...)")
+        timeouts = (min(timeout[0], self._timeout[0]), min(timeout[1], self._timeout[1]))
+        session = _Session()
+        # No urllib3 retries here: one refused connection already says what is wrong.
+        adapter = HTTPAdapter(max_retries=Retry(total=0, connect=0, read=0, redirect=0, status=0, other=0,
+                                                raise_on_status=False))
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        session.headers["User-Agent"] = self._session.headers["User-Agent"]
+        pause = PREFLIGHT_PAUSE
+        try:
+            for _ in range(PREFLIGHT_ATTEMPTS - 1):
+                try:
+                    return self._preflight_once(session, timeouts)
+                except _Busy as busy:
+                    log.info("pre-flight: %s; trying again in %.1f s", busy, busy.wait or pause)
+                    time.sleep(busy.wait or pause)
+                    pause *= 2
+            try:
+                return self._preflight_once(session, timeouts)
+            except _Busy as busy:
+                raise ConfigError(self._redact(
+                    f"{self.base_url} keeps failing ({busy}): the service, or a proxy in front of it, "
+                    f"is in trouble; try again later")) from busy
+        finally:
+            session.close()
+
+    def _preflight_once(self, session: requests.Session, timeouts: Tuple[float, float]) -> int:
+        url = self.base_url + "/balance"
+        try:
+            resp = session.get(url, headers={"Accept": "application/json", "Authorization": f"Bearer {self._key}"},
+                               timeout=timeouts, proxies=self._proxies_for(url))  # type: ignore[arg-type]
+        except requests.RequestException as exc:
+            raise self._unreachable(exc, session, url, timeouts) from exc
+        try:
+            data = self._unwrap("GET", "/balance", resp)
+        except AuthError as exc:
+            raise ConfigError(self._redact(f"the API key {mask_key(self._key or '')} was rejected "
+                                           f"({exc.code or exc.http_status}): check SORA_API_KEY")) from exc
+        except RateLimited as exc:
+            raise _Busy(f"GET /balance: HTTP {resp.status_code}, rate limited",
+                        wait=min(exc.retry_after or PREFLIGHT_PAUSE, 5.0)) from exc
+        except TransientError as exc:
+            if exc.http_status is not None and exc.http_status < 500 and exc.code is None:
+                raise self._not_the_api(resp) from exc  # a 2xx that is not an envelope
+            raise _Busy(f"GET /balance: HTTP {resp.status_code}, {_snippet(str(exc.message))}") from exc
+        except ApiError as exc:
+            if exc.code is None:  # not an envelope: a web server or proxy, not this API
+                raise self._not_the_api(resp) from exc
+            raise ConfigError(self._redact(f"the pre-flight call failed: {exc}")) from exc
+        cents = _cents(data.get("balance") if isinstance(data, Mapping) else data)
+        if cents is None:
+            raise self._not_the_api(resp)
+        return cents
+
+    def _unreachable(self, exc: requests.RequestException, session: requests.Session, url: str,
+                     timeouts: Tuple[float, float]) -> Exception:
+        """What to say when ``GET /balance`` got no HTTP answer at all (``_Busy`` when the
+        connection was made and then dropped: the server is there, another try may do)."""
+        if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
+                            requests.exceptions.MissingSchema)):
+            return ConfigError(self._redact(f"SORA_BASE_URL {self.base_url!r} cannot be used: "
+                                            f"{describe_request_error(exc)}"))
+        causes = _causes(exc)
+        proxy = _proxy_for(session, url, self._proxies_for(url))
+        refused = any(isinstance(c, ConnectionRefusedError) for c in causes)
+        unknown = any(isinstance(c, socket.gaierror) for c in causes)
+        connect_timeout = any(isinstance(c, ConnectTimeoutError) and not isinstance(c, NewConnectionError)
+                              for c in causes) or isinstance(exc, requests.exceptions.ConnectTimeout)
+        read_timeout = any(isinstance(c, (ReadTimeoutError, socket.timeout)) for c in causes)
+        if refused:
+            why = "the proxy refused the connection" if proxy else "connection refused"
+        elif unknown:
+            host = urlsplit(proxy).hostname if proxy else urlsplit(self.base_url).hostname
+            why = f"unknown host {host!r}"
+        elif connect_timeout:
+            why = f"no connection within {timeouts[0]:g} s"
+        elif read_timeout:
+            why = ("the proxy accepted the connection but did not answer" if proxy else
+                   "connected, but no answer came (is something other than the API listening there?)")
+        elif isinstance(exc, requests.exceptions.SSLError):
+            why = f"TLS failed ({describe_request_error(exc)})"
+        elif isinstance(exc, requests.exceptions.ProxyError):
+            why = f"the proxy failed ({describe_request_error(exc)})"
+        else:
+            return _Busy(f"GET /balance: {describe_request_error(exc)}")
+        if proxy:
+            return ConfigError(self._redact(f"cannot reach {self.base_url} through the proxy {_without_password(proxy)}: "
+                                            f"{why}: check HTTP_PROXY / HTTPS_PROXY / NO_PROXY"))
+        return ConfigError(self._redact(f"cannot reach {self.base_url}: {why}"))
+
+    def _not_the_api(self, resp: requests.Response) -> ConfigError:
+        kind = resp.headers.get("Content-Type", "no content type").split(";")[0]
+        return ConfigError(self._redact(
+            f"{self.base_url} does not look like the video API (GET /balance answered HTTP {resp.status_code}, "
+            f"{kind}: {_snippet(resp.text)!r}): check SORA_BASE_URL"))
 
     def download(
         self,
@@ -601,6 +720,42 @@ class SoraClient:
 
     def _redact(self, text: str) -> str:
         return redact(text, [self._key])
+
+
+class _Busy(Exception):
+    """The pre-flight reached the service, which is busy or failing for now: worth another try."""
+
+    def __init__(self, message: str, *, wait: Optional[float] = None) -> None:
+        super().__init__(message)
+        self.wait = wait
+
+
+def _proxy_for(session: requests.Session, url: str, proxies: Optional[Dict[str, Optional[str]]]) -> Optional[str]:
+    """The proxy a request to ``url`` goes through: the configured ones, else the environment's."""
+    merged = session.merge_environment_settings(url, proxies or {}, None, None, None)
+    return select_proxy(url, {k: v for k, v in merged["proxies"].items() if v})
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _causes(exc: BaseException) -> List[BaseException]:
+    """``exc`` and everything beneath it: causes, contexts and the reasons urllib3 wraps."""
+    found: List[BaseException] = []
+    pending: List[Optional[BaseException]] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or any(current is seen for seen in found):
+            continue
+        found.append(current)
+        beneath = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        pending += [item for item in beneath if isinstance(item, BaseException)]
+    return found
 
 
 def parse_timestamp(value: Any) -> Optional[datetime]:

@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from urllib.parse import urlsplit
 
 import yaml
 from dotenv import dotenv_values
@@ -85,6 +86,7 @@ class Settings:
     https_proxy: Optional[str] = None
     no_proxy: Optional[str] = None
     database_url: Optional[str] = None
+    busy_timeout: float = 30.0
     input_dir: Path = Path("input")
     output_dir: Path = Path("output")
     output_mode: str = "centralized"
@@ -137,6 +139,7 @@ SPECS: Tuple[Tuple[str, str, Callable[[Any], Any]], ...] = (
     ("HTTPS_PROXY", "https_proxy", _optional_str),
     ("NO_PROXY", "no_proxy", _optional_str),
     ("LEDGER_DATABASE_URL", "database_url", _optional_str),
+    ("LEDGER_BUSY_TIMEOUT", "busy_timeout", _positive_float),
     ("INPUT_DIR", "input_dir", lambda v: Path(str(v).strip())),
     ("OUTPUT_DIR", "output_dir", lambda v: Path(str(v).strip())),
     ("OUTPUT_MODE", "output_mode", _choice(*OUTPUT_MODES)),
@@ -161,6 +164,18 @@ SPECS: Tuple[Tuple[str, str, Callable[[Any], Any]], ...] = (
 )
 # Proxy variables are conventionally lower-case too; requests honours both spellings.
 _ALIASES = {"http_proxy": "HTTP_PROXY", "https_proxy": "HTTPS_PROXY", "no_proxy": "NO_PROXY"}
+
+
+def _check_base_url(url: str, source: str) -> None:
+    """Refuse a base URL requests could not use, before anything is sent to it."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError when it is not a number in 0..65535
+    except ValueError as exc:
+        raise ConfigError(f"SORA_BASE_URL {url!r} (from {source}) is not a valid URL: {exc}") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0 or any(c.isspace() for c in url):
+        raise ConfigError(f"SORA_BASE_URL {url!r} (from {source}) is not an http(s) URL; "
+                          f"expected e.g. https://api.sora.hk/v1")
 
 
 def _read_yaml(path: Path) -> Dict[str, Any]:
@@ -225,6 +240,7 @@ def load_settings(
         path = Path(values.get(field, getattr(Settings, field)))
         values[field] = path if path.is_absolute() else cwd / path
     settings = Settings(**values, sources=sources)
+    _check_base_url(settings.base_url, sources["base_url"])
     if settings.poll_min_interval > settings.poll_max_interval:
         raise ConfigError("POLL_MIN_INTERVAL must not exceed POLL_MAX_INTERVAL")
     if settings.default_is_pro is False and settings.default_duration not in NORMAL_DURATIONS:

@@ -197,6 +197,7 @@ def test_status_json_lists_every_state_and_money(ws):
 
 
 def test_status_table_on_an_empty_ledger(ws):
+    assert ws.cli("scan").exit_code == 0  # an empty input folder: a ledger with no jobs
     result = ws.cli("status")
     assert result.exit_code == 0 and "Spent $0.00" in result.output
 
