@@ -4,7 +4,9 @@ Starts ``ledger sim`` in its own process serving an N MB video, then downloads i
 plain ``requests`` stream into /dev/null (the baseline of the goal), with the same plain stream
 into a file that is then fsynced (the same disk work ledger must do), and with
 ``ledger.download.download_file`` — each in a fresh child process, so a child's peak RSS is its own.
-Goal: ledger >= 0.9x the baseline's throughput, peak RSS < 100 MB whatever the size.
+Goal: ledger >= 0.9x the baseline's throughput, peak RSS < 100 MB whatever the size. Each child
+also reports the CPU seconds it spent: on a busy machine wall-clock rates swing, CPU per download
+is what shows whether a change made downloading costlier.
 
 It runs twice: over loopback unthrottled (gigabytes a second, where the disk's fsync and the
 sha256 set the pace), and with the simulator pacing the video at a fast real link's speed
@@ -31,7 +33,7 @@ RSS_GOAL_MB = 100.0
 
 
 def child(mode: str, url: str, folder: str) -> None:
-    """Download once ("plain", "plain-file" or "ledger"); print {"seconds", "bytes", "peak_rss_mb"}."""
+    """Download once ("plain", "plain-file" or "ledger"); print {"seconds", "bytes", "peak_rss_mb", "cpu"}."""
     import requests
 
     started = time.perf_counter()
@@ -57,8 +59,10 @@ def child(mode: str, url: str, folder: str) -> None:
         size = result.size
         result.path.unlink()
     seconds = time.perf_counter() - started
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
-    print(json.dumps({"seconds": seconds, "bytes": size, "peak_rss_mb": peak_kb / 1024}))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak_kb = usage.ru_maxrss  # kilobytes on Linux
+    print(json.dumps({"seconds": seconds, "bytes": size, "peak_rss_mb": peak_kb / 1024,
+                      "cpu": usage.ru_utime + usage.ru_stime}))
 
 
 def run_child(mode: str, url: str, folder: str) -> Dict[str, float]:
@@ -127,10 +131,11 @@ def measure(size: int, runs: int, link: Optional[float]) -> bool:
         "ledger": "ledger download_file (sha256, fsync, rename)",
     }
     print(f"\nserved {'over loopback, unthrottled' if link is None else f'at {link:g} MB/s, a fast real link'}:")
-    print(f"{'method':<46} {'MB/s':>7} {'seconds':>8} {'peak RSS MB':>12}")
+    print(f"{'method':<46} {'MB/s':>7} {'seconds':>8} {'peak RSS MB':>12} {'CPU s':>6}")
     for mode, label in labels.items():
         peak = max(run["peak_rss_mb"] for run in results[mode])
-        print(f"{label:<46} {rate[mode]:>7.0f} {best[mode]['seconds']:>8.2f} {peak:>12.1f}")
+        cpu = min(run["cpu"] for run in results[mode])
+        print(f"{label:<46} {rate[mode]:>7.0f} {best[mode]['seconds']:>8.2f} {peak:>12.1f} {cpu:>6.2f}")
     print(f"ledger / plain stream: {ratio:.2f} (goal >= {THROUGHPUT_GOAL}): "
           f"{'met' if ratio >= THROUGHPUT_GOAL else 'MISSED'}")
     print(f"ledger / plain stream with the same fsync'd file: {rate['ledger'] / rate['plain-file']:.2f}")

@@ -38,7 +38,7 @@ from urllib3.exceptions import ProxyError as Urllib3ProxyError
 from urllib3.util.retry import Retry
 
 from . import __version__
-from .download import DownloadResult, describe_request_error, download_file
+from .download import DownloadLimits, DownloadResult, describe_request_error, download_file
 from .errors import (
     ApiError,
     AuthError,
@@ -271,8 +271,10 @@ class SoraClient:
         backoff_factor: float = 0.5,
         backoff_max: float = 30.0,
         backoff: Optional[SharedBackoff] = None,
+        download_limits: Optional[DownloadLimits] = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.download_limits = download_limits or DownloadLimits()
         self.backoff = backoff or SharedBackoff()
         # Since when no connection to the API could be made (None: the last call got through).
         self._unreachable_since: Optional[float] = None
@@ -324,6 +326,12 @@ class SoraClient:
             https_proxy=settings.https_proxy,
             no_proxy=settings.no_proxy,
             backoff=backoff,
+            download_limits=DownloadLimits(
+                max_bytes=settings.max_download_bytes,
+                min_bytes_per_second=settings.download_min_bytes_per_second,
+                speed_time=settings.download_speed_time,
+                total_seconds=settings.download_timeout,
+            ),
         )
 
     # --- API calls -------------------------------------------------------------------------------
@@ -546,10 +554,10 @@ class SoraClient:
         root: Path,
         cancel: Optional[threading.Event] = None,
     ) -> DownloadResult:
-        """Fetch a video with this client's session, timeouts and proxies (never its key)."""
+        """Fetch a video with this client's session, timeouts, proxies and download limits (never its key)."""
         return download_file(
             self._session, url, dest, root=root, timeout=self._timeout, cancel=cancel,
-            proxies=self._proxies_for(url),
+            proxies=self._proxies_for(url), limits=self.download_limits,
         )
 
     def _proxies_for(self, url: str) -> Optional[Dict[str, Optional[str]]]:

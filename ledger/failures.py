@@ -43,7 +43,7 @@ def export_failed(store: Store, path: Path) -> int:
     """Write every failed job to ``path`` (atomically); returns how many."""
     entries = [failure_entry(job) for job in store.failed_jobs()]
     write_json_atomic(path, {"exported_at": datetime.now(timezone.utc).isoformat(), "count": len(entries),
-                             "failed": entries})
+                             "failed": entries}, hint=None)
     return len(entries)
 
 

@@ -67,6 +67,23 @@ def _positive_float(text: Any) -> float:
     return value
 
 
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def _byte_size(text: Any) -> int:
+    """A positive size in bytes: ``4294967296``, ``500MB``, ``4 GiB`` (kB/MB/GB are powers of 1000)."""
+    value = str(text).strip()
+    number = value.rstrip("BbKkMmGgTtIi ")
+    unit = value[len(number):].strip().lower()
+    if unit not in _BYTE_UNITS:
+        raise ValueError(f"unknown unit {unit!r}; use bytes or B, kB, MB, GB, KiB, MiB, GiB")
+    size = int(float(number) * _BYTE_UNITS[unit])
+    if size < 1:
+        raise ValueError(f"must be at least 1 byte, got {text!r}")
+    return size
+
+
 def _duration(text: Any) -> int:
     value = int(str(text).strip())
     if value not in PRO_DURATIONS:
@@ -97,6 +114,10 @@ class Settings:
     default_quality: str = "normal"
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    max_download_bytes: int = 4 << 30
+    download_min_bytes_per_second: int = 1024
+    download_speed_time: float = 30.0
+    download_timeout: float = 3600.0
     poll_timeout_seconds: float = 45 * 60
     poll_min_interval: float = 0.25
     poll_max_interval: float = 120.0
@@ -150,6 +171,10 @@ SPECS: Tuple[Tuple[str, str, Callable[[Any], Any]], ...] = (
     ("DEFAULT_QUALITY", "default_quality", _choice(*QUALITIES)),
     ("CONNECT_TIMEOUT", "connect_timeout", _positive_float),
     ("READ_TIMEOUT", "read_timeout", _positive_float),
+    ("MAX_DOWNLOAD_BYTES", "max_download_bytes", _byte_size),
+    ("DOWNLOAD_MIN_BYTES_PER_SECOND", "download_min_bytes_per_second", _int_at_least(0)),
+    ("DOWNLOAD_SPEED_TIME", "download_speed_time", _positive_float),
+    ("DOWNLOAD_TIMEOUT", "download_timeout", _positive_float),
     ("POLL_TIMEOUT_SECONDS", "poll_timeout_seconds", _positive_float),
     ("POLL_MIN_INTERVAL", "poll_min_interval", _positive_float),
     ("POLL_MAX_INTERVAL", "poll_max_interval", _positive_float),

@@ -7,7 +7,7 @@ from typing import Callable, Optional
 
 import click
 
-from .server import POLICY_TRIGGER, SimConfig, SimServer
+from .server import FILE_ENCODINGS, POLICY_TRIGGER, SimConfig, SimServer
 
 
 @click.command("sim")
@@ -30,14 +30,18 @@ from .server import POLICY_TRIGGER, SimConfig, SimServer
               help="Serve N pseudo-random bytes as every video instead of the sample MP4.")
 @click.option("--file-rate", default=None, type=click.FloatRange(min=0, min_open=True), metavar="MBPS",
               help="Serve videos at most this fast (MB/s), like a real link.")
+@click.option("--file-encoding", default=None, type=click.Choice(FILE_ENCODINGS),
+              help="Serve videos compressed with this Content-Encoding, as a misconfigured host does.")
 def sim(host: str, port: int, api_key: Optional[str], gen_seconds: float, fail_rate: float, balance: int,
-        fault_rate: float, url_ttl: float, video_bytes: Optional[int], file_rate: Optional[float]) -> None:
+        fault_rate: float, url_ttl: float, video_bytes: Optional[int], file_rate: Optional[float],
+        file_encoding: Optional[str]) -> None:
     """Run a local simulator of the video API until Ctrl+C.
 
     Put "[policy-reject]" in a prompt to get a content-policy rejection.
     """
     config = SimConfig(api_key=api_key, gen_seconds=gen_seconds, fail_rate=fail_rate, balance=balance,
-                       fault_rate=fault_rate, url_ttl=url_ttl, video_bytes=video_bytes, file_rate=file_rate)
+                       fault_rate=fault_rate, url_ttl=url_ttl, video_bytes=video_bytes, file_rate=file_rate,
+                       file_encoding=file_encoding)
     server = SimServer(config, host=host, port=port)
     try:
         server.start()

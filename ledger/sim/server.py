@@ -3,11 +3,15 @@
 It follows the documented protocol (envelopes, codes 401/1001/1012, paged task lists, signed
 expiring video URLs on a separate ``/files/`` path with ``Range`` support) and can inject the
 faults a real deployment shows: HTML 502 pages, code-500 envelopes, dropped connections, 429s,
-truncated downloads and create answers lost after the task was made and billed.
+truncated downloads and create answers lost after the task was made and billed. Its file route can
+also play a hostile or odd video host: no Content-Length (chunked or close-delimited), a body
+longer than announced or endless, a drip of single bytes, gzip/deflate-encoded videos, a gzip
+bomb and encodings no client decodes.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import hmac
 import json
@@ -19,6 +23,7 @@ import socket
 import threading
 import time
 import uuid
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,7 +37,9 @@ log = logging.getLogger(__name__)
 
 ROUTES = ("create", "task", "tasks", "balance", "pricing", "file")
 GENERIC_FAULTS = frozenset({"http_502_html", "envelope_500", "http_500_json", "drop", "rate_limit", "delay", "envelope"})
-FILE_FAULTS = frozenset({"truncate", "expired", "ignore_range", "bad_length"})
+FILE_FAULTS = frozenset({"truncate", "expired", "ignore_range", "bad_length", "no_length", "overlong", "drip",
+                         "gzip_bomb", "encoding"})
+FILE_ENCODINGS = ("gzip", "deflate", "deflate-raw")
 # Create-only: the answer is lost after the task was made ("lost_create"); the task gets the id given
 # as ``task_id`` ("task_id": over-long, NUL, path-like ids a hostile or broken server might send).
 CREATE_FAULTS = frozenset({"lost_create", "task_id"})
@@ -57,6 +64,7 @@ HTML_502 = (
 # (a resume at the wrong place) change the file's hash.
 _PERIOD = 1_048_573
 _CHUNK = 512 * 1024
+_MIB = 1 << 20
 _RANGE = re.compile(r"^\s*bytes=(\d*)-(\d*)\s*$")
 _TASK_PATH = re.compile(r"^/v1/tasks/([^/]+)$")
 _FILE_PATH = re.compile(r"^/files/([^/]+)\.mp4$")
@@ -83,6 +91,9 @@ class SimConfig:
     seed: Optional[int] = None
     create_latency: float = 0.0  # seconds between making (and billing) a task and answering the create
     file_rate: Optional[float] = None  # MB/s per video download (a real link); None: as fast as possible
+    # Serve every video with this Content-Encoding (and the encoded length; ranges count encoded
+    # bytes): "gzip", "deflate" (zlib) or "deflate-raw" (raw deflate labelled "deflate").
+    file_encoding: Optional[str] = None
 
 
 @dataclass
@@ -152,6 +163,55 @@ class _Video:
             return self._sha256
 
 
+class _Encoded:
+    """A video as compressed bytes, served like ``_Video`` (sliced in chunks)."""
+
+    def __init__(self, video: _Video, encoding: str) -> None:
+        wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS, "deflate-raw": -zlib.MAX_WBITS}[encoding]
+        packer = zlib.compressobj(6, zlib.DEFLATED, wbits)
+        parts = [packer.compress(chunk) for chunk in video.chunks(0, video.size)]
+        self._data = memoryview(b"".join(parts) + packer.flush())
+        self.size = len(self._data)
+        self.header = "deflate" if encoding == "deflate-raw" else encoding
+
+    def chunks(self, start: int, end: int) -> Iterator[memoryview]:
+        """Bytes [start, end) in chunks of at most 512 KiB."""
+        for pos in range(start, end, _CHUNK):
+            yield self._data[pos:min(end, pos + _CHUNK)]
+
+
+@functools.lru_cache(maxsize=1)
+def _bomb_blocks() -> Tuple[bytes, bytes, bytes]:
+    """(first, repeat, last) raw-deflate blocks: first and repeat each inflate to 1 MiB of zeros.
+
+    A full flush makes each block independent of what came before, so the repeat block can be
+    sent any number of times: a bomb of any size costs nothing to build."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    zeros = bytes(_MIB)
+    first = packer.compress(zeros) + packer.flush(zlib.Z_FULL_FLUSH)
+    repeat = packer.compress(zeros) + packer.flush(zlib.Z_FULL_FLUSH)
+    return first, repeat, packer.flush()
+
+
+def gzip_bomb(decoded_mib: int) -> Tuple[int, Iterator[bytes]]:
+    """A valid gzip stream inflating to ``decoded_mib`` MiB of zeros: (its length, its pieces)."""
+    first, repeat, last = _bomb_blocks()
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
+    length = len(header) + len(first) + (decoded_mib - 1) * len(repeat) + len(last) + 8
+
+    def pieces() -> Iterator[bytes]:
+        zeros = bytes(_MIB)
+        crc = 0
+        yield header + first
+        crc = zlib.crc32(zeros, crc)
+        for _ in range(decoded_mib - 1):
+            yield repeat
+            crc = zlib.crc32(zeros, crc)
+        yield last + crc.to_bytes(4, "little") + ((decoded_mib * _MIB) & 0xFFFFFFFF).to_bytes(4, "little")
+
+    return length, pieces()
+
+
 class SimServer:
     """The simulated API on a real socket. ``start()`` serves from a background thread."""
 
@@ -159,12 +219,15 @@ class SimServer:
         self.config = config or SimConfig()
         if self.config.list_shape not in ("list", "object"):
             raise ValueError(f"list_shape must be 'list' or 'object', not {self.config.list_shape!r}")
+        if self.config.file_encoding not in (None,) + FILE_ENCODINGS:
+            raise ValueError(f"file_encoding must be one of {', '.join(FILE_ENCODINGS)}, not {self.config.file_encoding!r}")
         self.host = host
         self._requested_port = port
         self._lock = threading.Lock()
         self._rng = random.Random(self.config.seed)
         self._secret = os.urandom(16)
         self._video = _Video(self.config.video_bytes, self.config.seed)
+        self._encoded: Optional[_Encoded] = None
         self._tasks: Dict[str, _Task] = {}
         self._balance = self.config.balance
         self._faults: Dict[str, List[_Fault]] = {}
@@ -242,6 +305,13 @@ class SimServer:
         Options: ``retry_after`` and ``body`` ("json"/"text") for rate_limit, ``code`` and ``message``
         for envelope (an error code inside an HTTP 200), ``seconds`` for
         delay, ``fraction`` or ``bytes`` for truncate, ``extra`` for bad_length.
+
+        File faults beyond those: ``no_length`` (no Content-Length; ``chunked`` for chunked transfer
+        encoding, else the body ends when the connection closes; ``endless`` never ends it),
+        ``overlong`` (the true Content-Length, then ``extra`` bytes more, or ``endless``), ``drip``
+        (``bytes`` bytes every ``seconds`` seconds), ``gzip_bomb`` (a valid gzip body of ``mib`` MiB
+        of zeros, ~1 KiB per MiB, with its true Content-Length), ``encoding`` (the body labelled
+        with Content-Encoding ``name``, default "br", but sent as is).
         """
         if route not in ROUTES and route != "any":
             raise ValueError(f"unknown route {route!r}; use one of {', '.join(ROUTES)} or any")
@@ -457,6 +527,16 @@ class SimServer:
             return 403, "AccessDenied: Request has expired"
         return None
 
+    def _file_body(self) -> Any:
+        """What the file route serves: the video, or its encoded form (built once)."""
+        encoding = self.config.file_encoding
+        if encoding is None:
+            return self._video
+        with self._lock:
+            if self._encoded is None:
+                self._encoded = _Encoded(self._video, encoding)
+            return self._encoded
+
     def _charge_info(self) -> Dict[str, Any]:
         return {
             "normal_price": self.config.normal_price,
@@ -661,17 +741,24 @@ class _Handler(BaseHTTPRequestHandler):
         sim = self.server.sim
         if "Authorization" in self.headers:
             sim._bump("file_requests_with_auth")
-        problem = (403, "AccessDenied: Request has expired") if fault and fault.kind == "expired" else \
+        kind = fault.kind if fault else None
+        opts = fault.opts if fault else {}
+        problem = (403, "AccessDenied: Request has expired") if kind == "expired" else \
             sim._file_problem(name, query)
         if problem is not None:
             status, code = problem
             body = f"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code></Error>\n".encode()
             self._send(status, body, "application/xml")
             return
-        size = sim._video.size
+        if kind == "gzip_bomb":
+            length, bomb = gzip_bomb(int(opts.get("mib", 2048)))
+            self._send_file(200, {"Content-Encoding": "gzip", "Content-Length": str(length)}, bomb)
+            return
+        video = sim._file_body()
+        size = video.size
         start, end = 0, size
         wanted = self.headers.get("Range")
-        if wanted is not None and not (fault and fault.kind == "ignore_range"):
+        if wanted is not None and kind != "ignore_range":
             parsed = _parse_range(wanted, size)
             if parsed is None:
                 self._send(416, b"", "video/mp4", headers={"Content-Range": f"bytes */{size}"})
@@ -681,27 +768,54 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {"Accept-Ranges": "bytes"}
         if partial:
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        if isinstance(video, _Encoded):
+            headers["Content-Encoding"] = video.header
+        if kind == "encoding":
+            headers["Content-Encoding"] = str(opts.get("name", "br"))
         length = end - start
         send_until = end
-        if fault and fault.kind == "truncate":
-            cut = int(fault.opts.get("bytes", length * float(fault.opts.get("fraction", 0.5))))
+        if kind == "truncate":
+            cut = int(opts.get("bytes", length * float(opts.get("fraction", 0.5))))
             send_until = start + max(0, min(length - 1, cut))
-        announced = length + int(fault.opts.get("extra", 1024)) if fault and fault.kind == "bad_length" else length
-        self.send_response(206 if partial else 200)
+        announced = length + int(opts.get("extra", 1024)) if kind == "bad_length" else length
+        chunked = kind == "no_length" and bool(opts.get("chunked"))
+        if kind == "no_length":
+            headers["Transfer-Encoding" if chunked else "Connection"] = "chunked" if chunked else "close"
+        else:
+            headers["Content-Length"] = str(announced)
+        if send_until != end or announced != length or kind == "overlong":
+            headers["Connection"] = "close"
+        pieces: Iterator[Any] = video.chunks(start, send_until)
+        if kind in ("no_length", "overlong") and opts.get("endless"):
+            pieces = _endless(video, start, send_until)
+        elif kind == "overlong":
+            pieces = _followed_by(pieces, video, int(opts.get("extra", _MIB)))
+        elif kind == "drip":
+            pieces = _dripping(pieces, int(opts.get("bytes", 1)), float(opts.get("seconds", 1.0)))
+        self._send_file(206 if partial else 200, headers, pieces, chunked=chunked)
+
+    def _send_file(self, status: int, headers: Mapping[str, str], pieces: Iterator[Any], *,
+                   chunked: bool = False) -> None:
+        """Send a video answer: headers, then ``pieces`` (paced by ``file_rate``) until done or the
+        client goes away."""
+        sim = self.server.sim
+        self.send_response(status)
         self.send_header("Content-Type", "video/mp4")
-        self.send_header("Content-Length", str(announced))
         for key, value in headers.items():
             self.send_header(key, value)
-        if send_until != end or announced != length:
-            self.send_header("Connection", "close")
+        if headers.get("Connection") == "close":
             self.close_connection = True
         self.end_headers()
         sim._bump("downloads_started")
         rate = sim.config.file_rate
         began, sent = time.monotonic(), 0
-        for chunk in sim._video.chunks(start, send_until):
+        for chunk in pieces:
             try:
-                self.wfile.write(chunk)
+                if chunked:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), bytes(chunk)))
+                else:
+                    self.wfile.write(chunk)
+                self.wfile.flush()
             except OSError:  # the client went away
                 self.close_connection = True
                 return
@@ -711,6 +825,11 @@ class _Handler(BaseHTTPRequestHandler):
                 ahead = sent / (rate * 1e6) - (time.monotonic() - began)
                 if ahead > 0:
                     time.sleep(ahead)
+        if chunked:
+            try:
+                self.wfile.write(b"0\r\n\r\n")
+            except OSError:
+                self.close_connection = True
 
     def _admin(self, method: str, path: str, body: bytes) -> None:
         sim = self.server.sim
@@ -757,6 +876,29 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         self.end_headers()
         self.wfile.write(body)
+
+
+def _endless(video: Any, start: int, end: int) -> Iterator[Any]:
+    """The video's bytes from ``start``, then the video again and again, for ever."""
+    yield from video.chunks(start, end)
+    while True:
+        yield from video.chunks(0, video.size)
+
+
+def _followed_by(pieces: Iterator[Any], video: Any, extra: int) -> Iterator[Any]:
+    """``pieces``, then ``extra`` more bytes (the video's first ones): a body past its length."""
+    yield from pieces
+    yield from video.chunks(0, min(extra, video.size))
+    if extra > video.size:
+        yield bytes(extra - video.size)
+
+
+def _dripping(pieces: Iterator[Any], size: int, seconds: float) -> Iterator[Any]:
+    """``pieces`` re-cut into ``size``-byte drops, one every ``seconds`` seconds."""
+    for piece in pieces:
+        for pos in range(0, len(piece), max(1, size)):
+            yield piece[pos:pos + max(1, size)]
+            time.sleep(seconds)
 
 
 def _route(method: str, path: str) -> Tuple[Optional[str], str]:
