@@ -3,7 +3,8 @@
 One self-contained HTML file (its CSS and script inlined from ``ledger/assets/``, nothing from
 the network) plus the videos it points at with paths relative to the page, so it works from
 ``file://`` and when the output folder is copied elsewhere. Videos get their ``src`` only when
-scrolled near the viewport: a page of 1,000 segments fetches nothing until it is looked at.
+scrolled near the viewport (they are created there): a page of 1,000 segments is ready in well
+under a second and fetches nothing until it is looked at.
 
 The storyboard files are read again (when they are still there) for what the ledger does not
 keep: the segments' ``director_intent``, and the current parameters, so a take generated before
@@ -19,6 +20,7 @@ import uuid
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
@@ -218,10 +220,17 @@ def _duration(seconds: float) -> str:
     return f"{minutes} m {secs:02d} s" if minutes else f"{secs} s"
 
 
+@lru_cache(maxsize=4096)
+def _folder_url(folder: str, page_dir: str) -> str:
+    rel = os.path.relpath(folder, page_dir)
+    return "" if rel == "." else "/".join(quote(part) for part in rel.split(os.sep)) + "/"
+
+
 def relative_url(target: Path, page_dir: Path) -> str:
-    """``target`` as a URL relative to a page in ``page_dir`` (each path part percent-encoded)."""
-    rel = os.path.relpath(os.path.abspath(target), os.path.abspath(page_dir))
-    return "/".join(quote(part) for part in rel.split(os.sep))
+    """``target`` as a URL relative to a page in ``page_dir`` (each path part percent-encoded).
+    Takes share folders: each folder's part is worked out once."""
+    absolute = os.path.abspath(target)
+    return _folder_url(os.path.dirname(absolute), os.path.abspath(page_dir)) + quote(os.path.basename(absolute))
 
 
 def _state_text(take: TakeView) -> str:
@@ -243,7 +252,11 @@ def _take_html(take: TakeView, position: int, segment: SegmentView, media: Calla
              f'data-ref="{_e(take.ref)}" data-key="{position}">']
     if take.state is State.DONE and take.video_exists:
         ratio = "portrait" if segment.resolution == "vertical" else "landscape"
-        parts.append(f'<video class="{ratio}" controls muted preload="metadata" data-src="{_e(media(take))}"></video>')
+        # The player is only markup until it scrolls near the screen: 2,000 live <video> elements
+        # cost the browser seconds before the page is ready, even with nothing to fetch. Inside
+        # <noscript> the markup is inert text to the script, and a real player without script.
+        parts.append(f'<div class="player {ratio}"><noscript><video class="{ratio}" controls muted preload="metadata" '
+                     f'src="{_e(media(take))}"></video></noscript></div>')
     else:
         detail = ""
         if take.state is State.DONE:

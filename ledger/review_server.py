@@ -16,10 +16,10 @@ import secrets
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional
 
 from .errors import LedgerError
-from .review import SERVE, Review, TakeView, render
+from .review import SERVE, Review, render
 from .states import State
 from .store import PickRefused, Store, clear_pick, record_pick
 
@@ -231,13 +231,3 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-
-def serve_until_stopped(server: ReviewServer, stop: threading.Event) -> Tuple[int, int]:
-    """Serve until ``stop`` is set; returns (port, picks written)."""
-    server.start()
-    try:
-        while not stop.wait(0.2):
-            pass
-    finally:
-        server.stop()
-    return server.port, server.picks_written

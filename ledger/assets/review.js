@@ -13,15 +13,22 @@
     statusLine.className = bad ? "bad" : "";
   }
 
-  /* Videos get their source only near the viewport: nothing downloads before it is looked at. */
-  function load(video) {
-    if (video.dataset.src) {
-      video.src = video.dataset.src;
-      delete video.dataset.src;
+  /* A player becomes a video element only near the viewport: nothing is created or downloaded before
+     it is looked at. Its markup waits as the text of a <noscript> (a real player without script). */
+  function load(player) {
+    var markup = player.querySelector("noscript");
+    if (markup) {
+      var html = markup.textContent;
+      markup.remove();
+      player.insertAdjacentHTML("beforeend", html);
     }
   }
-  var videos = document.querySelectorAll("video[data-src]");
-  if ("IntersectionObserver" in window) {
+  function watch() {
+    var players = document.querySelectorAll(".player");
+    if (!("IntersectionObserver" in window)) {
+      Array.prototype.forEach.call(players, load);
+      return;
+    }
     var observer = new IntersectionObserver(function (entries) {
       entries.forEach(function (entry) {
         if (entry.isIntersecting) {
@@ -29,11 +36,11 @@
           observer.unobserve(entry.target);
         }
       });
-    }, {rootMargin: "300px 0px"});
-    Array.prototype.forEach.call(videos, function (v) { observer.observe(v); });
-  } else {
-    Array.prototype.forEach.call(videos, load);
+    }, {rootMargin: "200px 0px"});
+    Array.prototype.forEach.call(players, function (p) { observer.observe(p); });
   }
+  /* A loading video holds back the page's load event: start them once the page itself is in. */
+  if (document.readyState === "complete") { watch(); } else { window.addEventListener("load", watch); }
 
   function segKey(seg) { return seg.dataset.storyboard + "#" + seg.dataset.segment; }
 

@@ -11,7 +11,7 @@ import opentimelineio as otio
 import pytest
 
 from ledger.export import Clip, Cut, write_manifest
-from tests.integration.takes import BOARD, STORY, generate, make_mp4, take
+from tests.integration.takes import STORY, generate, make_mp4, take
 
 SECONDS = {(1, 1): 1.5, (1, 2): 2.5, (2, 1): 3.0, (2, 2): 4.0}
 SINGLE = {"metadata": {"project_name": "single"},

@@ -22,7 +22,7 @@ from tests.integration.takes import BOARD, STORY, generate, picks
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
-LOADED = "v => v.readyState >= 1 && v.duration > 0"
+LOADED = "v => v !== null && v.readyState >= 1 && v.duration > 0"
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +63,14 @@ def test_every_done_take_plays_from_file_and_failures_show_the_api_message(ws, w
     path = review_page(ws)
     assert path == ws.root / "output/review.html"
     page.goto(path.as_uri())
-    videos = page.locator("figure.take.done video")
-    assert videos.count() == 4
+    players = page.locator("figure.take.done .player")
+    assert players.count() == 4
     for n in range(4):
-        video = videos.nth(n)
-        video.scroll_into_view_if_needed()
-        page.wait_for_function(f"() => ({LOADED})(document.querySelectorAll('figure.take.done video')[{n}])",
-                               timeout=10_000)
+        players.nth(n).scroll_into_view_if_needed()
+        page.wait_for_function(f"() => ({LOADED})(document.querySelectorAll('figure.take.done .player')[{n}]"
+                               ".querySelector('video'))", timeout=10_000)
+        video = players.nth(n).locator("video")
+        assert video.evaluate("v => [v.controls, v.muted, v.preload]") == [True, True, "metadata"]
         assert video.evaluate("v => v.duration") == pytest.approx(2.0, abs=0.1)  # the simulator's real MP4
     assert page.locator("figure.take.failed .error").all_inner_texts() == [POLICY_MESSAGE, POLICY_MESSAGE]
     first = page.locator("article.segment").first
@@ -85,12 +86,13 @@ def test_videos_are_fetched_only_when_scrolled_into_view(ws, work_env, page):
     page.set_viewport_size({"width": 1000, "height": 600})
     page.goto(review_page(ws).as_uri())
     page.wait_for_timeout(500)
-    sources = "() => Array.from(document.querySelectorAll('video')).map(v => v.currentSrc !== '')"
-    before = page.evaluate(sources)
+    started = "() => Array.from(document.querySelectorAll('.player')).map(p => p.querySelector('video') !== null)"
+    before = page.evaluate(started)
     assert len(before) == 12 and 0 < sum(before) < 6 and not before[-1]
     page.locator("article.segment").last.scroll_into_view_if_needed()
-    page.wait_for_function(f"() => ({LOADED})(Array.from(document.querySelectorAll('video')).pop())", timeout=10_000)
-    assert sum(page.evaluate(sources)) < 12  # the middle ones were never on screen long enough to matter
+    page.wait_for_function(f"() => ({LOADED})(Array.from(document.querySelectorAll('.player')).pop()"
+                           ".querySelector('video'))", timeout=10_000)
+    assert sum(page.evaluate(started)) < 12  # the middle ones were never near the screen
 
 
 def test_static_picks_stay_in_the_browser_and_come_back_through_picks_json(ws, work_env, page, tmp_path):
@@ -135,8 +137,7 @@ def test_serve_writes_a_choice_into_the_ledger_at_once(ws, work_env, page):
         page.keyboard.press("1")
         page.wait_for_function("() => document.getElementById('picked-count').textContent === '2'")
         assert picks(ws) == [(BOARD, 1, 2), (BOARD, 2, 1)]
-        video = page.locator("figure.take.done video").first
-        video.scroll_into_view_if_needed()
+        page.locator("figure.take.done .player").first.scroll_into_view_if_needed()
         page.wait_for_function(f"() => ({LOADED})(document.querySelector('figure.take.done video'))", timeout=10_000)
         # writes need the token, and only this server's own page may ask
         assert requests.post(f"{origin}/api/pick", json={"job": 1}, timeout=5).status_code == 403
@@ -163,13 +164,13 @@ def test_serve_writes_a_choice_into_the_ledger_at_once(ws, work_env, page):
 
 
 def test_a_page_copied_elsewhere_with_its_videos_still_plays(ws, work_env, page, tmp_path):
-    generate(ws, work_env)
+    generate(ws, work_env, {"第一集 #1/storyboard_a.json": STORY})  # a space, a '#' and Chinese in the path
     review_page(ws)
     copy = tmp_path / "elsewhere" / "output"
     shutil.copytree(ws.root / "output", copy)
     shutil.rmtree(ws.root / "output")
     page.goto((copy / "review.html").as_uri())
-    video = page.locator("figure.take.done video").first
-    video.scroll_into_view_if_needed()
+    page.locator("figure.take.done .player").first.scroll_into_view_if_needed()
     page.wait_for_function(f"() => ({LOADED})(document.querySelector('figure.take.done video'))", timeout=10_000)
-    assert video.evaluate("v => decodeURIComponent(v.currentSrc)").startswith((copy).as_uri())
+    source = page.locator("figure.take.done video").first.evaluate("v => decodeURIComponent(v.currentSrc)")
+    assert source.startswith(f"file://{copy}/第一集 #1/storyboard_a/Segment_1/1_v")
