@@ -11,6 +11,7 @@ from ledger.db import _alembic_config, open_ledger, write_tx
 from ledger.store import PickRefused, Store, record_pick
 from tests.helpers import query
 from tests.integration.takes import BOARD, generate, picks, take
+from tests.integration.test_postgres import pg_url  # noqa: F401 - the fixture
 
 
 @pytest.fixture
@@ -135,3 +136,20 @@ def test_picks_survive_upgrading_a_0002_ledger(tmp_path):
     with write_tx(store.engine) as conn:
         command.downgrade(_alembic_config(conn), "0002")
     assert query(tmp_path, "SELECT count(*) FROM sqlite_master WHERE name = 'picks'") == [(0,)]
+
+
+@pytest.mark.postgres
+def test_picks_and_short_references_on_postgres(ws, work_env, pg_url):
+    env = {**work_env, "LEDGER_DATABASE_URL": pg_url}
+    generate(ws, env)
+    assert ws.cli("pick", "ep1/storyboard_a#1v2", "storyboard_a.json#2v1", env=env).exit_code == 0
+    replaced = ws.cli("pick", "storyboard_a#1v1", env=env)
+    assert replaced.exit_code == 0 and "(replaces v2)" in replaced.output
+    listed = json.loads(ws.cli("picks", "--json", env=env).output)
+    assert [(p["segment_index"], p["version"]) for p in listed] == [(1, 1), (2, 1)]
+    status = json.loads(ws.cli("status", "--json", env=env).output)
+    assert (status["picked_segments"], status["segments"]) == (2, 3)
+    ambiguous = ws.cli("show", "storyboard_a#1", env=env)
+    assert ambiguous.exit_code == 2 and "2 versions" in ambiguous.output
+    assert ws.cli("export", "--format", "otio", env=env).exit_code == 0
+    assert not (ws.root / "ledger.db").exists()
