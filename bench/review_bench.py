@@ -4,7 +4,8 @@
 
 Builds a ledger of SEGMENTS segments (50 storyboards) x TAKES takes, every take done with a real
 MP4 (hard links to the simulator's sample) except one in 20 failed, then measures in the same run:
-  * `ledger review` as a user runs it (a process): seconds to write the page, and its size;
+  * `ledger review` as a user runs it (a process): seconds to write the page, and its size, beside
+    `ledger picks` (a process that starts and opens the ledger, nothing more);
   * the page served over loopback HTTP (so every request can be counted) in Debian's headless
     Chromium: first contentful paint, the load event, and how many video requests it makes before
     anything is scrolled -- in all, and for takes outside the first screen;
@@ -78,6 +79,13 @@ def write_review(root: Path) -> Tuple[float, Path]:
     done = subprocess.run([sys.executable, "-m", "ledger", "review"], cwd=root, check=True, capture_output=True,
                           text=True)
     return time.perf_counter() - started, root / done.stdout.strip().splitlines()[-1]
+
+
+def opening(root: Path) -> float:
+    """Seconds for a ledger process that does next to nothing (start, open the ledger, one query)."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "ledger", "picks"], cwd=root, check=True, capture_output=True)
+    return time.perf_counter() - started
 
 
 def write_baseline(root: Path) -> Path:
@@ -155,6 +163,7 @@ def main() -> None:
               f"{time.perf_counter() - started:.1f} s")
         writes = [write_review(root) for _ in range(options.runs)]
         seconds = statistics.median(w[0] for w in writes)
+        floor = statistics.median(opening(root) for _ in range(options.runs))
         page = writes[0][1]
         baseline = write_baseline(root)
         server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Counting, directory=str(page.parent)))
@@ -179,7 +188,8 @@ def main() -> None:
             return statistics.median(r[key] for r in runs)
 
         print(f"ledger review (a process, median of {options.runs}): {seconds:.2f} s to write "
-              f"{page.stat().st_size / 1e6:.2f} MB ({ours[0]['videos']:.0f} videos)")
+              f"{page.stat().st_size / 1e6:.2f} MB ({ours[0]['videos']:.0f} videos); "
+              f"`ledger picks` (a process that only opens the ledger): {floor:.2f} s")
         print(f"{'':34}{'ledger review':>16}{'baseline page':>16}")
         print(f"{'page size':34}{page.stat().st_size / 1e6:>13.2f} MB{baseline.stat().st_size / 1e6:>13.2f} MB")
         print(f"{'first contentful paint':34}{med(ours, 'fcp'):>13.0f} ms{med(theirs, 'fcp'):>13.0f} ms")
