@@ -85,7 +85,8 @@ def test_videos_are_fetched_only_when_scrolled_into_view(ws, work_env, page):
     generate(ws, work_env, {"storyboard_long.json": segments(*[f"shot {i}" for i in range(1, 13)])}, versions=1)
     page.set_viewport_size({"width": 1000, "height": 600})
     page.goto(review_page(ws).as_uri())
-    page.wait_for_timeout(500)
+    page.wait_for_function("() => document.querySelector('.player video') !== null", timeout=10_000)
+    page.wait_for_timeout(500)  # time enough for any other player to start, were it going to
     started = "() => Array.from(document.querySelectorAll('.player')).map(p => p.querySelector('video') !== null)"
     before = page.evaluate(started)
     assert len(before) == 12 and 0 < sum(before) < 6 and not before[-1]
