@@ -35,13 +35,19 @@ from .errors import (
 )
 from .failures import default_export_path, export_failed, select_from_file
 from .live import make_view
+from .models import iso_utc
 from .policy import PollPolicy, RetryPolicy
 from .redact import RedactingFilter, redact
 from .scan import ScanReport, scan
 from .settings import OUTPUT_MODES, Settings, load_settings
 from .sim.command import sim
-from .states import ALL_STATES
+from .states import ALL_STATES, State
 from .store import JobRow, JobScope, Store
+from . import export as exporting
+from . import refs
+from .review import collect, read_picks_file, write_page
+from .store import (PickRefused, clear_pick, job_by_key, pick_counts, pick_rows, record_pick, segment_pick,
+                    storyboards_by_suffix, takes)
 from .storyboard import ledger_path
 from .pricing import known_prices, money, refresh_prices
 from .work import Scheduler, Stop, WorkOptions, WorkSummary, plan_work
@@ -236,15 +242,21 @@ def scan_command(app: App, input_dir: Optional[Path], output_mode: Optional[str]
 def status_command(ctx: click.Context, as_json: bool, job: Optional[str]) -> None:
     """Counts per state, per storyboard, and money spent / still to spend."""
     if job is not None:
-        ctx.invoke(show_command, job=job)
+        ctx.invoke(show_command, job=job, as_json=as_json)
         return
     app: App = ctx.obj
     settings = app.settings()
     store = app.store(settings)
     prices = known_prices(store, settings)
     report = store.status(prices.price)
+    chosen = pick_counts(store)
     if as_json:
-        click.echo(json.dumps(report.to_json(), ensure_ascii=False, indent=2))
+        data = report.to_json()
+        for board in data["storyboards"]:
+            board["picked_segments"], board["segments"] = chosen.get(board["path"], (0, 0))
+        data["picked_segments"] = sum(p for p, _ in chosen.values())
+        data["segments"] = sum(n for _, n in chosen.values())
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
         return
     # Only the states in use (and the three everyone looks for) keep the table readable in 80 columns.
     shown = [s for s in ALL_STATES if report.counts[s.value] or s.value in ("pending", "done", "failed")]
@@ -254,10 +266,14 @@ def status_command(ctx: click.Context, as_json: bool, job: Optional[str]) -> Non
         table.add_column(state.value, justify="right")
     table.add_column("total", justify="right")
     table.add_column("spent", justify="right")
+    table.add_column("picked", justify="right")
     for board in report.storyboards.values():
-        table.add_row(board.path, *(str(board.counts[s.value]) for s in shown), str(board.total), money(board.spent_cents))
+        picked, segments = chosen.get(board.path, (0, 0))
+        table.add_row(board.path, *(str(board.counts[s.value]) for s in shown), str(board.total), money(board.spent_cents),
+                      f"{picked}/{segments}")
+    all_picked, all_segments = sum(p for p, _ in chosen.values()), sum(n for _, n in chosen.values())
     table.add_row("[b]all[/b]", *(f"[b]{report.counts[s.value]}[/b]" for s in shown), f"[b]{report.total}[/b]",
-                  f"[b]{money(report.spent_cents)}[/b]")
+                  f"[b]{money(report.spent_cents)}[/b]", f"[b]{all_picked}/{all_segments}[/b]")
     out.print(table)
     out.print(f"Spent {money(report.spent_cents)}; estimated remaining {money(report.estimated_remaining_cents)} "
               f"for {report.counts['pending'] + report.counts['submitting']} job(s) not yet paid for, at "
@@ -466,15 +482,25 @@ def export_failed_command(app: App, output: Optional[Path]) -> None:
 
 @cli.command("show")
 @click.argument("job")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @click.pass_obj
-def show_command(app: App, job: str) -> None:
-    """One job: parameters, remote task, and its full history. JOB is an id or PATH#SEGMENTvVERSION."""
+def show_command(app: App, job: str, as_json: bool = False) -> None:
+    """One job: parameters, remote task, pick, and its full history. JOB is an id or
+    PATH#SEGMENTvVERSION, where PATH is any unique tail of the storyboard's path (.json optional)."""
     settings = app.settings()
     store = app.store(settings)
-    row = _find_job(store, job, app.cwd)
+    row = refs.resolve(store, job, app.cwd)
+    chosen = segment_pick(store, row.storyboard_id, row.segment_index)
+    history = store.history(row.id)
+    if as_json:
+        click.echo(json.dumps(_job_json(row, chosen, history), ensure_ascii=False, indent=2))
+        return
+    pick = ("yes: the chosen take of its segment" if chosen and chosen.job_id == row.id else
+            f"no (v{chosen.version} is the pick)" if chosen else "no (the segment has no pick)")
     table = Table(show_header=False, box=None)
     for name, value in [("job", row.id), ("storyboard", row.storyboard_path), ("segment", row.segment_index),
-                        ("version", row.version), ("state", row.state.value), ("remote task", row.remote_task_id or "-"),
+                        ("version", row.version), ("state", row.state.value), ("picked", pick),
+                        ("remote task", row.remote_task_id or "-"),
                         ("cost", money(row.cost_cents) if row.cost_cents is not None else "-"),
                         ("spent in all", money(row.spent_cents)), ("attempts", row.attempts),
                         ("target", row.target_dir), ("video", row.video_path or "-"),
@@ -482,28 +508,30 @@ def show_command(app: App, job: str) -> None:
                         ("created", row.created_at), ("parameters", json.dumps(dict(row.params), ensure_ascii=False))]:
         table.add_row(f"[b]{name}[/b]", Text(str(value)))
     out.print(table)
-    history = Table(title="history")
+    events = Table(title="history")
     for column in ("at (UTC)", "from", "to", "detail", "worker"):
-        history.add_column(column, overflow="fold")
-    for event in store.history(row.id):
-        history.add_row(str(event.at), event.from_state.value, event.to_state.value, Text(event.detail or ""),
-                        Text(event.worker or ""))
-    out.print(history)
+        events.add_column(column, overflow="fold")
+    for event in history:
+        events.add_row(str(event.at), event.from_state.value, event.to_state.value, Text(event.detail or ""),
+                       Text(event.worker or ""))
+    out.print(events)
 
 
-def _find_job(store: Store, ident: str, cwd: Path) -> JobRow:
-    if ident.isdigit():
-        row = store.job(int(ident))
-    else:
-        path, _, rest = ident.rpartition("#")
-        segment, _, version = rest.partition("v")
-        if not path or not segment.isdigit() or (version and not version.isdigit()):
-            raise UsageError(f"{ident!r} is not a job id or PATH#SEGMENTvVERSION (e.g. input/storyboard_a.json#2v1)")
-        found = store.find_jobs([(ledger_path(Path(path), cwd), int(segment), int(version) if version else 1)])
-        row = found[0] if found else None
-    if row is None:
-        raise UsageError(f"no job {ident!r} in this ledger")
-    return row
+def _job_json(row: JobRow, chosen: Any, history: Sequence[Any]) -> Dict[str, Any]:
+    """``show --json``: the job's columns, whether it is its segment's pick, and its history."""
+    data: Dict[str, Any] = {"id": row.id, "ref": row.label, "storyboard": row.storyboard_path,
+                            "segment_index": row.segment_index, "version": row.version, "state": row.state.value,
+                            "picked": bool(chosen and chosen.job_id == row.id),
+                            "segment_pick_version": chosen.version if chosen else None,
+                            "parameters": dict(row.params)}
+    for name in ("remote_task_id", "cost_cents", "spent_cents", "progress", "attempts", "target_dir", "video_path",
+                 "error_kind", "error_message"):
+        data[name] = getattr(row, name)
+    for name in ("created_at", "submitted_at", "finished_at", "next_attempt_at"):
+        data[name] = iso_utc(getattr(row, name))
+    data["history"] = [{"at": iso_utc(e.at), "from": e.from_state.value, "to": e.to_state.value,
+                        "detail": e.detail, "worker": e.worker} for e in history]
+    return data
 
 
 @cli.command("run")
@@ -546,6 +574,227 @@ def db_upgrade(app: App) -> None:
     engine = open_ledger(settings.database_url, migrate=False)
     upgrade(engine)
     out.print("ledger database is up to date")
+
+
+# --- review, pick, export ----------------------------------------------------------------------
+
+
+def _board_ids(store: Store, pattern: Optional[str]) -> Optional[List[int]]:
+    """The storyboards a ``--storyboard GLOB`` names (None: all); none at all is a usage error."""
+    if pattern is None:
+        return None
+    ids = store.storyboard_ids(pattern)
+    if not ids:
+        raise UsageError(f"no storyboard in this ledger matches {pattern!r}")
+    return ids
+
+
+@cli.command("review")
+@click.option("--storyboard", "pattern", metavar="GLOB", help="Only storyboards whose path or name matches this glob.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Where to write the page (default: OUTPUT_DIR/review.html).")
+@click.option("--open", "open_page", is_flag=True, help="Open the page in the default browser.")
+@click.option("--serve", is_flag=True, help="Serve the page on 127.0.0.1 instead; choosing a take writes the ledger.")
+@click.pass_obj
+def review_command(app: App, pattern: Optional[str], output: Optional[Path], open_page: bool, serve: bool) -> None:
+    """Write one HTML page with every take of every segment side by side, and print its path."""
+    settings = app.settings()
+    store = app.store(settings)
+    ids = _board_ids(store, pattern)
+
+    def build() -> Any:
+        return collect(takes(store, ids), settings, app.cwd, store.resolve)
+
+    if serve:
+        _serve_review(store, build, open_page)
+        return
+    review = build()
+    page = write_page(review, app.cwd / (output or settings.output_dir / "review.html"))
+    err.print(f"{len(review.segments)} segment(s), {len(review.takes)} take(s); picked "
+              f"{review.picked_segments}/{len(review.segments)}" + (f"; {review.stale} stale" if review.stale else ""))
+    click.echo(str(page.relative_to(app.cwd) if page.is_relative_to(app.cwd) else page))
+    if open_page:
+        import webbrowser
+
+        webbrowser.open(page.resolve().as_uri())
+
+
+def _serve_review(store: Store, build: Callable[[], Any], open_page: bool) -> None:
+    """Serve the review page until Ctrl+C / SIGTERM, then stop cleanly (exit 0)."""
+    import threading
+
+    from .review_server import ReviewServer
+
+    server = ReviewServer(store, build)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.start()
+        click.echo(f"Review server: {server.url}")
+        sys.stdout.flush()
+        err.print("Choices are written to the ledger at once. Ctrl+C stops the server.")
+        if open_page:
+            import webbrowser
+
+            webbrowser.open(server.url)
+        while not stop.wait(0.2):
+            pass
+    finally:
+        server.stop()
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    out.print(f"Review server stopped; {server.picks_written} choice(s) written to the ledger.")
+
+
+def _pick_line(outcome: Any) -> str:
+    if not outcome.changed:
+        return f"{outcome.job.label} was already the pick"
+    return f"picked {outcome.job.label}" + (f" (replaces v{outcome.replaced})" if outcome.replaced else "")
+
+
+@cli.command("pick")
+@click.argument("references", nargs=-1, metavar="[REF]...")
+@click.option("--clear", is_flag=True, help="Forget the pick of each REF's segment (REF may be PATH#SEGMENT).")
+@click.option("--from-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
+              help="Apply the picks.json the static review page downloads.")
+@click.pass_obj
+def pick_command(app: App, references: Tuple[str, ...], clear: bool, from_file: Optional[Path]) -> None:
+    """Choose the take of a segment: REF is a job id or PATH#SEGMENTvVERSION (e.g. storyboard_a#2v1).
+    Choosing another take of the segment replaces the pick; every change is in `ledger show`."""
+    if (from_file is None) == (not references) or (from_file is not None and clear):
+        raise UsageError("give REF... (optionally with --clear) or --from-file FILE")
+    settings = app.settings()
+    store = app.store(settings)
+    if from_file is not None:
+        _import_picks(store, from_file, app.cwd)
+        return
+    if clear:
+        segments = [refs.resolve_segment(store, ref, app.cwd) for ref in references]
+        for board_id, path, index in segments:
+            outcome = clear_pick(store, board_id, index, "cli")
+            out.print(f"cleared the pick of {path}#{index} (was v{outcome.job.version})" if outcome
+                      else f"{path}#{index} had no pick", markup=False)
+        return
+    # Every reference is checked before anything is written: one typo writes nothing.
+    chosen = [refs.resolve(store, ref, app.cwd) for ref in references]
+    refused = [f"{job.label} is {job.state.value}" for job in chosen if job.state is not State.DONE]
+    if refused:
+        raise PickRefused(f"only done takes can be chosen: {'; '.join(refused)}")
+    segments_seen: Dict[Tuple[int, int], str] = {}
+    for job in chosen:
+        other = segments_seen.setdefault((job.storyboard_id, job.segment_index), job.label)
+        if other != job.label:
+            raise UsageError(f"{other} and {job.label} are takes of one segment: choose one")
+    for job in chosen:
+        out.print(_pick_line(record_pick(store, job.id, "cli")), markup=False)
+
+
+def _import_picks(store: Store, path: Path, cwd: Path) -> None:
+    """Apply a picks.json; entries that match nothing are listed and make the exit code 2."""
+    chosen, cleared = read_picks_file(path)
+    missing: List[str] = []
+    written = 0
+    for entry in chosen:
+        if entry.storyboard is not None:
+            job = job_by_key(store, entry.storyboard, entry.segment_index or 0, entry.version or 0)
+        else:
+            try:
+                job = refs.resolve(store, entry.ref or "", cwd)
+            except LedgerError as exc:
+                missing.append(f"{entry.pointer}: {exc}")
+                continue
+        if job is None:
+            missing.append(f"{entry.pointer}: no take {entry.label} in this ledger")
+            continue
+        try:
+            outcome = record_pick(store, job.id, "picks.json")
+        except PickRefused as exc:
+            missing.append(f"{entry.pointer}: {exc}")
+            continue
+        written += outcome.changed
+        out.print(_pick_line(outcome), markup=False)
+    for entry in cleared:
+        found = storyboards_by_suffix(store, [entry.storyboard or ""], limit=2)
+        exact = [board_id for board_id, stored in found if stored == entry.storyboard]
+        if not exact:
+            missing.append(f"{entry.pointer}: no storyboard {entry.storyboard} in this ledger")
+            continue
+        if clear_pick(store, exact[0], entry.segment_index or 0, "picks.json") is not None:
+            written += 1
+            out.print(f"cleared the pick of {entry.label}", markup=False)
+    out.print(f"{path}: {written} change(s) written, {len(chosen) + len(cleared) - written - len(missing)} "
+              f"already so.", markup=False)
+    for line in missing:
+        err.print(f"not applied: {path}: {line}", markup=False)
+    if missing:
+        raise UsageError(f"{len(missing)} entr{'y' if len(missing) == 1 else 'ies'} of {path} could not be applied "
+                         f"(listed above); the others were")
+
+
+@cli.command("picks")
+@click.option("--storyboard", "pattern", metavar="GLOB", help="Only storyboards whose path or name matches this glob.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON list on stdout.")
+@click.pass_obj
+def picks_command(app: App, pattern: Optional[str], as_json: bool) -> None:
+    """List the chosen takes, in story order."""
+    settings = app.settings()
+    store = app.store(settings)
+    rows = pick_rows(store, _board_ids(store, pattern))
+    if as_json:
+        click.echo(json.dumps([{"ref": r.label, "storyboard": r.storyboard_path, "segment_index": r.segment_index,
+                                "version": r.version, "job_id": r.job_id, "state": r.state.value,
+                                "video_path": r.video_path, "source": r.source, "picked_at": iso_utc(r.picked_at)}
+                               for r in rows], ensure_ascii=False, indent=2))
+        return
+    table = Table(title="picks")
+    for column in ("storyboard", "segment", "version", "state", "video", "picked at (UTC)", "by"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        table.add_row(r.storyboard_path, str(r.segment_index), f"v{r.version}", r.state.value, r.video_path or "-",
+                      str(r.picked_at.replace(microsecond=0)), r.source)
+    out.print(table)
+    out.print(f"{len(rows)} pick(s).")
+
+
+@cli.command("export")
+@click.option("--format", "fmt", type=click.Choice(exporting.FORMATS), required=True,
+              help="otio (DaVinci Resolve), edl, fcpxml (Premiere), manifest (a selects folder), jianying (剪映 draft).")
+@click.option("--storyboard", "pattern", metavar="GLOB", help="Only storyboards whose path or name matches this glob.")
+@click.option("--output", "out_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Where to write (default: OUTPUT_DIR/export).")
+@click.option("--fps", type=click.IntRange(1, 240), default=30, show_default=True,
+              help="Frame rate of the timeline (EDL and XML count in frames).")
+@click.option("--link", is_flag=True, help="manifest: hard-link the files instead of copying them.")
+@click.pass_obj
+def export_command(app: App, fmt: str, pattern: Optional[str], out_dir: Optional[Path], fps: int, link: bool) -> None:
+    """Per storyboard, the chosen take of each segment in story order, for an editor. Which take:
+    the pick; else the only done take; else the lowest done version; no done take is a named gap."""
+    settings = app.settings()
+    store = app.store(settings)
+    cuts = exporting.plan(takes(store, _board_ids(store, pattern)), store.resolve,
+                          ledger_path(settings.input_dir, app.cwd))
+    target = app.cwd / (out_dir or settings.output_dir / "export")
+    for written in exporting.export(cuts, fmt, target, fps=fps, link=link):
+        cut = written.cut
+        where = written.path.relative_to(app.cwd) if written.path and written.path.is_relative_to(app.cwd) \
+            else written.path
+        if where is None:
+            out.print(f"{cut.storyboard_path}: nothing to export (no segment has a done take)", markup=False)
+        else:
+            seconds = sum(c.seconds for c in cut.clips)
+            out.print(f"{cut.storyboard_path} → {where}: {len(cut.clips)} clip(s), {seconds:.1f} s "
+                      f"({cut.decided(exporting.PICKED)} picked, {cut.decided(exporting.ONLY)} only done take, "
+                      f"{cut.decided(exporting.LOWEST)} lowest done version)", markup=False)
+        for clip in cut.clips:
+            if clip.note:
+                out.print(f"  note: segment {clip.segment_index}: {clip.note}", markup=False)
+        for gap in cut.gaps:
+            out.print(f"  gap: segment {gap.segment_index}: {gap.reason}", markup=False)
+    picked, only, lowest, gaps = exporting.summary_counts(cuts)
+    out.print(f"{len(cuts)} storyboard(s): {picked} segment(s) picked, {only} with a single done take, "
+              f"{lowest} decided by the lowest done version (no pick), {gaps} gap(s).", markup=False)
+    if lowest:
+        out.print("Choose those with `ledger review`, then `ledger pick REF`.", markup=False)
 
 
 cli.add_command(sim)

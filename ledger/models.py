@@ -161,3 +161,28 @@ storyboards = Storyboard.__table__
 jobs = Job.__table__
 events = Event.__table__
 meta = Meta.__table__
+
+
+class Pick(Base):
+    """The take a person chose for one segment of one storyboard: at most one per segment.
+
+    ``(storyboard_id, segment_index)`` is what makes it one per segment; ``job_id`` is unique as
+    well, because a take belongs to exactly one segment. Choosing again replaces the row; every
+    change is also an ``events`` row of the jobs concerned."""
+
+    __tablename__ = "picks"
+    __table_args__ = (
+        UniqueConstraint("storyboard_id", "segment_index"),
+        UniqueConstraint("job_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    storyboard_id: Mapped[int] = mapped_column(ForeignKey("storyboards.id"))
+    segment_index: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    # Where the choice was made: "cli", "review page" or "picks.json".
+    source: Mapped[str] = mapped_column(String(32))
+    picked_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+picks = Pick.__table__

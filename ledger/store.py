@@ -797,3 +797,221 @@ class StatusReport:
                 for b in self.storyboards.values()
             ],
         }
+
+
+# --- picks, review, export and short references (issue 10) ------------------------------------
+# One section, appended, so the queries of the review/pick/export commands stay in this module
+# without touching the ones above. Functions take the ``Store`` they query.
+
+from sqlalchemy import and_, distinct  # noqa: E402 - kept with the section that uses them
+
+from .errors import UsageError  # noqa: E402
+from .models import picks  # noqa: E402
+
+
+class PickRefused(UsageError):
+    """The take cannot be chosen: it does not exist, or it has no finished video."""
+
+
+@dataclass(frozen=True)
+class Take:
+    """One job as the review page and the export see it: the row, whether it is its segment's
+    pick, and whether its storyboard file is still there."""
+
+    job: JobRow
+    picked: bool
+    storyboard_present: bool
+    project_name: Optional[str]
+
+
+@dataclass(frozen=True)
+class PickRow:
+    """One stored pick with the take it points at."""
+
+    storyboard_id: int
+    storyboard_path: str
+    segment_index: int
+    job_id: int
+    version: int
+    state: State
+    video_path: Optional[str]
+    source: str
+    picked_at: datetime
+
+    @property
+    def label(self) -> str:
+        return f"{self.storyboard_path}#{self.segment_index}v{self.version}"
+
+
+@dataclass(frozen=True)
+class PickOutcome:
+    """What recording (or clearing) one pick did: ``replaced`` is the version it displaced."""
+
+    job: JobRow
+    changed: bool
+    replaced: Optional[int] = None
+
+
+_TAKE_SELECT = (select(*JOB_COLUMNS, storyboards.c.present.label("storyboard_present"),
+                       storyboards.c.project_name.label("storyboard_project"),
+                       picks.c.job_id.label("pick_job_id"))
+                .select_from(jobs.join(storyboards, jobs.c.storyboard_id == storyboards.c.id)
+                             .outerjoin(picks, picks.c.job_id == jobs.c.id)))
+_JOB_FIELDS = frozenset(f.name for f in dataclasses.fields(JobRow))
+
+
+def takes(store: Store, storyboard_ids: Optional[Sequence[int]] = None) -> List[Take]:
+    """Every take that is still part of its storyboard (not ``removed``), in story order:
+    storyboard path, segment index, version."""
+    query = _TAKE_SELECT.where(jobs.c.state != State.REMOVED.value)
+    if storyboard_ids is not None:
+        query = query.where(jobs.c.storyboard_id.in_(list(storyboard_ids)))
+    query = query.order_by(storyboards.c.path, jobs.c.segment_index, jobs.c.version)
+    found: List[Take] = []
+    with read_tx(store.engine) as conn:
+        for row in conn.execute(query):
+            data = row._mapping
+            found.append(Take(_job_from_mapping(data), data["pick_job_id"] is not None,
+                              bool(data["storyboard_present"]), data["storyboard_project"]))
+    return found
+
+
+def _job_from_mapping(data: Mapping[str, Any]) -> JobRow:
+    values = {k: data[k] for k in _JOB_FIELDS}
+    values["state"] = State(values["state"])
+    return JobRow(**values)
+
+
+def storyboards_by_suffix(store: Store, names: Sequence[str], limit: int = 50) -> List[Tuple[int, str]]:
+    """(id, path) of the storyboards whose stored path is one of ``names`` or ends with
+    ``/`` + one of them, in path order, at most ``limit``. An empty ``names`` matches every one.
+
+    Exact paths go through the unique ``path_key``; suffixes compare the path's tail with ``=``
+    (case-sensitive, no LIKE wildcards to escape) over the storyboards table only, never the jobs."""
+    query = select(storyboards.c.id, storyboards.c.path)
+    if names:
+        conditions = []
+        for name in names:
+            tail = "/" + name
+            conditions.append(storyboards.c.path_key == path_key(name))
+            conditions.append(and_(func.length(storyboards.c.path) > len(tail),
+                                   func.substr(storyboards.c.path, func.length(storyboards.c.path) - len(tail) + 1)
+                                   == tail))
+        query = query.where(or_(*conditions))
+    with read_tx(store.engine) as conn:
+        return [(r.id, r.path) for r in conn.execute(query.order_by(storyboards.c.path).limit(limit))]
+
+
+def segment_jobs(store: Store, storyboard_id: int, segment_index: int, version: Optional[int] = None) -> List[JobRow]:
+    """The jobs of one segment (one version, or all of them by version), through the unique
+    (storyboard, segment, version) index."""
+    query = job_select().where(jobs.c.storyboard_id == storyboard_id, jobs.c.segment_index == segment_index)
+    if version is not None:
+        query = query.where(jobs.c.version == version)
+    with read_tx(store.engine) as conn:
+        return [JobRow.from_row(r) for r in conn.execute(query.order_by(jobs.c.version))]
+
+
+def job_by_key(store: Store, storyboard_path: str, segment_index: int, version: int) -> Optional[JobRow]:
+    """One job by its stored storyboard path, segment and version (the path through ``path_key``)."""
+    query = job_select().where(storyboards.c.path_key == path_key(storyboard_path),
+                               jobs.c.segment_index == segment_index, jobs.c.version == version)
+    with read_tx(store.engine) as conn:
+        row = conn.execute(query).one_or_none()
+    return JobRow.from_row(row) if row else None
+
+
+def _pick_event(conn: Connection, job_id: int, state: Any, detail: str, now: datetime) -> None:
+    conn.execute(_EVENT_INSERT, {"job_id": job_id, "at": now, "from_state": state, "to_state": state,
+                                 "detail": detail, "worker": None})
+
+
+def record_pick(store: Store, job_id: int, source: str) -> PickOutcome:
+    """Make ``job_id`` the chosen take of its segment, replacing any earlier pick, in one write
+    transaction with an event on each take concerned. Only a ``done`` take can be chosen."""
+    now = utcnow()
+    with write_tx(store.engine) as conn:
+        job = conn.execute(job_select().where(jobs.c.id == job_id)).one_or_none()
+        if job is None:
+            raise PickRefused(f"no job {job_id} in this ledger")
+        row = JobRow.from_row(job)
+        if row.state is not State.DONE:
+            raise PickRefused(f"cannot pick {row.label}: it is {row.state.value}; only a done take can be chosen")
+        # PostgreSQL: one picker per storyboard at a time, so two first picks of one segment do not
+        # both insert. SQLite's BEGIN IMMEDIATE already serialises writers.
+        conn.execute(select(storyboards.c.id).where(storyboards.c.id == row.storyboard_id).with_for_update())
+        current = conn.execute(
+            select(picks.c.id, picks.c.job_id, jobs.c.version, jobs.c.state)
+            .join_from(picks, jobs, picks.c.job_id == jobs.c.id)
+            .where(picks.c.storyboard_id == row.storyboard_id, picks.c.segment_index == row.segment_index)
+        ).one_or_none()
+        if current is not None and current.job_id == row.id:
+            return PickOutcome(row, changed=False)
+        values = {"job_id": row.id, "source": source, "picked_at": now}
+        if current is None:
+            conn.execute(insert(picks).values(storyboard_id=row.storyboard_id, segment_index=row.segment_index,
+                                              **values))
+            _pick_event(conn, row.id, row.state, f"picked for segment {row.segment_index} ({source})", now)
+            return PickOutcome(row, changed=True)
+        conn.execute(update(picks).where(picks.c.id == current.id).values(**values))
+        _pick_event(conn, row.id, row.state,
+                    f"picked for segment {row.segment_index}, replacing v{current.version} ({source})", now)
+        _pick_event(conn, current.job_id, current.state,
+                    f"no longer the pick: v{row.version} was chosen instead ({source})", now)
+        return PickOutcome(row, changed=True, replaced=current.version)
+
+
+def clear_pick(store: Store, storyboard_id: int, segment_index: int, source: str) -> Optional[PickOutcome]:
+    """Forget the pick of one segment (an event on the take it pointed at); None when there was none."""
+    now = utcnow()
+    with write_tx(store.engine) as conn:
+        current = conn.execute(
+            job_select().add_columns(picks.c.id.label("pick_id"))
+            .join(picks, picks.c.job_id == jobs.c.id)
+            .where(picks.c.storyboard_id == storyboard_id, picks.c.segment_index == segment_index)
+        ).one_or_none()
+        if current is None:
+            return None
+        conn.execute(picks.delete().where(picks.c.id == current.pick_id))
+        row = _job_from_mapping(current._mapping)
+        _pick_event(conn, row.id, row.state, f"pick cleared ({source})", now)
+    return PickOutcome(row, changed=True)
+
+
+def pick_rows(store: Store, storyboard_ids: Optional[Sequence[int]] = None) -> List[PickRow]:
+    """Every stored pick, in story order."""
+    query = (select(picks.c.storyboard_id, storyboards.c.path, picks.c.segment_index, picks.c.job_id,
+                    jobs.c.version, jobs.c.state, jobs.c.video_path, picks.c.source, picks.c.picked_at)
+             .select_from(picks.join(jobs, picks.c.job_id == jobs.c.id)
+                          .join(storyboards, picks.c.storyboard_id == storyboards.c.id)))
+    if storyboard_ids is not None:
+        query = query.where(picks.c.storyboard_id.in_(list(storyboard_ids)))
+    with read_tx(store.engine) as conn:
+        rows = conn.execute(query.order_by(storyboards.c.path, picks.c.segment_index)).all()
+    return [PickRow(r.storyboard_id, r.path, r.segment_index, r.job_id, r.version, State(r.state), r.video_path,
+                    r.source, r.picked_at) for r in rows]
+
+
+def segment_pick(store: Store, storyboard_id: int, segment_index: int) -> Optional[PickRow]:
+    """The pick of one segment, if it has one."""
+    query = (select(picks.c.storyboard_id, storyboards.c.path, picks.c.segment_index, picks.c.job_id,
+                    jobs.c.version, jobs.c.state, jobs.c.video_path, picks.c.source, picks.c.picked_at)
+             .select_from(picks.join(jobs, picks.c.job_id == jobs.c.id)
+                          .join(storyboards, picks.c.storyboard_id == storyboards.c.id))
+             .where(picks.c.storyboard_id == storyboard_id, picks.c.segment_index == segment_index))
+    with read_tx(store.engine) as conn:
+        r = conn.execute(query).one_or_none()
+    return None if r is None else PickRow(r.storyboard_id, r.path, r.segment_index, r.job_id, r.version,
+                                          State(r.state), r.video_path, r.source, r.picked_at)
+
+
+def pick_counts(store: Store) -> Dict[str, Tuple[int, int]]:
+    """Per storyboard path: (segments with a pick, segments that still have a take)."""
+    segments = (select(jobs.c.storyboard_id, func.count(distinct(jobs.c.segment_index)).label("n"))
+                .where(jobs.c.state != State.REMOVED.value).group_by(jobs.c.storyboard_id).subquery())
+    chosen = select(picks.c.storyboard_id, func.count().label("n")).group_by(picks.c.storyboard_id).subquery()
+    query = (select(storyboards.c.path, func.coalesce(chosen.c.n, 0), segments.c.n)
+             .select_from(segments.join(storyboards, storyboards.c.id == segments.c.storyboard_id)
+                          .outerjoin(chosen, chosen.c.storyboard_id == segments.c.storyboard_id)))
+    with read_tx(store.engine) as conn:
+        return {path: (int(picked), int(total)) for path, picked, total in conn.execute(query)}
