@@ -11,7 +11,6 @@ from ledger.db import _alembic_config, open_ledger, write_tx
 from ledger.store import PickRefused, Store, record_pick
 from tests.helpers import query
 from tests.integration.takes import BOARD, generate, picks, take
-from tests.integration.test_postgres import pg_url  # noqa: F401 - the fixture
 
 
 @pytest.fixture

@@ -65,6 +65,8 @@ def test_summary_counts_states_money_and_picks(ws, work_env):
 
 
 def test_review_of_an_empty_ledger_and_of_an_unknown_glob(ws):
+    assert "no ledger here" in ws.cli("review").output
+    assert ws.cli("scan").exit_code == 0
     text = page_text(ws)
     assert "No takes in this ledger yet" in text
     missing = ws.cli("review", "--storyboard", "nothing*")
