@@ -505,7 +505,9 @@ class _Keys:
             return
         missing = [k for k in required if k not in obj]
         for key in [k for k in obj if k not in known]:
-            guess = self._near_miss(key, [k for k in known if k not in obj])
+            # Past the lines that will be shown, a guess only serves to explain a missing key.
+            wanted = missing or len(self.warnings) + len(self.errors) < MAX_LINES_PER_FILE
+            guess = self._near_miss(key, [k for k in known if k not in obj]) if wanted else None
             where = pointer(parts + (key,))
             if guess in missing:
                 self.errors.append(Problem(self.display, where,
@@ -584,7 +586,7 @@ def _segments(doc: Mapping[str, Any], storyboard: Path, display: str, settings: 
             problems.append(Problem(display, where,
                                     f"duration {duration}s needs the Pro model (is_pro: true); "
                                     f"normal generations take {' or '.join(map(str, NORMAL_DURATIONS))} seconds"))
-        if build:
+        if build and not problems:  # a file with problems records nothing: no spec is needed
             specs.append(_spec(segment, cascade, index, folder))
     return specs, problems
 
