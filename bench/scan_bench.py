@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ledger.db import open_ledger  # noqa: E402
-from ledger.models import Job, Storyboard  # noqa: E402
+from ledger.models import Job, Storyboard, path_key  # noqa: E402
 from ledger.scan import parse_batches, scan  # noqa: E402
 from ledger.settings import load_settings  # noqa: E402
 from ledger.states import State  # noqa: E402
@@ -63,7 +63,7 @@ def naive_baseline(root: Path, settings, layout: Layout) -> float:
               for item in batch]
     with Session(engine) as session:
         for item in parsed:
-            board = Storyboard(path=item.path, project_name=item.project_name, fingerprint=item.fingerprint,
+            board = Storyboard(path=item.path, path_key=path_key(item.path), project_name=item.project_name, fingerprint=item.fingerprint,
                                segment_count=item.segment_count, present=True)
             session.add(board)
             session.flush()

@@ -1,8 +1,9 @@
 """``ledger scan``: find storyboards, validate them, and bring the ledger in step with them."""
 from __future__ import annotations
 
+import logging
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
@@ -11,7 +12,9 @@ from typing import Iterable, Iterator, List, Mapping, Optional, Sequence
 from .errors import UsageError
 from .settings import Settings
 from .store import ScanOutcome, Store
-from .storyboard import Layout, ParsedStoryboard, Problem, discover, ledger_path, read_storyboard
+from .storyboard import Layout, ParsedStoryboard, Problem, discover, ledger_path, printable, read_storyboard
+
+log = logging.getLogger(__name__)
 
 BATCH = 250  # files per batch: one batch is stored while the next ones are parsed
 POOL_THRESHOLD = 1000  # below this many files a process pool costs more to start than it saves
@@ -31,9 +34,21 @@ class ScanReport:
         return sorted({p.path for p in self.problems})
 
 
+def read_guarded(path: Path, settings: Settings, layout: Layout, fingerprint: Optional[str]) -> ParsedStoryboard:
+    """``read_storyboard``, except that a failure nobody foresaw makes this one file invalid
+    instead of ending the scan: one bad file never stops the others from being recorded."""
+    try:
+        return read_storyboard(path, settings, layout, fingerprint)
+    except Exception as exc:  # noqa: BLE001 - the point is that nothing escapes
+        display = printable(ledger_path(path, layout.cwd))
+        log.debug("reading %s failed", display, exc_info=True)
+        return ParsedStoryboard(display, "", problems=[Problem(
+            display, "", f"could not be read: unexpected {type(exc).__name__}: {str(exc)[:200]}")])
+
+
 def _read_many(paths: Sequence[Path], settings: Settings, layout: Layout,
                fingerprints: Sequence[Optional[str]]) -> List[ParsedStoryboard]:
-    return [read_storyboard(p, settings, layout, f) for p, f in zip(paths, fingerprints)]
+    return [read_guarded(p, settings, layout, f) for p, f in zip(paths, fingerprints)]
 
 
 def parse_batches(paths: Sequence[Path], settings: Settings, layout: Layout, known: Mapping[str, str],
@@ -45,11 +60,43 @@ def parse_batches(paths: Sequence[Path], settings: Settings, layout: Layout, kno
     path_batches = [paths[i:i + BATCH] for i in starts]
     print_batches = [fingerprints[i:i + BATCH] for i in starts]
     workers = (os.cpu_count() or 1) if processes is None else processes
-    if workers < 2 or len(paths) < POOL_THRESHOLD:
+    pool = _pool(workers) if workers >= 2 and len(paths) >= POOL_THRESHOLD else None
+    if pool is None:
         yield from map(_read_many, path_batches, repeat(settings), repeat(layout), print_batches)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(_read_many, path_batches, repeat(settings), repeat(layout), print_batches)
+    with pool:
+        futures = [pool.submit(_read_many, b, settings, layout, f) for b, f in zip(path_batches, print_batches)]
+        try:
+            yield from _results(futures, path_batches, print_batches, settings, layout)
+        finally:
+            # A scan that stopped early (a database error) does not wait for the rest to be parsed.
+            pool.shutdown(cancel_futures=True)
+
+
+def _pool(workers: int) -> Optional[ProcessPoolExecutor]:
+    try:
+        return ProcessPoolExecutor(max_workers=workers)
+    except (OSError, NotImplementedError) as exc:  # no semaphores (some containers): parse here
+        log.warning("cannot start scan worker processes (%s); reading every file here", exc)
+        return None
+
+
+def _results(futures: Sequence["Future[List[ParsedStoryboard]]"], path_batches: Sequence[Sequence[Path]],
+             print_batches: Sequence[Sequence[Optional[str]]], settings: Settings,
+             layout: Layout) -> Iterator[List[ParsedStoryboard]]:
+    """Each batch as another process parsed it or, when that process died or its answer was lost,
+    parsed again here: the scan still covers every file."""
+    failed = False
+    for future, batch, prints in zip(futures, path_batches, print_batches):
+        try:
+            parsed = future.result()
+        except Exception as exc:  # noqa: BLE001 - BrokenProcessPool, a pickling failure, ...
+            if not failed:
+                log.warning("a scan worker process failed (%s: %s); reading its files here instead",
+                            type(exc).__name__, exc)
+            failed = True
+            parsed = _read_many(batch, settings, layout, prints)
+        yield parsed
 
 
 def scan(settings: Settings, cwd: Path, store: Store, *, dry_run: bool = False, requeue_changed: bool = False,

@@ -1,31 +1,57 @@
 """Storyboard discovery, validation and expansion into job specs.
 
 Pure: paths and settings in, specs and problems out. Nothing here touches the ledger.
+
+Reading survives any file: whatever a file holds — or is (a FIFO, a device, a symlink to
+``/dev/zero``) — ``read_storyboard`` answers with problems and warnings, never an exception, and
+one reading of a file reports every problem it has, so a user fixes a file in one round.
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
+import re
+import reprlib
+import stat
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import accumulate, islice
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 import jsonschema_rs
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from .settings import NORMAL_DURATIONS, Settings
+from .settings import NORMAL_DURATIONS, PRO_DURATIONS, Settings
 
 SCHEMA_PATH = Path(__file__).parent / "schema" / "storyboard.schema.json"
-SEGMENT_KEYS = frozenset(
-    {
-        "segment_index", "prompt_text", "image_url", "is_pro", "duration_seconds", "resolution",
-        "quality", "remove_watermark", "versions", "director_intent", "asset",
-    }
-)
-TOP_LEVEL_KEYS = frozenset({"metadata", "segments", "character_bible", "defaults"})
+# Larger than any storyboard a person writes (100 segments take ~50 KiB), small enough that
+# reading one never strains memory; a file is never read beyond it.
+MAX_FILE_BYTES = 16 * 1024 * 1024
+# Storyboards are about 6 levels deep; past this a document is hostile or broken, and the JSON
+# parser, the validators and ``repr`` all recurse, so it is refused before any of them runs.
+MAX_DEPTH = 64
+# A file that is wrong everywhere still gets a readable answer.
+MAX_LINES_PER_FILE = 100
+# Integers that only JSON Schema calls integers (``1.0``) would name folders ``Segment_1.0``.
+WHOLE_NUMBER_KEYS = ("segment_index", "duration_seconds", "versions")
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on one line: control characters and lone surrogates (a file name's
+    undecodable bytes come as those) are escaped, ``\\xff`` for a byte, ``\\ud800`` otherwise."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    if "\udc80" <= char <= "\udcff":  # os.fsdecode's stand-in for an undecodable byte
+        return f"\\x{ord(char) - 0xdc00:02x}"
+    return char.encode("unicode_escape").decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -37,7 +63,7 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.pointer or '/'}: {self.message}"
+        return f"{printable(self.path)}: {printable(self.pointer) or '/'}: {printable(self.message)}"
 
 
 @dataclass(frozen=True)
@@ -117,11 +143,15 @@ class JobSpec(NamedTuple):
 
 @dataclass
 class ParsedStoryboard:
-    """The outcome of reading one file: its specs, or the problems that stopped it."""
+    """The outcome of reading one file: its specs, or the problems that stopped it.
+
+    ``skipped`` files (FIFOs, devices, sockets) are not storyboards: they are neither recorded nor
+    invalid, and whatever the ledger knew under their name is left as it was."""
 
     path: str
     fingerprint: str
     unchanged: bool = False
+    skipped: bool = False
     project_name: Optional[str] = None
     segment_count: int = 0
     segments: List[SegmentSpec] = field(default_factory=list)
@@ -130,7 +160,7 @@ class ParsedStoryboard:
 
     @property
     def valid(self) -> bool:
-        return not self.problems
+        return not self.problems and not self.skipped
 
     @property
     def jobs(self) -> List[JobSpec]:
@@ -158,7 +188,11 @@ def discover(input_dir: Path, skip: Sequence[Path] = ()) -> List[Path]:
     seen_dirs = set()
     found: List[Path] = []
     for root, dirs, files in os.walk(input_dir, followlinks=True):
-        st = os.stat(root)
+        try:
+            st = os.stat(root)
+        except OSError:  # removed or locked while the walk was under way: nothing to read there
+            dirs[:] = []
+            continue
         key = (st.st_dev, st.st_ino)
         if key in seen_dirs or os.path.realpath(root) in skipped:
             dirs[:] = []
@@ -216,25 +250,78 @@ def pointer(parts: Sequence[Any]) -> str:
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
 
 
-def _explain(error: ValidationError) -> str:
-    """A user-facing sentence for a schema error, plainer than jsonschema's default where it helps."""
-    last = error.path[-1] if error.path else None
-    if last == "image_url":
-        return "image_url must be an http(s) URL (the API does not accept local files)"
-    if last == "prompt_text" and error.validator in ("pattern", "type"):
-        return "prompt_text must be a non-empty string"
-    if error.validator == "enum":
-        return f"{error.instance!r} is not allowed here; use one of {', '.join(map(repr, error.validator_value))}"
-    if error.validator == "additionalProperties" and error.path and error.path[-1] == "defaults":
-        return f"{error.message} (defaults may set is_pro, duration_seconds, resolution, quality, remove_watermark, versions)"
-    return error.message
+# ---- reading: only regular files, never more than the limit ------------------------------------
+
+class _NotRegular(Exception):
+    """The path is a FIFO, device, socket or folder: reading it could block or never end."""
 
 
-def _schema_problems(doc: Any, display: str) -> List[Problem]:
-    if fast_validator().is_valid(doc):
-        return []
-    errors = sorted(validator().iter_errors(doc), key=lambda e: (list(map(str, e.path)), e.validator))
-    return [Problem(display, pointer(e.path), _explain(e)) for e in errors]
+_FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+# O_NONBLOCK: opening a FIFO that no one writes to would otherwise wait for ever.
+_OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+               | getattr(os, "O_CLOEXEC", 0))
+
+
+def _kind(mode: int) -> str:
+    return next((name for is_kind, name in _FILE_KINDS if is_kind(mode)), "not a regular file")
+
+
+def _read_capped(path: Path) -> bytes:
+    """The bytes of a regular file (following symlinks), at most ``MAX_FILE_BYTES + 1`` of them.
+    Raises ``_NotRegular`` for anything else, ``OSError`` when it cannot be read."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            raise exc from None
+        if not stat.S_ISREG(mode):  # a socket cannot be opened at all
+            raise _NotRegular(_kind(mode)) from exc
+        raise
+    try:
+        # Checked on the open descriptor, so a file swapped for a FIFO meanwhile is still caught.
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _NotRegular(_kind(info.st_mode))
+        return _read_fd(fd, info.st_size)
+    finally:
+        os.close(fd)
+
+
+def _read_fd(fd: int, size: int) -> bytes:
+    """Up to ``MAX_FILE_BYTES + 1`` bytes. The first read asks for the size and one byte more (a
+    16 MiB buffer per file would double a re-scan's time); the byte more shows a file that grew
+    or whose size is not told (``/proc``), read on in 1 MiB steps."""
+    chunks: List[bytes] = []
+    total, step = 0, min(size, MAX_FILE_BYTES) + 1
+    while total <= MAX_FILE_BYTES:
+        chunk = os.read(fd, min(step, MAX_FILE_BYTES + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total, step = total + len(chunk), 1 << 20
+    return b"".join(chunks)
+
+
+# ---- parsing: nesting refused before anything recurses -----------------------------------------
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_BRACKET_STEP = [1 if b in b"[{" else -1 if b in b"]}" else 0 for b in range(256)]
+# Lone surrogates and NUL can only enter a decoded document through \u escapes: only a file
+# holding such an escape needs its strings looked at one by one.
+_SUSPECT_ESCAPE = re.compile(rb"\\u(?:[dD][89a-fA-F]|0000)")
+
+
+def _too_deep(raw: bytes) -> bool:
+    """Whether ``raw`` nests arrays/objects deeper than ``MAX_DEPTH``, found without recursion:
+    brackets outside strings, counted. Most files have fewer brackets than the limit in all."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return False
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    return max(accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0) > MAX_DEPTH
 
 
 def _without_comments(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
@@ -242,99 +329,369 @@ def _without_comments(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
     return {k: v for k, v in pairs if not k.startswith("_")}
 
 
-def _pick(key: str, segment: Mapping[str, Any], defaults: Mapping[str, Any], fallback: Any, seg_ptr: str) -> Tuple[Any, str]:
-    """segment > storyboard defaults > settings; also says where the value came from."""
-    if key in segment:
-        return segment[key], f"{seg_ptr}/{key}"
-    if key in defaults:
-        return defaults[key], f"/defaults/{key}"
-    return fallback, ""
+class _Parsed(NamedTuple):
+    doc: Any
+    error: Optional[str]
+    has_floats: bool  # any number written with a decimal point or an exponent
 
 
-def expand(doc: Mapping[str, Any], storyboard: Path, display: str, settings: Settings, layout: Layout) -> Tuple[List[SegmentSpec], List[Problem]]:
-    """Resolve every segment's parameters and versions; report API constraints known up front."""
-    defaults = doc.get("defaults") or {}
-    folder = ledger_path(layout.storyboard_folder(storyboard), layout.cwd)
-    specs: List[SegmentSpec] = []
+def _parse(raw: bytes) -> _Parsed:
+    """The document, or why there is none."""
+    too_deep = f"nested deeper than {MAX_DEPTH} levels of arrays and objects"
+    if _too_deep(raw):
+        return _Parsed(None, too_deep, False)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return _Parsed(None, f"not UTF-8 text (byte {exc.start})", False)
+    floats: List[float] = []
+
+    def parse_float(literal: str) -> float:
+        floats.append(float(literal))
+        return floats[-1]
+
+    try:
+        doc = json.loads(text, object_pairs_hook=_without_comments, parse_float=parse_float)
+    except json.JSONDecodeError as exc:
+        return _Parsed(None, f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", False)
+    except RecursionError:  # _too_deep should have said so; a second guard costs nothing
+        return _Parsed(None, too_deep, False)
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        return _Parsed(None, f"invalid JSON: {exc}", False)
+    return _Parsed(doc, None, bool(floats))
+
+
+# ---- checks: every problem of a document, whatever its shape -----------------------------------
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 60
+_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist = 2, 4, 4
+
+
+def _short(value: Any) -> str:
+    return _SHORT.repr(value)
+
+
+def _string_trouble(text: str) -> Optional[str]:
+    """Why a decoded string cannot be stored or sent, if it cannot."""
+    if "\x00" in text:
+        return "contains a NUL character (\\u0000), which cannot be stored"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"contains \\u{ord(text[exc.start]):04x}, half of a UTF-16 surrogate pair on its own, "
+                f"which is not valid text")
+    return None
+
+
+def _bad_strings(doc: Any, display: str) -> Iterator[Problem]:
+    """Every key and string value that cannot be stored; iterative, though depth is bounded."""
+    stack: List[Tuple[Tuple[Any, ...], Any]] = [((), doc)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                reason = _string_trouble(key)
+                if reason:
+                    yield Problem(display, pointer(path + (key,)), f"the key {reason}")
+                stack.append((path + (key,), item))
+        elif isinstance(value, list):
+            stack.extend((path + (i,), item) for i, item in enumerate(value))
+        elif isinstance(value, str):
+            reason = _string_trouble(value)
+            if reason:
+                yield Problem(display, pointer(path), reason)
+
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".heic", ".tif", ".tiff")
+_HOST = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)+(:\d+)?")
+
+
+def _image_url_message(value: Any) -> str:
+    """What is wrong with an ``image_url`` the schema rejected, in the user's terms."""
+    if not isinstance(value, str):
+        return "image_url must be an http(s) URL, or null for none"
+    lowered = value.strip().lower()
+    if value[:1].isspace():
+        return "image_url starts with a space; remove it"
+    local = "image_url is a local file; the API only accepts http(s) URLs (upload the image first)"
+    if re.match(r"[a-z]:[\\/]|[/\\~]|\.\.?[\\/]|file:", lowered):
+        return local
+    if lowered.startswith(("http://", "https://")):
+        return "image_url has no host name after http(s)://"
+    if lowered.startswith(("http:", "https:")):
+        return "image_url must start with http:// or https:// (two slashes)"
+    scheme = re.match(r"([a-z][a-z0-9+.-]*):(?!\d)", lowered)
+    if scheme:
+        return f"image_url must be an http:// or https:// URL, not {scheme.group(1)}:"
+    first = lowered.split("/", 1)[0]
+    if _HOST.fullmatch(first) and ("/" in lowered or not lowered.endswith(_IMAGE_SUFFIXES)):
+        return f"image_url needs http:// or https:// in front (https://{value.strip()})"
+    return local
+
+
+def _explain(error: ValidationError) -> str:
+    """A one-line sentence for a schema error, plainer than jsonschema's own where it helps."""
+    last = error.path[-1] if error.path else None
+    kind, value, expected = error.validator, error.instance, error.validator_value
+    if last == "image_url":
+        return _image_url_message(value)
+    if last == "prompt_text" and kind in ("pattern", "type"):
+        return "prompt_text must be a non-empty string"
+    if kind == "enum":
+        return f"{_short(value)} is not allowed here; use one of {', '.join(map(repr, expected))}"
+    if kind == "type":
+        names = [expected] if isinstance(expected, str) else list(expected)
+        return f"{_short(value)} is not of type {' or '.join(map(repr, names))}"
+    if kind == "minimum":
+        return f"{_short(value)} is less than the minimum of {expected}"
+    if kind == "maximum":
+        return f"{_short(value)} is greater than the maximum of {expected}"
+    if kind == "minItems" and last == "segments":
+        return "should be non-empty: a storyboard needs at least one segment"
+    return " ".join(error.message.split())[:300]
+
+
+def _schema_problems(doc: Any, display: str, explained: Set[Tuple[str, str]]) -> List[Problem]:
+    """Schema errors, except a missing required key that a near-miss key already explains."""
     problems: List[Problem] = []
+    for error in islice(validator().iter_errors(doc), MAX_LINES_PER_FILE):
+        where = pointer(error.path)
+        if error.validator == "required":
+            problems.extend(Problem(display, where, f"{key!r} is a required property")
+                            for key in error.validator_value
+                            if key not in error.instance and (where, key) not in explained)
+        else:
+            problems.append(Problem(display, where, _explain(error)))
+    return problems
+
+
+def _fast_valid(doc: Any) -> bool:
+    try:
+        return fast_validator().is_valid(doc)
+    except ValueError:  # jsonschema-rs refuses strings Rust cannot hold (lone surrogates)
+        return False
+
+
+@lru_cache(maxsize=1)
+def _shapes() -> Dict[str, Tuple[FrozenSet[str], Tuple[str, ...]]]:
+    """The known and required keys of each kind of object the schema describes. Not among them:
+    ``character_bible``, free-form by design."""
+    top = schema()
+    segment = top["$defs"]["segment"]
+    asset = segment["properties"]["asset"]
+    kinds = {"top": top, "metadata": top["properties"]["metadata"], "defaults": top["properties"]["defaults"],
+             "segment": segment, "asset": asset, "character": asset["properties"]["characters"]["items"]}
+    return {name: (frozenset(node["properties"]), tuple(node.get("required", ()))) for name, node in kinds.items()}
+
+
+class _Keys:
+    """Unknown keys: warnings, naming the key meant when one is close. A near miss of a required
+    key that is missing is one error instead, which also explains the missing key."""
+
+    def __init__(self, display: str) -> None:
+        self.display = display
+        self.shapes = _shapes()
+        self.errors: List[Problem] = []
+        self.warnings: List[Problem] = []
+        self.explained: Set[Tuple[str, str]] = set()
+
+    def visit(self, kind: str, parts: Tuple[Any, ...], obj: Any) -> None:
+        """Look at one object's keys; cheap when they are all known, as they almost always are."""
+        if not isinstance(obj, dict):
+            return
+        known, required = self.shapes[kind]
+        if obj.keys() <= known:
+            return
+        missing = [k for k in required if k not in obj]
+        for key in [k for k in obj if k not in known]:
+            # Past the lines that will be shown, a guess only serves to explain a missing key.
+            wanted = missing or len(self.warnings) + len(self.errors) < MAX_LINES_PER_FILE
+            guess = self._near_miss(key, [k for k in known if k not in obj]) if wanted else None
+            where = pointer(parts + (key,))
+            if guess in missing:
+                self.errors.append(Problem(self.display, where,
+                                           f"unknown key {key!r}: did you mean {guess!r}? ({guess!r} is required)"))
+                self.explained.add((pointer(parts), guess))
+                missing.remove(guess)
+            else:
+                self.warnings.append(Problem(self.display, where, self._unknown(kind, key, guess)))
+
+    def visit_asset(self, parts: Tuple[Any, ...], asset: Any) -> None:
+        self.visit("asset", parts, asset)
+        characters = asset.get("characters") if isinstance(asset, dict) else None
+        for j, character in enumerate(characters if isinstance(characters, list) else []):
+            self.visit("character", parts + ("characters", j), character)
+
+    def _unknown(self, kind: str, key: str, guess: Optional[str]) -> str:
+        if kind == "defaults" and key in self.shapes["segment"][0]:
+            return f"{key!r} can only be set per segment, not in defaults; ignored"
+        if guess:
+            return f"unknown key {key!r} ignored; did you mean {guess!r}? (prefix a key with '_' to mark a comment)"
+        return f"unknown key {key!r} ignored (prefix it with '_' to mark a comment)"
+
+    @staticmethod
+    def _near_miss(key: str, candidates: List[str]) -> Optional[str]:
+        matches = difflib.get_close_matches(key.lower(), candidates, n=1, cutoff=0.6)
+        return matches[0] if matches else None
+
+
+def _whole_numbers(obj: Mapping[str, Any], parts: Tuple[Any, ...], keys: Sequence[str], display: str) -> Iterator[Problem]:
+    for key in keys:
+        value = obj.get(key)
+        if type(value) is float and value.is_integer():
+            yield Problem(display, pointer(parts + (key,)),
+                          f"{key} must be a whole number without a decimal point ({int(value)}, not {value!r})")
+
+
+def _segments(doc: Mapping[str, Any], storyboard: Path, display: str, settings: Settings, layout: Layout,
+              keys: _Keys, *, build: bool, has_floats: bool) -> Tuple[List[SegmentSpec], List[Problem]]:
+    """One pass over the segments, robust to any shape: the rules JSON Schema cannot express (whole
+    numbers, unique indexes, the durations only Pro makes) and unknown keys, checked valid or not
+    so they come in the same round as schema errors; and, when ``build`` (the document passed the
+    schema), each segment's spec with its parameters resolved segment > defaults > settings."""
+    defaults = doc.get("defaults") if isinstance(doc.get("defaults"), dict) else {}
+    segments = doc.get("segments") if isinstance(doc.get("segments"), list) else []
+    problems: List[Problem] = []
+    if has_floats:
+        problems.extend(_whole_numbers(defaults, ("defaults",), ("duration_seconds", "versions"), display))
+    fallback = {"is_pro": settings.default_is_pro, "duration_seconds": settings.default_duration,
+                "resolution": settings.default_resolution, "quality": settings.default_quality,
+                "remove_watermark": settings.default_remove_watermark, "versions": settings.gen_count_per_segment}
+    cascade = {**fallback, **{k: v for k, v in defaults.items() if k in fallback}}
+    folder = ledger_path(layout.storyboard_folder(storyboard), layout.cwd) if build else ""
+    specs: List[SegmentSpec] = []
     first_seen: Dict[int, int] = {}
-    for position, segment in enumerate(doc["segments"]):
-        seg_ptr = f"/segments/{position}"
-        index = segment["segment_index"]
-        if index in first_seen:
-            problems.append(Problem(display, f"{seg_ptr}/segment_index",
-                                    f"segment_index {index} is used twice (first at /segments/{first_seen[index]})"))
+    for position, segment in enumerate(segments):
+        if not isinstance(segment, dict):
             continue
-        first_seen[index] = position
-        is_pro, _ = _pick("is_pro", segment, defaults, settings.default_is_pro, seg_ptr)
-        duration, where = _pick("duration_seconds", segment, defaults, settings.default_duration, seg_ptr)
-        if not is_pro and duration not in NORMAL_DURATIONS:
-            problems.append(Problem(display, where or seg_ptr,
+        keys.visit("segment", ("segments", position), segment)
+        if "asset" in segment:
+            keys.visit_asset(("segments", position, "asset"), segment["asset"])
+        if has_floats:
+            problems.extend(_whole_numbers(segment, ("segments", position), WHOLE_NUMBER_KEYS, display))
+        index = segment.get("segment_index")
+        if type(index) is int and index in first_seen:
+            problems.append(Problem(display, f"/segments/{position}/segment_index",
+                                    f"segment_index {index} is used twice (first at /segments/{first_seen[index]})"))
+        elif type(index) is int:
+            first_seen[index] = position
+        is_pro = segment.get("is_pro", cascade["is_pro"])
+        duration = segment.get("duration_seconds", cascade["duration_seconds"])
+        # Only a duration the schema allows: any other is already reported as not allowed at all.
+        if (is_pro is False and duration not in NORMAL_DURATIONS and type(duration) in (int, float)
+                and duration in PRO_DURATIONS):
+            where = ("duration_seconds" in segment and f"/segments/{position}/duration_seconds"
+                     or "duration_seconds" in defaults and "/defaults/duration_seconds" or f"/segments/{position}")
+            problems.append(Problem(display, where,
                                     f"duration {duration}s needs the Pro model (is_pro: true); "
                                     f"normal generations take {' or '.join(map(str, NORMAL_DURATIONS))} seconds"))
-            continue
-        resolution, _ = _pick("resolution", segment, defaults, settings.default_resolution, seg_ptr)
-        quality, _ = _pick("quality", segment, defaults, settings.default_quality, seg_ptr)
-        watermark, _ = _pick("remove_watermark", segment, defaults, settings.default_remove_watermark, seg_ptr)
-        versions, _ = _pick("versions", segment, defaults, settings.gen_count_per_segment, seg_ptr)
-        params: Dict[str, Any] = {
-            "prompt": segment["prompt_text"].strip(),
-            "is_pro": is_pro,
-            "duration": duration,
-            "resolution": resolution,
-            # Pro is always high quality; sending it keeps the request honest about what is paid for.
-            "quality": "high" if is_pro else quality,
-            "remove_watermark": watermark,
-        }
-        if segment.get("image_url"):
-            params["image_url"] = segment["image_url"]
-        text = canonical_json(params)
-        specs.append(SegmentSpec(index, versions, text, params_sha(text), f"{folder}/Segment_{index}", is_pro))
+        if build and not problems:  # a file with problems records nothing: no spec is needed
+            specs.append(_spec(segment, cascade, index, folder))
     return specs, problems
 
 
-def _unknown_keys(doc: Mapping[str, Any], display: str) -> Iterator[Problem]:
-    for key in doc:
-        if key not in TOP_LEVEL_KEYS:
-            yield Problem(display, pointer([key]), f"unknown key {key!r} ignored (prefix it with '_' to mark a comment)")
-    for position, segment in enumerate(doc["segments"]):
-        for key in segment:
-            if key not in SEGMENT_KEYS:
-                yield Problem(display, pointer(["segments", position, key]),
-                              f"unknown key {key!r} ignored (prefix it with '_' to mark a comment)")
+def _spec(segment: Mapping[str, Any], cascade: Mapping[str, Any], index: int, folder: str) -> SegmentSpec:
+    """One schema-valid segment's request parameters, canonical and hashed."""
+    is_pro = segment.get("is_pro", cascade["is_pro"])
+    params: Dict[str, Any] = {
+        "prompt": segment["prompt_text"].strip(),
+        "is_pro": is_pro,
+        "duration": segment.get("duration_seconds", cascade["duration_seconds"]),
+        "resolution": segment.get("resolution", cascade["resolution"]),
+        # Pro is always high quality; sending it keeps the request honest about what is paid for.
+        "quality": "high" if is_pro else segment.get("quality", cascade["quality"]),
+        "remove_watermark": segment.get("remove_watermark", cascade["remove_watermark"]),
+    }
+    if segment.get("image_url"):
+        params["image_url"] = segment["image_url"]
+    text = canonical_json(params)
+    versions = segment.get("versions", cascade["versions"])
+    return SegmentSpec(index, versions, text, params_sha(text), f"{folder}/Segment_{index}", is_pro)
+
+
+def _pointer_order(problem: Problem) -> Tuple[Tuple[int, int, str], ...]:
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in problem.pointer.split("/"))
+
+
+def _tidy(lines: List[Problem]) -> List[Problem]:
+    """Each line once, in pointer order, at most ``MAX_LINES_PER_FILE`` of them."""
+    if not lines:
+        return lines
+    unique = sorted(dict.fromkeys(lines), key=_pointer_order)
+    if len(unique) <= MAX_LINES_PER_FILE:
+        return unique
+    kept = unique[:MAX_LINES_PER_FILE]
+    return kept + [Problem(kept[0].path, "", f"... and {len(unique) - len(kept)} more like these")]
+
+
+def _examine(parsed: _Parsed, storyboard: Path, display: str, settings: Settings, layout: Layout,
+             strings_suspect: bool) -> Tuple[List[SegmentSpec], List[Problem], List[Problem]]:
+    """Specs, problems and warnings of a parsed document, every problem in one round: strings that
+    cannot be stored, schema errors, rules, unknown keys. The fast validator decides; ``jsonschema``
+    only explains. ``strings_suspect=False`` says the raw file holds no escape that could decode
+    to a lone surrogate or NUL, so its strings need no look."""
+    doc = parsed.doc
+    problems: List[Problem] = list(_bad_strings(doc, display)) if strings_suspect else []
+    schema_valid = not problems and _fast_valid(doc)
+    keys = _Keys(display)
+    specs: List[SegmentSpec] = []
+    if isinstance(doc, dict):
+        keys.visit("top", (), doc)
+        keys.visit("metadata", ("metadata",), doc.get("metadata"))
+        keys.visit("defaults", ("defaults",), doc.get("defaults"))
+        specs, rule_problems = _segments(doc, storyboard, display, settings, layout, keys,
+                                         build=schema_valid, has_floats=parsed.has_floats)
+        problems.extend(rule_problems)
+    if not schema_valid:
+        problems.extend(_schema_problems(doc, display, keys.explained))
+    problems.extend(keys.errors)
+    problems = _tidy(problems)
+    return ([] if problems else specs), problems, _tidy(keys.warnings)
+
+
+def _is_utf8(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_storyboard(path: Path, settings: Settings, layout: Layout, known_fingerprint: Optional[str] = None) -> ParsedStoryboard:
-    """Read, validate and expand one storyboard. When its fingerprint equals ``known_fingerprint``
-    the file is not parsed at all (``unchanged``)."""
+    """Read, validate and expand one storyboard; never raises for anything a file holds or is.
+    When its fingerprint equals ``known_fingerprint`` the file is not parsed at all (``unchanged``)."""
     display = ledger_path(path, layout.cwd)
+    if not _is_utf8(display):
+        shown = printable(display)
+        return ParsedStoryboard(shown, "", problems=[Problem(
+            shown, "", "the file name is not valid UTF-8 (shown with its bytes escaped); rename the file")])
     try:
-        raw = path.read_bytes()
+        raw = _read_capped(path)
+    except _NotRegular as exc:
+        what = f"a symlink to {exc}" if os.path.islink(path) else str(exc)
+        return ParsedStoryboard(display, "", skipped=True,
+                                warnings=[Problem(display, "", f"skipped: {what}, not a regular file")])
     except OSError as exc:
         return ParsedStoryboard(display, "", problems=[Problem(display, "", f"cannot read the file: {exc.strerror or exc}")])
+    if len(raw) > MAX_FILE_BYTES:
+        return ParsedStoryboard(display, "", problems=[Problem(
+            display, "", f"larger than {MAX_FILE_BYTES // 2**20} MiB, the limit for a storyboard file; split it into several files")])
     digest = hashlib.sha256(raw)
     digest.update(settings_fingerprint(settings, layout).encode())
-    fingerprint = digest.hexdigest()
-    result = ParsedStoryboard(display, fingerprint)
-    if fingerprint == known_fingerprint:
+    result = ParsedStoryboard(display, digest.hexdigest())
+    if result.fingerprint == known_fingerprint:
         result.unchanged = True
         return result
-    try:
-        doc = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_without_comments)
-    except UnicodeDecodeError as exc:
-        result.problems.append(Problem(display, "", f"not UTF-8 text (byte {exc.start})"))
+    parsed = _parse(raw)
+    if parsed.error:
+        result.problems.append(Problem(display, "", parsed.error))
         return result
-    except json.JSONDecodeError as exc:
-        result.problems.append(Problem(display, "", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"))
-        return result
-    result.problems.extend(_schema_problems(doc, display))
-    if result.problems:
-        return result
-    result.warnings.extend(_unknown_keys(doc, display))
-    result.project_name = (doc.get("metadata") or {}).get("project_name")
-    result.segment_count = len(doc["segments"])
-    result.segments, problems = expand(doc, path, display, settings, layout)
-    result.problems.extend(problems)
-    if result.problems:
-        result.segments = []
+    result.segments, result.problems, result.warnings = _examine(
+        parsed, path, display, settings, layout, _SUSPECT_ESCAPE.search(raw) is not None)
+    if not result.problems:
+        result.project_name = (parsed.doc.get("metadata") or {}).get("project_name")
+        result.segment_count = len(parsed.doc["segments"])
     return result

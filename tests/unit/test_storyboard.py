@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ledger.settings import Settings
-from ledger.storyboard import Layout, discover, read_storyboard
+from ledger.storyboard import Layout, discover, printable, read_storyboard
 from tests.helpers import segments
 
 
@@ -104,16 +104,45 @@ def test_layouts_match_the_earlier_tool(tmp_path: Path):
     ({"segments": [{"segment_index": 1, "prompt_text": "x", "resolution": "square"}]},
      "/segments/0/resolution", "'square' is not allowed"),
     ({"segments": [{"segment_index": 1, "prompt_text": "x", "image_url": "C:\\pics\\ref.jpg"}]},
-     "/segments/0/image_url", "http(s) URL"),
+     "/segments/0/image_url", "is a local file; the API only accepts http(s) URLs"),
     ({"segments": [{"segment_index": 1, "prompt_text": "x", "image_url": "file:///etc/passwd"}]},
-     "/segments/0/image_url", "http(s) URL"),
+     "/segments/0/image_url", "is a local file"),
+    ({"segments": [{"segment_index": 1, "prompt_text": "x", "image_url": "./a.png"}]},
+     "/segments/0/image_url", "is a local file"),
+    ({"segments": [{"segment_index": 1, "prompt_text": "x", "image_url": "ref.png"}]},
+     "/segments/0/image_url", "is a local file"),
+    ({"segments": [{"segment_index": 1, "prompt_text": "x", "image_url": "www.x.com/a.jpg"}]},
+     "/segments/0/image_url", "needs http:// or https:// in front (https://www.x.com/a.jpg)"),
+    ({"segments": [{"segment_index": 1, "prompt_text": "x", "image_url": "ftp://x.com/a.jpg"}]},
+     "/segments/0/image_url", "must be an http:// or https:// URL, not ftp:"),
+    ({"segments": [{"segment_index": 1, "prompt_text": "x", "image_url": "https:///a.jpg"}]},
+     "/segments/0/image_url", "has no host name"),
+    ({"segments": [{"segment_index": 1, "prompt_text": "x", "image_url": 7}]},
+     "/segments/0/image_url", "must be an http(s) URL, or null for none"),
+    ({"segments": [{"segment_index": 1.0, "prompt_text": "x"}]},
+     "/segments/0/segment_index", "segment_index must be a whole number without a decimal point (1, not 1.0)"),
+    ({"segments": [{"segment_index": 1, "prompt_text": "x", "versions": 2.0}]},
+     "/segments/0/versions", "versions must be a whole number without a decimal point (2, not 2.0)"),
+    ({"defaults": {"duration_seconds": 10.0}, "segments": [{"segment_index": 1, "prompt_text": "x"}]},
+     "/defaults/duration_seconds", "whole number without a decimal point (10, not 10.0)"),
+    ({"segments": [{"segment_index": 2147483648, "prompt_text": "x"}]},
+     "/segments/0/segment_index", "2147483648 is greater than the maximum of 2147483647"),
+    ({"segments": [{"segment_index": 2 ** 63, "prompt_text": "x"}]},
+     "/segments/0/segment_index", "greater than the maximum of 2147483647"),
+    ({"segments": [{"segment_index": 10 ** 30, "prompt_text": "x"}]},
+     "/segments/0/segment_index", "greater than the maximum of 2147483647"),
+    ({"segments": [{"segment_index": True, "prompt_text": "x"}]}, "/segments/0/segment_index", "not of type 'integer'"),
+    ({"segments": [{"segment_index": 1, "prompt_text": "a\u0000b"}]}, "/segments/0/prompt_text", "NUL character"),
+    ('{"segments": [{"segment_index": 1, "prompt_text": "\\ud800"}]}', "/segments/0/prompt_text",
+     "contains \\ud800, half of a UTF-16 surrogate pair on its own"),
+    ('{"segments": [{"segment_index": 1, "prompt_text": "x"}], "character_bible": {"\\udfff": 1}}',
+     "/character_bible/\\udfff", "the key contains \\udfff"),
     ({"segments": [{"segment_index": 1, "prompt_text": "x", "duration_seconds": 25}]},
      "/segments/0/duration_seconds", "needs the Pro model"),
     ({"defaults": {"duration_seconds": 25}, "segments": [{"segment_index": 1, "prompt_text": "x"}]},
      "/defaults/duration_seconds", "needs the Pro model"),
     ({"segments": [{"segment_index": 2, "prompt_text": "x"}, {"segment_index": 2, "prompt_text": "y"}]},
      "/segments/1/segment_index", "used twice (first at /segments/0)"),
-    ({"defaults": {"duraton": 10}, "segments": [{"segment_index": 1, "prompt_text": "x"}]}, "/defaults", "duraton"),
     ({"segments": [{"segment_index": 1, "prompt_text": "x", "is_pro": "yes"}]}, "/segments/0/is_pro", "not of type 'boolean'"),
 ])
 def test_each_bad_input_names_file_pointer_and_problem(tmp_path: Path, doc, pointer, words):
@@ -136,7 +165,122 @@ def test_unknown_keys_are_warnings_not_errors(tmp_path: Path):
     doc = {"title": "x", "segments": [{"segment_index": 1, "prompt_text": "x", "promt": "typo"}]}
     parsed = read(write(tmp_path / "input" / "storyboard_w.json", doc), tmp_path)
     assert parsed.valid and len(parsed.jobs) == 2
-    assert [w.pointer for w in parsed.warnings] == ["/title", "/segments/0/promt"]
+    assert [w.pointer for w in parsed.warnings] == ["/segments/0/promt", "/title"]
+
+
+def test_unknown_keys_anywhere_are_warnings_naming_the_key_meant(tmp_path: Path):
+    doc = {"metadata": {"projct_name": "P"},
+           "defaults": {"duraton": 10, "image_url": "https://x.com/a.jpg", "_note": "a comment"},
+           "segments": [{"segment_index": 1, "prompt_text": "x", "is_pr": True, "colour": "red",
+                         "asset": {"scen": "city", "characters": [{"nmae": "Mia"}]}}]}
+    parsed = read(write(tmp_path / "input" / "storyboard_w.json", doc), tmp_path)
+    assert parsed.valid and len(parsed.jobs) == 2  # warnings never block
+    assert [str(w) for w in parsed.warnings] == [
+        "input/storyboard_w.json: /defaults/duraton: unknown key 'duraton' ignored; did you mean 'duration_seconds'? "
+        "(prefix a key with '_' to mark a comment)",
+        "input/storyboard_w.json: /defaults/image_url: 'image_url' can only be set per segment, not in defaults; ignored",
+        "input/storyboard_w.json: /metadata/projct_name: unknown key 'projct_name' ignored; did you mean 'project_name'? "
+        "(prefix a key with '_' to mark a comment)",
+        "input/storyboard_w.json: /segments/0/asset/characters/0/nmae: unknown key 'nmae' ignored; did you mean 'name'? "
+        "(prefix a key with '_' to mark a comment)",
+        "input/storyboard_w.json: /segments/0/asset/scen: unknown key 'scen' ignored; did you mean 'scene'? "
+        "(prefix a key with '_' to mark a comment)",
+        "input/storyboard_w.json: /segments/0/colour: unknown key 'colour' ignored (prefix it with '_' to mark a comment)",
+        "input/storyboard_w.json: /segments/0/is_pr: unknown key 'is_pr' ignored; did you mean 'is_pro'? "
+        "(prefix a key with '_' to mark a comment)",
+    ]
+    # the misspelt key is ignored, not guessed: is_pro stays the default
+    assert parsed.jobs[0].params["is_pro"] is False
+
+
+def test_character_bible_is_free_form(tmp_path: Path):
+    doc = {"character_bible": {"Mia": {"age": 30, "looks": ["tall"]}}, "segments": [{"segment_index": 1, "prompt_text": "x"}]}
+    parsed = read(write(tmp_path / "input" / "storyboard_b.json", doc), tmp_path)
+    assert parsed.valid and parsed.warnings == []
+
+
+@pytest.mark.parametrize("doc, line", [
+    ({"segments": [{"segment_index": 1, "promt_text": "x"}]},
+     "/segments/0/promt_text: unknown key 'promt_text': did you mean 'prompt_text'? ('prompt_text' is required)"),
+    ({"segments": [{"Segment_Index": 1, "prompt_text": "x"}]},
+     "/segments/0/Segment_Index: unknown key 'Segment_Index': did you mean 'segment_index'? ('segment_index' is required)"),
+    ({"segmnets": [{"segment_index": 1, "prompt_text": "x"}]},
+     "/segmnets: unknown key 'segmnets': did you mean 'segments'? ('segments' is required)"),
+])
+def test_a_near_miss_of_a_required_key_is_one_clear_error(tmp_path: Path, doc, line):
+    parsed = read(write(tmp_path / "input" / "storyboard_t.json", doc), tmp_path)
+    assert [str(p) for p in parsed.problems] == [f"input/storyboard_t.json: {line}"]
+    assert parsed.warnings == [] and parsed.jobs == []
+
+
+def test_a_missing_required_key_with_no_near_miss_is_named(tmp_path: Path):
+    doc = {"segments": [{"segment_index": 1, "text": "x"}]}
+    parsed = read(write(tmp_path / "input" / "storyboard_t.json", doc), tmp_path)
+    assert [str(p) for p in parsed.problems] == ["input/storyboard_t.json: /segments/0: 'prompt_text' is a required property"]
+    assert [w.pointer for w in parsed.warnings] == ["/segments/0/text"]
+
+
+def test_one_reading_reports_every_problem_of_a_file(tmp_path: Path):
+    doc = {"defaults": {"duration_seconds": 25, "qualty": "high"},
+           "segments": [{"segment_index": 1, "prompt_text": "x", "resolution": "square"},
+                        {"segment_index": 1, "prompt_text": "y", "is_pro": "yes"},
+                        {"segment_index": 2, "promt_text": "z", "image_url": "www.x.com/a.jpg"},
+                        {"segment_index": 3.0, "prompt_text": "w", "is_pro": True}]}
+    parsed = read(write(tmp_path / "input" / "storyboard_all.json", doc), tmp_path)
+    assert [str(p).split(": ", 1)[1] for p in parsed.problems] == [
+        "/defaults/duration_seconds: duration 25s needs the Pro model (is_pro: true); normal generations take 10 or 15 seconds",
+        "/segments/0/resolution: 'square' is not allowed here; use one of 'horizontal', 'vertical'",
+        "/segments/1/is_pro: 'yes' is not of type 'boolean'",
+        "/segments/1/segment_index: segment_index 1 is used twice (first at /segments/0)",
+        "/segments/2/image_url: image_url needs http:// or https:// in front (https://www.x.com/a.jpg)",
+        "/segments/2/promt_text: unknown key 'promt_text': did you mean 'prompt_text'? ('prompt_text' is required)",
+        "/segments/3/segment_index: segment_index must be a whole number without a decimal point (3, not 3.0)",
+    ]
+    assert [str(w).split(": ", 1)[1] for w in parsed.warnings] == [
+        "/defaults/qualty: unknown key 'qualty' ignored; did you mean 'quality'? (prefix a key with '_' to mark a comment)"]
+    assert parsed.jobs == []
+
+
+def test_a_file_wrong_everywhere_gets_a_bounded_answer(tmp_path: Path):
+    doc = {"segments": [{"segment_index": 0, "prompt_text": ""} for _ in range(300)]}
+    parsed = read(write(tmp_path / "input" / "storyboard_bad.json", doc), tmp_path)
+    assert len(parsed.problems) == 101
+    assert str(parsed.problems[-1]).endswith("more like these")
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting(tmp_path: Path):
+    prompt = "[{" * 500 + ' \\" ' + "]}" * 10
+    parsed = read(write(tmp_path / "input" / "storyboard_b.json", segments(prompt)), tmp_path)
+    assert parsed.valid and parsed.jobs[0].params["prompt"] == prompt
+
+
+@pytest.mark.parametrize("depth, valid", [(60, True), (65, False), (900, False), (200_000, False)])
+def test_nesting_is_limited_without_recursion(tmp_path: Path, depth, valid):
+    text = ('{"segments": [{"segment_index": 1, "prompt_text": "x"}], "character_bible": '
+            + "[" * depth + "]" * depth + "}")
+    parsed = read(write(tmp_path / "input" / "storyboard_deep.json", text), tmp_path)
+    assert parsed.valid is valid
+    if not valid:
+        assert [str(p) for p in parsed.problems] == [
+            "input/storyboard_deep.json: /: nested deeper than 64 levels of arrays and objects"]
+
+
+def test_an_integer_too_long_for_python_is_invalid_not_a_crash(tmp_path: Path):
+    text = '{"segments": [{"segment_index": 1, "prompt_text": "x", "versions": 1' + "0" * 5000 + "}]}"
+    parsed = read(write(tmp_path / "input" / "storyboard_big.json", text), tmp_path)
+    assert not parsed.valid and parsed.jobs == []
+
+
+def test_the_largest_segment_index_the_database_holds_is_accepted(tmp_path: Path):
+    doc = {"segments": [{"segment_index": 2147483647, "prompt_text": "x"}]}
+    parsed = read(write(tmp_path / "input" / "storyboard_max.json", doc), tmp_path)
+    assert parsed.valid and parsed.jobs[0].target_dir.endswith("/Segment_2147483647")
+
+
+def test_printable_escapes_undecodable_bytes_surrogates_and_control_characters():
+    assert printable(os.fsdecode(b"storyboard_\xff.json")) == "storyboard_\\xff.json"
+    assert printable("a\ud800b\nc") == "a\\ud800b\\nc"
+    assert printable("海边 ok") == "海边 ok"
 
 
 def test_unchanged_fingerprint_skips_parsing(tmp_path: Path):
