@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Set
 
 from ..client import RemoteTask, SoraClient
-from ..download import sha256_of, sidecar_path, video_filename, write_json_atomic
+from ..download import output_error, sha256_of, sidecar_path, video_filename, write_json_atomic
 from ..errors import ApiError, InvalidTaskId, RateLimited, TaskNotFound
 from ..journal import Entry, Journal
 from ..models import iso_utc, utcnow
@@ -254,10 +254,13 @@ def download(ctx: StepContext, a: Active) -> Next:
     target = ctx.store.resolve(job.target_dir)
     dest = target / video_filename(job.segment_index, job.version, job.remote_task_id or "")
     started = utcnow()
-    if dest.is_file() and dest.stat().st_size > 0:
-        # A previous run finished the file but stopped before recording it.
-        size, digest = dest.stat().st_size, sha256_of(dest)
-    else:
+    try:
+        finished_before = dest.is_file() and dest.stat().st_size > 0
+        if finished_before:  # a previous run finished the file but stopped before recording it
+            size, digest = dest.stat().st_size, sha256_of(dest)
+    except OSError as exc:
+        raise output_error(exc, dest) from exc
+    if not finished_before:
         with ctx.run.lock:
             ctx.downloads[job.id] = dest
         try:
@@ -268,7 +271,10 @@ def download(ctx: StepContext, a: Active) -> Next:
         size, digest = result.size, result.sha256
     sidecar = sidecar_path(dest)
     for stale in target.glob(f".{sidecar.name}.*.tmp"):  # a write cut short by a crash
-        stale.unlink(missing_ok=True)
+        try:
+            stale.unlink()
+        except OSError:
+            pass  # only litter; the sidecar below is written under a new temporary name
     write_json_atomic(sidecar, {
         "storyboard": job.storyboard_path, "segment_index": job.segment_index, "version": job.version,
         "prompt": job.params.get("prompt"), "parameters": dict(job.params), "task_id": job.remote_task_id,

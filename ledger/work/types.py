@@ -95,7 +95,7 @@ class WorkOptions:
     poll_timeout: float = 45 * 60.0
     shutdown_grace: float = 5.0
     # Stop the run (nothing lost) when the ledger or the API stay out of reach this long.
-    database_patience: float = 120.0
+    database_patience: float = 120.0  # the CLI sets 4 x LEDGER_BUSY_TIMEOUT (at least 10 s)
     api_patience: float = 60.0
 
     @property
