@@ -145,8 +145,10 @@ class Scheduler:
             self.summary.seconds = time.monotonic() - self._started
         return self.summary
 
-    def _ledger(self, call: Callable[[], T], default: T) -> T:
-        """A scheduler-side ledger call that survives the database being briefly unavailable."""
+    def _ledger(self, call: Callable[[], T], default: T, *, writes: bool = False) -> T:
+        """A scheduler-side ledger call that survives the database being briefly unavailable.
+        Only a call that took the write lock (``writes``) shows the ledger is usable again: reads
+        go on while another process holds SQLite's write lock."""
         try:
             result = call()
         except sa_exc.SQLAlchemyError as exc:
@@ -154,7 +156,8 @@ class Scheduler:
                 raise
             self.run_state.ledger_trouble(exc, time.monotonic())
             return default
-        self.run_state.ledger_ok()
+        if writes:
+            self.run_state.ledger_ok()
         return result
 
     def _watch_outages(self) -> None:
@@ -208,7 +211,7 @@ class Scheduler:
         self._last_claim = now
         scope = self._scope()
         rows = self._ledger(lambda: self.store.claim(self.owner, free, self.options.lease_seconds, scope,
-                                                     exclude=self._parked), [])
+                                                     exclude=self._parked), [], writes=True)
         if not rows:
             self._next_claim = now + 0.5
             return False

@@ -4,10 +4,12 @@ over sockets and real ledger files."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
+from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Dict, List
+from typing import Iterator, List
 
 import pytest
 
@@ -284,3 +286,56 @@ def test_a_live_worker_adopts_a_killed_workers_jobs_during_its_run(ws, make_sim,
     assert time.monotonic() - started < 8  # well before the victim's leases would have expired
     assert query(ws.root, "SELECT state, count(*) FROM jobs GROUP BY state") == [("done", 8)]
     assert sim.stats()["tasks_created"] == 8 and leftovers(ws.root) == []
+
+
+@contextmanager
+def ledger_locked(root: Path) -> Iterator[None]:
+    """Another process's write transaction on the ledger file: SQLite's write lock, held."""
+    with closing(sqlite3.connect(root / "ledger.db", isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            other.execute("ROLLBACK")
+
+
+def test_a_ledger_locked_when_the_create_answers_pays_once_and_records_it_later(ws, make_sim, work_env):
+    """Before: any database error after a successful POST re-ran the submit step (a job created twice
+    with SQLite locked by another process for 40 s; 32 creates for 4 jobs on PostgreSQL)."""
+    sim = make_sim(gen_seconds=0.3, create_latency=1.0)
+    env = {**work_env, "SORA_BASE_URL": sim.base_url, "LEDGER_BUSY_TIMEOUT": "0.5"}
+    ws.storyboard("storyboard_a.json", segments("answered while the ledger is locked"))
+    assert ws.cli("scan", env=env).exit_code == 0
+    proc = spawn(ws.root, env, "work", "--no-progress")
+    wait_for(lambda: sim.stats()["tasks_created"] >= 1, what="the create")
+    with ledger_locked(ws.root):  # held for 6 s, across the create's answer (1 s after the task was made)
+        time.sleep(6)
+        journals = {p: p.read_text(encoding="utf-8") for p in ws.root.glob("ledger.db-created/*.jsonl")}
+    code, out, errors = finish(proc)
+    assert code == 0, (out, errors)
+    assert sim.stats()["creates_received"] == 1
+    (task,) = [t["task_id"] for t in sim.tasks()]
+    assert query(ws.root, "SELECT state, remote_task_id, spent_cents FROM jobs") == [("done", task, 30)]
+    assert len(journals) == 1 and task in list(journals.values())[0]  # kept on disk meanwhile
+    assert list(ws.root.glob("ledger.db-created/*.jsonl")) == []  # and forgotten once recorded
+
+
+def test_a_ledger_locked_for_good_stops_the_run_and_the_next_run_adopts_the_journaled_task(ws, make_sim, work_env):
+    sim = make_sim(gen_seconds=0.3, create_latency=1.0)
+    env = {**work_env, "SORA_BASE_URL": sim.base_url, "LEDGER_BUSY_TIMEOUT": "0.5"}
+    ws.storyboard("storyboard_a.json", segments("paid, and the ledger never came back"))
+    assert ws.cli("scan", env=env).exit_code == 0
+    proc = spawn(ws.root, env, "work", "--no-progress")
+    wait_for(lambda: sim.stats()["tasks_created"] >= 1, what="the create")
+    with ledger_locked(ws.root):
+        code, out, errors = finish(proc, timeout=60)  # patience: 10 s
+    assert code == 5, (out, errors)
+    assert "has been unavailable" in errors and "Traceback" not in errors
+    assert query(ws.root, "SELECT state, remote_task_id FROM jobs") == [("submitting", None)]
+    (journal,) = list(ws.root.glob("ledger.db-created/*.jsonl"))
+    code, out, errors = finish(spawn(ws.root, env, "work", "--no-progress"))
+    assert code == 0, (out, errors)
+    assert sim.stats()["creates_received"] == 1 and sim.stats()["requests_by_route"].get("tasks", 0) == 0
+    assert query(ws.root, "SELECT state, spent_cents FROM jobs") == [("done", 30)]
+    assert any("journaled while the ledger was unavailable" in d for (d,) in query(ws.root, "SELECT detail FROM events"))
+    assert not journal.exists()
