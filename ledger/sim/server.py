@@ -87,6 +87,7 @@ class SimConfig:
     list_ignores_page: bool = False  # a broken server: every page of GET /tasks is the first one
     list_shows_cost: bool = True  # False: task objects carry no ``cost`` (only the create answer does)
     fault_rate: float = 0.0  # probability that a request meets a random transport fault
+    lost_create_rate: float = 0.0  # probability that a create's answer is lost after the task was made
     video_bytes: Optional[int] = None  # None serves the shipped sample.mp4
     seed: Optional[int] = None
     create_latency: float = 0.0  # seconds between making (and billing) a task and answering the create
@@ -396,6 +397,8 @@ class SimServer:
                 fault.count -= 1
                 if fault.count == 0:
                     queue.pop(0)
+            elif route == "create" and self.config.lost_create_rate and self._rng.random() < self.config.lost_create_rate:
+                fault = _Fault("lost_create", 1, {})
             elif self.config.fault_rate and self._rng.random() < self.config.fault_rate:
                 kind = self._rng.choice(RANDOM_FAULTS.get(route, RANDOM_API_FAULTS))
                 fault = _Fault(kind, 1, {"retry_after": 1} if kind == "rate_limit" else {})
