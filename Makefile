@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/download_bench.py
 	$(BIN)/python bench/work_bench.py
 	$(BIN)/python bench/preflight_bench.py
+	$(BIN)/python bench/race_bench.py
 	$(BIN)/python bench/review_bench.py
 
 clean:
