@@ -90,6 +90,8 @@ class Job(Base):
         UniqueConstraint("storyboard_id", "segment_index", "version"),
         Index("ix_jobs_state_next_attempt_at", "state", "next_attempt_at"),
         Index("ix_jobs_lease_owner", "lease_owner"),
+        # A claim walks one state's jobs in id order and stops at its batch size.
+        Index("ix_jobs_state_id", "state", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

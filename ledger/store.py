@@ -14,7 +14,7 @@ from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
-from sqlalchemy import bindparam, case, func, insert, or_, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine, Row
 
 from .db import read_tx, write_tx
@@ -50,6 +50,8 @@ class JobScope:
         return query
 
 
+# In-flight jobs are claimed before pending ones: they are paid for. Downloads first (nearest done).
+_IN_FLIGHT_ORDER = (State.DOWNLOADING, State.SUBMITTED, State.SUBMITTING)
 # Failures after which the remote task holds no video to fetch: requeue generates them again.
 NO_VIDEO_KINDS = frozenset({"remote_failed", "task_not_found"})
 CHUNK = 500  # ids per IN (...) list: far below every database's bound-parameter limit
@@ -524,6 +526,7 @@ class Store:
     def _unleased(self, query, now: datetime, scope: "JobScope", exclude: Sequence[int]):  # type: ignore[no-untyped-def]
         """``query`` narrowed to jobs in ``scope`` a worker could take: in a claimable state and
         leased by nobody (or by a lease that expired), ``exclude`` left out."""
+        # (the claim adds ``state = X`` per state; the IN here is then implied and costs nothing)
         query = (scope.apply(query)
                  .where(jobs.c.state.in_([s.value for s in CLAIMABLE]))
                  .where(or_(jobs.c.lease_owner.is_(None), jobs.c.lease_expires_at < now)))
@@ -536,15 +539,23 @@ class Store:
     def claim(self, owner: str, limit: int, lease_seconds: float, scope: "JobScope",
               exclude: Iterable[int] = ()) -> List[JobRow]:
         """Atomically lease up to ``limit`` claimable jobs to ``owner``: jobs already paid for
-        (in flight) first, then pending ones in ledger order."""
+        (in flight) first, then pending ones in ledger order.
+
+        One ordered walk of the ``(state, id)`` index per state, stopping at ``limit``: a claim
+        costs the same in a ledger of a thousand jobs or of a million (no sort of every claimable row
+        inside the write lock)."""
         if limit <= 0:
             return []
         now = utcnow()
-        in_flight_first = case((jobs.c.state == State.PENDING.value, 1), else_=0)
-        query = self._unleased(select(jobs.c.id), now, scope, list(exclude)).where(self._due(now))
+        excluded = list(exclude)
+        ids: List[int] = []
         with write_tx(self.engine) as conn:
-            ids = [r.id for r in conn.execute(
-                query.order_by(in_flight_first, jobs.c.id).limit(limit).with_for_update(skip_locked=True))]
+            for state in (*_IN_FLIGHT_ORDER, State.PENDING):
+                query = (self._unleased(select(jobs.c.id), now, scope, excluded).where(self._due(now))
+                         .where(jobs.c.state == state.value).order_by(jobs.c.id).limit(limit - len(ids)))
+                ids.extend(r.id for r in conn.execute(query.with_for_update(skip_locked=True)))
+                if len(ids) >= limit:
+                    break
             if not ids:
                 return []
             conn.execute(update(jobs).where(jobs.c.id.in_(ids))
@@ -700,12 +711,25 @@ class Store:
         return rows
 
     def find_jobs(self, keys: Iterable[Tuple[str, int, Optional[int]]]) -> List[JobRow]:
-        """Jobs by (storyboard path, segment index, version or None for every version)."""
-        wanted = list(keys)
+        """Jobs by (storyboard path, segment index, version or None for every version), in id order.
+
+        Looked up through the storyboards' path keys and the (storyboard, segment, version) index:
+        never a scan of every job."""
+        wanted: Dict[str, List[Tuple[int, Optional[int]]]] = {}
+        for path, segment, version in keys:
+            wanted.setdefault(path, []).append((segment, version))
+        found: Dict[int, JobRow] = {}
         with read_tx(self.engine) as conn:
-            rows = [JobRow.from_row(r) for r in conn.execute(job_select().order_by(jobs.c.id))]
-        return [r for r in rows
-                if any(r.storyboard_path == p and r.segment_index == i and v in (None, r.version) for p, i, v in wanted)]
+            boards = self._board_ids(conn, list(wanted))
+            for path, board_id in boards.items():
+                pairs = wanted[path]
+                for chunk in _chunks(sorted({segment for segment, _ in pairs})):
+                    query = job_select().where(jobs.c.storyboard_id == board_id, jobs.c.segment_index.in_(list(chunk)))
+                    for row in conn.execute(query):
+                        job = JobRow.from_row(row)
+                        if any(job.segment_index == i and v in (None, job.version) for i, v in pairs):
+                            found[job.id] = job
+        return [found[i] for i in sorted(found)]
 
     def requeue(self, job_ids: Sequence[int], *, regenerate: bool = False) -> Tuple[int, int]:
         """Failed jobs back to work, attempts reset. One whose remote task exists and did not fail
