@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .db import DRIVER_ERRORS, database_trouble, open_ledger, require_ledger, upgrade
+from .db import database_trouble, driver_errors, open_ledger, require_ledger, upgrade
 from .client import SoraClient
 from .errors import (
     BudgetExhausted,
@@ -95,7 +95,7 @@ class LedgerGroup(click.Group):
         except LedgerError as exc:
             self._report(ctx, exc)
             ctx.exit(int(exc.exit_status))
-        except DRIVER_ERRORS as exc:
+        except driver_errors() as exc:
             app = ctx.find_object(App)
             if app is None or app.built is None or not app.built.database_url:
                 raise

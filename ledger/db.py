@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import sys
 import threading
 from contextlib import contextmanager, nullcontext
 from weakref import WeakKeyDictionary
@@ -175,7 +176,7 @@ def open_ledger(url: str, *, migrate: bool = True, busy_timeout: float = BUSY_TI
         if current_revision(engine) != head_revision():
             log.info("migrating the ledger at %s", describe_database(url, cwd))
             upgrade(engine)
-    except DRIVER_ERRORS as exc:
+    except driver_errors() as exc:
         engine.dispose()
         raise database_trouble(exc, url, cwd=cwd, busy_timeout=busy_timeout, opening=True) from exc
     return engine
@@ -184,17 +185,13 @@ def open_ledger(url: str, *, migrate: bool = True, busy_timeout: float = BUSY_TI
 # --- naming a database and its trouble in one line ---------------------------------------------
 
 
-def _driver_errors() -> Tuple[Type[BaseException], ...]:
+def driver_errors() -> Tuple[Type[BaseException], ...]:
+    """What SQLAlchemy or a driver may raise from any query; ``database_trouble`` turns each into one
+    line. psycopg's errors count only once psycopg is loaded (a PostgreSQL ledger loads it): importing
+    it for every SQLite command would cost each a sixth of a second."""
     errors: Tuple[Type[BaseException], ...] = (sa_exc.SQLAlchemyError, sqlite3.Error)
-    try:
-        import psycopg
-    except ImportError:
-        return errors
-    return errors + (psycopg.Error,)
-
-
-# What SQLAlchemy or a driver may raise from any query; ``database_trouble`` turns each into one line.
-DRIVER_ERRORS = _driver_errors()
+    psycopg = sys.modules.get("psycopg")
+    return errors + (psycopg.Error,) if psycopg is not None else errors
 
 
 def sqlite_file(url: str) -> Optional[Path]:
