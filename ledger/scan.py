@@ -105,13 +105,13 @@ def _output_modes(settings: Settings, layout: Layout, store: Store, files: Seque
     ``--output-mode`` applies to every storyboard, and is refused (before anything is written)
     for storyboards that already have videos, paid or under way, in the other mode."""
     if settings.sources.get("output_mode") != "flag":
-        kept = sum(1 for mode in layout.remembered.values() if mode != layout.output_mode)
-        if kept:
+        if layout.remembered:
             log.info("%d storyboard(s) keep the output mode they were first recorded with, not OUTPUT_MODE=%s "
-                     "(--output-mode changes it while they have no videos yet)", kept, layout.output_mode)
+                     "(--output-mode changes it while they have no videos yet)", len(layout.remembered),
+                     layout.output_mode)
         return layout
     present = set(files)
-    other = sorted(p for p, mode in layout.remembered.items() if mode != layout.output_mode and p in present)
+    other = sorted(path for path in layout.remembered if path in present)
     blocked = store.started_jobs(other)
     if blocked:
         shown = [f"{path} ({layout.remembered[path]}, {count} job(s) generated or under way)"
@@ -130,7 +130,9 @@ def scan(settings: Settings, cwd: Path, store: Store, *, dry_run: bool = False, 
     if not layout.input_dir.is_dir():
         raise UsageError(f"input folder not found: {layout.input_dir}")
     scope = ledger_path(layout.input_dir, cwd)
-    layout = replace(layout, remembered=store.output_modes(scope))
+    # Only the modes that differ from the settings' matter, and the layout goes to every parse worker.
+    layout = replace(layout, remembered={path: mode for path, mode in store.output_modes(scope).items()
+                                         if mode != layout.output_mode})
     skip = [layout.output_dir] if "centralized" in {layout.output_mode, *layout.remembered.values()} else []
     paths = discover(layout.input_dir, skip=skip)
     report = ScanReport(files=[ledger_path(p, cwd) for p in paths])

@@ -6,6 +6,7 @@ Create Date: 2026-11-30 04:00:00
 """
 from __future__ import annotations
 
+import sqlite3
 from pathlib import PurePosixPath
 
 import sqlalchemy as sa
@@ -52,5 +53,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('storyboards', schema=None) as batch_op:
-        batch_op.drop_column('output_mode')
+    # SQLite drops a column in place since 3.35. Batch mode instead copies and renames the table
+    # that jobs point at, which fails while foreign keys are enforced (as in a downgrade run
+    # inside a transaction, where they cannot be switched off): only older SQLite needs it.
+    if op.get_bind().dialect.name == 'sqlite' and sqlite3.sqlite_version_info < (3, 35):
+        with op.batch_alter_table('storyboards', schema=None) as batch_op:
+            batch_op.drop_column('output_mode')
+    else:
+        op.drop_column('storyboards', 'output_mode')
