@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SIM_PORT ?= 8765
 
 .PHONY: install test test-fast demo bench clean
 
@@ -21,18 +20,27 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# The whole pipeline on the bundled examples against the local simulator, in demo/ (git-ignored):
-# start `ledger sim`, `ledger run`, show the output tree and `ledger status`, stop the simulator.
-DEMO_ENV = SORA_BASE_URL=http://127.0.0.1:$(SIM_PORT)/v1 SORA_API_KEY=sora-demo0000000000000000000000000000 \
+# The whole pipeline on the bundled examples/ against the local simulator, in demo/ (git-ignored):
+# start `ledger sim` on a free port (SIM_PORT=N asks for that one and fails if it is taken), read the
+# address it printed, `ledger run`, show the output tree and `ledger status`, stop the simulator.
+# The demo talks only to the simulator it started: never to whatever else listens on some port.
+SIM_PORT ?= 0
+DEMO_ENV = SORA_API_KEY=sora-demo0000000000000000000000000000 NO_PROXY=127.0.0.1,localhost \
 	LEDGER_DATABASE_URL=sqlite:///demo/ledger.db OUTPUT_DIR=demo/output
 demo: $(STAMP)
 	rm -rf demo && mkdir -p demo
 	$(BIN)/ledger sim --port $(SIM_PORT) --gen-seconds 3 > demo/sim.log 2>&1 & echo $$! > demo/sim.pid; \
 	trap 'kill $$(cat demo/sim.pid) 2>/dev/null' EXIT; \
-	for i in $$(seq 50); do grep -q listening demo/sim.log && break; sleep 0.1; done; \
-	$(DEMO_ENV) $(BIN)/ledger run --input-dir input/examples && \
+	url=; for i in $$(seq 300); do \
+		url=$$(sed -n 's/^Sora simulator listening on //p' demo/sim.log); \
+		[ -n "$$url" ] || ! kill -0 $$(cat demo/sim.pid) 2>/dev/null && break; sleep 0.1; \
+	done; \
+	if [ -z "$$url" ]; then echo "make demo: the simulator did not start (demo/sim.log):" >&2; \
+		cat demo/sim.log >&2; exit 1; fi; \
+	echo "Simulator: $$url"; \
+	$(DEMO_ENV) SORA_BASE_URL=$$url $(BIN)/ledger run --input-dir examples && \
 	echo && echo "demo/output:" && find demo/output -type f | sort && echo && \
-	$(DEMO_ENV) $(BIN)/ledger status
+	$(DEMO_ENV) SORA_BASE_URL=$$url $(BIN)/ledger status
 
 bench: $(STAMP)
 	$(BIN)/python bench/scan_bench.py

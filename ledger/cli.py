@@ -44,7 +44,7 @@ from .sim.command import sim
 from .states import ALL_STATES, State
 from .store import JobRow, JobScope, Store
 from . import export as exporting
-from . import refs
+from . import quickstart, refs
 from .review import collect, read_picks_file, write_page
 from .store import (PickRefused, clear_pick, job_by_key, pick_counts, pick_rows, record_pick, segment_pick,
                     storyboards_by_suffix, takes)
@@ -106,6 +106,16 @@ class LedgerGroup(click.Group):
         except KeyboardInterrupt:
             err.print("interrupted")
             ctx.exit(int(ExitStatus.INTERRUPTED))
+
+    def make_context(self, info_name: Optional[str], args: List[str], parent: Optional[click.Context] = None,
+                     **extra: Any) -> click.Context:
+        # A Ctrl+C while the options are parsed (before ``invoke``) is an interruption like any
+        # other, not click's "Aborted!" with exit 1.
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise click.exceptions.Exit(int(ExitStatus.INTERRUPTED)) from None
 
     @staticmethod
     def _report(ctx: click.Context, exc: LedgerError) -> None:
@@ -178,15 +188,52 @@ def cli(ctx: click.Context, verbose: int, database_url: Optional[str]) -> None:
     ctx.obj = App(cwd=Path.cwd(), environ=dict(os.environ), verbose=verbose, database_url=database_url, redactor=redactor)
 
 
+_INIT_NOTES = {
+    (quickstart.ENV_FILE, quickstart.Action.CREATED): "every setting, commented out; your key goes after SORA_API_KEY=",
+    (quickstart.ENV_FILE, quickstart.Action.REPLACED): "(--force) every setting, commented out; your key goes after "
+                                                       "SORA_API_KEY=",
+    (quickstart.ENV_FILE, quickstart.Action.KEPT): "it exists (--force replaces it)",
+    ("input", quickstart.Action.CREATED): "storyboard*.json files in it (and in its sub-folders) are scanned",
+    ("input/_template.json", quickstart.Action.CREATED): "the documented example; never scanned, nothing is paid for it",
+    ("input/_template.json", quickstart.Action.REPLACED): "(--force) the documented example; never scanned",
+    ("input/_template.json", quickstart.Action.KEPT): "it exists (--force replaces it)",
+}
+
+
+@cli.command("init")
+@click.option("--force", is_flag=True, help="Replace an existing .env and input/_template.json.")
+@click.pass_obj
+def init_command(app: App, force: bool) -> None:
+    """Start a project in this folder: .env (every setting; your key goes in it) and input/ with
+    the documented example storyboard, which is never scanned. Replaces nothing without --force."""
+    for step in quickstart.init_project(app.cwd, force=force):
+        out.print(f"{step.action.value} {step.path.as_posix()}: "
+                  f"{_INIT_NOTES[(step.path.as_posix(), step.action)]}", markup=False)
+    out.print("Next: put your key after SORA_API_KEY= in .env, then", markup=False)
+    out.print("  cp input/_template.json input/storyboard_myfilm.json   # write your segments in the copy", markup=False)
+    out.print("  ledger run --dry-run                                   # what would be paid, beside your balance",
+              markup=False)
+    out.print("and `ledger run` to generate. Only storyboard*.json files are submitted.", markup=False)
+
+
 def layout_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The options that say where storyboards are and where videos go."""
     func = click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
                         help="Where centralized output goes (OUTPUT_DIR, default ./output).")(func)
     func = click.option("--output-mode", type=click.Choice(OUTPUT_MODES),
-                        help="centralized: output/{sub/dirs}/{stem}/Segment_{i}/; in-place: next to each storyboard.")(func)
+                        help="centralized: output/{sub/dirs}/{stem}/Segment_{i}/; in-place: next to each storyboard. "
+                             "A storyboard keeps the mode it was first recorded with; this changes it only while "
+                             "it has no videos (OUTPUT_MODE, default centralized).")(func)
     func = click.option("--input-dir", type=click.Path(file_okay=False, path_type=Path),
                         help="Folder searched recursively for storyboard*.json (INPUT_DIR, default ./input).")(func)
     return func
+
+
+requeue_changed_option = click.option(
+    "--requeue-changed", is_flag=True, help="Generate again done jobs whose prompt or parameters changed.")
+retry_failed_option = click.option(
+    "--retry-failed", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
+    help="Requeue the failed jobs listed in FILE (from export-failed), then work only those.")
 
 
 def _render_scan(report: ScanReport, settings: Settings, store: Store) -> None:
@@ -221,7 +268,7 @@ def _render_scan(report: ScanReport, settings: Settings, store: Store) -> None:
 @cli.command("scan")
 @layout_options
 @click.option("--dry-run", is_flag=True, help="Print what would change, the job count and cost; write nothing.")
-@click.option("--requeue-changed", is_flag=True, help="Generate again done jobs whose prompt or parameters changed.")
+@requeue_changed_option
 @click.pass_obj
 def scan_command(app: App, input_dir: Optional[Path], output_mode: Optional[str], output_dir: Optional[Path],
                  dry_run: bool, requeue_changed: bool) -> None:
@@ -413,8 +460,7 @@ def _dry_run(settings: Settings, store: Store, pattern: Optional[str], limit: Op
 @cli.command("work")
 @work_options
 @click.option("--dry-run", is_flag=True, help="Count and price what would be submitted (GET /pricing, /balance); pay nothing.")
-@click.option("--retry-failed", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
-              help="Requeue the failed jobs listed in FILE (from export-failed), then work only those.")
+@retry_failed_option
 @click.pass_obj
 def work_command(app: App, concurrency: Optional[int], limit: Optional[int], pattern: Optional[str],
                  max_spend: Optional[int], no_progress: bool, dry_run: bool, retry_failed: Optional[Path]) -> None:
@@ -425,13 +471,18 @@ def work_command(app: App, concurrency: Optional[int], limit: Optional[int], pat
     if dry_run:
         _dry_run(settings, store, pattern, limit, max_spend=max_spend, balance=balance)
         return
-    job_ids = None
-    if retry_failed is not None:
-        selection = select_from_file(store, retry_failed, app.cwd)
-        _report_requeue(store.requeue(selection.job_ids), selection.unmatched)
-        job_ids = selection.job_ids
     _raise_for(_work(app, settings, store, pattern=pattern, limit=limit, max_spend=max_spend,
-                     no_progress=no_progress, job_ids=job_ids))
+                     no_progress=no_progress, job_ids=_retry(store, retry_failed, app.cwd)))
+
+
+def _retry(store: Store, retry_failed: Optional[Path], cwd: Path) -> Optional[List[int]]:
+    """``--retry-failed FILE``: requeue the jobs FILE lists and return their ids (the run works
+    only those); without it, None (the run works everything)."""
+    if retry_failed is None:
+        return None
+    selection = select_from_file(store, retry_failed, cwd)
+    _report_requeue(store.requeue(selection.job_ids), selection.unmatched)
+    return selection.job_ids
 
 
 def _report_requeue(counts: Tuple[int, int], unmatched: Sequence[str] = ()) -> None:
@@ -538,17 +589,20 @@ def _job_json(row: JobRow, chosen: Any, history: Sequence[Any]) -> Dict[str, Any
 @cli.command("run")
 @layout_options
 @click.option("--dry-run", is_flag=True, help="Scan without writing, then count and price the work; pay nothing.")
+@requeue_changed_option
 @work_options
+@retry_failed_option
 @click.pass_obj
 def run_command(app: App, input_dir: Optional[Path], output_mode: Optional[str], output_dir: Optional[Path],
-                dry_run: bool, concurrency: Optional[int], limit: Optional[int], pattern: Optional[str],
-                max_spend: Optional[int], no_progress: bool) -> None:
-    """`scan`, then `work`: the one-command experience."""
+                dry_run: bool, requeue_changed: bool, concurrency: Optional[int], limit: Optional[int],
+                pattern: Optional[str], max_spend: Optional[int], no_progress: bool,
+                retry_failed: Optional[Path]) -> None:
+    """`scan`, then `work`: the one-command experience. Takes every option of both."""
     settings = app.settings(input_dir=input_dir, output_mode=output_mode, output_dir=output_dir,
                             max_concurrent_tasks=concurrency)
     balance = _preflight(settings)  # before the scan: a wrong key or URL leaves no trace
     store = app.store(settings, create=True)
-    report = scan(settings, app.cwd, store, dry_run=dry_run)
+    report = scan(settings, app.cwd, store, dry_run=dry_run, requeue_changed=requeue_changed)
     _render_scan(report, settings, store)
     if dry_run:
         added = report.outcome
@@ -556,7 +610,7 @@ def run_command(app: App, input_dir: Optional[Path], output_mode: Optional[str],
                  max_spend=max_spend, balance=balance)
     else:
         _raise_for(_work(app, settings, store, pattern=pattern, limit=limit, max_spend=max_spend,
-                         no_progress=no_progress))
+                         no_progress=no_progress, job_ids=_retry(store, retry_failed, app.cwd)))
     if report.problems:
         raise InputError(f"{len(report.invalid_files)} storyboard file(s) are invalid (listed above)")
 

@@ -77,6 +77,10 @@ class Storyboard(Base):
     # sha256 of the file bytes plus every setting that shapes its jobs: equal means nothing to do.
     fingerprint: Mapped[Optional[str]] = mapped_column(String(64))
     segment_count: Mapped[int] = mapped_column(Integer, default=0)
+    # "centralized" or "in-place": where this storyboard's videos go, fixed by the scan that first
+    # recorded it, so later runs with other settings never split its takes between two folders.
+    # NULL: not known yet (nothing recorded for it); the next scan's settings decide and are kept.
+    output_mode: Mapped[Optional[str]] = mapped_column(String(16))
     present: Mapped[bool] = mapped_column(Boolean, default=True)
     first_seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     scanned_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import repeat
 from pathlib import Path
 from typing import Iterable, Iterator, List, Mapping, Optional, Sequence
@@ -99,16 +99,44 @@ def _results(futures: Sequence["Future[List[ParsedStoryboard]]"], path_batches: 
         yield parsed
 
 
+def _output_modes(settings: Settings, layout: Layout, store: Store, files: Sequence[str]) -> Layout:
+    """Which output mode each storyboard gets. A storyboard keeps the mode it was first recorded
+    with, whatever OUTPUT_MODE says later, so its takes never end up in two folders. An explicit
+    ``--output-mode`` applies to every storyboard, and is refused (before anything is written)
+    for storyboards that already have videos, paid or under way, in the other mode."""
+    if settings.sources.get("output_mode") != "flag":
+        if layout.remembered:
+            log.info("%d storyboard(s) keep the output mode they were first recorded with, not OUTPUT_MODE=%s "
+                     "(--output-mode changes it while they have no videos yet)", len(layout.remembered),
+                     layout.output_mode)
+        return layout
+    present = set(files)
+    other = sorted(path for path in layout.remembered if path in present)
+    blocked = store.started_jobs(other)
+    if blocked:
+        shown = [f"{path} ({layout.remembered[path]}, {count} job(s) generated or under way)"
+                 for path, count in sorted(blocked.items())[:5]]
+        more = f" and {len(blocked) - 5} more" if len(blocked) > 5 else ""
+        raise UsageError(f"--output-mode {layout.output_mode}: {len(blocked)} storyboard(s) already have videos in "
+                         f"the other output mode, and a storyboard's takes stay in one place: {'; '.join(shown)}{more}. "
+                         f"Run without --output-mode to go on where they are; nothing was written")
+    return replace(layout, remembered={})
+
+
 def scan(settings: Settings, cwd: Path, store: Store, *, dry_run: bool = False, requeue_changed: bool = False,
          processes: Optional[int] = None) -> ScanReport:
     """Discover, validate and upsert. Invalid files are reported and left as the ledger knew them."""
     layout = Layout.from_settings(settings, cwd)
     if not layout.input_dir.is_dir():
         raise UsageError(f"input folder not found: {layout.input_dir}")
-    skip = [layout.output_dir] if layout.output_mode == "centralized" else []
-    paths = discover(layout.input_dir, skip=skip)
     scope = ledger_path(layout.input_dir, cwd)
+    # Only the modes that differ from the settings' matter, and the layout goes to every parse worker.
+    layout = replace(layout, remembered={path: mode for path, mode in store.output_modes(scope).items()
+                                         if mode != layout.output_mode})
+    skip = [layout.output_dir] if "centralized" in {layout.output_mode, *layout.remembered.values()} else []
+    paths = discover(layout.input_dir, skip=skip)
     report = ScanReport(files=[ledger_path(p, cwd) for p in paths])
+    layout = _output_modes(settings, layout, store, report.files)
 
     def collect(batches: Iterable[List[ParsedStoryboard]]) -> Iterator[List[ParsedStoryboard]]:
         for batch in batches:

@@ -306,6 +306,29 @@ class Store:
             rows = conn.execute(select(storyboards.c.path, storyboards.c.fingerprint).where(storyboards.c.present.is_(True)))
             return {r.path: r.fingerprint for r in rows if r.fingerprint and path_in_scope(r.path, scope)}
 
+    def output_modes(self, scope: str) -> Dict[str, str]:
+        """The remembered output mode of each present storyboard inside ``scope`` that has one."""
+        with read_tx(self.engine) as conn:
+            rows = conn.execute(select(storyboards.c.path, storyboards.c.output_mode)
+                                .where(storyboards.c.present.is_(True), storyboards.c.output_mode.is_not(None)))
+            return {r.path: r.output_mode for r in rows if path_in_scope(r.path, scope)}
+
+    def started_jobs(self, paths: Sequence[str]) -> Dict[str, int]:
+        """For each storyboard path, how many of its jobs have a video or a generation paid for
+        (in flight, done, or holding a task id): those jobs' folders can no longer move."""
+        started = or_(jobs.c.state.in_([State.DONE.value, *(s.value for s in IN_FLIGHT)]),
+                      jobs.c.remote_task_id.is_not(None))
+        found: Dict[str, int] = {}
+        with read_tx(self.engine) as conn:
+            for chunk in _chunks(list(paths)):
+                keys = {path_key(p): p for p in chunk}
+                query = (select(storyboards.c.path_key, func.count(jobs.c.id))
+                         .join_from(jobs, storyboards, jobs.c.storyboard_id == storyboards.c.id)
+                         .where(storyboards.c.path_key.in_(list(keys)), started)
+                         .group_by(storyboards.c.path_key))
+                found.update({keys[key]: count for key, count in conn.execute(query)})
+        return found
+
     def apply_scan(self, batches: Iterable[Sequence[ParsedStoryboard]], discovered: Set[str], scope: str, *,
                    dry_run: bool = False, requeue_changed: bool = False) -> ScanOutcome:
         """Bring the ledger in step with the storyboards of one input folder, in one transaction.
@@ -369,6 +392,7 @@ class Store:
             # With changes left outstanding the file is not "in step": no fingerprint, so the next
             # scan reads it again and reports them again instead of forgetting them.
             values = {"project_name": item.project_name, "segment_count": item.segment_count, "present": True,
+                      "output_mode": item.output_mode,
                       "fingerprint": None if len(outcome.changed) > reported else item.fingerprint}
             if specs or diff or any(getattr(row, k) != v for k, v in values.items()):
                 board_updates.append({"b_id": row.id, "scanned_at": now, **values})
@@ -389,7 +413,8 @@ class Store:
         if fresh:
             conn.execute(insert(storyboards), [
                 {"path": item.path, "path_key": path_key(item.path), "project_name": item.project_name, "fingerprint": item.fingerprint,
-                 "segment_count": item.segment_count, "present": True, "first_seen_at": now, "scanned_at": now}
+                 "segment_count": item.segment_count, "present": True, "first_seen_at": now, "scanned_at": now,
+                 "output_mode": item.output_mode}
                 for item in fresh])
             ids = self._board_ids(conn, [item.path for item in fresh])
             inserts.extend((ids[item.path], segment, version) for item in fresh for segment in item.segments

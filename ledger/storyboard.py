@@ -15,7 +15,7 @@ import os
 import re
 import reprlib
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from itertools import accumulate, islice
 from pathlib import Path
@@ -74,11 +74,19 @@ class Layout:
     input_dir: Path
     output_dir: Path
     output_mode: str = "centralized"
+    # The mode each storyboard already has in the ledger (by ledger path), which wins over
+    # ``output_mode`` for that file: its takes stay in one folder whatever the settings say now.
+    remembered: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings, cwd: Path) -> "Layout":
         return cls(cwd=cwd, input_dir=settings.input_dir, output_dir=settings.output_dir,
                    output_mode=settings.output_mode)
+
+    def for_file(self, path: str) -> "Layout":
+        """The layout of one storyboard (by ledger path): its remembered mode, else ``output_mode``."""
+        mode = self.remembered.get(path, self.output_mode)
+        return self if mode == self.output_mode else replace(self, output_mode=mode)
 
     def storyboard_folder(self, storyboard: Path) -> Path:
         """The folder holding one storyboard's ``Segment_{i}`` folders — the layout users' existing
@@ -152,6 +160,7 @@ class ParsedStoryboard:
     fingerprint: str
     unchanged: bool = False
     skipped: bool = False
+    output_mode: Optional[str] = None  # the mode its jobs' folders were laid out in
     project_name: Optional[str] = None
     segment_count: int = 0
     segments: List[SegmentSpec] = field(default_factory=list)
@@ -664,6 +673,7 @@ def read_storyboard(path: Path, settings: Settings, layout: Layout, known_finger
     """Read, validate and expand one storyboard; never raises for anything a file holds or is.
     When its fingerprint equals ``known_fingerprint`` the file is not parsed at all (``unchanged``)."""
     display = ledger_path(path, layout.cwd)
+    layout = layout.for_file(display)
     if not _is_utf8(display):
         shown = printable(display)
         return ParsedStoryboard(shown, "", problems=[Problem(
@@ -681,7 +691,7 @@ def read_storyboard(path: Path, settings: Settings, layout: Layout, known_finger
             display, "", f"larger than {MAX_FILE_BYTES // 2**20} MiB, the limit for a storyboard file; split it into several files")])
     digest = hashlib.sha256(raw)
     digest.update(settings_fingerprint(settings, layout).encode())
-    result = ParsedStoryboard(display, digest.hexdigest())
+    result = ParsedStoryboard(display, digest.hexdigest(), output_mode=layout.output_mode)
     if result.fingerprint == known_fingerprint:
         result.unchanged = True
         return result

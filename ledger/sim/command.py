@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from typing import Callable, Optional
 
@@ -42,36 +43,41 @@ def sim(host: str, port: int, api_key: Optional[str], gen_seconds: float, fail_r
     config = SimConfig(api_key=api_key, gen_seconds=gen_seconds, fail_rate=fail_rate, balance=balance,
                        fault_rate=fault_rate, url_ttl=url_ttl, video_bytes=video_bytes, file_rate=file_rate,
                        file_encoding=file_encoding)
+    # Ctrl+C and SIGTERM only ask for a stop, from the first moment of the command on: one that
+    # arrives while the port is being bound still ends in the same clean stop, never "Aborted!".
+    stopping = threading.Event()
+    restore = _stop_on_signals(stopping)
     server = SimServer(config, host=host, port=port)
     try:
-        server.start()
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    click.echo(f"Sora simulator listening on {server.base_url}")
-    key_hint = "the key given with --api-key" if api_key else "any value"
-    click.echo(f"Point ledger at it: SORA_BASE_URL={server.base_url} and SORA_API_KEY={key_hint}")
-    click.echo(f'A prompt containing "{POLICY_TRIGGER}" is rejected by the content policy. Ctrl+C stops.')
-    stopping = threading.Event()
-    restore = _on_sigterm(stopping)
-    try:
+        try:
+            server.start()
+        except OSError as exc:
+            raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        click.echo(f"Sora simulator listening on {server.base_url}")
+        key_hint = "the key given with --api-key" if api_key else "any value"
+        click.echo(f"Point ledger at it: SORA_BASE_URL={server.base_url} and SORA_API_KEY={key_hint}")
+        click.echo(f'A prompt containing "{POLICY_TRIGGER}" is rejected by the content policy. Ctrl+C stops.')
+        # Scripts (make demo) read the address from a pipe or file: it must not wait in a buffer.
+        sys.stdout.flush()
         while not stopping.wait(0.5):
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
         server.stop()
         restore()
     click.echo("Sora simulator stopped.")
 
 
-def _on_sigterm(stopping: threading.Event) -> Callable[[], None]:
-    """Make SIGTERM stop the server like Ctrl+C; return a function restoring the old handler."""
-    try:
-        previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    except ValueError:  # not the main thread (e.g. an embedding test runner): Ctrl+C still works
-        return lambda: None
+def _stop_on_signals(stopping: threading.Event) -> Callable[[], None]:
+    """Make SIGINT and SIGTERM set ``stopping``; return a function restoring the old handlers."""
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, lambda *_: stopping.set())
+        except ValueError:  # not the main thread (e.g. an embedding test runner): Ctrl+C still works
+            break
 
     def restore() -> None:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
     return restore

@@ -181,3 +181,24 @@ def test_the_sim_command_prints_its_url_serves_and_stops_cleanly(stop_signal: in
     assert process.returncode == 0, out
     assert f"SORA_BASE_URL={base_url}" in out and api_key not in out
     assert out.rstrip().endswith("Sora simulator stopped.")
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.2, 0.4, 0.7, 1.0])
+def test_the_sim_command_stops_cleanly_on_ctrl_c_at_any_moment_of_its_start(delay: float) -> None:
+    """Ctrl+C while Python loads ledger's modules, while options are parsed or the port is bound:
+    one word or the usual goodbye, never a traceback or click's "Aborted!", and no process left."""
+    process = subprocess.Popen([sys.executable, "-m", "ledger", "sim", "--port", "0"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    try:
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    # -SIGINT: the signal came before Python itself had started, which ends the process silently.
+    assert process.returncode in (0, 130, -signal.SIGINT), (process.returncode, out, err)
+    assert "Traceback" not in err and "Aborted" not in err + out, err
+    if process.returncode == 130:
+        assert err.strip() == "interrupted"
+    if process.returncode == 0:
+        assert out.rstrip().endswith("Sora simulator stopped.")

@@ -78,3 +78,29 @@ def test_upgrade_from_0001_keeps_rows_and_keys_every_path(tmp_path: Path):
         conn.execute("UPDATE jobs SET remote_task_id = ? WHERE id = 1", (long_id,))
         assert conn.execute("SELECT state, spent_cents, remote_task_id FROM jobs").fetchall() == [("done", 30, long_id)]
     assert key == path_key("input/storyboard_a.json")
+
+
+def test_upgrade_to_0004_remembers_each_storyboards_output_mode_from_where_its_videos_went(tmp_path: Path):
+    """A ledger from before 0004 learns each storyboard's mode from its jobs' folders; a job that
+    was paid for decides over pending ones that a later scan already moved elsewhere."""
+    engine = open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}", migrate=False)
+    with write_tx(engine) as conn:
+        command.upgrade(_alembic_config(conn), "0003")
+    boards = [(1, "input/ep1/storyboard_a.json"), (2, "input/storyboard_b.json"), (3, "input/storyboard_c.json"),
+              (4, "/abs/storyboard_d.json")]
+    jobs = [(1, 1, "done", None, "input/ep1/storyboard_a_assets/Segment_1"),
+            (1, 2, "pending", None, "output/ep1/storyboard_a/Segment_2"),  # moved by a later scan
+            (2, 1, "pending", None, "output/storyboard_b/Segment_1"),
+            (4, 1, "failed", "task-1", "/abs/storyboard_d_assets/Segment_1")]
+    with sqlite3.connect(tmp_path / "ledger.db") as conn:
+        conn.executemany("INSERT INTO storyboards (id, path, path_key, segment_count, present, first_seen_at, "
+                         "scanned_at) VALUES (?, ?, ?, 1, 1, '2026-01-01', '2026-01-01')",
+                         [(i, p, path_key(p)) for i, p in boards])
+        conn.executemany("INSERT INTO jobs (storyboard_id, segment_index, version, state, remote_task_id, params, "
+                         "params_sha, is_pro, target_dir, spent_cents, progress, attempts, created_at, updated_at) "
+                         "VALUES (?, ?, 1, ?, ?, '{}', 'x', 0, ?, 0, 0, 0, '2026-01-01', '2026-01-01')", jobs)
+    engine.dispose()
+    open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}").dispose()
+    with sqlite3.connect(tmp_path / "ledger.db") as conn:
+        modes = conn.execute("SELECT id, output_mode FROM storyboards ORDER BY id").fetchall()
+    assert modes == [(1, "in-place"), (2, "centralized"), (3, None), (4, "in-place")]

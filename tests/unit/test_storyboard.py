@@ -296,9 +296,25 @@ def test_unchanged_fingerprint_skips_parsing(tmp_path: Path):
 
 def test_bundled_examples_and_template_are_valid_without_warnings():
     repo = Path(__file__).resolve().parents[2]
-    files = sorted((repo / "input" / "examples").rglob("*.json")) + [repo / "input" / "_template.json"]
+    files = sorted((repo / "examples").rglob("*.json")) + [repo / "input" / "_template.json"]
     assert len(files) >= 3
     for path in files:
         parsed = read(path, repo)
         assert parsed.valid and parsed.warnings == [], (path, parsed.problems, parsed.warnings)
         assert parsed.jobs
+
+
+def test_the_template_is_not_scanned_sends_no_image_and_says_so():
+    """What input/_template.json's comments claim holds: it is not a storyboard name, its
+    image_url is null (nothing is sent for it), and its cascade is the one its comments describe."""
+    repo = Path(__file__).resolve().parents[2]
+    template = repo / "input" / "_template.json"
+    assert template not in discover(repo / "input")
+    doc = json.loads(template.read_text(encoding="utf-8"))
+    assert doc["segments"][0]["image_url"] is None
+    parsed = read(template, repo)
+    params = parsed.jobs[0].params
+    assert "image_url" not in params
+    assert params["prompt"] == doc["segments"][0]["prompt_text"]
+    assert "director_intent" not in json.dumps(params) and "Mia" not in json.dumps(params)
+    assert len(parsed.jobs) == doc["segments"][0]["versions"]
