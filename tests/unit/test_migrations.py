@@ -80,12 +80,12 @@ def test_upgrade_from_0001_keeps_rows_and_keys_every_path(tmp_path: Path):
     assert key == path_key("input/storyboard_a.json")
 
 
-def test_upgrade_to_0004_remembers_each_storyboards_output_mode_from_where_its_videos_went(tmp_path: Path):
-    """A ledger from before 0004 learns each storyboard's mode from its jobs' folders; a job that
+def test_upgrade_to_0005_remembers_each_storyboards_output_mode_from_where_its_videos_went(tmp_path: Path):
+    """A ledger from before 0005 learns each storyboard's mode from its jobs' folders; a job that
     was paid for decides over pending ones that a later scan already moved elsewhere."""
     engine = open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}", migrate=False)
     with write_tx(engine) as conn:
-        command.upgrade(_alembic_config(conn), "0003")
+        command.upgrade(_alembic_config(conn), "0004")
     boards = [(1, "input/ep1/storyboard_a.json"), (2, "input/storyboard_b.json"), (3, "input/storyboard_c.json"),
               (4, "/abs/storyboard_d.json")]
     jobs = [(1, 1, "done", None, "input/ep1/storyboard_a_assets/Segment_1"),

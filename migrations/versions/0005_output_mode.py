@@ -1,7 +1,7 @@
 """output mode per storyboard: remembered, so a later run never splits a storyboard's takes
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-11-30 04:00:00
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import PurePosixPath
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0004'
-down_revision = '0003'
+revision = '0005'
+down_revision = '0004'
 branch_labels = None
 depends_on = None
 
