@@ -104,3 +104,9 @@ def test_upgrade_to_0005_remembers_each_storyboards_output_mode_from_where_its_v
     with sqlite3.connect(tmp_path / "ledger.db") as conn:
         modes = conn.execute("SELECT id, output_mode FROM storyboards ORDER BY id").fetchall()
     assert modes == [(1, "in-place"), (2, "centralized"), (3, None), (4, "in-place")]
+
+
+def test_the_cheap_head_revision_is_alembics_own():
+    from alembic.script import ScriptDirectory
+
+    assert head_revision() == ScriptDirectory.from_config(_alembic_config()).get_current_head()
