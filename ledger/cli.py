@@ -217,19 +217,18 @@ def _render_scan(report: ScanReport, settings: Settings, store: Store, cwd: Path
     jobs = _facts([(o.added, "new"), (o.updated, "updated"),
                    (o.revived, "back in their storyboard"), (o.regenerate, "back in the queue (video deleted)"),
                    (o.requeued_changed, "back in the queue (changed, --requeue-changed)"),
-                   (o.removed, "out of the queue (no longer in a storyboard)")])
+                   (o.removed, "removed (no longer in a storyboard)")])
     if o.dry_run:
-        out.print(f"Jobs this scan would record: {jobs}." if jobs else "No job would change.", markup=False)
+        out.print(f"Jobs (dry run, nothing recorded): {jobs}." if jobs else "Dry run: no job would change.",
+                  markup=False)
     elif jobs:
-        out.print(f"Jobs recorded: {jobs}.", markup=False)
+        out.print(f"Jobs: {jobs}.", markup=False)
     for job in o.changed:
         out.print(f"changed: {job.storyboard_path} segment {job.segment_index} v{job.version} is {job.state.value}; "
                   f"left alone (use --requeue-changed to generate it again)", markup=False)
     for job in o.moved_meanwhile:
         out.print(f"moved meanwhile: {job.storyboard_path} segment {job.segment_index} v{job.version} was taken by a "
                   f"worker while this scan ran; left alone (the next scan looks again)", markup=False)
-    if o.dry_run:
-        out.print("Dry run: no job was recorded or changed.")
     if not pending:
         return
     prices = known_prices(store, settings)
@@ -303,15 +302,17 @@ def status_command(ctx: click.Context, as_json: bool, job: Optional[str]) -> Non
         return
     # Only the states in use (and the three everyone looks for) keep the table readable in 80 columns.
     shown = [s for s in ALL_STATES if report.counts[s.value] or s.value in ("pending", "done", "failed")]
-    table = Table(title="ledger status")
-    table.add_column("storyboard")  # a PathCell: shortened in the middle to fit, never wrapped
+    # No vertical rules: their cells go to the storyboard paths, which give way in the middle.
+    table = Table(title="ledger status", box=None, pad_edge=False, header_style="bold")
+    table.add_column("storyboard")
     for state in shown:
         table.add_column(state.value, justify="right", no_wrap=True)
     for column in ("total", "spent", "picked"):
         table.add_column(column, justify="right", no_wrap=True)
-    for board in report.storyboards.values():
+    boards = list(report.storyboards.values())
+    for board, cell in zip(boards, PathCell.column([b.path for b in boards])):
         picked, segments = chosen.get(board.path, (0, 0))
-        table.add_row(PathCell(board.path), *(str(board.counts[s.value]) for s in shown), str(board.total),
+        table.add_row(cell, *(str(board.counts[s.value]) for s in shown), str(board.total),
                       money(board.spent_cents), f"{picked}/{segments}")
     all_picked, all_segments = sum(p for p, _ in chosen.values()), sum(n for _, n in chosen.values())
     table.add_row("[b]all[/b]", *(f"[b]{report.counts[s.value]}[/b]" for s in shown), f"[b]{report.total}[/b]",
@@ -417,9 +418,8 @@ def _board_table(boards: Dict[str, BoardTally]) -> Table:
     for _, title in columns:
         table.add_column(title, justify="right", no_wrap=True)
     table.add_column("paid", justify="right", no_wrap=True)
-    for path, board in boards.items():
-        table.add_row(PathCell(path), *(str(getattr(board, name) or "-") for name, _ in columns),
-                      money(board.spent_cents))
+    for (path, board), cell in zip(boards.items(), PathCell.column(list(boards))):
+        table.add_row(cell, *(str(getattr(board, name) or "-") for name, _ in columns), money(board.spent_cents))
     return table
 
 

@@ -8,10 +8,12 @@ the thread that holds that lock. The final summary goes to stdout (the CLI print
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
 import weakref
+from collections import Counter
 from datetime import datetime
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -65,38 +67,114 @@ def _cut_cells(text: str, width: int, from_end: bool = False) -> str:
     return "".join(reversed(kept) if from_end else kept)
 
 
-def shorten_path(path: str, width: int) -> str:
+def shorten_path(path: str, width: int, keep: Optional[Tuple[int, int]] = None) -> str:
     """``path`` in at most ``width`` terminal cells, shortened in the middle so that its start and
     its file name stay: ``input/…/ep1/storyboard_x.json``, then ``…/storyboard_x.json``, then a
-    file name cut in its middle (``stor…ard_x.json``)."""
+    file name cut in its middle (``stor…ard_x.json``). ``keep``: the span of ``path`` that tells it
+    from its neighbours (``distinct_spans``), kept whole whenever it fits."""
     if cell_len(path) <= width:
         return path
     if width <= 1:
         return ELLIPSIS[:max(0, width)]
+    core = path[keep[0]:keep[1]] if keep else ""
     parts = path.split("/")
     name = parts[-1]
+    candidates: List[str] = []
     if len(parts) > 1:
         head = parts[0]
-        for keep in range(len(parts) - 2, 0, -1):  # as many trailing folders as fit after "head/…/"
-            candidate = "/".join([head, ELLIPSIS, *parts[-keep - 1:]])
-            if cell_len(candidate) <= width:
-                return candidate
-        for candidate in (f"{head}/{ELLIPSIS}/{name}", f"{ELLIPSIS}/{name}"):
-            if cell_len(candidate) <= width:
-                return candidate
+        # as many trailing folders as fit after "head/…/", then the name alone
+        candidates += ["/".join([head, ELLIPSIS, *parts[-keep_n - 1:]]) for keep_n in range(len(parts) - 2, 0, -1)]
+        candidates += [f"{head}/{ELLIPSIS}/{name}", f"{ELLIPSIS}/{name}"]
+    for candidate in candidates:
+        if cell_len(candidate) <= width and (not core or _shows(candidate, path, keep)):
+            return candidate
+    if core and cell_len(core) + 2 <= width:
+        return _around(path, keep, width)  # type: ignore[arg-type]
     room = width - 1
     tail = _cut_cells(name, (room + 1) // 2, from_end=True)
     return _cut_cells(name, room - cell_len(tail)) + ELLIPSIS + tail
+
+
+def _shows(candidate: str, path: str, keep: Optional[Tuple[int, int]]) -> bool:
+    """Does a head/…/tail shortening of ``path`` show the span ``keep`` whole?"""
+    if keep is None:
+        return True
+    head, _, tail = candidate.partition(ELLIPSIS)
+    return keep[1] <= len(head) or keep[0] >= len(path) - len(tail)
+
+
+def _around(path: str, keep: Tuple[int, int], width: int) -> str:
+    """The span ``keep`` whole, with as much of what is before and after it as fits."""
+    left, core, right = path[:keep[0]], path[keep[0]:keep[1]], path[keep[1]:]
+    budget = width - cell_len(core)
+    right_room = min(cell_len(right), budget // 2)
+    left_room = budget - right_room
+    if cell_len(left) <= left_room:
+        shown_left = left
+        right_room = budget - cell_len(left)
+    else:
+        shown_left = ELLIPSIS + _cut_cells(left, left_room - 1, from_end=True)
+    if cell_len(right) <= right_room:
+        shown_right = right
+    else:
+        shown_right = ELLIPSIS + _cut_cells(right, right_room - 1, from_end=True) if right_room > 0 else ""
+    return shown_left + core + shown_right
+
+
+def distinct_spans(paths: Sequence[str]) -> List[Optional[Tuple[int, int]]]:
+    """For each path, the span that is not shared with any other path's start or end (its longest
+    common prefix and suffix with another path are found among its neighbours once sorted)."""
+    def longest_shared(texts: Sequence[str]) -> List[int]:
+        order = sorted(range(len(texts)), key=lambda i: texts[i])
+        shared = [0] * len(texts)
+        for a, b in zip(order, order[1:]):
+            n = len(os.path.commonprefix([texts[a], texts[b]]))
+            shared[a], shared[b] = max(shared[a], n), max(shared[b], n)
+        return shared
+
+    prefixes = longest_shared(paths)
+    suffixes = longest_shared([p[::-1] for p in paths])
+    spans: List[Optional[Tuple[int, int]]] = []
+    for path, start, end_shared in zip(paths, prefixes, suffixes):
+        end = len(path) - end_shared
+        spans.append((start, end) if start < end and (start or end < len(path)) else None)
+    return spans
+
+
+class _PathColumn:
+    """The paths of one table column, shortened together: a path is shortened plainly unless that
+    makes it look like another one; then it keeps the part that tells it apart."""
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = list(dict.fromkeys(paths))
+        self.spans = dict(zip(self.paths, distinct_spans(self.paths)))
+        self._shown: Dict[int, Dict[str, str]] = {}
+
+    def shown(self, path: str, width: int) -> str:
+        if width not in self._shown:
+            plain = {p: shorten_path(p, width) for p in self.paths}
+            clashes = Counter(plain.values())
+            self._shown[width] = {p: text if clashes[text] == 1 else shorten_path(p, width, self.spans[p])
+                                  for p, text in plain.items()}
+        return self._shown[width][path]
 
 
 class PathCell:
     """A path that takes the width a table gives it: shortened in the middle, never wrapped.
     ``suffix`` (``#2v1``) is always shown whole after it."""
 
-    def __init__(self, path: str, suffix: str = "", style: str = "") -> None:
+    def __init__(self, path: str, suffix: str = "", style: str = "", column: Optional[_PathColumn] = None) -> None:
         self.path = path
         self.suffix = suffix
         self.style = style
+        self.group = column
+
+    @classmethod
+    def column(cls, paths: Sequence[str], suffixes: Optional[Sequence[str]] = None) -> List["PathCell"]:
+        """Cells for the paths of one table column: however narrow, rows that name different
+        paths stay different."""
+        group = _PathColumn(paths)
+        return [cls(path, suffixes[i] if suffixes else "", column=group) for i, path in enumerate(paths)]
 
     def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
         full = cell_len(self.path) + cell_len(self.suffix)
@@ -104,7 +182,8 @@ class PathCell:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         room = max(1, options.max_width - cell_len(self.suffix))
-        yield Text(shorten_path(self.path, room) + self.suffix, style=self.style, no_wrap=True, overflow="crop")
+        shown = self.group.shown(self.path, room) if self.group else shorten_path(self.path, room)
+        yield Text(shown + self.suffix, style=self.style, no_wrap=True, overflow="crop")
 
     def __str__(self) -> str:
         return self.path + self.suffix
@@ -194,7 +273,7 @@ class PlainView:
     def event(self, job: JobRow, kind: EventKind, text: str) -> None:
         with self._lock:
             self.console.print(f"{datetime.now():%H:%M:%S} {job.label} {text}", markup=False, highlight=False,
-                               emoji=False)
+                               emoji=False, soft_wrap=True)  # a log line: whole, for grep
 
     def tick(self, worker: Any) -> None:
         return None
@@ -251,7 +330,7 @@ class LiveView:
     def event_line(self, job: JobRow, text: str) -> Text:
         """``input/…/storyboard_x.json#2v1 saved …``: the job stays recognisable; the line fits."""
         width = self.console.width
-        suffix = job.label[len(job.storyboard_path):] if job.label.startswith(job.storyboard_path) else ""
+        suffix = _suffix(job)
         # The job's name keeps at least half the line; the text after it is cut at the end.
         room = max(MIN_PATH_CELLS, width // 2 - cell_len(suffix), width - cell_len(suffix) - 1 - cell_len(text))
         label = shorten_path(job.storyboard_path, room) + suffix if suffix else job.label
@@ -340,13 +419,16 @@ class LiveView:
         return max(0.0, until - time.monotonic()) if until else 0.0
 
     def _table(self, actives: Sequence[Active]) -> Optional[Table]:
-        rows = [self._active_row(a) for a in actives] + [self._waiting_row(job) for job in self._waiting_jobs()]
-        if not rows:
+        jobs = [a.job for a in actives] + list(self._waiting_jobs())
+        if not jobs:
             return None
+        cells = PathCell.column([job.storyboard_path for job in jobs], [_suffix(job) for job in jobs])
+        rows = [(cells[i], *self._active_row(a)) for i, a in enumerate(actives)]
+        rows += [(cells[len(actives) + i], *self._waiting_row(job)) for i, job in enumerate(self._waiting_jobs())]
         room = max(3, (self.console.height or 24) - 6)  # the frame must fit the screen or it scrolls away
         table = Table(box=None, pad_edge=False, show_edge=False, padding=(0, 1))
         table.add_column("job", ratio=None)
-        table.add_column("state", no_wrap=True, overflow="ellipsis", max_width=28)
+        table.add_column("state", no_wrap=True, overflow="ellipsis", max_width=32)
         table.add_column("progress", no_wrap=True, justify="right")
         table.add_column("elapsed", no_wrap=True, justify="right")
         for row in rows[:room]:
@@ -365,17 +447,13 @@ class LiveView:
             left = max(0, round(a.due - time.monotonic()))
             state = _COUNTDOWN.sub(f"in {left} s", a.retry_note)
         elapsed = self._elapsed(a)
-        return (self._job_cell(job), state, f"{a.progress}%" if job.state is not State.PENDING else "",
+        return (state, f"{a.progress}%" if job.state is not State.PENDING else "",
                 f"{elapsed:.0f} s" if elapsed else "")
 
-    def _waiting_row(self, job: JobRow) -> Tuple[Any, ...]:
-        left = max(0.0, (job.next_attempt_at - utcnow()).total_seconds()) if job.next_attempt_at else 0.0
-        return self._job_cell(job), f"retrying in {left:.0f} s", "", ""
-
     @staticmethod
-    def _job_cell(job: JobRow) -> PathCell:
-        suffix = job.label[len(job.storyboard_path):] if job.label.startswith(job.storyboard_path) else ""
-        return PathCell(job.storyboard_path, suffix) if suffix else PathCell(job.label)
+    def _waiting_row(job: JobRow) -> Tuple[Any, ...]:
+        left = max(0.0, (job.next_attempt_at - utcnow()).total_seconds()) if job.next_attempt_at else 0.0
+        return f"retrying in {left:.0f} s", "", ""
 
     @staticmethod
     def _elapsed(a: Active) -> float:
@@ -384,9 +462,14 @@ class LiveView:
         return max(0.0, (utcnow() - since).total_seconds()) if since else 0.0
 
 
+def _suffix(job: JobRow) -> str:
+    """``#2v1``: what a job's label adds to its storyboard's path."""
+    return job.label[len(job.storyboard_path):] if job.label.startswith(job.storyboard_path) else ""
+
+
 def make_view(console: Console, plain: bool = False, stdout_is_terminal: bool = True) -> Any:
-    """A live view when both stdout and ``console`` (stderr) are terminals; plain lines when
-    output is redirected or ``plain`` is asked for."""
-    if plain or not (stdout_is_terminal and console.is_terminal):
+    """A live view when both stdout and ``console`` (stderr) are terminals that can move the
+    cursor; plain lines when output is redirected, the terminal is dumb, or ``plain`` is asked for."""
+    if plain or not (stdout_is_terminal and console.is_terminal and console.is_interactive):
         return PlainView(console)
     return LiveView(console)

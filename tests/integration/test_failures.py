@@ -159,7 +159,7 @@ def test_rate_limiting_pauses_the_whole_worker(ws, sim, work_env):
 
 def test_max_spend_caps_what_a_run_submits(ws, sim, work_env):
     ws.storyboard("storyboard_a.json", segments("a", "b", "c", "d", "e"))
-    result = ws.cli("run", "--no-progress", "--max-spend", "70", env={**work_env, "MAX_CONCURRENT_TASKS": "5"})
+    result = ws.cli("run", "--no-progress", "--max-spend", "70c", env={**work_env, "MAX_CONCURRENT_TASKS": "5"})
     assert result.exit_code == 4, result.output
     assert "--max-spend $0.70 reached" in result.output
     assert sim.stats()["tasks_created"] == 2  # 3 x 30 cents would pass 70
