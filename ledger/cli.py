@@ -385,8 +385,9 @@ def _stop_on_signals(worker: Scheduler) -> Iterator[None]:
     def handler(signum: int, _frame: Any) -> None:
         again = worker.stopping
         worker.request_stop()
-        err.print("aborting downloads…" if again else
-                  "stopping: nothing new will be submitted; finishing downloads (Ctrl+C again to abort them)")
+        with output_lock(err):  # above the live view, like every other line
+            err.print("aborting downloads…" if again else
+                      "stopping: nothing new will be submitted; finishing downloads (Ctrl+C again to abort them)")
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
