@@ -318,9 +318,12 @@ def status_command(ctx: click.Context, as_json: bool, job: Optional[str]) -> Non
     table.add_row("[b]all[/b]", *(f"[b]{report.counts[s.value]}[/b]" for s in shown), f"[b]{report.total}[/b]",
                   f"[b]{money(report.spent_cents)}[/b]", f"[b]{all_picked}/{all_segments}[/b]")
     out.print(table)
-    out.print(f"Spent {money(report.spent_cents)}; estimated remaining {money(report.estimated_remaining_cents)} "
-              f"for {report.counts['pending'] + report.counts['submitting']} job(s) not yet paid for, at "
-              f"{prices.describe()}.", markup=False)
+    unpaid = report.counts["pending"] + report.counts["submitting"]
+    if unpaid:
+        out.print(f"Spent {money(report.spent_cents)}; estimated remaining {money(report.estimated_remaining_cents)} "
+                  f"for {plural(unpaid, 'job')} not yet paid for, at {prices.describe()}.", markup=False)
+    else:
+        out.print(f"Spent {money(report.spent_cents)}; nothing left to pay for.", markup=False)
     if report.unresolved:
         out.print(f"{report.unresolved} job(s) are unresolved: a create went unanswered and the task list could not "
                   f"be read back far enough to tell whether it made a task. Nothing is sent again for them; "
