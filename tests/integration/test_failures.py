@@ -136,7 +136,7 @@ def test_insufficient_balance_stops_submitting_and_finishes_what_was_paid(ws, ma
     result = ws.cli("run", "--no-progress", env=env)
     assert result.exit_code == 4, result.output
     assert "lack of balance (code 1012)" in result.output and "the balance is $0.00" in result.output
-    assert "2 job(s) were not submitted and stay pending" in result.output
+    assert "2 jobs not submitted: still pending." in result.output
     assert sorted(states(ws).values()) == ["done", "done", "pending", "pending"]
     assert_every_job_paid_once(ws, sim, 2)
     assert leftovers(ws.root) == []
