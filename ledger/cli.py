@@ -411,8 +411,8 @@ def _seconds(seconds: float) -> str:
 
 
 def _board_table(boards: Dict[str, BoardTally]) -> Table:
-    """One row per storyboard the run touched: what happened to its jobs, what it cost, where its
-    videos are. Paths are shortened in the middle to fit the width, never wrapped."""
+    """One row per storyboard the run touched: what happened to its jobs (only the columns with
+    something in them) and what it cost. Paths are shortened in the middle to fit, never wrapped."""
     table = Table(box=None, pad_edge=False, show_edge=False, padding=(0, 1))
     table.add_column("storyboard")
     columns = [(name, title) for name, title in (("done", "done"), ("skipped_existing", "on disk"),
