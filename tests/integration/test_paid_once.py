@@ -126,7 +126,7 @@ def test_a_survivor_reconciles_a_killed_workers_create_even_300_tasks_later(ws, 
     assert code == 0, (out, errors)
     assert sim.stats()["creates_per_prompt"]["made, then the worker died"] == 1
     assert query(ws.root, "SELECT state, spent_cents FROM jobs") == [("done", 30)]
-    assert "1 paid earlier collected" in out
+    assert "1 saved, 1 paid earlier and collected; nothing paid." in out
 
 
 def test_two_projects_on_one_key_each_pay_once(tmp_path, make_sim, work_env):
