@@ -323,7 +323,8 @@ def status_command(ctx: click.Context, as_json: bool, job: Optional[str]) -> Non
         out.print(f"Spent {money(report.spent_cents)}; estimated remaining {money(report.estimated_remaining_cents)} "
                   f"for {plural(unpaid, 'job')} not yet paid for, at {prices.describe()}.", markup=False)
     else:
-        out.print(f"Spent {money(report.spent_cents)}; nothing left to pay for.", markup=False)
+        out.print(f"Spent {money(report.spent_cents)}; nothing left to pay for. Prices: {prices.describe()}.",
+                  markup=False)
     if report.unresolved:
         out.print(f"{report.unresolved} job(s) are unresolved: a create went unanswered and the task list could not "
                   f"be read back far enough to tell whether it made a task. Nothing is sent again for them; "
