@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .db import database_trouble, driver_errors, open_ledger, require_ledger, upgrade
+from .db import database_trouble, driver_errors, open_ledger, require_ledger, sqlite_file, upgrade
 from .client import SoraClient
 from .errors import (
     BudgetExhausted,
@@ -34,7 +35,7 @@ from .errors import (
     UsageError,
 )
 from .failures import default_export_path, export_failed, select_from_file
-from .live import make_view
+from .live import ConsoleHandler, PathCell, clock, make_view, output_lock, plural
 from .models import iso_utc
 from .policy import PollPolicy, RetryPolicy
 from .redact import RedactingFilter, redact
@@ -49,8 +50,9 @@ from .review import collect, read_picks_file, write_page
 from .store import (PickRefused, clear_pick, job_by_key, pick_counts, pick_rows, record_pick, segment_pick,
                     storyboards_by_suffix, takes)
 from .storyboard import ledger_path
-from .pricing import known_prices, money, refresh_prices
+from .pricing import known_prices, money, parse_money, refresh_prices
 from .work import Scheduler, Stop, WorkOptions, WorkSummary, plan_work
+from .work.types import BoardTally
 
 log = logging.getLogger("ledger")
 out = Console(highlight=False, soft_wrap=True)
@@ -163,8 +165,10 @@ def _ours_or_serious(verbose: int) -> Callable[[logging.LogRecord], bool]:
 
 
 def _configure_logging(verbose: int, redactor: RedactingFilter) -> None:
+    """Log lines to stderr through the console the live view draws on, so none tears it
+    (Python's warnings too); see ``_ours_or_serious`` for what each level shows."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
+    handler = ConsoleHandler(err, echo_notices=verbose >= 1)
     handler.setFormatter(_LogFormatter(redactor, tracebacks=verbose >= 2))
     handler.addFilter(_ours_or_serious(verbose))
     handler.addFilter(redactor)
@@ -174,6 +178,7 @@ def _configure_logging(verbose: int, redactor: RedactingFilter) -> None:
     handler._ledger = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
+    logging.captureWarnings(True)
 
 
 @click.group(cls=LedgerGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -236,33 +241,70 @@ retry_failed_option = click.option(
     help="Requeue the failed jobs listed in FILE (from export-failed), then work only those.")
 
 
-def _render_scan(report: ScanReport, settings: Settings, store: Store) -> None:
+def _facts(pairs: Sequence[Tuple[int, str]]) -> str:
+    """``3 new, 1 changed``: only the counts that are not zero."""
+    return ", ".join(f"{count} {what}" for count, what in pairs if count)
+
+
+def _render_scan(report: ScanReport, settings: Settings, store: Store, cwd: Path, *, pending: bool = True) -> None:
+    """What a scan found and did (or, dry, would do) in plain words; ``pending``: and what is left
+    to generate, priced (``run`` leaves that to the work that follows)."""
     o = report.outcome
-    verb = "would" if o.dry_run else "did"
     for warning in report.warnings:
         err.print(f"warning: {warning}", markup=False)
     for problem in report.problems:
         err.print(f"invalid: {problem}", markup=False)
-    out.print(f"Scanned {len(report.files)} storyboard file(s) under {settings.input_dir}: "
-              f"{len(report.invalid_files)} invalid, {o.storyboards_new} new, {o.storyboards_changed} changed, "
-              f"{o.storyboards_unchanged} unchanged, {len(o.storyboards_missing)} gone.")
-    out.print(f"Jobs ({verb} change): +{o.added} new, {o.updated} updated, {o.revived} back, {o.removed} removed, "
-              f"{o.regenerate} to regenerate (video deleted), {o.requeued_changed} requeued after a change.")
+    files = _facts([(len(report.invalid_files), "invalid"), (o.storyboards_new, "new"),
+                    (o.storyboards_changed, "changed"), (len(o.storyboards_missing), "gone")])
+    if files and o.storyboards_unchanged:
+        files += f", {o.storyboards_unchanged} unchanged"
+    out.print(f"Scanned {plural(len(report.files), 'storyboard file')} in {ledger_path(settings.input_dir, cwd)}: "
+              f"{files or 'no change'}.", markup=False)
+    back = o.regenerate + o.revived + o.requeued_changed
+    jobs = _facts([(o.added, "new"), (o.updated, "updated"),
+                   (o.revived, "back in their storyboard"), (o.regenerate, "back in the queue (video deleted)"),
+                   (o.requeued_changed, "back in the queue (changed, --requeue-changed)"),
+                   (o.removed, "removed (no longer in a storyboard)")])
+    if o.dry_run:
+        out.print(f"Jobs (dry run, nothing recorded): {jobs}." if jobs else "Dry run: no job would change.",
+                  markup=False)
+    elif jobs:
+        out.print(f"Jobs: {jobs}.", markup=False)
     for job in o.changed:
         out.print(f"changed: {job.storyboard_path} segment {job.segment_index} v{job.version} is {job.state.value}; "
                   f"left alone (use --requeue-changed to generate it again)", markup=False)
     for job in o.moved_meanwhile:
         out.print(f"moved meanwhile: {job.storyboard_path} segment {job.segment_index} v{job.version} was taken by a "
                   f"worker while this scan ran; left alone (the next scan looks again)", markup=False)
+    if not pending:
+        return
     prices = known_prices(store, settings)
     status = store.status(prices.price)
-    pending = status.counts["pending"]
+    count = status.counts["pending"]
     estimate = status.estimated_remaining_cents
     if o.dry_run:
-        pending += o.added
-        estimate += o.added_pro * prices.pro + (o.added - o.added_pro) * prices.normal
-        out.print("Dry run: nothing was written.")
-    out.print(f"Pending: {pending} job(s), estimated cost {money(estimate)} at {prices.describe()}.", markup=False)
+        # Jobs going back to the queue are priced as normal videos: the scan does not say which are Pro.
+        count += o.added + back
+        estimate += o.added_pro * prices.pro + (o.added - o.added_pro + back) * prices.normal
+    label = "Pending after this scan" if o.dry_run else "Pending"
+    if not count:
+        out.print(f"{label}: nothing to generate.", markup=False)
+        return
+    out.print(f"{label}: {plural(count, 'job')}, estimated {money(estimate)} at {prices.describe()}.", markup=False)
+
+
+def _scan_store(app: App, settings: Settings, dry_run: bool) -> Store:
+    """The ledger a scan compares with. A dry run where no SQLite ledger exists yet compares with
+    an empty one in a temporary folder: it creates no file here."""
+    assert settings.database_url
+    path = sqlite_file(settings.database_url)
+    if not dry_run or path is None or (app.cwd / path).exists():
+        return app.store(settings, create=True)
+    ctx = click.get_current_context()
+    folder = ctx.with_resource(tempfile.TemporaryDirectory(prefix="ledger-dry-run-"))
+    engine = open_ledger(f"sqlite:///{Path(folder, 'ledger.db').as_posix()}")
+    ctx.call_on_close(engine.dispose)  # before the folder goes (closing runs last-registered first)
+    return Store(engine, cwd=app.cwd)
 
 
 @cli.command("scan")
@@ -274,9 +316,9 @@ def scan_command(app: App, input_dir: Optional[Path], output_mode: Optional[str]
                  dry_run: bool, requeue_changed: bool) -> None:
     """Find storyboards and record one job per (file, segment, version)."""
     settings = app.settings(input_dir=input_dir, output_mode=output_mode, output_dir=output_dir)
-    store = app.store(settings, create=True)
+    store = _scan_store(app, settings, dry_run)
     report = scan(settings, app.cwd, store, dry_run=dry_run, requeue_changed=requeue_changed)
-    _render_scan(report, settings, store)
+    _render_scan(report, settings, store, app.cwd)
     if report.problems:
         raise InputError(f"{len(report.invalid_files)} storyboard file(s) are invalid (listed above); "
                          f"the valid ones were recorded")
@@ -307,28 +349,50 @@ def status_command(ctx: click.Context, as_json: bool, job: Optional[str]) -> Non
         return
     # Only the states in use (and the three everyone looks for) keep the table readable in 80 columns.
     shown = [s for s in ALL_STATES if report.counts[s.value] or s.value in ("pending", "done", "failed")]
-    table = Table(title="ledger status")
-    table.add_column("storyboard", overflow="fold", ratio=1)
+    # No vertical rules: their cells go to the storyboard paths, which give way in the middle.
+    table = Table(title="ledger status", box=None, pad_edge=False, header_style="bold")
+    table.add_column("storyboard")
     for state in shown:
-        table.add_column(state.value, justify="right")
-    table.add_column("total", justify="right")
-    table.add_column("spent", justify="right")
-    table.add_column("picked", justify="right")
-    for board in report.storyboards.values():
+        table.add_column(state.value, justify="right", no_wrap=True)
+    for column in ("total", "spent", "picked"):
+        table.add_column(column, justify="right", no_wrap=True)
+    boards = list(report.storyboards.values())
+    for board, cell in zip(boards, PathCell.column([b.path for b in boards])):
         picked, segments = chosen.get(board.path, (0, 0))
-        table.add_row(board.path, *(str(board.counts[s.value]) for s in shown), str(board.total), money(board.spent_cents),
-                      f"{picked}/{segments}")
+        table.add_row(cell, *(str(board.counts[s.value]) for s in shown), str(board.total),
+                      money(board.spent_cents), f"{picked}/{segments}")
     all_picked, all_segments = sum(p for p, _ in chosen.values()), sum(n for _, n in chosen.values())
     table.add_row("[b]all[/b]", *(f"[b]{report.counts[s.value]}[/b]" for s in shown), f"[b]{report.total}[/b]",
                   f"[b]{money(report.spent_cents)}[/b]", f"[b]{all_picked}/{all_segments}[/b]")
     out.print(table)
-    out.print(f"Spent {money(report.spent_cents)}; estimated remaining {money(report.estimated_remaining_cents)} "
-              f"for {report.counts['pending'] + report.counts['submitting']} job(s) not yet paid for, at "
-              f"{prices.describe()}.", markup=False)
+    unpaid = report.counts["pending"] + report.counts["submitting"]
+    if unpaid:
+        out.print(f"Spent {money(report.spent_cents)}; estimated remaining {money(report.estimated_remaining_cents)} "
+                  f"for {plural(unpaid, 'job')} not yet paid for, at {prices.describe()}.", markup=False)
+    else:
+        out.print(f"Spent {money(report.spent_cents)}; nothing left to pay for. Prices: {prices.describe()}.",
+                  markup=False)
     if report.unresolved:
         out.print(f"{report.unresolved} job(s) are unresolved: a create went unanswered and the task list could not "
                   f"be read back far enough to tell whether it made a task. Nothing is sent again for them; "
                   f"`ledger work` looks again (details: `ledger show JOB`).", markup=False)
+
+
+class MoneyType(click.ParamType):
+    """An amount of money in the user's currency, as cents: ``5`` = $5.00, ``5.50``, ``500c`` = 500 cents."""
+
+    name = "amount"
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_money(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+MONEY = MoneyType()
 
 
 def work_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -337,7 +401,8 @@ def work_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--concurrency", type=click.IntRange(1), help="Generations in flight at once (MAX_CONCURRENT_TASKS, default 8)."),
         click.option("--limit", type=click.IntRange(1), help="Process at most N jobs in this run."),
         click.option("--storyboard", "pattern", metavar="PATTERN", help="Only storyboards whose path or name matches this glob."),
-        click.option("--max-spend", type=click.IntRange(0), metavar="CENTS", help="Never submit a job that would take this run's spend past CENTS."),
+        click.option("--max-spend", type=MONEY, metavar="AMOUNT",
+                     help="Never submit a job that would take this run's spend past AMOUNT: dollars (5, 5.50) or cents (500c)."),
         click.option("--no-progress", is_flag=True, help="Plain log lines instead of the live view."),
     ]):
         func = option(func)
@@ -372,8 +437,9 @@ def _stop_on_signals(worker: Scheduler) -> Iterator[None]:
     def handler(signum: int, _frame: Any) -> None:
         again = worker.stopping
         worker.request_stop()
-        err.print("aborting downloads…" if again else
-                  "stopping: nothing new will be submitted; finishing downloads (Ctrl+C again to abort them)")
+        with output_lock(err):  # above the live view, like every other line
+            err.print("aborting downloads…" if again else
+                      "stopping: nothing new will be submitted; finishing downloads (Ctrl+C again to abort them)")
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -383,20 +449,67 @@ def _stop_on_signals(worker: Scheduler) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def _seconds(seconds: float) -> str:
+    """``8 s``, ``2 min 05 s``, ``1 h 02 min``."""
+    whole = int(round(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
+def _board_table(boards: Dict[str, BoardTally]) -> Table:
+    """One row per storyboard the run touched: what happened to its jobs (only the columns with
+    something in them) and what it cost. Paths are shortened in the middle to fit, never wrapped."""
+    table = Table(box=None, pad_edge=False, show_edge=False, padding=(0, 1))
+    table.add_column("storyboard")
+    columns = [(name, title) for name, title in (("done", "done"), ("skipped_existing", "on disk"),
+                                                 ("failed", "failed"), ("collected", "collected"),
+                                                 ("unresolved", "unresolved"))
+               if any(getattr(b, name) for b in boards.values())]
+    for _, title in columns:
+        table.add_column(title, justify="right", no_wrap=True)
+    table.add_column("paid", justify="right", no_wrap=True)
+    for (path, board), cell in zip(boards.items(), PathCell.column(list(boards))):
+        table.add_row(cell, *(str(getattr(board, name) or "-") for name, _ in columns), money(board.spent_cents))
+    return table
+
+
+def _videos_folder(boards: Dict[str, BoardTally]) -> Optional[str]:
+    """The folder holding every video this run saved or found (their storyboards' common root)."""
+    folders = [b.folder for b in boards.values() if b.folder]
+    if not folders:
+        return None
+    try:
+        return os.path.commonpath(folders).replace(os.sep, "/") or "."
+    except ValueError:  # absolute and relative, or two drives: no common folder to name
+        return None
+
+
 def _render_summary(s: WorkSummary) -> None:
-    collected = f", {s.collected} paid earlier collected" if s.collected else ""
-    out.print(f"Work finished in {s.seconds:.0f} s: {s.done} downloaded, {s.skipped_existing} already on disk, "
-              f"{s.failed} failed; {s.creates} generation(s) paid ({money(s.spent_cents)}){collected}, {s.polls} polls.")
-    if s.unresolved:
-        out.print(f"{s.unresolved} job(s) whose create went unanswered could not be looked up; they stay in "
-                  f"`submitting` and nothing is sent again for them — run `ledger work` later.")
+    """The run in the manner of cargo and uv: one line of totals, one row per storyboard, then
+    each failure with its reason and what is left for later; only what happened is said."""
+    happened = _facts([(s.done, "saved"), (s.skipped_existing, "already on disk"), (s.failed, "failed"),
+                       (s.collected, "paid earlier and collected")])
+    paid = f"paid {money(s.spent_cents)} for {plural(s.creates, 'generation')}" if s.creates else "nothing paid"
+    head = f"Stopped after {_seconds(s.seconds)}" if s.stopped else f"Finished in {_seconds(s.seconds)}"
+    out.print(f"{head}: {happened or 'no job to work on'}; {paid}.", markup=False)
+    if s.boards:
+        out.print(_board_table(s.boards))
+    folder = _videos_folder(s.boards)
+    if folder:
+        out.print(f"Videos are in {folder}/", markup=False, soft_wrap=True)
     for label, kind, message in s.failures:
         out.print(f"failed: {label} [{kind}] {message}", markup=False)
+    if s.unresolved:
+        out.print(f"{plural(s.unresolved, 'job')} whose create went unanswered could not be looked up; they stay in "
+                  f"`submitting` and nothing is sent again for them — run `ledger work` later.", markup=False)
     if s.pending_left and s.stopped:
-        out.print(f"{s.pending_left} job(s) were not submitted and stay pending.")
+        out.print(f"{plural(s.pending_left, 'job')} not submitted: still pending.", markup=False)
     if s.still_generating:
-        out.print(f"{s.still_generating} job(s) are still generating remotely; their task ids are kept — "
-                  f"run `ledger work` again to collect them (nothing is paid twice).")
+        out.print(f"{plural(s.still_generating, 'job')} still generating remotely; their task ids are kept — "
+                  f"run `ledger work` again to collect them (nothing is paid twice).", markup=False)
 
 
 def _raise_for(summary: WorkSummary) -> None:
@@ -433,9 +546,14 @@ def _dry_run(settings: Settings, store: Store, pattern: Optional[str], limit: Op
     with SoraClient.from_settings(settings) as client:
         prices = refresh_prices(store, client, settings)
         plan = plan_work(store, client, scope, prices, limit=limit, extra=extra)
-    out.print(f"Dry run: {plan.jobs} job(s) would be submitted ({plan.normal} normal, {plan.pro} Pro), "
-              f"{plan.in_flight} already paid for would be collected.", markup=False)
-    out.print(f"Estimated cost {money(plan.cost)} at {prices.describe()}.", markup=False)
+    if plan.jobs:
+        models = _facts([(plan.normal, "normal"), (plan.pro, "Pro")])
+        out.print(f"A run would submit {plural(plan.jobs, 'job')} ({models}): estimated {money(plan.cost)} at "
+                  f"{prices.describe()}.", markup=False)
+    else:
+        out.print("A run would submit nothing: no job is pending.", markup=False)
+    if plan.in_flight:
+        out.print(f"It would also collect {plural(plan.in_flight, 'job')} already paid for (no charge).", markup=False)
     balance = plan.balance if plan.balance is not None else balance
     short: List[str] = []
     if balance is None:
@@ -453,6 +571,7 @@ def _dry_run(settings: Settings, store: Store, pattern: Optional[str], limit: Op
             out.print(f"--max-spend {money(max_spend)} does NOT cover it: a run would stop submitting "
                       f"before it spent more than that.")
             short.append(f"--max-spend {money(max_spend)}")
+    out.print("Dry run: nothing was paid for.")
     if short:
         raise BudgetExhausted(f"dry run: {' and '.join(short)} would not cover the estimated {money(plan.cost)}")
 
@@ -601,9 +720,9 @@ def run_command(app: App, input_dir: Optional[Path], output_mode: Optional[str],
     settings = app.settings(input_dir=input_dir, output_mode=output_mode, output_dir=output_dir,
                             max_concurrent_tasks=concurrency)
     balance = _preflight(settings)  # before the scan: a wrong key or URL leaves no trace
-    store = app.store(settings, create=True)
+    store = _scan_store(app, settings, dry_run)
     report = scan(settings, app.cwd, store, dry_run=dry_run, requeue_changed=requeue_changed)
-    _render_scan(report, settings, store)
+    _render_scan(report, settings, store, app.cwd, pending=False)
     if dry_run:
         added = report.outcome
         _dry_run(settings, store, pattern, limit, extra=(added.added - added.added_pro, added.added_pro),

@@ -8,6 +8,7 @@ has ever answered for this base URL.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Dict, Optional
@@ -29,6 +30,20 @@ def money(cents: int) -> str:
     """Cents as the user's currency: ``$1.14``."""
     sign = "-" if cents < 0 else ""
     return f"{sign}${abs(cents) / 100:,.2f}"
+
+
+_AMOUNT = re.compile(r"\$?(?P<dollars>\d+)(?:\.(?P<fraction>\d{1,2}))?|(?P<cents>\d+)c")
+
+
+def parse_money(text: str) -> int:
+    """An amount as users write it, in cents: ``5`` and ``$5`` are $5.00, ``5.5`` is $5.50, ``500c``
+    is 500 cents. ``ValueError`` says what is wrong."""
+    match = _AMOUNT.fullmatch(text.strip().replace(",", "").replace("_", ""))
+    if match is None:
+        raise ValueError(f"{text!r} is not an amount: write dollars (5, 5.50, $5) or cents with a c (500c)")
+    if match["cents"] is not None:
+        return int(match["cents"])
+    return int(match["dollars"]) * 100 + int((match["fraction"] or "0").ljust(2, "0"))
 
 
 @dataclass(frozen=True)
@@ -79,8 +94,9 @@ def refresh_prices(store: "Store", client: "SoraClient", settings: Settings) -> 
         pricing = client.pricing()
     except ApiError as exc:
         book = known_prices(store, settings)
-        log.info("GET /pricing failed (%s); using %s", exc, book.source)
-        return PriceBook(book.normal, book.pro, f"{book.source}; GET /pricing failed just now")
+        # The error already names the call: "GET /pricing: HTTP 429 …".
+        log.info("price list not read (%s); using %s", exc, book.source)
+        return PriceBook(book.normal, book.pro, f"{book.source}; the price list could not be read just now")
     now = utcnow()
     store.put_meta(PRICING_KEY, {"normal": pricing.normal_price, "pro": pricing.pro_price,
                                  "currency": pricing.currency, "base_url": settings.base_url,

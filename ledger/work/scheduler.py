@@ -232,7 +232,8 @@ class Scheduler:
             active = self.active.get(job_id)
             if active is None or active.running or active.due != due:
                 continue  # finished meanwhile, or rescheduled
-            active.running = True
+            # The note described the wait that is now over; a failed step writes a new one.
+            active.running, active.retry_note = True, ""
             pool.submit(lambda a=active: self._results.put((a, run_step(self.ctx, a))))
 
     def _collect(self, timeout: float) -> None:

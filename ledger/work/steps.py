@@ -76,10 +76,10 @@ class RunState:
     def may_submit(self) -> bool:
         return not (self.stopping.is_set() or self.no_submit)
 
-    def count(self, **amounts: int) -> None:
+    def count(self, job: Optional[JobRow] = None, took: Optional[float] = None, **amounts: int) -> None:
+        """Add to the summary's counters (and to ``job``'s storyboard); ``took``: a generation time."""
         with self.lock:
-            for name, amount in amounts.items():
-                setattr(self.summary, name, getattr(self.summary, name) + amount)
+            self.summary.add(job, took, **amounts)
 
     def ledger_trouble(self, exc: BaseException, now: float) -> None:
         with self.lock:
@@ -124,7 +124,7 @@ def submit(ctx: StepContext, a: Active) -> Next:
     if found:
         _move(ctx, a, State.DONE, EventKind.SKIPPED, f"video already on disk: {found[-1].name} (no API call)",
               release=True, video_path=ledger_path(found[-1], ctx.store.cwd), finished_at=utcnow())
-        ctx.run.count(skipped_existing=1)
+        ctx.run.count(a.job, skipped_existing=1)
         return Next(outcome=Outcome.SKIPPED)
     price = ctx.prices.price(job.is_pro)
     if not ctx.run.may_submit() or not _reserve(ctx, a, price):
@@ -170,9 +170,9 @@ def record(ctx: StepContext, a: Active) -> Next:
           progress=task.progress, attempts=0, error_kind=None, error_message=None, next_attempt_at=None)
     if a.sent_at is not None:
         ctx.budget.spend(a.reserved, cost)
-        ctx.run.count(creates=1)
+        ctx.run.count(a.job, creates=1, spent_cents=cost)
     else:
-        ctx.run.count(collected=1)
+        ctx.run.count(a.job, collected=1)
     a.reserved, a.created, a.tries = 0, None, 0
     a.action, a.polls = Action.POLL, 0
     if a.journaled:
@@ -284,7 +284,8 @@ def download(ctx: StepContext, a: Active) -> Next:
     shown = ledger_path(dest, ctx.store.cwd)
     _move(ctx, a, State.DONE, EventKind.SAVED, f"saved {shown} ({size:,} bytes)", release=True, video_path=shown,
           finished_at=utcnow(), attempts=0, error_kind=None, error_message=None, next_attempt_at=None)
-    ctx.run.count(done=1)
+    took = (utcnow() - a.sent_at).total_seconds() if a.sent_at is not None else None  # only creates of this run
+    ctx.run.count(a.job, took, done=1)
     return Next(outcome=Outcome.DONE)
 
 
@@ -383,7 +384,7 @@ def settle(ctx: StepContext, a: Active, step: Action, exc: Exception) -> Next:
             cost = exc.cost if exc.cost is not None else ctx.prices.price(job.is_pro)
             extra["spent_cents"] = job.spent_cents + cost
             ctx.budget.spend(a.reserved, cost)
-            ctx.run.count(creates=1)
+            ctx.run.count(job, creates=1, spent_cents=cost)
             a.reserved = 0
         else:
             _unreserve(ctx, a)
@@ -444,7 +445,7 @@ def _unresolved(ctx: StepContext, a: Active, exc: Exception) -> Next:
     _move(ctx, a, State.SUBMITTING, EventKind.PARKED,
           f"unresolved: {message}. Nothing will be sent again until a look-up settles it; "
           "run `ledger work` later", release=True, error_kind=LookupIncomplete.kind, error_message=message)
-    ctx.run.count(unresolved=1)
+    ctx.run.count(a.job, unresolved=1)
     return Next(outcome=Outcome.PARKED)
 
 
@@ -472,7 +473,7 @@ def _fail(ctx: StepContext, a: Active, exc: Exception, *, detail: str = "", **va
     hint = " (the generation is paid for: `ledger requeue --failed` downloads it again without paying)" if paid else ""
     job = _move(ctx, a, State.FAILED, EventKind.FAILED, (detail or message) + hint, release=True, error_kind=kind,
                 error_message=message, finished_at=utcnow(), **values)
-    ctx.run.count(failed=1)
+    ctx.run.count(job, failed=1)
     with ctx.run.lock:
         ctx.run.summary.failures.append((job.label, kind, message + hint))
     return Next(outcome=Outcome.FAILED)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import List, Optional, Tuple
+from pathlib import PurePosixPath
+from typing import Dict, List, Optional, Tuple
 
 from ..client import RemoteTask
 from ..errors import ExitStatus
@@ -140,6 +141,20 @@ class Next:
 
 
 @dataclass
+class BoardTally:
+    """What one run did to the jobs of one storyboard, and where its videos went."""
+
+    done: int = 0
+    skipped_existing: int = 0
+    failed: int = 0
+    creates: int = 0
+    collected: int = 0
+    unresolved: int = 0
+    spent_cents: int = 0
+    folder: str = ""  # the storyboard's output folder (the parent of its Segment_i folders)
+
+
+@dataclass
 class WorkSummary:
     """What one run did. ``exit_status`` is the documented exit code."""
 
@@ -157,6 +172,25 @@ class WorkSummary:
     stop_detail: str = ""
     failures: List[Tuple[str, str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    boards: Dict[str, BoardTally] = field(default_factory=dict)  # by storyboard path, in first-seen order
+    # Seconds from this run's create to the saved video, per job: what the live view's ETA is made of.
+    generation_seconds: List[float] = field(default_factory=list)
+
+    def add(self, job: Optional[JobRow] = None, took: Optional[float] = None, **amounts: int) -> None:
+        """Count ``amounts`` (field names of this summary), also against ``job``'s storyboard;
+        ``took``: the job's generation time. The caller holds the run's lock."""
+        for name, amount in amounts.items():
+            setattr(self, name, getattr(self, name) + amount)
+        if took is not None:
+            self.generation_seconds.append(took)
+        if job is None:
+            return
+        board = self.boards.setdefault(job.storyboard_path, BoardTally())
+        for name, amount in amounts.items():
+            if hasattr(board, name):
+                setattr(board, name, getattr(board, name) + amount)
+        if not board.folder and (amounts.get("done") or amounts.get("skipped_existing")):
+            board.folder = str(PurePosixPath(job.target_dir).parent)
 
     @property
     def exit_status(self) -> ExitStatus:

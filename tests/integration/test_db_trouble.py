@@ -112,7 +112,7 @@ def test_a_read_only_ledger_file_is_one_line_and_exit_5(recorded):
         status = ws.cli("status")  # reading still works
     assert result.exit_code == DATABASE_TROUBLE
     assert one_line(result.output) == "error: the ledger ./ledger.db is read-only: make the file and its folder writable"
-    assert status.exit_code == 0 and "300 job(s) not yet paid for" in status.output
+    assert status.exit_code == 0 and "300 jobs not yet paid for" in status.output
     assert fingerprint(ws.root / "ledger.db") == before
 
 

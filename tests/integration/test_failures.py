@@ -136,7 +136,7 @@ def test_insufficient_balance_stops_submitting_and_finishes_what_was_paid(ws, ma
     result = ws.cli("run", "--no-progress", env=env)
     assert result.exit_code == 4, result.output
     assert "lack of balance (code 1012)" in result.output and "the balance is $0.00" in result.output
-    assert "2 job(s) were not submitted and stay pending" in result.output
+    assert "2 jobs not submitted: still pending." in result.output
     assert sorted(states(ws).values()) == ["done", "done", "pending", "pending"]
     assert_every_job_paid_once(ws, sim, 2)
     assert leftovers(ws.root) == []
@@ -159,7 +159,7 @@ def test_rate_limiting_pauses_the_whole_worker(ws, sim, work_env):
 
 def test_max_spend_caps_what_a_run_submits(ws, sim, work_env):
     ws.storyboard("storyboard_a.json", segments("a", "b", "c", "d", "e"))
-    result = ws.cli("run", "--no-progress", "--max-spend", "70", env={**work_env, "MAX_CONCURRENT_TASKS": "5"})
+    result = ws.cli("run", "--no-progress", "--max-spend", "70c", env={**work_env, "MAX_CONCURRENT_TASKS": "5"})
     assert result.exit_code == 4, result.output
     assert "--max-spend $0.70 reached" in result.output
     assert sim.stats()["tasks_created"] == 2  # 3 x 30 cents would pass 70
@@ -172,13 +172,13 @@ def test_dry_run_prices_the_work_and_pays_nothing(ws, sim, work_env):
                                                      {"segment_index": 2, "prompt_text": "b", "is_pro": True}]})
     result = ws.cli("run", "--dry-run", env=work_env)
     assert result.exit_code == 0, result.output
-    assert "2 job(s) would be submitted (1 normal, 1 Pro)" in result.output
-    assert "Estimated cost $1.80" in result.output and "(GET /pricing, " in result.output
+    assert "A run would submit 2 jobs (1 normal, 1 Pro): estimated $1.80" in result.output
+    assert "(GET /pricing, " in result.output
     assert "Balance $1,000.00 covers it" in result.output
-    assert query(ws.root, "SELECT count(*) FROM jobs") == [(0,)]
+    assert not (ws.root / "ledger.db").exists()
     assert ws.cli("scan", env=work_env).exit_code == 0
     work = ws.cli("work", "--dry-run", env=work_env)
-    assert "2 job(s) would be submitted" in work.output
+    assert "A run would submit 2 jobs" in work.output
     assert sim.stats()["creates_received"] == 0
     offline = ws.cli("work", "--dry-run", env={**work_env, "SORA_BASE_URL": "http://127.0.0.1:9/v1"})
     assert offline.exit_code == 3  # the pre-flight: a dry run against nothing is not a plan

@@ -128,7 +128,7 @@ def test_a_survivor_reconciles_a_killed_workers_create_even_300_tasks_later(ws, 
     assert code == 0, (out, errors)
     assert sim.stats()["creates_per_prompt"]["made, then the worker died"] == 1
     assert query(ws.root, "SELECT state, spent_cents FROM jobs") == [("done", 30)]
-    assert "1 paid earlier collected" in out
+    assert "1 saved, 1 paid earlier and collected; nothing paid." in out
 
 
 def test_two_projects_on_one_key_each_pay_once(tmp_path, make_sim, work_env):
@@ -220,7 +220,7 @@ def test_max_spend_is_never_exceeded_at_high_concurrency(ws, make_sim, work_env)
     sim = make_sim(gen_seconds=0.3, create_latency=0.2)
     ws.storyboard("storyboard_a.json", segments(*[f"shot {i}" for i in range(40)]))
     env = {**work_env, "SORA_BASE_URL": sim.base_url, "MAX_CONCURRENT_TASKS": "32"}
-    result = ws.cli("run", "--no-progress", "--max-spend", "300", env=env)
+    result = ws.cli("run", "--no-progress", "--max-spend", "300c", env=env)
     assert result.exit_code == 4, result.output
     assert charged(sim) == 300 and sim.stats()["tasks_created"] == 10
     assert query(ws.root, "SELECT sum(spent_cents) FROM jobs") == [(300,)]

@@ -170,11 +170,11 @@ def test_a_dry_run_whose_balance_is_short_exits_4(ws, make_sim, work_env):
 def test_a_dry_run_beyond_max_spend_exits_4(ws, sim, work_env):
     ws.storyboard("storyboard_a.json", segments("one", "two"))
     assert ws.cli("scan", env=work_env).exit_code == 0
-    short = ws.cli("work", "--dry-run", "--max-spend", "59", env=work_env)
+    short = ws.cli("work", "--dry-run", "--max-spend", "59c", env=work_env)
     assert short.exit_code == BALANCE, short.output
     assert "--max-spend $0.59 does NOT cover it" in short.output
     assert short.output.splitlines()[-1] == "error: dry run: --max-spend $0.59 would not cover the estimated $0.60"
-    enough = ws.cli("run", "--dry-run", "--max-spend", "60", env=work_env)
+    enough = ws.cli("run", "--dry-run", "--max-spend", "0.60", env=work_env)
     assert enough.exit_code == 0, enough.output
     assert "--max-spend $0.60 covers it." in enough.output
     assert sim.stats()["creates_received"] == 0

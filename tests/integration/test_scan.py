@@ -28,7 +28,7 @@ def test_first_scan_records_one_pending_row_per_segment_version(ws):
     ws.storyboard("ep/storyboard_b.json", segments("three"))
     result = ws.cli("scan")
     assert result.exit_code == 0, result.output
-    assert "+6 new" in result.output
+    assert "Jobs: 6 new." in result.output
     assert jobs(ws) == {(n, s, v): "pending" for n, s in [("storyboard_a.json", 1), ("storyboard_a.json", 2),
                                                            ("storyboard_b.json", 1)] for v in (1, 2)}
     target, params = rows(ws, "SELECT target_dir, params FROM jobs WHERE segment_index = 1 AND version = 2 "
@@ -47,7 +47,8 @@ def test_rescan_of_an_unchanged_tree_writes_nothing(ws):
     before = rows(ws, "SELECT id, state, updated_at FROM jobs"), rows(ws, "SELECT count(*) FROM events")
     board_before = rows(ws, "SELECT scanned_at FROM storyboards")
     result = ws.cli("scan")
-    assert result.exit_code == 0 and "1 unchanged" in result.output and "+0 new" in result.output
+    assert result.exit_code == 0 and "Scanned 1 storyboard file in input: no change." in result.output
+    assert "Jobs" not in result.output  # nothing happened to any job: nothing said about them
     assert (rows(ws, "SELECT id, state, updated_at FROM jobs"), rows(ws, "SELECT count(*) FROM events")) == before
     assert rows(ws, "SELECT scanned_at FROM storyboards") == board_before
 
@@ -104,7 +105,7 @@ def test_changed_prompt_updates_unsubmitted_jobs_and_reports_paid_ones(ws):
     assert prompts == {1: "ONE", 2: "two", 3: "three"}
 
     result = ws.cli("scan", "--requeue-changed", env={"GEN_COUNT_PER_SEGMENT": "1"})
-    assert "1 requeued after a change" in result.output
+    assert "1 back in the queue (changed, --requeue-changed)" in result.output
     assert jobs(ws)[("storyboard_a.json", 2, 1)] == "pending"
     assert jobs(ws)[("storyboard_a.json", 3, 1)] == "submitted"  # in flight: never abandoned
     # the finished video is kept, moved aside, never overwritten
@@ -129,10 +130,11 @@ def test_done_job_whose_video_was_deleted_goes_back_to_pending(ws):
     video.parent.mkdir(parents=True)
     video.write_bytes(b"v")
     set_state(ws, "done", 1, video_path="output/storyboard_a/Segment_1/1_v1_aaaaaaaa.mp4", remote_task_id="aaaaaaaa-1")
-    assert "0 to regenerate" in ws.cli("scan", env={"GEN_COUNT_PER_SEGMENT": "1"}).output
+    assert "back in the queue" not in ws.cli("scan", env={"GEN_COUNT_PER_SEGMENT": "1"}).output
     video.unlink()
     result = ws.cli("scan", env={"GEN_COUNT_PER_SEGMENT": "1"})
-    assert "1 to regenerate" in result.output
+    assert "Jobs: 1 back in the queue (video deleted)." in result.output
+    assert "Pending: 1 job," in result.output
     assert rows(ws, "SELECT state, remote_task_id, video_path FROM jobs") == [("pending", None, None)]
 
 
@@ -141,10 +143,9 @@ def test_dry_run_prints_count_and_cost_and_writes_nothing(ws):
     ws.storyboard("storyboard_b.json", segments("three"))
     result = ws.cli("scan", "--dry-run")
     assert result.exit_code == 0
-    assert "+6 new" in result.output and "Pending: 6 job(s)" in result.output
-    assert "estimated cost $6.60" in result.output  # 4 Pro x $1.50 + 2 normal x $0.30, fallback table
-    assert rows(ws, "SELECT count(*) FROM jobs") == [(0,)]
-    assert rows(ws, "SELECT count(*) FROM storyboards") == [(0,)]
+    assert "Jobs (dry run, nothing recorded): 6 new." in result.output
+    assert "Pending after this scan: 6 jobs, estimated $6.60" in result.output  # 4 Pro x $1.50 + 2 x $0.30
+    assert not (ws.root / "ledger.db").exists()  # a dry run in a folder without a ledger creates none
 
 
 def test_invalid_files_are_reported_and_the_valid_ones_still_recorded(ws):

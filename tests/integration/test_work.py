@@ -47,7 +47,7 @@ def test_run_generates_every_job_into_the_users_layout(ws, sim, work_env):
     ws.storyboard("storyboard_sea.json", segments("waves on rocks"))
     result = ws.cli("run", "--no-progress", env={**work_env, "GEN_COUNT_PER_SEGMENT": "2"})
     assert result.exit_code == 0, result.output
-    assert "6 downloaded" in result.output and "6 generation(s) paid ($1.80)" in result.output
+    assert "6 saved; paid $1.80 for 6 generations." in result.output
     assert_every_job_paid_once(ws, sim, 6)
     assert_all_done_and_whole(ws, sim, 6)
     by_task = {t["task_id"]: t for t in sim.tasks()}
@@ -65,7 +65,7 @@ def test_run_generates_every_job_into_the_users_layout(ws, sim, work_env):
     assert history == ["submitting", "submitted", "downloading", "done"]
     # nothing left: a second run does nothing and pays nothing
     again = ws.cli("work", "--no-progress", env=work_env)
-    assert again.exit_code == 0 and "0 generation(s) paid" in again.output
+    assert again.exit_code == 0 and "no job to work on; nothing paid." in again.output
     assert sim.stats()["tasks_created"] == 6
 
 
@@ -221,7 +221,7 @@ def test_progress_lines_go_to_stderr_and_the_summary_to_stdout(ws, sim, work_env
     out, errors = proc.communicate(timeout=60)
     assert proc.returncode == 0, errors
     assert "saved output/storyboard_a/Segment_1/1_v1_" in errors and "\x1b[" not in errors
-    assert "Work finished" in out and "saved output" not in out
+    assert "Finished in" in out and "saved output" not in out
 
 
 @pytest.mark.parametrize("presses", [1, 2])
