@@ -57,6 +57,7 @@ from .work.types import BoardTally
 log = logging.getLogger("ledger")
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+STATUS_ROWS = 40  # storyboards listed by `status` (the ones with the most work left) unless --all
 
 
 @dataclass
@@ -327,8 +328,10 @@ def scan_command(app: App, input_dir: Optional[Path], output_mode: Optional[str]
 @cli.command("status")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @click.option("--job", metavar="JOB", help="Show one job instead (same as `ledger show JOB`).")
+@click.option("--all", "show_all", is_flag=True,
+              help=f"List every storyboard (by default the {STATUS_ROWS} with the most work left, the rest summed up).")
 @click.pass_context
-def status_command(ctx: click.Context, as_json: bool, job: Optional[str]) -> None:
+def status_command(ctx: click.Context, as_json: bool, job: Optional[str], show_all: bool) -> None:
     """Counts per state, per storyboard, and money spent / still to spend."""
     if job is not None:
         ctx.invoke(show_command, job=job, as_json=as_json)
@@ -357,10 +360,22 @@ def status_command(ctx: click.Context, as_json: bool, job: Optional[str]) -> Non
     for column in ("total", "spent", "picked"):
         table.add_column(column, justify="right", no_wrap=True)
     boards = list(report.storyboards.values())
+    hidden: List[Any] = []
+    if not show_all and len(boards) > STATUS_ROWS:
+        # A ledger of 50,000 storyboards: the ones with the most work left, and the rest summed up.
+        boards.sort(key=lambda b: (-(b.total - b.counts["done"] - b.counts["removed"]), b.path))
+        boards, hidden = boards[:STATUS_ROWS], boards[STATUS_ROWS:]
     for board, cell in zip(boards, PathCell.column([b.path for b in boards])):
         picked, segments = chosen.get(board.path, (0, 0))
         table.add_row(cell, *(str(board.counts[s.value]) for s in shown), str(board.total),
                       money(board.spent_cents), f"{picked}/{segments}")
+    if hidden:
+        picked = sum(chosen.get(b.path, (0, 0))[0] for b in hidden)
+        segments = sum(chosen.get(b.path, (0, 0))[1] for b in hidden)
+        table.add_row(f"… {len(hidden):,} more (--all lists them)",
+                      *(str(sum(b.counts[s.value] for b in hidden)) for s in shown),
+                      str(sum(b.total for b in hidden)), money(sum(b.spent_cents for b in hidden)),
+                      f"{picked}/{segments}")
     all_picked, all_segments = sum(p for p, _ in chosen.values()), sum(n for _, n in chosen.values())
     table.add_row("[b]all[/b]", *(f"[b]{report.counts[s.value]}[/b]" for s in shown), f"[b]{report.total}[/b]",
                   f"[b]{money(report.spent_cents)}[/b]", f"[b]{all_picked}/{all_segments}[/b]")

@@ -529,8 +529,7 @@ def _move(ctx: StepContext, a: Active, new: State, kind: EventKind, detail: str,
 
 
 def _event(ctx: StepContext, job: JobRow, kind: EventKind, text: str) -> None:
-    log.debug("%s: %s", job.label, text)
-    ctx.emit(job, kind, text)
+    ctx.emit(job, kind, text)  # the view shows it (plain lines show every kind): no log line besides
 
 
 def _reserve(ctx: StepContext, a: Active, price: int) -> bool:

@@ -206,3 +206,17 @@ def test_status_table_on_an_empty_ledger(ws):
 def test_missing_input_folder_is_a_usage_error(ws):
     result = ws.cli("scan", "--input-dir", "nowhere")
     assert result.exit_code == 2 and "input folder not found" in result.output
+
+
+def test_status_of_many_storyboards_lists_those_with_work_left_and_sums_up_the_rest(ws):
+    for i in range(45):
+        ws.storyboard(f"storyboard_{i:02d}.json", segments(*[f"shot {i}-{s}" for s in range(1 + i % 3)]))
+    assert ws.cli("scan").exit_code == 0
+    table = ws.cli("status").output
+    listed = [line for line in table.splitlines() if line.startswith("input/storyboard_")]
+    assert len(listed) == 40 and "… 5 more (--all lists them)" in table
+    # the ones with the most work left come first; the hidden ones are among the smallest
+    assert all(f"storyboard_{i:02d}" in table for i in range(45) if i % 3 == 2)
+    every = ws.cli("status", "--all").output
+    assert len([line for line in every.splitlines() if line.startswith("input/storyboard_")]) == 45
+    assert "more (--all" not in every
