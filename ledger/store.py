@@ -15,6 +15,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 from sqlalchemy import bindparam, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, Row
 
 from .db import read_tx, write_tx
@@ -715,9 +717,13 @@ class Store:
     def put_meta(self, key: str, value: Dict[str, Any]) -> None:
         """Keep ``value`` under ``key`` (replacing what was there)."""
         now = utcnow()
+        # One statement, so two workers starting at once cannot both insert the key.
+        dialect = self.engine.dialect.name
+        upsert = (postgresql_insert if dialect == "postgresql" else sqlite_insert)(meta)
+        stmt = upsert.values(key=key, value=value, updated_at=now).on_conflict_do_update(
+            index_elements=[meta.c.key], set_={"value": value, "updated_at": now})
         with write_tx(self.engine) as conn:
-            if not conn.execute(update(meta).where(meta.c.key == key).values(value=value, updated_at=now)).rowcount:
-                conn.execute(insert(meta).values(key=key, value=value, updated_at=now))
+            conn.execute(stmt)
 
     # failures ------------------------------------------------------------------------------
 

@@ -89,7 +89,7 @@ def test_init_writes_env_and_the_template_and_no_ledger(tmp_path, ws):
     assert "ledger run --dry-run" in result.output
     # What init made submits nothing: the template is not a storyboard.
     scanned = ws.cli("scan")
-    assert scanned.exit_code == 0 and "Scanned 0 storyboard file(s)" in scanned.output
+    assert scanned.exit_code == 0 and "Scanned 0 storyboard files" in scanned.output
 
 
 def test_init_never_replaces_an_existing_env_or_template_without_force(tmp_path, ws):

@@ -32,7 +32,7 @@ def test_run_requeue_changed_regenerates_a_done_job_whose_prompt_changed(ws, sim
     ws.storyboard("storyboard_a.json", segments("a stormy sea"))
     result = ws.cli("run", "--no-progress", "--requeue-changed", env=work_env)
     assert result.exit_code == 0, result.output
-    assert "1 requeued after a change" in result.output
+    assert "1 back in the queue (changed, --requeue-changed)" in result.output
     assert sim.stats()["creates_per_prompt"] == {"a calm sea": 1, "a stormy sea": 1}
     [(state, params)] = query(ws.root, "SELECT state, params FROM jobs")
     assert state == "done" and json.loads(params)["prompt"] == "a stormy sea"
