@@ -60,6 +60,14 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 STATUS_ROWS = 40  # storyboards listed by `status` (the ones with the most work left) unless --all
 
 
+def _json_one_per_line(data: Dict[str, Any], listed: str) -> str:
+    """``data`` as indented JSON with each item of the list ``listed`` on one line of its own: as
+    readable, and (the C encoder does not indent) ten times faster for 50,000 storyboards."""
+    head = json.dumps({k: v for k, v in data.items() if k != listed}, ensure_ascii=False, indent=2)
+    items = ",\n".join("    " + json.dumps(item, ensure_ascii=False) for item in data[listed])
+    return f'{head[:-2]},\n  "{listed}": [\n{items}\n  ]\n}}' if items else f'{head[:-2]},\n  "{listed}": []\n}}'
+
+
 @dataclass
 class App:
     """What the group callback gathers; ``settings()`` builds the one Settings object of a run."""
@@ -348,7 +356,7 @@ def status_command(ctx: click.Context, as_json: bool, job: Optional[str], show_a
             board["picked_segments"], board["segments"] = chosen.get(board["path"], (0, 0))
         data["picked_segments"] = sum(p for p, _ in chosen.values())
         data["segments"] = sum(n for _, n in chosen.values())
-        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+        click.echo(_json_one_per_line(data, "storyboards"))
         return
     # Only the states in use (and the three everyone looks for) keep the table readable in 80 columns.
     shown = [s for s in ALL_STATES if report.counts[s.value] or s.value in ("pending", "done", "failed")]

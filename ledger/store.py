@@ -794,27 +794,39 @@ class Store:
     # status --------------------------------------------------------------------------------
 
     def status(self, prices: Callable[[bool], int]) -> "StatusReport":
-        """Counts per state, overall and per storyboard, and money spent / still to spend."""
+        """Counts per state, overall and per storyboard, and money spent / still to spend.
+
+        Grouped by storyboard id (an integer the jobs' unique index already orders by), then named:
+        a million jobs in 50,000 storyboards cost about the counting query itself."""
         report = StatusReport()
+        price = {False: prices(False), True: prices(True)}
+        unpaid = (State.PENDING.value, State.SUBMITTING.value)
+        boards: Dict[int, BoardStatus] = {}
         with read_tx(self.engine) as conn:
+            paths = dict(conn.execute(select(storyboards.c.id, storyboards.c.path)).all())
             rows = conn.execute(
-                select(storyboards.c.path, jobs.c.state, jobs.c.is_pro, func.count(jobs.c.id),
+                select(jobs.c.storyboard_id, jobs.c.state, jobs.c.is_pro, func.count(jobs.c.id),
                        func.coalesce(func.sum(jobs.c.spent_cents), 0))
-                .join_from(jobs, storyboards, jobs.c.storyboard_id == storyboards.c.id)
-                .group_by(storyboards.c.path, jobs.c.state, jobs.c.is_pro)
-                .order_by(storyboards.c.path)
-            )
+                .group_by(jobs.c.storyboard_id, jobs.c.state, jobs.c.is_pro))
+            for board_id, state, is_pro, count, spent in rows:
+                board = boards.get(board_id)
+                if board is None:
+                    board = boards[board_id] = BoardStatus(paths[board_id])
+                board.counts[state] += count
+                board.total += count
+                board.spent_cents += spent
+                if state in unpaid:
+                    board.estimated_remaining_cents += count * price[bool(is_pro)]
             report.unresolved = conn.execute(
                 select(func.count()).select_from(jobs).where(jobs.c.state == State.SUBMITTING.value)
                 .where(jobs.c.error_kind == "unresolved")).scalar_one()
-            for path, state, is_pro, count, spent in rows:
-                board = report.storyboards.setdefault(path, BoardStatus(path))
-                for target in (report, board):
-                    target.counts[State(state).value] += count
-                    target.total += count
-                    target.spent_cents += spent
-                    if State(state) in (State.PENDING, State.SUBMITTING):
-                        target.estimated_remaining_cents += count * prices(bool(is_pro))
+        for board in sorted(boards.values(), key=lambda b: b.path):
+            report.storyboards[board.path] = board
+            for state, count in board.counts.items():
+                report.counts[state] += count
+            report.total += board.total
+            report.spent_cents += board.spent_cents
+            report.estimated_remaining_cents += board.estimated_remaining_cents
         return report
 
 
