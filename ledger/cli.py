@@ -445,7 +445,7 @@ def _work(app: App, settings: Settings, store: Store, *, pattern: Optional[str],
             polls_per_second=settings.poll_max_per_second, lease_seconds=settings.lease_seconds,
             reconcile_grace=settings.reconcile_grace_seconds, poll_timeout=settings.poll_timeout_seconds,
             create_timeout=settings.connect_timeout + settings.read_timeout,
-            database_patience=max(10.0, 4 * settings.busy_timeout))
+            database_patience=max(10.0, 4 * settings.busy_timeout), api_patience=settings.api_patience_seconds)
         worker = Scheduler(store, client, options, prices, on_event=view.event, on_tick=view.tick)
         with _stop_on_signals(worker):
             summary = worker.run()

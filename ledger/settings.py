@@ -127,6 +127,7 @@ class Settings:
     retry_max_delay: float = 30 * 60
     reconcile_grace_seconds: float = 30.0
     lease_seconds: float = 120.0
+    api_patience_seconds: float = 60.0
     price_normal_cents: int = 30
     price_pro_cents: int = 150
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
@@ -184,6 +185,7 @@ SPECS: Tuple[Tuple[str, str, Callable[[Any], Any]], ...] = (
     ("RETRY_MAX_DELAY", "retry_max_delay", _positive_float),
     ("RECONCILE_GRACE_SECONDS", "reconcile_grace_seconds", _positive_float),
     ("LEASE_SECONDS", "lease_seconds", _positive_float),
+    ("API_PATIENCE_SECONDS", "api_patience_seconds", _positive_float),
     ("PRICE_NORMAL_CENTS", "price_normal_cents", _int_at_least(0)),
     ("PRICE_PRO_CENTS", "price_pro_cents", _int_at_least(0)),
 )

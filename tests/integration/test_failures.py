@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
-from tests.helpers import leftovers, query, segments
+from tests.helpers import leftovers, query, segments, spawn
 from tests.integration.conftest import API_KEY
 from tests.integration.test_work import assert_all_done_and_whole, assert_every_job_paid_once
 
@@ -267,3 +268,29 @@ def test_show_prints_parameters_task_and_history(ws, sim, work_env):
             assert state in result.output
     assert ws.cli("status", "--job", "1", env=work_env).output == ws.cli("show", "1", env=work_env).output
     assert ws.cli("show", "99", env=work_env).exit_code == 2
+
+
+def test_an_api_out_of_reach_mid_run_stops_the_run_and_delays_nothing_for_the_next(ws, make_sim, work_env, unused_port):
+    """The API goes away while generations run: the run stops after API_PATIENCE_SECONDS with one
+    line (exit 3), counts no attempt and sets no back-off, so the next run starts at once."""
+    sim = make_sim(port=unused_port, gen_seconds=2.0)
+    env = {**work_env, "SORA_BASE_URL": sim.base_url, "API_PATIENCE_SECONDS": "2", "RETRY_BASE_DELAY": "600",
+           "CONNECT_TIMEOUT": "1"}
+    ws.storyboard("storyboard_a.json", segments("one", "two"))
+    assert ws.cli("scan", env=env).exit_code == 0
+    proc = spawn(ws.root, env, "work", "--no-progress")
+    deadline = time.monotonic() + 20
+    while sim.stats()["tasks_created"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sim.stop()  # nothing listens on its port any more: connection refused
+    out, errors = proc.communicate(timeout=60)
+    assert proc.returncode == 3, (out, errors)
+    assert f"cannot reach http://127.0.0.1:{unused_port}/v1" in errors and "Traceback" not in errors
+    assert query(ws.root, "SELECT state, attempts, next_attempt_at FROM jobs") == [("submitted", 0, None)] * 2
+    sim.start()  # the same simulator, back on the same port, its tasks intact
+    started = time.monotonic()
+    result = ws.cli("work", "--no-progress", env=env)
+    assert result.exit_code == 0, result.output
+    assert time.monotonic() - started < 30  # no 600-second back-off left behind
+    assert sim.stats()["tasks_created"] == 2
+    assert query(ws.root, "SELECT DISTINCT state FROM jobs") == [("done",)]
