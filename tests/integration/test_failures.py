@@ -294,3 +294,17 @@ def test_an_api_out_of_reach_mid_run_stops_the_run_and_delays_nothing_for_the_ne
     assert time.monotonic() - started < 30  # no 600-second back-off left behind
     assert sim.stats()["tasks_created"] == 2
     assert query(ws.root, "SELECT DISTINCT state FROM jobs") == [("done",)]
+
+
+def test_a_key_refused_mid_run_is_one_line_not_one_per_job(ws, make_sim, work_env):
+    sim = make_sim(create_latency=0.3)
+    env = {**work_env, "SORA_BASE_URL": sim.base_url, "MAX_CONCURRENT_TASKS": "6"}
+    ws.storyboard("storyboard_a.json", segments(*[f"shot {i}" for i in range(6)]))
+    assert ws.cli("scan", env=env).exit_code == 0
+    sim.inject("create", "envelope", count=6, code=401, message="API密钥无效或已禁用")  # revoked after the pre-flight
+    proc = spawn(ws.root, env, "work", "--no-progress")
+    out, errors = proc.communicate(timeout=60)
+    assert proc.returncode == 3, (out, errors)
+    assert (out + errors).count("was rejected") == 1, (out, errors)
+    assert set(states(ws).values()) == {"pending"} and sim.stats()["tasks_created"] == 0
+    assert sim.stats()["creates_received"] >= 2  # several creates met the refusal at once
