@@ -413,12 +413,19 @@ class Store:
             return {c.job_id for c in changes}
         inserts = [(board_id, spec.segment, spec.version) for board_id, spec in new_specs]
         if fresh:
-            conn.execute(insert(storyboards), [
-                {"path": item.path, "path_key": path_key(item.path), "project_name": item.project_name, "fingerprint": item.fingerprint,
-                 "segment_count": item.segment_count, "present": True, "first_seen_at": now, "scanned_at": now,
-                 "output_mode": item.output_mode}
-                for item in fresh])
-            ids = self._board_ids(conn, [item.path for item in fresh])
+            rows = [{"path": item.path, "path_key": path_key(item.path), "project_name": item.project_name,
+                     "fingerprint": item.fingerprint, "segment_count": item.segment_count, "present": True,
+                     "first_seen_at": now, "scanned_at": now, "output_mode": item.output_mode} for item in fresh]
+            if conn.dialect.insert_executemany_returning:
+                # The ids come back with the insert: a look-up instead would be planned, inside this
+                # one transaction, on statistics from when the table was empty (a full scan per batch
+                # on PostgreSQL: 3 ms per batch at first, 240 ms at 400,000 jobs).
+                made = conn.execute(insert(storyboards).returning(storyboards.c.path, storyboards.c.id,
+                                                                  sort_by_parameter_order=True), rows)
+                ids = {path: board_id for path, board_id in made}
+            else:  # SQLite before 3.35
+                conn.execute(insert(storyboards), rows)
+                ids = self._board_ids(conn, [item.path for item in fresh])
             inserts.extend((ids[item.path], segment, version) for item in fresh for segment in item.segments
                            for version in range(1, segment.versions + 1))
         self._insert_jobs(conn, inserts, now)
