@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/preflight_bench.py
 	$(BIN)/python bench/race_bench.py
 	$(BIN)/python bench/review_bench.py
+	$(BIN)/python bench/scale_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
