@@ -19,7 +19,6 @@ from ledger.db import open_ledger
 from ledger.settings import load_settings
 from ledger.store import Store
 from tests.helpers import query, segments, spawn
-from tests.integration.test_postgres import pg_url  # noqa: F401 - the fixture
 
 GOOD = segments("a calm sea", "a red fox")  # 2 segments x 2 versions = 4 jobs
 
