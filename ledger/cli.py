@@ -291,15 +291,14 @@ def status_command(ctx: click.Context, as_json: bool, job: Optional[str]) -> Non
 def _render_providers(report: Any) -> None:
     """Jobs and money per provider, with the API hosts its jobs were sent to."""
     table = Table(title="by provider")
-    for column in ("provider", "sent to", "pending", "in flight", "done", "failed", "total", "spent", "remaining"):
-        table.add_column(column, justify="left" if column in ("provider", "sent to") else "right",
-                         overflow="fold")
+    for column in ("provider", "sent to", "jobs", "done", "in flight", "spent", "to spend"):
+        table.add_column(column, justify="left" if column in ("provider", "sent to") else "right", overflow="fold")
     for name in sorted(report.providers):
         p = report.providers[name]
         hosts = ", ".join(sorted({urlsplit(base).netloc for base in p.api_bases})) or "-"
         flying = sum(p.counts[s.value] for s in (State.SUBMITTING, State.SUBMITTED, State.DOWNLOADING))
-        table.add_row(Text(name), Text(hosts), str(p.counts["pending"]), str(flying), str(p.counts["done"]),
-                      str(p.counts["failed"]), str(p.total), money(p.spent_cents), money(p.estimated_remaining_cents))
+        table.add_row(Text(name), Text(hosts), str(p.total), str(p.counts["done"]), str(flying), money(p.spent_cents),
+                      money(p.estimated_remaining_cents))
     out.print(table)
 
 

@@ -68,6 +68,7 @@ _IN_THE_WAY = frozenset({errno.ENOTDIR, errno.EEXIST})
 _DIR_SYNC_UNSUPPORTED = frozenset({errno.EINVAL, getattr(errno, "ENOTSUP", errno.EINVAL),
                                    getattr(errno, "EOPNOTSUPP", errno.EINVAL)})
 _SAFE_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
+_OPENAI_ID_PREFIX = "video_"
 # Redirects followed by hand for an authenticated download (see ``OriginAuth``).
 MAX_REDIRECTS = 5
 
@@ -129,10 +130,12 @@ def video_filename(segment_index: int, version: int, task_id: str) -> str:
     """The file name of one generated video: ``{segment_index}_v{version}_{token}.mp4``.
 
     The token is the first 8 of the task id's characters in ``[A-Za-z0-9_-]`` (for the API's
-    UUIDs simply ``task_id[:8]``), so no id can add a path separator, ``..``, NUL or a control
-    character to a file name; an id with no such character gives a short hash of itself.
+    UUIDs simply ``task_id[:8]``; the ``video_`` every /v1/videos id starts with is left out, or
+    every token would be ``video_`` and two hex digits), so no id can add a path separator, ``..``,
+    NUL or a control character to a file name; an id with no such character gives a short hash of itself.
     """
-    token = _SAFE_TOKEN.sub("", task_id)[:8]
+    token = _SAFE_TOKEN.sub("", task_id[len(_OPENAI_ID_PREFIX):] if task_id.startswith(_OPENAI_ID_PREFIX)
+                            else task_id)[:8]
     if not token:
         token = hashlib.sha256(task_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     return f"{segment_index}_v{version}_{token}.mp4"
