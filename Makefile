@@ -23,14 +23,19 @@ test-fast: $(STAMP)
 
 # The whole pipeline on the bundled examples against the local simulator, in demo/ (git-ignored):
 # start `ledger sim`, `ledger run`, show the output tree and `ledger status`, stop the simulator.
-DEMO_ENV = SORA_BASE_URL=http://127.0.0.1:$(SIM_PORT)/v1 SORA_API_KEY=sora-demo0000000000000000000000000000 \
-	LEDGER_DATABASE_URL=sqlite:///demo/ledger.db OUTPUT_DIR=demo/output
+# `make demo PROTOCOL=openai`: the same through the OpenAI-compatible /v1/videos provider.
+PROTOCOL ?= sora_hk
+DEMO_INPUT_sora_hk = input/examples
+DEMO_INPUT_openai = docs/providers
+DEMO_ENV = PROVIDER=$(PROTOCOL) SORA_BASE_URL=http://127.0.0.1:$(SIM_PORT)/v1 \
+	SORA_API_KEY=sora-demo0000000000000000000000000000 OPENAI_BASE_URL=http://127.0.0.1:$(SIM_PORT)/v1 \
+	OPENAI_API_KEY=sk-demo000000000000000000000000000000 LEDGER_DATABASE_URL=sqlite:///demo/ledger.db OUTPUT_DIR=demo/output
 demo: $(STAMP)
 	rm -rf demo && mkdir -p demo
-	$(BIN)/ledger sim --port $(SIM_PORT) --gen-seconds 3 > demo/sim.log 2>&1 & echo $$! > demo/sim.pid; \
+	$(BIN)/ledger sim --port $(SIM_PORT) --gen-seconds 3 --protocol $(PROTOCOL) > demo/sim.log 2>&1 & echo $$! > demo/sim.pid; \
 	trap 'kill $$(cat demo/sim.pid) 2>/dev/null' EXIT; \
 	for i in $$(seq 50); do grep -q listening demo/sim.log && break; sleep 0.1; done; \
-	$(DEMO_ENV) $(BIN)/ledger run --input-dir input/examples && \
+	$(DEMO_ENV) $(BIN)/ledger run --input-dir $(DEMO_INPUT_$(PROTOCOL)) && \
 	echo && echo "demo/output:" && find demo/output -type f | sort && echo && \
 	$(DEMO_ENV) $(BIN)/ledger status
 

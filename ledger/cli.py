@@ -325,8 +325,9 @@ def _work(app: App, settings: Settings, store: Store, *, pattern: Optional[str],
     _preflight(settings, apis, skip=checked)
     with ProviderPool(settings, pool_size=settings.max_concurrent_tasks) as pool, \
             make_view(err, plain=no_progress, stdout_is_terminal=out.is_terminal) as view:
-        sora = pool.get(DEFAULT_PROVIDER) if any(p == DEFAULT_PROVIDER for p, _ in apis) else None
-        prices = refresh_prices(store, sora, settings)
+        # GET /pricing of the sora.hk API new jobs go to, when any do.
+        sora_api = (DEFAULT_PROVIDER, configured_base(settings, DEFAULT_PROVIDER))
+        prices = refresh_prices(store, pool.get(*sora_api) if sora_api in apis else None, settings)
         options = WorkOptions(
             concurrency=settings.max_concurrent_tasks, limit=limit, scope=scope, max_spend=max_spend,
             poll=PollPolicy.from_settings(settings), retry=RetryPolicy.from_settings(settings),
@@ -419,12 +420,12 @@ def _dry_run(settings: Settings, store: Store, pattern: Optional[str], limit: Op
     pre-flight's answers, used when the plan's own look-up fails) and ``max_spend``; nothing is
     paid. Raises ``BudgetExhausted`` (exit 4) when either does not cover the plan."""
     scope = JobScope(storyboard_ids=store.storyboard_ids(pattern) if pattern else None)
-    needed = {provider for provider, _ in _apis(settings, store, scope)} | {p for p, _, _ in (extra or {})}
+    sora_api = (DEFAULT_PROVIDER, configured_base(settings, DEFAULT_PROVIDER))
+    asks_sora = sora_api in _apis(settings, store, scope) or any(p == DEFAULT_PROVIDER for p, _, _ in (extra or {}))
     told = {provider: balance for (provider, base), balance in (balances or {}).items()
             if base == configured_base(settings, provider)}
     with ProviderPool(settings) as pool:
-        sora = pool.get(DEFAULT_PROVIDER) if DEFAULT_PROVIDER in needed else None
-        prices = refresh_prices(store, sora, settings)
+        prices = refresh_prices(store, pool.get(*sora_api) if asks_sora else None, settings)
         plan = plan_work(store, pool, scope, prices, limit=limit, extra=extra)
     out.print(f"Dry run: {plan.jobs} job(s) would be submitted ({plan.normal} normal, {plan.pro} Pro), "
               f"{plan.in_flight} already paid for would be collected.", markup=False)

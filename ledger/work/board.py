@@ -19,7 +19,8 @@ from ..client import RemoteTask
 from ..policy import RateGate
 from ..providers import Provider
 
-# Below this many jobs of one API being polled, single GETs cost no more than a list call.
+# Below this many jobs of one API being polled, single GETs cost no more than a list call
+# (``WorkOptions.batch_min``).
 BATCH_MIN = 4
 PAGE_SIZE = 100
 # A poll takes a list answer read up to this fraction of its own interval before it fell due

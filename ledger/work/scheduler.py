@@ -90,7 +90,7 @@ class Scheduler:
         self.ctx = StepContext(
             store=store, providers=providers, options=options, owner=self.owner, budget=Budget(options.max_spend),
             prices=prices, journal=Journal(folder, self.owner),  # type: ignore[arg-type]
-            run=self.run_state, gate=gate, board=StatusBoard(gate, self.run_state.abort),
+            run=self.run_state, gate=gate, board=StatusBoard(gate, self.run_state.abort, batch_min=options.batch_min),
             emit=on_event or (lambda job, kind, text: None), clock=time.monotonic)
 
     # --- what the CLI and the live view use ---------------------------------------------------------
