@@ -4,6 +4,7 @@ Errors are mapped to exit codes in exactly one place (``LedgerGroup.invoke``).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -317,12 +318,14 @@ def work_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _work(app: App, settings: Settings, store: Store, *, pattern: Optional[str], limit: Optional[int],
           max_spend: Optional[int], no_progress: bool, job_ids: Optional[List[int]] = None,
-          checked: Sequence[Tuple[str, str]] = ()) -> WorkSummary:
+          checked: Optional[Preflight] = None) -> WorkSummary:
     """Run the worker with the live view and Ctrl+C handling; print the summary; return it.
     Every API the jobs need is pre-flighted first, except those ``checked`` already."""
     scope = JobScope(storyboard_ids=store.storyboard_ids(pattern) if pattern else None, job_ids=job_ids)
     apis = _apis(settings, store, scope)
-    _preflight(settings, apis, skip=checked)
+    earlier = checked or Preflight({}, [])
+    left_out = earlier.left_out + _preflight(settings, apis, skip=earlier.checked).left_out
+    scope = dataclasses.replace(scope, skip_apis=left_out)
     with ProviderPool(settings, pool_size=settings.max_concurrent_tasks) as pool, \
             make_view(err, plain=no_progress, stdout_is_terminal=out.is_terminal) as view:
         # GET /pricing of the sora.hk API new jobs go to, when any do.
@@ -397,20 +400,41 @@ def _apis(settings: Settings, store: Store, scope: JobScope) -> List[Tuple[str, 
     return sorted({(provider, (base or configured_base(settings, provider)).rstrip("/")) for provider, base in wanted})
 
 
-def _preflight(settings: Settings, apis: Sequence[Tuple[str, str]],
-               skip: Sequence[Tuple[str, str]] = ()) -> Dict[Tuple[str, str], Optional[int]]:
-    """One cheap authenticated call to each API, before anything is spent or touched: each one's
-    balance in cents (None when the API does not tell it). A wrong key, URL or proxy is a
-    one-line ``ConfigError`` (exit 3) within seconds."""
-    balances: Dict[Tuple[str, str], Optional[int]] = {}
+@dataclass
+class Preflight:
+    """What the pre-flight found: each API's balance in cents (None: not told), and the APIs that
+    only earlier jobs were sent to and that cannot be used now (their jobs sit this run out)."""
+
+    balances: Dict[Tuple[str, str], Optional[int]]
+    left_out: List[Tuple[str, str]]
+
+    @property
+    def checked(self) -> List[Tuple[str, str]]:
+        return [*self.balances, *self.left_out]
+
+
+def _preflight(settings: Settings, apis: Sequence[Tuple[str, str]], skip: Sequence[Tuple[str, str]] = ()) -> Preflight:
+    """One cheap authenticated call to each API, before anything is spent or touched. A wrong key,
+    URL or proxy of an API new jobs go to is a one-line ``ConfigError`` (exit 3) within seconds; one
+    that only earlier jobs were sent to (a reseller since left) is a warning, and those jobs are
+    left as they are while the rest go on."""
+    found = Preflight({}, [])
     with ProviderPool(settings, pool_size=1) as pool:
         for provider, base in apis:
             if (provider, base) in skip:
                 continue
-            balance = balances[(provider, base)] = pool.get(provider, base).preflight()
+            try:
+                balance = found.balances[(provider, base)] = pool.get(provider, base).preflight()
+            except ConfigError as exc:
+                if base == configured_base(settings, provider):
+                    raise
+                err.print(f"warning: the jobs sent earlier to {base} ({provider}) are left as they are this run: "
+                          f"{exc}", markup=False)
+                found.left_out.append((provider, base))
+                continue
             log.info("pre-flight: %s (%s) answers; balance %s", base, provider,
                      money(balance) if balance is not None else "not told")
-    return balances
+    return found
 
 
 def _dry_run(settings: Settings, store: Store, pattern: Optional[str], limit: Optional[int],
@@ -469,9 +493,9 @@ def work_command(app: App, concurrency: Optional[int], limit: Optional[int], pat
     store = app.store(settings)
     # Before any job is touched, --retry-failed's requeue included: every API the jobs need.
     apis = _apis(settings, store, JobScope(storyboard_ids=store.storyboard_ids(pattern) if pattern else None))
-    balances = _preflight(settings, apis)
+    preflight = _preflight(settings, apis)
     if dry_run:
-        _dry_run(settings, store, pattern, limit, max_spend=max_spend, balances=balances)
+        _dry_run(settings, store, pattern, limit, max_spend=max_spend, balances=preflight.balances)
         return
     job_ids = None
     if retry_failed is not None:
@@ -479,7 +503,7 @@ def work_command(app: App, concurrency: Optional[int], limit: Optional[int], pat
         _report_requeue(store.requeue(selection.job_ids), selection.unmatched)
         job_ids = selection.job_ids
     _raise_for(_work(app, settings, store, pattern=pattern, limit=limit, max_spend=max_spend,
-                     no_progress=no_progress, job_ids=job_ids, checked=list(balances)))
+                     no_progress=no_progress, job_ids=job_ids, checked=preflight))
 
 
 def _report_requeue(counts: Tuple[int, int], unmatched: Sequence[str] = ()) -> None:
@@ -596,16 +620,16 @@ def run_command(app: App, input_dir: Optional[Path], output_mode: Optional[str],
     settings = app.settings(input_dir=input_dir, output_mode=output_mode, output_dir=output_dir,
                             max_concurrent_tasks=concurrency)
     configured = (settings.provider, configured_base(settings, settings.provider))
-    balances = _preflight(settings, [configured])  # before the scan: a wrong key or URL leaves no trace
+    preflight = _preflight(settings, [configured])  # before the scan: a wrong key or URL leaves no trace
     store = app.store(settings, create=True)
     report = scan(settings, app.cwd, store, dry_run=dry_run)
     _render_scan(report, settings, store)
     if dry_run:
         _dry_run(settings, store, pattern, limit, extra=report.outcome.added_by_price, max_spend=max_spend,
-                 balances=balances)
+                 balances=preflight.balances)
     else:
         _raise_for(_work(app, settings, store, pattern=pattern, limit=limit, max_spend=max_spend,
-                         no_progress=no_progress, checked=list(balances)))
+                         no_progress=no_progress, checked=preflight))
     if report.problems:
         raise InputError(f"{len(report.invalid_files)} storyboard file(s) are invalid (listed above)")
 

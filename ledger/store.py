@@ -39,6 +39,8 @@ class JobScope:
     storyboard_ids: Optional[Sequence[int]] = None
     job_ids: Optional[Sequence[int]] = None
     paid_only: bool = False  # only jobs that already have (or may have) a remote task
+    # (provider, API base URL) pairs out of reach this run: the jobs sent there are left alone.
+    skip_apis: Sequence[Tuple[str, str]] = ()
 
     def apply(self, query):  # type: ignore[no-untyped-def]
         if self.storyboard_ids is not None:
@@ -47,6 +49,9 @@ class JobScope:
             query = query.where(jobs.c.id.in_(list(self.job_ids)))
         if self.paid_only:
             query = query.where(jobs.c.state != State.PENDING.value)
+        for provider, base in self.skip_apis:  # a pending job goes where the settings say, not where it once went
+            query = query.where(or_(jobs.c.provider != provider, jobs.c.api_base.is_(None), jobs.c.api_base != base,
+                                    jobs.c.state == State.PENDING.value))
         return query
 
 

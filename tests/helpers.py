@@ -44,7 +44,7 @@ def api_env(sim: Any) -> Dict[str, str]:
     """The settings that point ledger at ``sim``, in the protocol it speaks."""
     if sim.config.protocol == "openai":
         return {"PROVIDER": "openai", "OPENAI_BASE_URL": sim.base_url, "OPENAI_API_KEY": sim.config.api_key or "sk-any"}
-    return {"SORA_BASE_URL": sim.base_url}
+    return {"PROVIDER": "sora_hk", "SORA_BASE_URL": sim.base_url}
 
 
 def job_price(sim: Any) -> int:

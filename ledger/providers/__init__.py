@@ -75,9 +75,17 @@ class ProviderPool:
         with self._lock:
             return list(self._open.values())
 
+    def is_configured(self, client: Provider) -> bool:
+        """Whether ``client`` is the API the settings send new jobs of its provider to (not one
+        that only earlier jobs were sent to)."""
+        return client.base_url == configured_base(self.settings, client.name)
+
     def outage(self) -> Tuple[float, str]:
-        """The longest time an API has been out of reach, and what was last said about it."""
-        worst = max(self.opened(), key=lambda client: client.unreachable_for(), default=None)
+        """The longest time a configured API (where new jobs go) has been out of reach, and what was
+        last said about it. An API only earlier jobs were sent to does not count: its jobs are left
+        for a later run while the rest go on."""
+        worst = max((c for c in self.opened() if self.is_configured(c)), key=lambda c: c.unreachable_for(),
+                    default=None)
         return (0.0, "") if worst is None else (worst.unreachable_for(), worst.last_unreachable)
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ list does not show (too deep, or the list does not carry it) is asked about alon
 """
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -16,8 +17,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, Dict, Optional, Tuple
 
 from ..client import RemoteTask
+from ..errors import ApiError, AuthError, TransientError
 from ..policy import RateGate
 from ..providers import Provider
+
+log = logging.getLogger(__name__)
 
 # Below this many jobs of one API being polled, single GETs cost no more than a list call
 # (``WorkOptions.batch_min``).
@@ -47,6 +51,7 @@ class _Listing:
     read_at: float = -math.inf  # when the last read began (its answers are at least that fresh)
     failed_at: float = -math.inf  # when the last read that failed began
     reading: bool = False
+    unusable: bool = False  # the API refused its list (a relay without one): every poll asks alone
     wanted: Dict[str, Tuple[float, Optional[datetime]]] = field(default_factory=dict)  # id -> (asked, submitted)
 
 
@@ -67,14 +72,14 @@ class StatusBoard:
                not_before: float) -> Optional[RemoteTask]:
         """``task_id`` as a list read begun at or after ``not_before`` shows it; None when the poll
         must ask the API about it alone (few jobs polled, the list does not show it, or the read
-        failed). Raises what the list call raised for the poll that made it."""
+        failed). Raises only a refused key, which stops the run."""
         with self._cond:
             listing = self._listings.setdefault((api.name, api.base_url), _Listing())
             now = self.clock()
             listing.wanted[task_id] = (now, submitted_at)
             for stale in [t for t, (asked, _) in listing.wanted.items() if now - asked > FORGET_AFTER]:
                 del listing.wanted[stale]
-            if len(listing.wanted) < self.batch_min:
+            if len(listing.wanted) < self.batch_min or listing.unusable:
                 return None
             while True:
                 if listing.failed_at >= not_before:
@@ -91,11 +96,19 @@ class StatusBoard:
         started = self.clock()
         try:
             tasks = self._read(api, wanted)
-        except BaseException:
+        except BaseException as exc:
             with self._cond:
                 listing.reading, listing.failed_at = False, started
+                # A list the API refuses outright will not get better this run; trouble in passing
+                # is tried again by a later poll. Either way the polls now ask alone.
+                listing.unusable = isinstance(exc, ApiError) and not isinstance(exc, (AuthError, TransientError))
                 self._cond.notify_all()
-            raise
+            if isinstance(exc, AuthError) or not isinstance(exc, Exception):
+                raise
+            log.log(logging.WARNING if listing.unusable else logging.INFO,
+                    "%s: the task list could not answer for the jobs in flight (%s); asking about each alone",
+                    api.base_url, exc)
+            return None
         with self._cond:
             listing.tasks, listing.read_at, listing.reading = tasks, started, False
             self._cond.notify_all()

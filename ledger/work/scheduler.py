@@ -7,6 +7,7 @@ with one clear reason when the ledger or the API stay out of reach — nothing l
 """
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -182,7 +183,7 @@ class Scheduler:
         ids = scope.job_ids
         if self.options.limit is not None and len(self._claimed) >= self.options.limit:
             ids = sorted(self._claimed if ids is None else set(ids) & self._claimed)
-        return JobScope(scope.storyboard_ids, ids, paid_only=self.run_state.no_submit)
+        return dataclasses.replace(scope, job_ids=ids, paid_only=self.run_state.no_submit)
 
     def _finished(self) -> bool:
         """Nothing to claim now: wait only for retries this run could still take, and for the jobs of

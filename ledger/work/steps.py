@@ -376,12 +376,19 @@ def settle(ctx: StepContext, a: Active, step: Action, exc: Exception) -> Next:
         return Next(outcome=Outcome.RELEASED)
     if verdict is Verdict.OUT_OF_REACH:
         # Not the job's fault: nothing is counted or written for later runs; the scheduler stops the
-        # run if the API stays out of reach.
+        # run if the API new jobs go to stays out of reach. An API only earlier jobs were sent to
+        # (before the settings changed) that stays out of reach has its jobs left for a later run.
         if job.state is State.SUBMITTING:
             _move(ctx, a, State.PENDING, EventKind.NOTE, "", show=False)
             _unreserve(ctx, a)
             a.sent_at = a.answered_at = None
             a.action = Action.SUBMIT
+        api = api_of(ctx, job)
+        if not ctx.providers.is_configured(api) and api.unreachable_for() > ctx.options.api_patience:
+            _event(ctx, job, EventKind.PARKED, f"{api.base_url} has been out of reach for {api.unreachable_for():.0f} s; "
+                                               "left as it is for a later `ledger work`")
+            ctx.store.release(ctx.owner, [job.id])
+            return Next(outcome=Outcome.PARKED)
         a.tries += 1
         return Next(min(30.0, 2.0 * a.tries))
     if verdict is Verdict.NOT_CREATED:

@@ -285,3 +285,37 @@ def test_the_readmes_gateway_env_works_as_written(ws, make_sim):
     assert "Estimated cost $2.24" in result.output  # the .env's rates: 8 s x 8 cents + 4 s x 40 cents
     assert "sk-xxxxxxxx" not in result.output
     assert sim.stats()["requests_by_route"] == {"tasks": 1}
+
+
+def test_an_api_that_disappeared_holds_up_nothing_else(ws, make_sim, work_env):
+    """A reseller gone with a job in flight: the run warns, leaves that job as it is (task id kept)
+    and sends the new work to the provider configured now."""
+    gone = make_sim(protocol="sora_hk", gen_seconds=30.0)
+    gateway = make_sim(protocol="openai")
+    ws.storyboard("storyboard_a.json", segments("made at the reseller that disappears"))
+    before = {**work_env, "SORA_BASE_URL": gone.base_url, "PROVIDER": "sora_hk"}
+    assert ws.cli("run", "--no-progress", env={**before, "POLL_TIMEOUT_SECONDS": "0.2"}).exit_code == 0
+    gone_url = gone.base_url
+    assert query(ws.root, "SELECT state, api_base FROM jobs") == [("submitted", gone_url)]
+    gone.stop()
+    ws.storyboard("storyboard_b.json", segments("made at the gateway"))
+    result = ws.cli("run", "--no-progress", env={**work_env, **api_env(gateway)})
+    assert result.exit_code == 0, result.output
+    assert f"warning: the jobs sent earlier to {gone_url} (sora_hk) are left as they are this run" in result.output
+    assert "connection refused" in result.output
+    assert query(ws.root, "SELECT j.provider, j.state, j.remote_task_id IS NOT NULL FROM jobs j ORDER BY j.id") == [
+        ("sora_hk", "submitted", 1), ("openai", "done", 1)]
+
+
+def test_a_list_the_api_refuses_never_fails_a_job_polls_ask_alone(ws, make_sim, work_env):
+    """A relay whose task list answers "bad parameters": one try, then every job is polled alone;
+    no paid job is failed for it."""
+    sim = make_sim(protocol="sora_hk", gen_seconds=1.0)
+    sim.inject("tasks", "envelope", count=1000, code=1001, message="参数错误：不支持的接口")
+    ws.storyboard("storyboard_a.json", segments(*[f"shot {i}" for i in range(8)]))
+    proc = spawn(ws.root, {**work_env, **api_env(sim), "MAX_CONCURRENT_TASKS": "8"}, "run", "--no-progress")
+    out, errors = proc.communicate(timeout=60)
+    assert proc.returncode == 0, (out, errors)
+    assert "the task list could not answer for the jobs in flight" in errors
+    assert sim.stats()["requests_by_route"]["tasks"] == 1
+    assert_all_done_and_whole(ws, sim, 8)
