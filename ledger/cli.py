@@ -219,7 +219,8 @@ def _render_scan(report: ScanReport, settings: Settings, store: Store) -> None:
         estimate += sum(n * prices.price(provider, key) for (provider, key, _), n in o.added_by_price.items())
         used.update(provider for provider, _, _ in o.added_by_price)
         out.print("Dry run: nothing was written.")
-    out.print(f"Pending: {pending} job(s), estimated cost {money(estimate)} at {prices.describe(used)}.", markup=False)
+    out.print(f"Pending: {pending} job(s), estimated cost {money(estimate)} at "
+              f"{prices.describe(used or [settings.provider])}.", markup=False)
 
 
 @cli.command("scan")
@@ -282,7 +283,7 @@ def status_command(ctx: click.Context, as_json: bool, job: Optional[str]) -> Non
     _render_providers(report)
     out.print(f"Spent {money(report.spent_cents)}; estimated remaining {money(report.estimated_remaining_cents)} "
               f"for {report.counts['pending'] + report.counts['submitting']} job(s) not yet paid for, at "
-              f"{prices.describe(report.providers)}.", markup=False)
+              f"{prices.describe(report.providers or [settings.provider])}.", markup=False)
     if report.unresolved:
         out.print(f"{report.unresolved} job(s) are unresolved: a create went unanswered and the task list could not "
                   f"be read back far enough to tell whether it made a task. Nothing is sent again for them; "
@@ -453,8 +454,8 @@ def _dry_run(settings: Settings, store: Store, pattern: Optional[str], limit: Op
         plan = plan_work(store, pool, scope, prices, limit=limit, extra=extra)
     out.print(f"Dry run: {plan.jobs} job(s) would be submitted ({plan.normal} normal, {plan.pro} Pro), "
               f"{plan.in_flight} already paid for would be collected.", markup=False)
-    out.print(f"Estimated cost {money(plan.cost)} at {prices.describe(p.provider for p in plan.providers)}.",
-              markup=False)
+    shown = [part.provider for part in plan.providers] or [settings.provider]
+    out.print(f"Estimated cost {money(plan.cost)} at {prices.describe(shown)}.", markup=False)
     short: List[str] = []
     several = len(plan.providers) > 1 or any(p.provider != DEFAULT_PROVIDER for p in plan.providers)
     for part in plan.providers:

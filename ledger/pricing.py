@@ -70,12 +70,9 @@ class Prices:
         return self.tariffs[provider].price(key)
 
     def describe(self, providers: Optional[Iterable[str]] = None) -> str:
-        """The lists of ``providers`` (default: every one); the default provider's when none is used."""
-        from .providers import DEFAULT
-
+        """The lists of ``providers`` (default: every one), one phrase each."""
         wanted = None if providers is None else set(providers)
-        shown = [name for name in self.tariffs if wanted is None or name in wanted] or [DEFAULT]
-        return "; ".join(self.tariffs[name].describe() for name in shown)
+        return "; ".join(tariff.describe() for name, tariff in self.tariffs.items() if wanted is None or name in wanted)
 
 
 def fallback_prices(settings: Settings) -> PriceBook:

@@ -160,7 +160,8 @@ def search_pages(pages: Callable[[Optional[str]], TaskPage], prompt: str, since:
 
     Reads on **until the list is older than the window or ends**: only then does "not found" mean
     "not created" (``covered``). A list that keeps answering with nothing new (a relay ignoring the
-    cursor) for ``stale_pages`` pages cannot cover the window. Naive datetimes are UTC."""
+    cursor) for ``stale_pages`` pages cannot cover the window, nor can one that shows tasks in the
+    window without their prompt (a relay that leaves it out). Naive datetimes are UTC."""
     since = since if since.tzinfo is not None else since.replace(tzinfo=timezone.utc)
     if until is not None and until.tzinfo is None:
         until = until.replace(tzinfo=timezone.utc)
@@ -169,6 +170,7 @@ def search_pages(pages: Callable[[Optional[str]], TaskPage], prompt: str, since:
     wanted = prompt.strip()
     seen: set = set()
     found: Dict[str, RemoteTask] = {}
+    unknown = 0  # tasks in the window whose prompt the list does not show
     repeats = pages_read = 0
     cursor: Optional[str] = None
     while pages_read < max_pages:
@@ -184,10 +186,15 @@ def search_pages(pages: Callable[[Optional[str]], TaskPage], prompt: str, since:
         for task in fresh:
             created = task.created_at
             recent = created is None or (created >= window_start and (window_end is None or created <= window_end))
-            if recent and (task.prompt or "").strip() == wanted and not task_id_problem(task.task_id):
+            if recent and task.prompt is None:
+                unknown += 1
+            elif recent and task.prompt.strip() == wanted and not task_id_problem(task.task_id):
                 found[task.task_id] = task
         dated = [task.created_at for task in page.tasks if task.created_at is not None]
         if page.next_cursor is None or (dated and min(dated) < window_start):
+            if unknown and not found:
+                return TaskSearch([], False, pages_read, f"the list shows {unknown} task(s) of that time without "
+                                                         "their prompt: any of them may be the create's")
             return TaskSearch(_nearest(found.values(), since), True, pages_read)
         cursor = page.next_cursor
     return TaskSearch(_nearest(found.values(), since), False, pages_read,

@@ -233,10 +233,14 @@ class OpenAIVideos(ApiClient):
                             skew_seconds=skew_seconds)
 
     def same_request(self, task: RemoteTask, params: Mapping[str, Any]) -> bool:
-        """Model, seconds and size of a listed task must be the request's (fields it omits do not count)."""
+        """Model, seconds and size of a listed task must be the request's. Fields it omits, and a
+        model it names in words of its own (a relay may answer a dated snapshot for ``sora-2``), do
+        not count against it: a task wrongly ruled out would be paid for twice."""
         raw, body = task.raw, request_body(params)
-        return not any(raw.get(key) not in (None, "") and str(raw[key]) != str(body[key])
-                       for key in ("model", "seconds", "size"))
+        listed = model_rules(str(raw.get("model") or ""))
+        if listed is not None and listed is not model_rules(body["model"]):
+            return False
+        return not any(raw.get(key) not in (None, "") and str(raw[key]) != str(body[key]) for key in ("seconds", "size"))
 
     def download(self, url: str, dest: Path, *, root: Path, cancel: Any = None) -> DownloadResult:
         """``GET /videos/{id}/content`` with the key — sent to the API's own origin only: a redirect

@@ -144,3 +144,28 @@ def test_a_cursor_the_relay_ignores_never_covers_the_window():
     read, _ = pages_of(newest_first, 100, ignore_cursor=True)
     found = search_pages(read, "the lost one", START, skew_seconds=120)
     assert not found.covered and found.tasks == [] and "repeated itself" in found.reason
+
+
+def test_a_list_without_prompts_cannot_prove_a_create_was_not_made():
+    blind = [RemoteTask(task_id="v1", status="queued", progress=0, prompt=None, video_url=None, error_msg=None,
+                        cost=None, created_at=START, completed_at=None)]
+    read, _ = pages_of(blind, 100)
+    found = search_pages(read, "the lost one", START, skew_seconds=120)
+    assert not found.covered and "without their prompt" in found.reason
+
+
+def test_a_relays_own_name_for_the_model_does_not_rule_a_task_out():
+    from ledger.providers.openai_videos import OpenAIVideos
+
+    client = OpenAIVideos("http://127.0.0.1:9/v1", None)
+    params = {"provider": "openai", "model": "sora-2", "prompt": "p", "duration": 4, "size": "1280x720"}
+
+    def listed(**raw):
+        return RemoteTask(task_id="v", status="queued", progress=0, prompt="p", video_url=None, error_msg=None,
+                          cost=None, created_at=START, completed_at=None, raw=raw)
+
+    assert client.same_request(listed(model="sora-2-2025-10-06", seconds="4", size="1280x720"), params)
+    assert client.same_request(listed(), params)  # a relay that shows nothing but the prompt
+    assert not client.same_request(listed(model="sora-2-pro", seconds="4", size="1280x720"), params)
+    assert not client.same_request(listed(model="sora-2", seconds="8", size="1280x720"), params)
+    client.close()
