@@ -169,3 +169,15 @@ def test_a_relays_own_name_for_the_model_does_not_rule_a_task_out():
     assert not client.same_request(listed(model="sora-2-pro", seconds="4", size="1280x720"), params)
     assert not client.same_request(listed(model="sora-2", seconds="8", size="1280x720"), params)
     client.close()
+
+
+def test_the_gateway_example_is_valid_and_all_openai():
+    from ledger.settings import Settings
+    from ledger.storyboard import Layout, read_storyboard
+
+    repo = Path(__file__).resolve().parents[2]
+    parsed = read_storyboard(repo / "docs" / "providers" / "storyboard_gateway.json", Settings(),
+                             Layout(repo, repo / "input", repo / "output"))
+    assert parsed.valid and parsed.warnings == [], (parsed.problems, parsed.warnings)
+    assert [(job.provider, job.price_key) for job in parsed.jobs] == [
+        ("openai", "sora-2@1280x720:4"), ("openai", "sora-2@720x1280:8"), ("openai", "sora-2-pro@1792x1024:4")]
