@@ -69,10 +69,11 @@ class StatusBoard:
         self._listings: Dict[Tuple[str, str], _Listing] = {}
 
     def lookup(self, api: Provider, task_id: str, submitted_at: Optional[datetime],
-               not_before: float) -> Optional[RemoteTask]:
-        """``task_id`` as a list read begun at or after ``not_before`` shows it; None when the poll
-        must ask the API about it alone (few jobs polled, the list does not show it, or the read
-        failed). Raises only a refused key, which stops the run."""
+               not_before: float) -> Optional[Tuple[RemoteTask, float]]:
+        """``task_id`` as a list read begun at or after ``not_before`` shows it, and when that read
+        began (``clock`` time); None when the poll must ask the API about it alone (few jobs
+        polled, the list does not show it, or the read failed). Raises only a refused key, which
+        stops the run."""
         with self._cond:
             listing = self._listings.setdefault((api.name, api.base_url), _Listing())
             now = self.clock()
@@ -123,10 +124,10 @@ class StatusBoard:
                 listing.tasks.pop(task_id, None)
 
     @staticmethod
-    def _shown(listing: _Listing, task_id: str) -> Optional[RemoteTask]:
+    def _shown(listing: _Listing, task_id: str) -> Optional[Tuple[RemoteTask, float]]:
         task = listing.tasks.get(task_id)
         # A finished task whose list entry lacks the video URL is asked about alone for it.
-        return None if task is None or (task.is_completed and not task.video_url) else task
+        return None if task is None or (task.is_completed and not task.video_url) else (task, listing.read_at)
 
     def _read(self, api: Provider, wanted: Dict[str, Tuple[float, Optional[datetime]]]) -> Dict[str, RemoteTask]:
         """Read the list, newest first, until every wanted task was seen, the list is older than the

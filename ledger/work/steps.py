@@ -242,16 +242,21 @@ def poll(ctx: StepContext, a: Active) -> Next:
     job = a.job
     api = api_of(ctx, job)
     task_id = job.remote_task_id or ""
-    task = ctx.board.lookup(api, task_id, job.submitted_at, a.due - slack(a.last_delay))
-    if task is None:
+    # The poll meant to land just after the estimated finish takes no answer read before it.
+    early = slack(a.last_delay) if a.progress < ctx.options.poll.confident_progress else 0.0
+    listed = ctx.board.lookup(api, task_id, job.submitted_at, a.due - early)
+    if listed is None:
         if not ctx.gate.acquire(ctx.run.abort):
             return Next(0.0)
         api.backoff.wait(ctx.run.abort)
     a.polls += 1
     ctx.run.count(polls=1)
-    elapsed = _elapsed(job)
+    # A list answer is ``age`` seconds old: the progress it shows was reached that much earlier,
+    # and the next poll is timed from then.
+    age = max(0.0, ctx.clock() - listed[1]) if listed is not None else 0.0
+    elapsed = _elapsed(job) - age
     try:
-        task = task or api.get(task_id)
+        task = listed[0] if listed is not None else api.get(task_id)
     except TaskNotFound:
         if elapsed < ctx.options.reconcile_grace:
             return Next(min(5.0, ctx.options.reconcile_grace))  # a service may not know a task it made a moment ago
@@ -272,7 +277,7 @@ def poll(ctx: StepContext, a: Active) -> Next:
         return _park_generating(ctx, a, elapsed)
     # The service's own "ask again after" is a lower bound, never a reason to ask sooner.
     a.last_delay = max(ctx.options.poll.next_delay(elapsed, task.progress, a.last_delay), task.poll_after or 0.0)
-    return Next(a.last_delay)
+    return Next(max(0.0, a.last_delay - age))
 
 
 def download(ctx: StepContext, a: Active) -> Next:
