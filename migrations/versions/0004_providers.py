@@ -17,17 +17,15 @@ depends_on = None
 
 def upgrade() -> None:
     # Every job so far was made for the one provider there was; its base URL was the configured one
-    # (NULL: the provider's configured base URL), its price the normal or the Pro one.
-    with op.batch_alter_table('jobs', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('provider', sa.String(length=32), server_default='sora_hk', nullable=False))
-        batch_op.add_column(sa.Column('api_base', sa.Text(), nullable=True))
-        batch_op.add_column(sa.Column('price_key', sa.String(length=64), server_default='normal', nullable=False))
+    # (NULL: the provider's configured base URL), its price the normal or the Pro one. Plain ADD /
+    # DROP COLUMN, never a copied table: picks reference jobs, and SQLite (3.35+) drops in place.
+    op.add_column('jobs', sa.Column('provider', sa.String(length=32), server_default='sora_hk', nullable=False))
+    op.add_column('jobs', sa.Column('api_base', sa.Text(), nullable=True))
+    op.add_column('jobs', sa.Column('price_key', sa.String(length=64), server_default='normal', nullable=False))
     jobs = sa.table('jobs', sa.column('is_pro', sa.Boolean), sa.column('price_key', sa.String))
     op.get_bind().execute(jobs.update().where(jobs.c.is_pro.is_(True)).values(price_key='pro'))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('jobs', schema=None) as batch_op:
-        batch_op.drop_column('price_key')
-        batch_op.drop_column('api_base')
-        batch_op.drop_column('provider')
+    for name in ('price_key', 'api_base', 'provider'):
+        op.drop_column('jobs', name)
