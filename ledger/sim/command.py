@@ -54,10 +54,11 @@ def sim(host: str, port: int, api_key: Optional[str], gen_seconds: float, fail_r
         server.start()
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    click.echo(f"Sora simulator listening on {server.base_url} ({protocol} protocol)")
+    click.echo(f"Sora simulator listening on {server.base_url}")
     key_hint = "the key given with --api-key" if api_key else "any value"
     if protocol == "openai":
-        click.echo(f"Point ledger at it: PROVIDER=openai, OPENAI_BASE_URL={server.base_url} and OPENAI_API_KEY={key_hint}")
+        click.echo(f"It speaks the /v1/videos protocol. Point ledger at it: PROVIDER=openai, "
+                   f"OPENAI_BASE_URL={server.base_url} and OPENAI_API_KEY={key_hint}")
     else:
         click.echo(f"Point ledger at it: SORA_BASE_URL={server.base_url} and SORA_API_KEY={key_hint}")
     click.echo(f'A prompt containing "{POLICY_TRIGGER}" is rejected by the content policy. Ctrl+C stops.')
