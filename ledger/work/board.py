@@ -51,7 +51,6 @@ class _Listing:
     read_at: float = -math.inf  # when the last read began (its answers are at least that fresh)
     failed_at: float = -math.inf  # when the last read that failed began
     reading: bool = False
-    reading_since: float = -math.inf  # when the read under way began
     unusable: bool = False  # the API refused its list (a relay without one): every poll asks alone
     wanted: Dict[str, Tuple[float, Optional[datetime]]] = field(default_factory=dict)  # id -> (asked, submitted)
 
@@ -89,14 +88,13 @@ class StatusBoard:
                 if listing.read_at >= not_before:
                     return self._shown(listing, task_id)
                 if not listing.reading:
-                    listing.reading, listing.reading_since = True, self.clock()
-                    started, wanted = listing.reading_since, dict(listing.wanted)
+                    listing.reading = True
+                    wanted = dict(listing.wanted)
                     break
-                if listing.reading_since < not_before:
-                    return None  # the read under way began too early to answer: waiting for it only adds delay
                 self._cond.wait(0.5)
                 if self.cancel.is_set():
                     return None
+        started = self.clock()
         try:
             tasks = self._read(api, wanted)
         except BaseException as exc:
