@@ -24,12 +24,17 @@ test-fast: $(STAMP)
 # start `ledger sim` on a free port (SIM_PORT=N asks for that one and fails if it is taken), read the
 # address it printed, `ledger run`, show the output tree and `ledger status`, stop the simulator.
 # The demo talks only to the simulator it started: never to whatever else listens on some port.
+# `make demo PROTOCOL=openai`: the same through the OpenAI-compatible /v1/videos provider.
 SIM_PORT ?= 0
-DEMO_ENV = SORA_API_KEY=sora-demo0000000000000000000000000000 NO_PROXY=127.0.0.1,localhost \
+PROTOCOL ?= sora_hk
+DEMO_INPUT_sora_hk = examples
+DEMO_INPUT_openai = docs/providers
+DEMO_ENV = PROVIDER=$(PROTOCOL) SORA_API_KEY=sora-demo0000000000000000000000000000 \
+	OPENAI_API_KEY=sk-demo000000000000000000000000000000 NO_PROXY=127.0.0.1,localhost \
 	LEDGER_DATABASE_URL=sqlite:///demo/ledger.db OUTPUT_DIR=demo/output
 demo: $(STAMP)
 	rm -rf demo && mkdir -p demo
-	$(BIN)/ledger sim --port $(SIM_PORT) --gen-seconds 3 > demo/sim.log 2>&1 & echo $$! > demo/sim.pid; \
+	$(BIN)/ledger sim --port $(SIM_PORT) --gen-seconds 3 --protocol $(PROTOCOL) > demo/sim.log 2>&1 & echo $$! > demo/sim.pid; \
 	trap 'kill $$(cat demo/sim.pid) 2>/dev/null' EXIT; \
 	url=; for i in $$(seq 300); do \
 		url=$$(sed -n 's/^Sora simulator listening on //p' demo/sim.log); \
@@ -38,9 +43,9 @@ demo: $(STAMP)
 	if [ -z "$$url" ]; then echo "make demo: the simulator did not start (demo/sim.log):" >&2; \
 		cat demo/sim.log >&2; exit 1; fi; \
 	echo "Simulator: $$url"; \
-	$(DEMO_ENV) SORA_BASE_URL=$$url $(BIN)/ledger run --input-dir examples && \
+	$(DEMO_ENV) SORA_BASE_URL=$$url OPENAI_BASE_URL=$$url $(BIN)/ledger run --input-dir $(DEMO_INPUT_$(PROTOCOL)) && \
 	echo && echo "demo/output:" && find demo/output -type f | sort && echo && \
-	$(DEMO_ENV) SORA_BASE_URL=$$url $(BIN)/ledger status
+	$(DEMO_ENV) SORA_BASE_URL=$$url OPENAI_BASE_URL=$$url $(BIN)/ledger status
 
 bench: $(STAMP)
 	$(BIN)/python bench/scan_bench.py

@@ -11,7 +11,10 @@ a separate process, and prints, each beside its baseline from the same run:
   3. end-to-end jobs/s at G=0 (goal >= 200), beside the same create/poll/download calls made by a
      plain thread pool with no ledger at all;
   4. concurrency 256 at G=5 s: CPU seconds per wall second and threads used (goal: no 256 busy
-     threads burning CPU).
+     threads burning CPU);
+  5. API calls per job and efficiency at N=256, C=64, G=60 s with the default poll cap (10/s), on
+     both protocols, with batch status (one list read answers for many jobs) beside the same run
+     polling every job alone (goal: <= 3 calls per job: create + status + download).
 """
 from __future__ import annotations
 
@@ -25,9 +28,10 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -37,8 +41,10 @@ from ledger.policy import PollPolicy, RetryPolicy  # noqa: E402
 from ledger.scan import scan  # noqa: E402
 from ledger.settings import load_settings  # noqa: E402
 from ledger.store import Store  # noqa: E402
-from ledger.pricing import fallback_prices  # noqa: E402
+from ledger.pricing import known_prices  # noqa: E402
+from ledger.providers import ProviderPool  # noqa: E402
 from ledger.work import Scheduler, WorkOptions, WorkSummary  # noqa: E402
+from ledger.work.board import BATCH_MIN  # noqa: E402
 
 KEY = "sora-bench000000000000000000000000000"
 
@@ -52,37 +58,52 @@ def free_port() -> int:
 class Simulator:
     """``ledger sim`` in its own process, so it does not share the worker's interpreter."""
 
-    def __init__(self, gen_seconds: float) -> None:
+    def __init__(self, gen_seconds: float, protocol: str = "sora_hk") -> None:
         self.port = free_port()
+        self.protocol = protocol
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ledger", "sim", "--port", str(self.port), "--gen-seconds", str(gen_seconds),
-             "--balance", str(10**9)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             "--balance", str(10**9), "--protocol", protocol], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True)
         assert self.proc.stdout is not None
         self.proc.stdout.readline()  # "listening on ..." once it serves
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
+
+    def env(self) -> Dict[str, str]:
+        if self.protocol == "openai":
+            return {"PROVIDER": "openai", "OPENAI_BASE_URL": self.base_url, "OPENAI_API_KEY": KEY}
+        return {"SORA_BASE_URL": self.base_url, "SORA_API_KEY": KEY}
+
+    def stats(self) -> Dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_sim/stats", timeout=10) as answer:
+            return json.loads(answer.read())
 
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
 
 
-def run_worker(n: int, concurrency: int, gen_seconds: float) -> Tuple[WorkSummary, float, Dict[str, float], Path]:
-    """Scan N one-version segments and work them; returns the summary, wall time, resource use."""
-    sim = Simulator(gen_seconds)
+def run_worker(n: int, concurrency: int, gen_seconds: float, *, protocol: str = "sora_hk",
+               polls_per_second: float = 1000.0, batch_min: int = BATCH_MIN
+               ) -> Tuple[WorkSummary, float, Dict[str, Any], Path]:
+    """Scan N one-version segments and work them; returns the summary, wall time, resource use and
+    the API calls the simulator received, by route."""
+    sim = Simulator(gen_seconds, protocol)
     tmp = Path(tempfile.mkdtemp(prefix="ledger-work-bench-"))
     try:
         doc = {"segments": [{"segment_index": i, "prompt_text": f"bench shot {i}"} for i in range(1, n + 1)]}
         (tmp / "input").mkdir()
         (tmp / "input" / "storyboard_bench.json").write_text(json.dumps(doc))
-        settings = load_settings(tmp, {"SORA_BASE_URL": sim.base_url, "SORA_API_KEY": KEY,
-                                       "GEN_COUNT_PER_SEGMENT": "1", "MAX_CONCURRENT_TASKS": str(concurrency)})
+        settings = load_settings(tmp, {**sim.env(), "GEN_COUNT_PER_SEGMENT": "1",
+                                       "MAX_CONCURRENT_TASKS": str(concurrency)})
         store = Store(open_ledger(settings.database_url), cwd=tmp)
         scan(settings, tmp, store)
         options = WorkOptions(concurrency=concurrency, poll=PollPolicy.from_settings(settings),
-                              retry=RetryPolicy.from_settings(settings), polls_per_second=1000.0)
+                              retry=RetryPolicy.from_settings(settings), polls_per_second=polls_per_second,
+                              batch_min=batch_min)
         peak_threads = [threading.active_count()]
-        with SoraClient.from_settings(settings) as client:
-            worker = Scheduler(store, client, options, fallback_prices(settings),
+        with ProviderPool(settings, pool_size=concurrency) as pool:
+            worker = Scheduler(store, pool, options, known_prices(store, settings),
                                on_tick=lambda w: peak_threads.append(threading.active_count()))
             usage_before = resource.getrusage(resource.RUSAGE_SELF)
             started = time.perf_counter()
@@ -91,7 +112,7 @@ def run_worker(n: int, concurrency: int, gen_seconds: float) -> Tuple[WorkSummar
             usage_after = resource.getrusage(resource.RUSAGE_SELF)
         cpu = (usage_after.ru_utime - usage_before.ru_utime) + (usage_after.ru_stime - usage_before.ru_stime)
         assert summary.done == n, summary
-        return summary, wall, {"cpu": cpu, "threads": max(peak_threads)}, tmp
+        return summary, wall, {"cpu": cpu, "threads": max(peak_threads), "calls": sim.stats()["requests_by_route"]}, tmp
     finally:
         sim.close()
 
@@ -135,7 +156,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--long-g", type=float, default=270.0, help="generation time of the polling scenario")
     parser.add_argument("--skip-long", action="store_true", help="skip the polling scenario (it takes G seconds)")
-    parser.add_argument("--only", default="1234", help="which scenarios to run, e.g. 13")
+    parser.add_argument("--only", default="12345", help="which scenarios to run, e.g. 13")
+    parser.add_argument("--batch-g", type=float, default=60.0, help="generation time of the batch-status scenario")
+    parser.add_argument("--batch-n", type=int, default=256, help="jobs in the batch-status scenario")
     args = parser.parse_args()
     if args.skip_long:
         args.only = args.only.replace("2", "")
@@ -166,6 +189,22 @@ def main() -> None:
         ideal = 512 / 256 * 5.0
         print(f"4. N=512 C=256 G=5s: wall {wall:.2f} s (ideal {ideal:.1f} s), {usage['cpu'] / wall:.2f} CPU-seconds per "
               f"second, at most {usage['threads']:.0f} threads for 256 generations in flight")
+
+    if "5" in args.only:
+        n, c, g = args.batch_n, 64, args.batch_g
+        ideal = n / c * g
+        print(f"5. N={n} C={c} G={g:.0f}s, the default poll cap (10/s): API calls per job (goal <= 3) and efficiency")
+        for protocol in ("sora_hk", "openai"):
+            for label, batch_min in (("batch status", BATCH_MIN), ("each job polled alone (before)", 10**9)):
+                summary, wall, usage, _ = run_worker(n, c, g, protocol=protocol, polls_per_second=10.0,
+                                                     batch_min=batch_min)
+                calls = usage["calls"]
+                status = calls.get("task", 0) + calls.get("tasks", 0)
+                fetches = calls.get("file", 0) + calls.get("content", 0)
+                print(f"   {protocol:8} {label:31}: {sum(calls.values()) / n:.2f} calls/job (create "
+                      f"{calls.get('create', 0) / n:.2f}, status {status / n:.2f} [{calls.get('tasks', 0)} list reads], "
+                      f"video {fetches / n:.2f}), {summary.polls / n:.1f} polls/job answered; wall {wall:.0f} s, "
+                      f"ideal {ideal:.0f} s -> efficiency {ideal / wall:.3f}")
 
 
 if __name__ == "__main__":

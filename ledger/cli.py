@@ -4,6 +4,7 @@ Errors are mapped to exit codes in exactly one place (``LedgerGroup.invoke``).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from urllib.parse import urlsplit
 
 import click
 from rich.console import Console
@@ -22,7 +24,6 @@ from rich.text import Text
 
 from . import __version__
 from .db import database_trouble, driver_errors, open_ledger, require_ledger, sqlite_file, upgrade
-from .client import SoraClient
 from .errors import (
     BudgetExhausted,
     ConfigError,
@@ -51,6 +52,8 @@ from .store import (PickRefused, clear_pick, job_by_key, pick_counts, pick_rows,
                     storyboards_by_suffix, takes)
 from .storyboard import ledger_path
 from .pricing import known_prices, money, parse_money, refresh_prices
+from .providers import DEFAULT as DEFAULT_PROVIDER
+from .providers import ProviderPool, configured_base
 from .work import Scheduler, Stop, WorkOptions, WorkSummary, plan_work
 from .work.types import BoardTally
 
@@ -82,8 +85,7 @@ class App:
     def settings(self, **overrides: Any) -> Settings:
         if self.built is None:
             self.built = load_settings(self.cwd, self.environ, {"database_url": self.database_url, **overrides})
-            if self.built.api_key:
-                self.redactor.secrets.append(self.built.api_key)
+            self.redactor.secrets.extend(self.built.api_keys)
         return self.built
 
     def store(self, settings: Settings, *, create: bool = False) -> Store:
@@ -291,15 +293,18 @@ def _render_scan(report: ScanReport, settings: Settings, store: Store, cwd: Path
     status = store.status(prices.price)
     count = status.counts["pending"]
     estimate = status.estimated_remaining_cents
+    used = set(status.providers)
     if o.dry_run:
-        # Jobs going back to the queue are priced as normal videos: the scan does not say which are Pro.
         count += o.added + back
-        estimate += o.added_pro * prices.pro + (o.added - o.added_pro + back) * prices.normal
+        for (provider, key, _), n in (*o.added_by_price.items(), *o.back_by_price.items()):
+            estimate += n * prices.price(provider, key)
+            used.add(provider)
     label = "Pending after this scan" if o.dry_run else "Pending"
     if not count:
         out.print(f"{label}: nothing to generate.", markup=False)
         return
-    out.print(f"{label}: {plural(count, 'job')}, estimated {money(estimate)} at {prices.describe()}.", markup=False)
+    out.print(f"{label}: {plural(count, 'job')}, estimated {money(estimate)} at "
+              f"{prices.describe(used or [settings.provider])}.", markup=False)
 
 
 def _scan_store(app: App, settings: Settings, dry_run: bool) -> Store:
@@ -388,13 +393,14 @@ def status_command(ctx: click.Context, as_json: bool, job: Optional[str], show_a
     table.add_row("[b]all[/b]", *(f"[b]{report.counts[s.value]}[/b]" for s in shown), f"[b]{report.total}[/b]",
                   f"[b]{money(report.spent_cents)}[/b]", f"[b]{all_picked}/{all_segments}[/b]")
     out.print(table)
+    _render_providers(report)
     unpaid = report.counts["pending"] + report.counts["submitting"]
+    described = prices.describe(report.providers or [settings.provider])
     if unpaid:
         out.print(f"Spent {money(report.spent_cents)}; estimated remaining {money(report.estimated_remaining_cents)} "
-                  f"for {plural(unpaid, 'job')} not yet paid for, at {prices.describe()}.", markup=False)
+                  f"for {plural(unpaid, 'job')} not yet paid for, at {described}.", markup=False)
     else:
-        out.print(f"Spent {money(report.spent_cents)}; nothing left to pay for. Prices: {prices.describe()}.",
-                  markup=False)
+        out.print(f"Spent {money(report.spent_cents)}; nothing left to pay for. Prices: {described}.", markup=False)
     if report.unresolved:
         out.print(f"{report.unresolved} job(s) are unresolved: a create went unanswered and the task list could not "
                   f"be read back far enough to tell whether it made a task. Nothing is sent again for them; "
@@ -418,6 +424,20 @@ class MoneyType(click.ParamType):
 MONEY = MoneyType()
 
 
+def _render_providers(report: Any) -> None:
+    """Jobs and money per provider, with the API hosts its jobs were sent to."""
+    table = Table(title="by provider", box=None, pad_edge=False, header_style="bold")
+    for column in ("provider", "sent to", "jobs", "done", "in flight", "spent", "to spend"):
+        table.add_column(column, justify="left" if column in ("provider", "sent to") else "right", no_wrap=True)
+    for name in sorted(report.providers):
+        p = report.providers[name]
+        hosts = ", ".join(sorted({urlsplit(base).netloc for base in p.api_bases})) or "-"
+        flying = sum(p.counts[s.value] for s in (State.SUBMITTING, State.SUBMITTED, State.DOWNLOADING))
+        table.add_row(Text(name), Text(hosts), str(p.total), str(p.counts["done"]), str(flying), money(p.spent_cents),
+                      money(p.estimated_remaining_cents))
+    out.print(table)
+
+
 def work_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The options of a work run, shared by ``work`` and ``run``."""
     for option in reversed([
@@ -433,12 +453,20 @@ def work_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _work(app: App, settings: Settings, store: Store, *, pattern: Optional[str], limit: Optional[int],
-          max_spend: Optional[int], no_progress: bool, job_ids: Optional[List[int]] = None) -> WorkSummary:
-    """Run the worker with the live view and Ctrl+C handling; print the summary; return it."""
+          max_spend: Optional[int], no_progress: bool, job_ids: Optional[List[int]] = None,
+          checked: Optional[Preflight] = None) -> WorkSummary:
+    """Run the worker with the live view and Ctrl+C handling; print the summary; return it.
+    Every API the jobs need is pre-flighted first, except those ``checked`` already."""
     scope = JobScope(storyboard_ids=store.storyboard_ids(pattern) if pattern else None, job_ids=job_ids)
-    with SoraClient.from_settings(settings) as client, \
+    apis = _apis(settings, store, scope)
+    earlier = checked or Preflight({}, [])
+    left_out = earlier.left_out + _preflight(settings, apis, skip=earlier.checked).left_out
+    scope = dataclasses.replace(scope, skip_apis=left_out)
+    with ProviderPool(settings, pool_size=settings.max_concurrent_tasks) as pool, \
             make_view(err, plain=no_progress, stdout_is_terminal=out.is_terminal) as view:
-        prices = refresh_prices(store, client, settings)
+        # GET /pricing of the sora.hk API new jobs go to, when any do.
+        sora_api = (DEFAULT_PROVIDER, configured_base(settings, DEFAULT_PROVIDER))
+        prices = refresh_prices(store, pool.get(*sora_api) if sora_api in apis else None, settings)
         options = WorkOptions(
             concurrency=settings.max_concurrent_tasks, limit=limit, scope=scope, max_spend=max_spend,
             poll=PollPolicy.from_settings(settings), retry=RetryPolicy.from_settings(settings),
@@ -446,7 +474,7 @@ def _work(app: App, settings: Settings, store: Store, *, pattern: Optional[str],
             reconcile_grace=settings.reconcile_grace_seconds, poll_timeout=settings.poll_timeout_seconds,
             create_timeout=settings.connect_timeout + settings.read_timeout,
             database_patience=max(10.0, 4 * settings.busy_timeout), api_patience=settings.api_patience_seconds)
-        worker = Scheduler(store, client, options, prices, on_event=view.event, on_tick=view.tick)
+        worker = Scheduler(store, pool, options, prices, on_event=view.event, on_tick=view.tick)
         with _stop_on_signals(worker):
             summary = worker.run()
     _render_summary(summary)
@@ -550,43 +578,87 @@ def _raise_for(summary: WorkSummary) -> None:
         raise JobsFailed(f"{summary.failed} job(s) failed; see `ledger export-failed`")
 
 
-def _preflight(settings: Settings) -> int:
-    """One cheap authenticated call before anything is spent or touched; the balance in cents.
-    A wrong key, URL or proxy is a one-line ``ConfigError`` (exit 3) within seconds."""
-    with SoraClient.from_settings(settings, pool_size=1) as client:
-        balance = client.preflight()
-    log.info("pre-flight: %s answers; balance %s", settings.base_url, money(balance))
-    return balance
+def _apis(settings: Settings, store: Store, scope: JobScope) -> List[Tuple[str, str]]:
+    """The (provider, base URL) of every API a run over ``scope`` needs: the configured provider,
+    each provider pending jobs go to, and wherever paid-for jobs were sent."""
+    wanted = {(settings.provider, None)} | store.apis_in_use(scope)
+    return sorted({(provider, (base or configured_base(settings, provider)).rstrip("/")) for provider, base in wanted})
+
+
+@dataclass
+class Preflight:
+    """What the pre-flight found: each API's balance in cents (None: not told), and the APIs that
+    only earlier jobs were sent to and that cannot be used now (their jobs sit this run out)."""
+
+    balances: Dict[Tuple[str, str], Optional[int]]
+    left_out: List[Tuple[str, str]]
+
+    @property
+    def checked(self) -> List[Tuple[str, str]]:
+        return [*self.balances, *self.left_out]
+
+
+def _preflight(settings: Settings, apis: Sequence[Tuple[str, str]], skip: Sequence[Tuple[str, str]] = ()) -> Preflight:
+    """One cheap authenticated call to each API, before anything is spent or touched. A wrong key,
+    URL or proxy of an API new jobs go to is a one-line ``ConfigError`` (exit 3) within seconds; one
+    that only earlier jobs were sent to (a reseller since left) is a warning, and those jobs are
+    left as they are while the rest go on."""
+    found = Preflight({}, [])
+    with ProviderPool(settings, pool_size=1) as pool:
+        for provider, base in apis:
+            if (provider, base) in skip:
+                continue
+            try:
+                balance = found.balances[(provider, base)] = pool.get(provider, base).preflight()
+            except ConfigError as exc:
+                if base == configured_base(settings, provider):
+                    raise
+                err.print(f"warning: the jobs sent earlier to {base} ({provider}) are left as they are this run: "
+                          f"{exc}", markup=False)
+                found.left_out.append((provider, base))
+                continue
+            log.info("pre-flight: %s (%s) answers; balance %s", base, provider,
+                     money(balance) if balance is not None else "not told")
+    return found
 
 
 def _dry_run(settings: Settings, store: Store, pattern: Optional[str], limit: Optional[int],
-             extra: Tuple[int, int] = (0, 0), *, max_spend: Optional[int] = None,
-             balance: Optional[int] = None) -> None:
-    """Print what a run would submit and cost, beside the balance (``balance``: the pre-flight's
-    answer, used when the plan's own look-up fails) and ``max_spend``; nothing is paid. Raises
-    ``BudgetExhausted`` (exit 4) when either does not cover the plan."""
+             extra: Optional[Dict[Tuple[str, str, bool], int]] = None, *, max_spend: Optional[int] = None,
+             balances: Optional[Dict[Tuple[str, str], Optional[int]]] = None) -> None:
+    """Print what a run would submit and cost, beside each provider's balance (``balances``: the
+    pre-flight's answers, used when the plan's own look-up fails) and ``max_spend``; nothing is
+    paid. Raises ``BudgetExhausted`` (exit 4) when either does not cover the plan."""
     scope = JobScope(storyboard_ids=store.storyboard_ids(pattern) if pattern else None)
-    with SoraClient.from_settings(settings) as client:
-        prices = refresh_prices(store, client, settings)
-        plan = plan_work(store, client, scope, prices, limit=limit, extra=extra)
+    sora_api = (DEFAULT_PROVIDER, configured_base(settings, DEFAULT_PROVIDER))
+    asks_sora = sora_api in _apis(settings, store, scope) or any(p == DEFAULT_PROVIDER for p, _, _ in (extra or {}))
+    told = {provider: balance for (provider, base), balance in (balances or {}).items()
+            if base == configured_base(settings, provider)}
+    with ProviderPool(settings) as pool:
+        prices = refresh_prices(store, pool.get(*sora_api) if asks_sora else None, settings)
+        plan = plan_work(store, pool, scope, prices, limit=limit, extra=extra)
+    shown = [part.provider for part in plan.providers] or [settings.provider]
     if plan.jobs:
         models = _facts([(plan.normal, "normal"), (plan.pro, "Pro")])
         out.print(f"A run would submit {plural(plan.jobs, 'job')} ({models}): estimated {money(plan.cost)} at "
-                  f"{prices.describe()}.", markup=False)
+                  f"{prices.describe(shown)}.", markup=False)
     else:
         out.print("A run would submit nothing: no job is pending.", markup=False)
     if plan.in_flight:
         out.print(f"It would also collect {plural(plan.in_flight, 'job')} already paid for (no charge).", markup=False)
-    balance = plan.balance if plan.balance is not None else balance
     short: List[str] = []
-    if balance is None:
-        out.print(f"Balance unknown ({plan.balance_note}).", markup=False)
-    elif balance >= plan.cost:
-        out.print(f"Balance {money(balance)} covers it ({money(balance - plan.cost)} would be left).")
-    else:
-        out.print(f"Balance {money(balance)} does NOT cover it: {money(plan.cost - balance)} short; "
-                  f"a run would stop submitting when the balance runs out.")
-        short.append(f"the balance {money(balance)}")
+    several = len(plan.providers) > 1 or any(p.provider != DEFAULT_PROVIDER for p in plan.providers)
+    for part in plan.providers:
+        who = f"{part.provider}: " if several else ""
+        balance = part.balance if part.balance is not None else told.get(part.provider)
+        if balance is None:
+            out.print(f"{who}Balance unknown ({part.balance_note}).", markup=False)
+        elif balance >= part.cost:
+            out.print(f"{who}Balance {money(balance)} covers it ({money(balance - part.cost)} would be left).",
+                      markup=False)
+        else:
+            out.print(f"{who}Balance {money(balance)} does NOT cover it: {money(part.cost - balance)} short; "
+                      f"a run would stop submitting when the balance runs out.", markup=False)
+            short.append(f"the {part.provider} balance {money(balance)}" if several else f"the balance {money(balance)}")
     if max_spend is not None:
         if max_spend >= plan.cost:
             out.print(f"--max-spend {money(max_spend)} covers it.")
@@ -609,12 +681,14 @@ def work_command(app: App, concurrency: Optional[int], limit: Optional[int], pat
     """Claim pending jobs, generate them, download the videos."""
     settings = app.settings(max_concurrent_tasks=concurrency)
     store = app.store(settings)
-    balance = _preflight(settings)  # before any job is touched, --retry-failed's requeue included
+    # Before any job is touched, --retry-failed's requeue included: every API the jobs need.
+    apis = _apis(settings, store, JobScope(storyboard_ids=store.storyboard_ids(pattern) if pattern else None))
+    preflight = _preflight(settings, apis)
     if dry_run:
-        _dry_run(settings, store, pattern, limit, max_spend=max_spend, balance=balance)
+        _dry_run(settings, store, pattern, limit, max_spend=max_spend, balances=preflight.balances)
         return
     _raise_for(_work(app, settings, store, pattern=pattern, limit=limit, max_spend=max_spend,
-                     no_progress=no_progress, job_ids=_retry(store, retry_failed, app.cwd)))
+                     no_progress=no_progress, job_ids=_retry(store, retry_failed, app.cwd), checked=preflight))
 
 
 def _retry(store: Store, retry_failed: Optional[Path], cwd: Path) -> Optional[List[int]]:
@@ -692,9 +766,10 @@ def show_command(app: App, job: str, as_json: bool = False) -> None:
     pick = ("yes: the chosen take of its segment" if chosen and chosen.job_id == row.id else
             f"no (v{chosen.version} is the pick)" if chosen else "no (the segment has no pick)")
     table = Table(show_header=False, box=None)
+    api = row.api_base if row.api_base and row.state is not State.PENDING else "(not sent yet)"
     for name, value in [("job", row.id), ("storyboard", row.storyboard_path), ("segment", row.segment_index),
                         ("version", row.version), ("state", row.state.value), ("picked", pick),
-                        ("remote task", row.remote_task_id or "-"),
+                        ("provider", row.provider), ("API", api), ("remote task", row.remote_task_id or "-"),
                         ("cost", money(row.cost_cents) if row.cost_cents is not None else "-"),
                         ("spent in all", money(row.spent_cents)), ("attempts", row.attempts),
                         ("target", row.target_dir), ("video", row.video_path or "-"),
@@ -718,8 +793,8 @@ def _job_json(row: JobRow, chosen: Any, history: Sequence[Any]) -> Dict[str, Any
                             "picked": bool(chosen and chosen.job_id == row.id),
                             "segment_pick_version": chosen.version if chosen else None,
                             "parameters": dict(row.params)}
-    for name in ("remote_task_id", "cost_cents", "spent_cents", "progress", "attempts", "target_dir", "video_path",
-                 "error_kind", "error_message"):
+    for name in ("provider", "api_base", "remote_task_id", "cost_cents", "spent_cents", "progress", "attempts",
+                 "target_dir", "video_path", "error_kind", "error_message"):
         data[name] = getattr(row, name)
     for name in ("created_at", "submitted_at", "finished_at", "next_attempt_at"):
         data[name] = iso_utc(getattr(row, name))
@@ -742,17 +817,17 @@ def run_command(app: App, input_dir: Optional[Path], output_mode: Optional[str],
     """`scan`, then `work`: the one-command experience. Takes every option of both."""
     settings = app.settings(input_dir=input_dir, output_mode=output_mode, output_dir=output_dir,
                             max_concurrent_tasks=concurrency)
-    balance = _preflight(settings)  # before the scan: a wrong key or URL leaves no trace
+    configured = (settings.provider, configured_base(settings, settings.provider))
+    preflight = _preflight(settings, [configured])  # before the scan: a wrong key or URL leaves no trace
     store = _scan_store(app, settings, dry_run)
     report = scan(settings, app.cwd, store, dry_run=dry_run, requeue_changed=requeue_changed)
     _render_scan(report, settings, store, app.cwd, pending=False)
     if dry_run:
-        added = report.outcome
-        _dry_run(settings, store, pattern, limit, extra=(added.added - added.added_pro, added.added_pro),
-                 max_spend=max_spend, balance=balance)
+        _dry_run(settings, store, pattern, limit, extra=report.outcome.added_by_price, max_spend=max_spend,
+                 balances=preflight.balances)
     else:
         _raise_for(_work(app, settings, store, pattern=pattern, limit=limit, max_spend=max_spend,
-                         no_progress=no_progress, job_ids=_retry(store, retry_failed, app.cwd)))
+                         no_progress=no_progress, job_ids=_retry(store, retry_failed, app.cwd), checked=preflight))
     if report.problems:
         raise InputError(f"{len(report.invalid_files)} storyboard file(s) are invalid (listed above)")
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, TypeVar
 from urllib.parse import quote, urlsplit
 from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]  # stable, untyped
 
@@ -54,7 +54,7 @@ from .errors import (
 from .redact import mask_key, redact
 from .settings import Settings
 
-__all__ = ["DownloadResult", "Pricing", "RemoteTask", "SharedBackoff", "SoraClient"]
+__all__ = ["ApiClient", "DownloadResult", "Pricing", "RemoteTask", "SharedBackoff", "SoraClient"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,8 @@ class RemoteTask:
     created_at: Optional[datetime]
     completed_at: Optional[datetime]
     raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    # The service's own hint for the next poll (seconds), e.g. an ``openai-poll-after-ms`` header.
+    poll_after: Optional[float] = dataclasses.field(default=None, compare=False)
 
     @property
     def is_terminal(self) -> bool:
@@ -253,8 +255,23 @@ class _Session(requests.Session):
         return merged
 
 
-class SoraClient:
-    """A pooled, retrying, key-masking client for one API base URL. Safe to share between threads."""
+_C = TypeVar("_C", bound="ApiClient")
+
+
+class ApiClient:
+    """The HTTP plumbing every protocol shares: a pooled session, urllib3 retries on GETs and on
+    connecting, proxies, the shared 429 back-off, outage tracking, key masking, the pre-flight's
+    one-line diagnosis and bounded downloads. A protocol subclass says how its answers read
+    (``_unwrap``) and what its pre-flight call is (``_preflight_once``). Safe to share between threads."""
+
+    # The settings users set for this protocol's key and URL, named in messages.
+    KEY_SETTING = "SORA_API_KEY"
+    KEY_EXAMPLE = "sora-..."
+    URL_SETTING = "SORA_BASE_URL"
+    PREFLIGHT_CALL = "GET /balance"
+    # The Settings fields holding this protocol's base URL and key.
+    URL_FIELD = "base_url"
+    KEY_FIELD = "api_key"
 
     def __init__(
         self,
@@ -309,16 +326,18 @@ class SoraClient:
 
     @classmethod
     def from_settings(
-        cls,
+        cls: Type[_C],
         settings: Settings,
         *,
         pool_size: Optional[int] = None,
         backoff: Optional[SharedBackoff] = None,
-    ) -> "SoraClient":
-        """A client configured from ``settings``; the pool defaults to the task concurrency."""
+        base_url: Optional[str] = None,
+    ) -> _C:
+        """A client configured from ``settings``; the pool defaults to the task concurrency and the
+        base URL to this protocol's setting (``base_url``: a job's API, recorded when it was sent)."""
         return cls(
-            settings.base_url,
-            settings.api_key,
+            base_url or getattr(settings, cls.URL_FIELD),
+            getattr(settings, cls.KEY_FIELD),
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             pool_size=pool_size or settings.max_concurrent_tasks,
@@ -333,6 +352,217 @@ class SoraClient:
                 total_seconds=settings.download_timeout,
             ),
         )
+
+    def preflight(self, *, timeout: Tuple[float, float] = PREFLIGHT_TIMEOUT) -> Any:
+        """One cheap authenticated call (``PREFLIGHT_CALL``) before anything is spent: what
+        ``_preflight_once`` makes of the answer (the balance in cents, for the sora.hk protocol).
+
+        Raises ``ConfigError`` with one line saying what to fix: no key, a refused key, an
+        unreachable or wrong base URL, a proxy that refuses or does not answer. Only answers that
+        show the API is there but busy are tried again (``PREFLIGHT_ATTEMPTS``)."""
+        if not self._key:
+            raise ConfigError(f"{self.KEY_SETTING} is not set: set it in .env ({self.KEY_SETTING}={self.KEY_EXAMPLE})")
+        timeouts = (min(timeout[0], self._timeout[0]), min(timeout[1], self._timeout[1]))
+        session = _Session()
+        # No urllib3 retries here: one refused connection already says what is wrong.
+        adapter = HTTPAdapter(max_retries=Retry(total=0, connect=0, read=0, redirect=0, status=0, other=0,
+                                                raise_on_status=False))
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        session.headers["User-Agent"] = self._session.headers["User-Agent"]
+        pause = PREFLIGHT_PAUSE
+        try:
+            for _ in range(PREFLIGHT_ATTEMPTS - 1):
+                try:
+                    return self._preflight_once(session, timeouts)
+                except _Busy as busy:
+                    log.info("pre-flight: %s; trying again in %.1f s", busy, busy.wait or pause)
+                    time.sleep(busy.wait or pause)
+                    pause *= 2
+            try:
+                return self._preflight_once(session, timeouts)
+            except _Busy as busy:
+                raise ConfigError(self._redact(
+                    f"{self.base_url} keeps failing ({busy}): the service, or a proxy in front of it, "
+                    f"is in trouble; try again later")) from busy
+        finally:
+            session.close()
+
+    def _unreachable(self, exc: requests.RequestException, session: requests.Session, url: str,
+                     timeouts: Tuple[float, float]) -> Exception:
+        """What to say when the pre-flight call got no HTTP answer at all (``_Busy`` when the
+        connection was made and then dropped: the server is there, another try may do)."""
+        if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
+                            requests.exceptions.MissingSchema)):
+            return ConfigError(self._redact(f"{self.URL_SETTING} {self.base_url!r} cannot be used: "
+                                            f"{describe_request_error(exc)}"))
+        causes = _causes(exc)
+        proxy = _proxy_for(session, url, self._proxies_for(url))
+        refused = any(isinstance(c, ConnectionRefusedError) for c in causes)
+        unknown = any(isinstance(c, socket.gaierror) for c in causes)
+        connect_timeout = any(isinstance(c, ConnectTimeoutError) and not isinstance(c, NewConnectionError)
+                              for c in causes) or isinstance(exc, requests.exceptions.ConnectTimeout)
+        read_timeout = any(isinstance(c, (ReadTimeoutError, socket.timeout)) for c in causes)
+        if refused:
+            why = "the proxy refused the connection" if proxy else "connection refused"
+        elif unknown:
+            host = urlsplit(proxy).hostname if proxy else urlsplit(self.base_url).hostname
+            why = f"unknown host {host!r}"
+        elif connect_timeout:
+            why = f"no connection within {timeouts[0]:g} s"
+        elif read_timeout:
+            why = ("the proxy accepted the connection but did not answer" if proxy else
+                   "connected, but no answer came (is something other than the API listening there?)")
+        elif isinstance(exc, requests.exceptions.SSLError):
+            why = f"TLS failed ({describe_request_error(exc)})"
+        elif isinstance(exc, requests.exceptions.ProxyError):
+            why = f"the proxy failed ({describe_request_error(exc)})"
+        else:
+            return _Busy(f"{self.PREFLIGHT_CALL}: {describe_request_error(exc)}")
+        if proxy:
+            return ConfigError(self._redact(f"cannot reach {self.base_url} through the proxy {_without_password(proxy)}: "
+                                            f"{why}: check HTTP_PROXY / HTTPS_PROXY / NO_PROXY"))
+        return ConfigError(self._redact(f"cannot reach {self.base_url}: {why}"))
+
+    def download(
+        self,
+        url: str,
+        dest: Path,
+        *,
+        root: Path,
+        cancel: Optional[threading.Event] = None,
+    ) -> DownloadResult:
+        """Fetch a video with this client's session, timeouts, proxies and download limits (never its key)."""
+        return download_file(
+            self._session, url, dest, root=root, timeout=self._timeout, cancel=cancel,
+            proxies=self._proxies_for(url), limits=self.download_limits,
+        )
+
+    def _proxies_for(self, url: str) -> Optional[Dict[str, Optional[str]]]:
+        """The ``proxies=`` argument for a request to ``url``: None lets requests use the
+        environment; the configured proxies otherwise (all None when ``no_proxy`` matches)."""
+        if self._proxies is None:
+            return None
+        parts = urlsplit(url)
+        host = f"{parts.hostname}:{parts.port}" if parts.port else (parts.hostname or "")
+        if self._no_proxy and proxy_bypass_environment(host, {"no": self._no_proxy}):
+            # requests drops None entries after merging, so nothing from the environment sneaks in.
+            return {"http": None, "https": None}
+        return dict(self._proxies)
+
+    def unreachable_for(self) -> float:
+        """Seconds since calls stopped reaching the API at all (0 while they get through)."""
+        since = self._unreachable_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._session.close()
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # --- plumbing --------------------------------------------------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Optional[Mapping[str, Any]] = None,
+        body: Optional[Mapping[str, Any]] = None,
+    ) -> Any:
+        """Send one API call and return the envelope's ``data``, or raise the mapped error."""
+        url = self.base_url + path
+        retry = self._retry
+        while True:
+            self.backoff.wait()
+            try:
+                return self._call_once(method, path, url, params, body)
+            except TransientError as exc:
+                # urllib3 already retried what it can see (transport errors, 5xx statuses); a
+                # code 500 inside an HTTP 200 envelope or a garbled 200 body is only visible here.
+                seen_by_urllib3 = exc.http_status is None or exc.http_status >= 500
+                if method != "GET" or isinstance(exc, RateLimited) or seen_by_urllib3:
+                    raise
+                try:
+                    retry = retry.increment(method, url)
+                except MaxRetryError:
+                    raise exc from None
+                log.debug("%s; retrying", exc)
+                retry.sleep()
+
+    def _call_once(
+        self,
+        method: str,
+        path: str,
+        url: str,
+        params: Optional[Mapping[str, Any]],
+        body: Optional[Mapping[str, Any]],
+    ) -> Any:
+        headers = {"Accept": "application/json"}
+        if self._key:
+            # Per request, never a session default: video URLs live on another host.
+            headers["Authorization"] = f"Bearer {self._key}"
+        started = time.monotonic()
+        try:
+            resp = self._session.request(
+                method, url, params=params, json=body, headers=headers, timeout=self._timeout,
+                proxies=self._proxies_for(url),  # type: ignore[arg-type]  # None entries mean "direct"
+            )
+        except requests.RequestException as exc:
+            raise self._transport_error(method, path, exc) from exc
+        log.debug("%s %s -> HTTP %d in %.2f s", method, path, resp.status_code, time.monotonic() - started)
+        self._unreachable_since = None
+        return self._unwrap(method, path, resp)
+
+    def _transport_error(self, method: str, path: str, exc: requests.RequestException) -> ApiError:
+        detail = describe_request_error(exc)
+        if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
+                            requests.exceptions.MissingSchema)):
+            return ApiError(self._redact(f"{method} {path}: cannot send the request: {detail}"))
+        never_sent = _never_sent(exc)
+        if never_sent:
+            if self._unreachable_since is None:
+                self._unreachable_since = time.monotonic()
+            self.last_unreachable = self._redact(f"cannot reach {self.base_url}: {detail}")
+        maybe_created = method == "POST" and not never_sent
+        what = "timed out" if isinstance(exc, requests.Timeout) else "connection failed"
+        message = f"{method} {path}: {what} ({detail})"
+        if maybe_created:
+            message += "; the task may have been created"
+        return TransientError(self._redact(message), maybe_created=maybe_created, unreachable=never_sent)
+
+    def _retry_after(self, resp: requests.Response) -> Optional[float]:
+        value = resp.headers.get("Retry-After")
+        if value is None:
+            return None
+        try:
+            return float(self._retry.parse_retry_after(value))
+        except InvalidHeader:
+            return None
+
+    def _redact(self, text: str) -> str:
+        return redact(text, [self._key])
+
+    def mask(self, text: str) -> str:
+        """``text`` with this client's key masked (a server may echo it in a message)."""
+        return self._redact(text)
+
+    def _unwrap(self, method: str, path: str, resp: requests.Response) -> Any:
+        """What a successful answer holds; raise the mapped error otherwise."""
+        raise NotImplementedError
+
+    def _preflight_once(self, session: requests.Session, timeouts: Tuple[float, float]) -> Any:
+        """Make the pre-flight call once; ``_Busy`` when another try may do."""
+        raise NotImplementedError
+
+
+class SoraClient(ApiClient):
+    """The api.sora.hk v1 ("native") protocol: envelopes, codes 401/1001/1012, paged task lists."""
 
     # --- API calls -------------------------------------------------------------------------------
 
@@ -442,40 +672,6 @@ class SoraClient:
             raise ApiError(self._redact(f"GET /pricing: unexpected answer: {_snippet(repr(data))}"))
         return Pricing.from_api(data)
 
-    def preflight(self, *, timeout: Tuple[float, float] = PREFLIGHT_TIMEOUT) -> int:
-        """One cheap authenticated call (``GET /balance``) before anything is spent: the balance in cents.
-
-        Raises ``ConfigError`` with one line saying what to fix: no key, a refused key, an
-        unreachable or wrong base URL, a proxy that refuses or does not answer. Only answers that
-        show the API is there but busy are tried again (``PREFLIGHT_ATTEMPTS``)."""
-        if not self._key:
-            raise ConfigError("SORA_API_KEY is not set: set it in .env (SORA_API_KEY=sora-...)")
-        timeouts = (min(timeout[0], self._timeout[0]), min(timeout[1], self._timeout[1]))
-        session = _Session()
-        # No urllib3 retries here: one refused connection already says what is wrong.
-        adapter = HTTPAdapter(max_retries=Retry(total=0, connect=0, read=0, redirect=0, status=0, other=0,
-                                                raise_on_status=False))
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        session.headers["User-Agent"] = self._session.headers["User-Agent"]
-        pause = PREFLIGHT_PAUSE
-        try:
-            for _ in range(PREFLIGHT_ATTEMPTS - 1):
-                try:
-                    return self._preflight_once(session, timeouts)
-                except _Busy as busy:
-                    log.info("pre-flight: %s; trying again in %.1f s", busy, busy.wait or pause)
-                    time.sleep(busy.wait or pause)
-                    pause *= 2
-            try:
-                return self._preflight_once(session, timeouts)
-            except _Busy as busy:
-                raise ConfigError(self._redact(
-                    f"{self.base_url} keeps failing ({busy}): the service, or a proxy in front of it, "
-                    f"is in trouble; try again later")) from busy
-        finally:
-            session.close()
-
     def _preflight_once(self, session: requests.Session, timeouts: Tuple[float, float]) -> int:
         url = self.base_url + "/balance"
         try:
@@ -504,159 +700,11 @@ class SoraClient:
             raise self._not_the_api(resp)
         return cents
 
-    def _unreachable(self, exc: requests.RequestException, session: requests.Session, url: str,
-                     timeouts: Tuple[float, float]) -> Exception:
-        """What to say when ``GET /balance`` got no HTTP answer at all (``_Busy`` when the
-        connection was made and then dropped: the server is there, another try may do)."""
-        if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
-                            requests.exceptions.MissingSchema)):
-            return ConfigError(self._redact(f"SORA_BASE_URL {self.base_url!r} cannot be used: "
-                                            f"{describe_request_error(exc)}"))
-        causes = _causes(exc)
-        proxy = _proxy_for(session, url, self._proxies_for(url))
-        refused = any(isinstance(c, ConnectionRefusedError) for c in causes)
-        unknown = any(isinstance(c, socket.gaierror) for c in causes)
-        connect_timeout = any(isinstance(c, ConnectTimeoutError) and not isinstance(c, NewConnectionError)
-                              for c in causes) or isinstance(exc, requests.exceptions.ConnectTimeout)
-        read_timeout = any(isinstance(c, (ReadTimeoutError, socket.timeout)) for c in causes)
-        if refused:
-            why = "the proxy refused the connection" if proxy else "connection refused"
-        elif unknown:
-            host = urlsplit(proxy).hostname if proxy else urlsplit(self.base_url).hostname
-            why = f"unknown host {host!r}"
-        elif connect_timeout:
-            why = f"no connection within {timeouts[0]:g} s"
-        elif read_timeout:
-            why = ("the proxy accepted the connection but did not answer" if proxy else
-                   "connected, but no answer came (is something other than the API listening there?)")
-        elif isinstance(exc, requests.exceptions.SSLError):
-            why = f"TLS failed ({describe_request_error(exc)})"
-        elif isinstance(exc, requests.exceptions.ProxyError):
-            why = f"the proxy failed ({describe_request_error(exc)})"
-        else:
-            return _Busy(f"GET /balance: {describe_request_error(exc)}")
-        if proxy:
-            return ConfigError(self._redact(f"cannot reach {self.base_url} through the proxy {_without_password(proxy)}: "
-                                            f"{why}: check HTTP_PROXY / HTTPS_PROXY / NO_PROXY"))
-        return ConfigError(self._redact(f"cannot reach {self.base_url}: {why}"))
-
     def _not_the_api(self, resp: requests.Response) -> ConfigError:
         kind = resp.headers.get("Content-Type", "no content type").split(";")[0]
         return ConfigError(self._redact(
             f"{self.base_url} does not look like the video API (GET /balance answered HTTP {resp.status_code}, "
             f"{kind}: {_snippet(resp.text)!r}): check SORA_BASE_URL"))
-
-    def download(
-        self,
-        url: str,
-        dest: Path,
-        *,
-        root: Path,
-        cancel: Optional[threading.Event] = None,
-    ) -> DownloadResult:
-        """Fetch a video with this client's session, timeouts, proxies and download limits (never its key)."""
-        return download_file(
-            self._session, url, dest, root=root, timeout=self._timeout, cancel=cancel,
-            proxies=self._proxies_for(url), limits=self.download_limits,
-        )
-
-    def _proxies_for(self, url: str) -> Optional[Dict[str, Optional[str]]]:
-        """The ``proxies=`` argument for a request to ``url``: None lets requests use the
-        environment; the configured proxies otherwise (all None when ``no_proxy`` matches)."""
-        if self._proxies is None:
-            return None
-        parts = urlsplit(url)
-        host = f"{parts.hostname}:{parts.port}" if parts.port else (parts.hostname or "")
-        if self._no_proxy and proxy_bypass_environment(host, {"no": self._no_proxy}):
-            # requests drops None entries after merging, so nothing from the environment sneaks in.
-            return {"http": None, "https": None}
-        return dict(self._proxies)
-
-    def unreachable_for(self) -> float:
-        """Seconds since calls stopped reaching the API at all (0 while they get through)."""
-        since = self._unreachable_since
-        return 0.0 if since is None else time.monotonic() - since
-
-    def close(self) -> None:
-        """Close the pooled connections."""
-        self._session.close()
-
-    def __enter__(self) -> "SoraClient":
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
-
-    # --- plumbing --------------------------------------------------------------------------------
-
-    def _call(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Optional[Mapping[str, Any]] = None,
-        body: Optional[Mapping[str, Any]] = None,
-    ) -> Any:
-        """Send one API call and return the envelope's ``data``, or raise the mapped error."""
-        url = self.base_url + path
-        retry = self._retry
-        while True:
-            self.backoff.wait()
-            try:
-                return self._call_once(method, path, url, params, body)
-            except TransientError as exc:
-                # urllib3 already retried what it can see (transport errors, 5xx statuses); a
-                # code 500 inside an HTTP 200 envelope or a garbled 200 body is only visible here.
-                seen_by_urllib3 = exc.http_status is None or exc.http_status >= 500
-                if method != "GET" or isinstance(exc, RateLimited) or seen_by_urllib3:
-                    raise
-                try:
-                    retry = retry.increment(method, url)
-                except MaxRetryError:
-                    raise exc from None
-                log.debug("%s; retrying", exc)
-                retry.sleep()
-
-    def _call_once(
-        self,
-        method: str,
-        path: str,
-        url: str,
-        params: Optional[Mapping[str, Any]],
-        body: Optional[Mapping[str, Any]],
-    ) -> Any:
-        headers = {"Accept": "application/json"}
-        if self._key:
-            # Per request, never a session default: video URLs live on another host.
-            headers["Authorization"] = f"Bearer {self._key}"
-        started = time.monotonic()
-        try:
-            resp = self._session.request(
-                method, url, params=params, json=body, headers=headers, timeout=self._timeout,
-                proxies=self._proxies_for(url),  # type: ignore[arg-type]  # None entries mean "direct"
-            )
-        except requests.RequestException as exc:
-            raise self._transport_error(method, path, exc) from exc
-        log.debug("%s %s -> HTTP %d in %.2f s", method, path, resp.status_code, time.monotonic() - started)
-        self._unreachable_since = None
-        return self._unwrap(method, path, resp)
-
-    def _transport_error(self, method: str, path: str, exc: requests.RequestException) -> ApiError:
-        detail = describe_request_error(exc)
-        if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
-                            requests.exceptions.MissingSchema)):
-            return ApiError(self._redact(f"{method} {path}: cannot send the request: {detail}"))
-        never_sent = _never_sent(exc)
-        if never_sent:
-            if self._unreachable_since is None:
-                self._unreachable_since = time.monotonic()
-            self.last_unreachable = self._redact(f"cannot reach {self.base_url}: {detail}")
-        maybe_created = method == "POST" and not never_sent
-        what = "timed out" if isinstance(exc, requests.Timeout) else "connection failed"
-        message = f"{method} {path}: {what} ({detail})"
-        if maybe_created:
-            message += "; the task may have been created"
-        return TransientError(self._redact(message), maybe_created=maybe_created, unreachable=never_sent)
 
     def _unwrap(self, method: str, path: str, resp: requests.Response) -> Any:
         """The envelope's ``data`` of a successful answer; raise the mapped error otherwise."""
@@ -711,23 +759,12 @@ class SoraClient:
                                   code=code, http_status=status)
         return ApiError(self._redact(f"{where} ({detail})"), code=code, http_status=status)
 
-    def _retry_after(self, resp: requests.Response) -> Optional[float]:
-        value = resp.headers.get("Retry-After")
-        if value is None:
-            return None
-        try:
-            return float(self._retry.parse_retry_after(value))
-        except InvalidHeader:
-            return None
-
     def _page_items(self, data: Any) -> List[Mapping[str, Any]]:
         items = _find_list(data)
         if items is None:
             raise TransientError(self._redact(f"GET /tasks: unexpected page shape: {_snippet(repr(data))}"))
         return [item for item in items if isinstance(item, Mapping)]
 
-    def _redact(self, text: str) -> str:
-        return redact(text, [self._key])
 
 
 class _Busy(Exception):

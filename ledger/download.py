@@ -28,7 +28,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterator, Mapping, Optional, Tuple
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from urllib3.exceptions import HTTPError as Urllib3Error
@@ -68,6 +68,9 @@ _IN_THE_WAY = frozenset({errno.ENOTDIR, errno.EEXIST})
 _DIR_SYNC_UNSUPPORTED = frozenset({errno.EINVAL, getattr(errno, "ENOTSUP", errno.EINVAL),
                                    getattr(errno, "EOPNOTSUPP", errno.EINVAL)})
 _SAFE_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
+_OPENAI_ID_PREFIX = "video_"
+# Redirects followed by hand for an authenticated download (see ``OriginAuth``).
+MAX_REDIRECTS = 5
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,33 @@ class DownloadLimits:
 
 
 @dataclass(frozen=True)
+class OriginAuth:
+    """Headers (the API key) that a download sends to one origin only, ``scheme://host:port``.
+
+    A video behind an authenticated content endpoint is often answered with a redirect to object
+    storage on another host: redirects are then followed here, one hop at a time, and the headers
+    go only to a URL of this very origin — never to the storage host, whatever its answer."""
+
+    origin: str
+    headers: Mapping[str, str]
+
+    def applies_to(self, url: str) -> bool:
+        """Whether ``url`` is on this origin (default ports made explicit)."""
+        return origin_of(url) == self.origin
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host:port`` of ``url``, lower-cased, with the default port made explicit."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{scheme}://{(parts.hostname or '').lower()}:{port or (443 if scheme == 'https' else 80)}"
+
+
+@dataclass(frozen=True)
 class DownloadResult:
     """A finished download: where it is, how big, its sha256, how long it took, how often it resumed."""
 
@@ -100,10 +130,12 @@ def video_filename(segment_index: int, version: int, task_id: str) -> str:
     """The file name of one generated video: ``{segment_index}_v{version}_{token}.mp4``.
 
     The token is the first 8 of the task id's characters in ``[A-Za-z0-9_-]`` (for the API's
-    UUIDs simply ``task_id[:8]``), so no id can add a path separator, ``..``, NUL or a control
-    character to a file name; an id with no such character gives a short hash of itself.
+    UUIDs simply ``task_id[:8]``; the ``video_`` every /v1/videos id starts with is left out, or
+    every token would be ``video_`` and two hex digits), so no id can add a path separator, ``..``,
+    NUL or a control character to a file name; an id with no such character gives a short hash of itself.
     """
-    token = _SAFE_TOKEN.sub("", task_id)[:8]
+    token = _SAFE_TOKEN.sub("", task_id[len(_OPENAI_ID_PREFIX):] if task_id.startswith(_OPENAI_ID_PREFIX)
+                            else task_id)[:8]
     if not token:
         token = hashlib.sha256(task_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     return f"{segment_index}_v{version}_{token}.mp4"
@@ -139,6 +171,7 @@ def download_file(
     max_resumes: int = 5,
     proxies: Optional[Mapping[str, Optional[str]]] = None,
     limits: DownloadLimits = DownloadLimits(),
+    auth: Optional[OriginAuth] = None,
 ) -> DownloadResult:
     """Fetch ``url`` into ``dest`` (which must lie inside ``root``), resuming, bounding and verifying.
 
@@ -147,7 +180,8 @@ def download_file(
     past ``limits.max_bytes`` or for a decompression bomb; ``DownloadTooSlow`` below the minimum
     speed or past the deadline; ``UrlExpired`` for 403/404/410; ``OutputError`` for any trouble
     with the disk; ``Interrupted`` when ``cancel`` is set; ``DownloadError`` for anything else.
-    ``proxies`` is passed to requests per request. No ``.part`` file is left behind.
+    ``proxies`` is passed to requests per request. ``auth`` headers go to its origin only
+    (redirects are then followed one hop at a time). No ``.part`` file is left behind.
     """
     _check_scheme(url)
     final = _inside_root(dest, root)
@@ -161,7 +195,8 @@ def download_file(
         # Always start from an empty part file: one left by a crash may hold unsynced garbage.
         with _PartFile(part) as sink:
             transfer = _Transfer(session, url, sink, timeout=timeout, cancel=cancel, chunk_size=chunk_size,
-                                 max_resumes=max_resumes, proxies=proxies, limits=limits, started=started)
+                                 max_resumes=max_resumes, proxies=proxies, limits=limits, started=started,
+                                 auth=auth)
             transfer.run()
             sink.finish()
         try:
@@ -372,8 +407,10 @@ class _Transfer:
         proxies: Optional[Mapping[str, Optional[str]]],
         limits: DownloadLimits,
         started: float,
+        auth: Optional[OriginAuth] = None,
     ) -> None:
         self.session = session
+        self.auth = auth
         self.url = url
         self.name = _shown_url(url)
         self.sink = sink
@@ -428,9 +465,7 @@ class _Transfer:
         remaining = self.deadline - time.monotonic()
         self._read_timeout = min(self.timeout[1], self._silence_limit(), remaining)
         try:
-            resp = self.session.get(self.url, headers=headers, stream=True,
-                                    timeout=(min(self.timeout[0], remaining), self._read_timeout),
-                                    proxies=self.proxies)  # type: ignore[arg-type]  # None entries mean "direct"
+            resp = self._get(headers, (min(self.timeout[0], remaining), self._read_timeout))
         except requests.RequestException as exc:
             self._check_deadline(time.monotonic())
             # The session's urllib3 Retry has already retried connecting; no body was broken here.
@@ -441,6 +476,25 @@ class _Transfer:
             if not self._accept(resp):
                 return False, None
             return True, self._read_body(resp)
+
+    def _get(self, headers: Mapping[str, str], timeout: Tuple[float, float]) -> requests.Response:
+        """The answer to a GET of the video; with ``auth``, redirects are followed here so that its
+        headers reach its origin and nothing else."""
+        if self.auth is None:
+            return self.session.get(self.url, headers=headers, stream=True, timeout=timeout,
+                                    proxies=self.proxies)  # type: ignore[arg-type]  # None entries mean "direct"
+        url = self.url
+        for _ in range(MAX_REDIRECTS + 1):
+            sent = {**headers, **self.auth.headers} if self.auth.applies_to(url) else dict(headers)
+            resp = self.session.get(url, headers=sent, stream=True, timeout=timeout, allow_redirects=False,
+                                    proxies=self.proxies)  # type: ignore[arg-type]
+            if not resp.is_redirect:
+                return resp
+            location = resp.headers.get("Location", "")
+            resp.close()
+            url = urljoin(url, location)
+            _check_scheme(url)
+        raise DownloadError(f"{self.name}: more than {MAX_REDIRECTS} redirects")
 
     def _accept(self, resp: requests.Response) -> bool:
         """Check an answer's status, length and encoding; False when its body cannot be used."""

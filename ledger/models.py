@@ -104,10 +104,16 @@ class Job(Base):
     segment_index: Mapped[int] = mapped_column(Integer)
     version: Mapped[int] = mapped_column(Integer)
     state: Mapped[State] = mapped_column(state_type("job_state"), default=State.PENDING)
-    # The fully resolved request body for POST /create (what is paid for).
+    # The fully resolved request parameters of its provider (what is paid for).
     params: Mapped[Dict[str, Any]] = mapped_column(JSON)
     params_sha: Mapped[str] = mapped_column(String(64))
     is_pro: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The video API the job goes to (``ledger/providers``), and the base URL it was sent to, recorded
+    # with the write-ahead: resume, reconcile, poll and download go there even if the settings changed.
+    provider: Mapped[str] = mapped_column(String(32), default="sora_hk", server_default="sora_hk")
+    api_base: Mapped[Optional[str]] = mapped_column(Text)
+    # The job's entry in its provider's price list ("pro"/"normal"; "model@size:seconds").
+    price_key: Mapped[str] = mapped_column(String(64), default="normal", server_default="normal")
     target_dir: Mapped[str] = mapped_column(Text)
     # Whatever length the API chose; ids are checked before they are stored or used in a file name.
     remote_task_id: Mapped[Optional[str]] = mapped_column(Text, unique=True)

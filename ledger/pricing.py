@@ -1,9 +1,11 @@
-"""What a generation costs, from one source at a time, and money as users read it.
+"""What a generation costs, per provider, and money as users read it.
 
-The API's own price list (``GET /pricing``) is fetched by the commands that talk to the API (work,
-dry runs) and kept in the ledger, so ``scan`` and ``status`` — which never call the API — quote the
-same figure and say where it came from. The settings' fallback table is used only before the API
-has ever answered for this base URL.
+A job's price is its provider's price list at the job's price key (``jobs.price_key``: ``pro`` /
+``normal`` for sora.hk, ``model@size:seconds`` for /v1/videos). The sora.hk API's own price list
+(``GET /pricing``) is fetched by the commands that talk to the API (work, dry runs) and kept in the
+ledger, so ``scan`` and ``status`` — which never call the API — quote the same figure and say where
+it came from; the settings' fallback table is used only before the API has ever answered for this
+base URL. The /v1/videos format has no price endpoint: its list is data with settings overrides.
 """
 from __future__ import annotations
 
@@ -11,14 +13,13 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Mapping, Optional, Protocol
 
 from .errors import ApiError
 from .models import utcnow
 from .settings import Settings
 
-if TYPE_CHECKING:  # imported for annotations only: the store and client import nothing from here
-    from .client import SoraClient
+if TYPE_CHECKING:  # imported for annotations only: the store imports nothing from here
     from .store import Store
 
 log = logging.getLogger(__name__)
@@ -46,21 +47,47 @@ def parse_money(text: str) -> int:
     return int(match["dollars"]) * 100 + int((match["fraction"] or "0").ljust(2, "0"))
 
 
+class Tariff(Protocol):
+    """One provider's price list."""
+
+    def price(self, key: str) -> int:
+        """Cents for one job with this price key."""
+
+    def describe(self) -> str:
+        """The list and where it came from, in one phrase."""
+
+
 @dataclass(frozen=True)
 class PriceBook:
-    """Cents per generation for the normal and the Pro model, and where the figures came from."""
+    """sora.hk: cents per generation for the normal and the Pro model, and where the figures came from."""
 
     normal: int
     pro: int
     source: str
 
-    def price(self, is_pro: bool) -> int:
-        """The price of one generation with the Pro model or the normal one."""
-        return self.pro if is_pro else self.normal
+    def price(self, key: str) -> int:
+        """The price of one generation by its key, ``pro`` or ``normal``."""
+        return self.pro if key == "pro" else self.normal
 
     def describe(self) -> str:
         """``normal $0.30, Pro $1.50 per video (from …)``."""
         return f"normal {money(self.normal)}, Pro {money(self.pro)} per video ({self.source})"
+
+
+@dataclass(frozen=True)
+class Prices:
+    """Every provider's price list: what any job costs."""
+
+    tariffs: Mapping[str, Tariff]
+
+    def price(self, provider: str, key: str) -> int:
+        """Cents for one job of ``provider`` with price key ``key``."""
+        return self.tariffs[provider].price(key)
+
+    def describe(self, providers: Optional[Iterable[str]] = None) -> str:
+        """The lists of ``providers`` (default: every one), one phrase each."""
+        wanted = None if providers is None else set(providers)
+        return "; ".join(tariff.describe() for name, tariff in self.tariffs.items() if wanted is None or name in wanted)
 
 
 def fallback_prices(settings: Settings) -> PriceBook:
@@ -80,25 +107,42 @@ def _from_stored(value: Dict[str, Any], settings: Settings) -> Optional[PriceBoo
     return PriceBook(normal, pro, f"GET /pricing, {fetched:%Y-%m-%d %H:%M} UTC")
 
 
-def known_prices(store: "Store", settings: Settings) -> PriceBook:
-    """The last price list the API gave for this base URL, else the fallback table. No API call."""
+def known_sora_prices(store: "Store", settings: Settings) -> PriceBook:
+    """The last price list the sora.hk API gave for this base URL, else the fallback table. No API call."""
     stored = store.get_meta(PRICING_KEY)
     book = _from_stored(stored, settings) if stored else None
     return book or fallback_prices(settings)
 
 
-def refresh_prices(store: "Store", client: "SoraClient", settings: Settings) -> PriceBook:
-    """Ask ``GET /pricing`` and keep the answer in the ledger; when it cannot be read, the last kept
-    answer (or the fallback table) with the reason in its source."""
+def _with(sora: PriceBook, settings: Settings) -> Prices:
+    from .providers import openai_videos, sora_hk
+
+    return Prices({sora_hk.NAME: sora, openai_videos.NAME: openai_videos.tariff(settings)})
+
+
+def known_prices(store: "Store", settings: Settings) -> Prices:
+    """Every provider's price list as the ledger knows it. No API call."""
+    return _with(known_sora_prices(store, settings), settings)
+
+
+def refresh_prices(store: "Store", client: "Optional[Any]", settings: Settings) -> Prices:
+    """Every provider's price list, asking the sora.hk API (``client``: its provider, whose
+    ``pricing()`` is ``GET /pricing``; None when no job goes there) and keeping its answer in the
+    ledger; when it cannot be read, the last kept answer (or the fallback table) with the reason in
+    its source."""
+    if client is None:
+        return known_prices(store, settings)
     try:
         pricing = client.pricing()
     except ApiError as exc:
-        book = known_prices(store, settings)
+        book = known_sora_prices(store, settings)
         # The error already names the call: "GET /pricing: HTTP 429 …".
         log.info("price list not read (%s); using %s", exc, book.source)
-        return PriceBook(book.normal, book.pro, f"{book.source}; the price list could not be read just now")
+        return _with(PriceBook(book.normal, book.pro, f"{book.source}; the price list could not be read just now"),
+                     settings)
     now = utcnow()
     store.put_meta(PRICING_KEY, {"normal": pricing.normal_price, "pro": pricing.pro_price,
                                  "currency": pricing.currency, "base_url": settings.base_url,
                                  "fetched_at": now.isoformat(timespec="seconds")})
-    return PriceBook(pricing.normal_price, pricing.pro_price, f"GET /pricing, {now:%Y-%m-%d %H:%M} UTC")
+    return _with(PriceBook(pricing.normal_price, pricing.pro_price, f"GET /pricing, {now:%Y-%m-%d %H:%M} UTC"),
+                 settings)

@@ -7,6 +7,7 @@ directory > ``config.yaml`` in the working directory > built-in default. Core mo
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
@@ -20,8 +21,8 @@ from .errors import ConfigError
 RESOLUTIONS = ("horizontal", "vertical")
 QUALITIES = ("normal", "high")
 OUTPUT_MODES = ("centralized", "in-place")
-NORMAL_DURATIONS = (10, 15)
-PRO_DURATIONS = (10, 15, 25)
+# The video APIs ledger speaks (``ledger/providers/``); the first is the default.
+PROVIDERS = ("sora_hk", "openai")
 
 
 def parse_bool(text: Any) -> bool:
@@ -85,10 +86,30 @@ def _byte_size(text: Any) -> int:
 
 
 def _duration(text: Any) -> int:
+    # Which durations a model takes is the provider's business, checked once the provider is known.
     value = int(str(text).strip())
-    if value not in PRO_DURATIONS:
-        raise ValueError(f"must be one of {', '.join(map(str, PRO_DURATIONS))}, got {value}")
+    if value < 1:
+        raise ValueError(f"must be a positive number of seconds, got {value}")
     return value
+
+
+_PRICE_ENTRY = re.compile(r"^\s*([A-Za-z0-9._-]+(?:@\d+x\d+)?)\s*[=:]\s*([0-9]+(?:\.[0-9]+)?)\s*$")
+
+
+def _price_table(text: Any) -> Tuple[Tuple[str, float], ...]:
+    """``MODEL=CENTS, MODEL@WIDTHxHEIGHT=CENTS, ...`` (cents per second of video), or a mapping
+    of the same from config.yaml."""
+    if isinstance(text, Mapping):
+        entries = [f"{key}={value}" for key, value in text.items()]
+    else:
+        entries = [part for part in str(text).split(",") if part.strip()]
+    table = []
+    for entry in entries:
+        match = _PRICE_ENTRY.match(entry)
+        if match is None:
+            raise ValueError(f"expected MODEL=CENTS or MODEL@WIDTHxHEIGHT=CENTS (cents per second), got {entry.strip()!r}")
+        table.append((match.group(1), float(match.group(2))))
+    return tuple(table)
 
 
 @dataclass(frozen=True)
@@ -97,6 +118,12 @@ class Settings:
 
     api_key: Optional[str] = None
     base_url: str = "https://api.sora.hk/v1"
+    # Where storyboards that do not name a provider are sent; a job keeps the one it was sent to.
+    provider: str = "sora_hk"
+    openai_api_key: Optional[str] = None
+    openai_base_url: str = "https://api.openai.com/v1"
+    # Overrides of the /v1/videos price list: (model or model@size, cents per second).
+    openai_prices: Tuple[Tuple[str, float], ...] = ()
     max_concurrent_tasks: int = 8
     gen_count_per_segment: int = 2
     http_proxy: Optional[str] = None
@@ -107,7 +134,7 @@ class Settings:
     input_dir: Path = Path("input")
     output_dir: Path = Path("output")
     output_mode: str = "centralized"
-    default_duration: int = 10
+    default_duration: Optional[int] = None  # None: each model's own default
     default_resolution: str = "horizontal"
     default_is_pro: bool = False
     default_remove_watermark: bool = True
@@ -141,12 +168,21 @@ class Settings:
 
         return mask_key(self.api_key) if self.api_key else "(not set)"
 
-    def __repr__(self) -> str:  # the key must never reach a log line through repr()
-        fields = ", ".join(
-            f"{f.name}={self.masked_api_key if f.name == 'api_key' else getattr(self, f.name)!r}"
-            for f in dataclasses.fields(self)
-            if f.repr
-        )
+    @property
+    def api_keys(self) -> Tuple[str, ...]:
+        """Every key set, to be masked wherever text is printed."""
+        return tuple(key for key in (self.api_key, self.openai_api_key) if key)
+
+    def __repr__(self) -> str:  # the keys must never reach a log line through repr()
+        from .redact import mask_key
+
+        def shown(name: str) -> str:
+            value = getattr(self, name)
+            if name in ("api_key", "openai_api_key"):
+                return mask_key(value) if value else "(not set)"
+            return repr(value)
+
+        fields = ", ".join(f"{f.name}={shown(f.name)}" for f in dataclasses.fields(self) if f.repr)
         return f"Settings({fields})"
 
 
@@ -155,6 +191,10 @@ class Settings:
 SPECS: Tuple[Tuple[str, str, Callable[[Any], Any]], ...] = (
     ("SORA_API_KEY", "api_key", _optional_str),
     ("SORA_BASE_URL", "base_url", lambda v: str(v).strip().rstrip("/")),
+    ("PROVIDER", "provider", _choice(*PROVIDERS)),
+    ("OPENAI_API_KEY", "openai_api_key", _optional_str),
+    ("OPENAI_BASE_URL", "openai_base_url", lambda v: str(v).strip().rstrip("/")),
+    ("OPENAI_PRICE_CENTS_PER_SECOND", "openai_prices", _price_table),
     ("MAX_CONCURRENT_TASKS", "max_concurrent_tasks", _int_at_least(1)),
     ("GEN_COUNT_PER_SEGMENT", "gen_count_per_segment", _int_at_least(1)),
     ("HTTP_PROXY", "http_proxy", _optional_str),
@@ -193,16 +233,16 @@ SPECS: Tuple[Tuple[str, str, Callable[[Any], Any]], ...] = (
 _ALIASES = {"http_proxy": "HTTP_PROXY", "https_proxy": "HTTPS_PROXY", "no_proxy": "NO_PROXY"}
 
 
-def _check_base_url(url: str, source: str) -> None:
+def _check_base_url(url: str, source: str, name: str = "SORA_BASE_URL",
+                    example: str = "https://api.sora.hk/v1") -> None:
     """Refuse a base URL requests could not use, before anything is sent to it."""
     try:
         parts = urlsplit(url)
         port = parts.port  # ValueError when it is not a number in 0..65535
     except ValueError as exc:
-        raise ConfigError(f"SORA_BASE_URL {url!r} (from {source}) is not a valid URL: {exc}") from exc
+        raise ConfigError(f"{name} {url!r} (from {source}) is not a valid URL: {exc}") from exc
     if parts.scheme not in ("http", "https") or not parts.hostname or port == 0 or any(c.isspace() for c in url):
-        raise ConfigError(f"SORA_BASE_URL {url!r} (from {source}) is not an http(s) URL; "
-                          f"expected e.g. https://api.sora.hk/v1")
+        raise ConfigError(f"{name} {url!r} (from {source}) is not an http(s) URL; expected e.g. {example}")
 
 
 def _read_yaml(path: Path) -> Dict[str, Any]:
@@ -268,11 +308,19 @@ def load_settings(
         values[field] = path if path.is_absolute() else cwd / path
     settings = Settings(**values, sources=sources)
     _check_base_url(settings.base_url, sources["base_url"])
+    _check_base_url(settings.openai_base_url, sources["openai_base_url"], "OPENAI_BASE_URL",
+                    "https://api.openai.com/v1")
     if settings.poll_min_interval > settings.poll_max_interval:
         raise ConfigError("POLL_MIN_INTERVAL must not exceed POLL_MAX_INTERVAL")
-    if settings.default_is_pro is False and settings.default_duration not in NORMAL_DURATIONS:
-        raise ConfigError(
-            f"DEFAULT_DURATION={settings.default_duration} needs the Pro model; "
-            f"normal generations take {' or '.join(map(str, NORMAL_DURATIONS))} seconds"
-        )
+    _check_defaults(settings)
     return settings
+
+
+def _check_defaults(settings: Settings) -> None:
+    """The default generation parameters must be ones the default provider takes (a storyboard
+    naming another provider is checked against that one when it is scanned)."""
+    from .providers import default_problem  # the providers' tables of allowed values import these settings
+
+    problem = default_problem(settings)
+    if problem:
+        raise ConfigError(problem)

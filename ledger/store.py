@@ -41,6 +41,8 @@ class JobScope:
     storyboard_ids: Optional[Sequence[int]] = None
     job_ids: Optional[Sequence[int]] = None
     paid_only: bool = False  # only jobs that already have (or may have) a remote task
+    # (provider, API base URL) pairs out of reach this run: the jobs sent there are left alone.
+    skip_apis: Sequence[Tuple[str, str]] = ()
 
     def apply(self, query):  # type: ignore[no-untyped-def]
         if self.storyboard_ids is not None:
@@ -49,6 +51,9 @@ class JobScope:
             query = query.where(jobs.c.id.in_(list(self.job_ids)))
         if self.paid_only:
             query = query.where(jobs.c.state != State.PENDING.value)
+        for provider, base in self.skip_apis:  # a pending job goes where the settings say, not where it once went
+            query = query.where(or_(jobs.c.provider != provider, jobs.c.api_base.is_(None), jobs.c.api_base != base,
+                                    jobs.c.state == State.PENDING.value))
         return query
 
 
@@ -102,6 +107,9 @@ class JobRow:
     finished_at: Optional[datetime]
     created_at: datetime
     updated_at: datetime
+    provider: str = "sora_hk"
+    api_base: Optional[str] = None
+    price_key: str = "normal"
 
     @classmethod
     def from_row(cls, row: Row) -> "JobRow":
@@ -184,6 +192,10 @@ class ScanOutcome:
     storyboards_missing: List[str] = field(default_factory=list)
     added: int = 0
     added_pro: int = 0
+    # New jobs by (provider, price key, is_pro): what they will cost.
+    added_by_price: Dict[Tuple[str, str, bool], int] = field(default_factory=dict)
+    # Jobs put back in the queue (revived, video deleted, --requeue-changed), by the same key.
+    back_by_price: Dict[Tuple[str, str, bool], int] = field(default_factory=dict)
     updated: int = 0
     revived: int = 0
     removed: int = 0
@@ -202,12 +214,13 @@ class ScanOutcome:
 _RESET_REMOTE = {
     "remote_task_id": None, "cost_cents": None, "progress": 0, "video_url": None, "video_path": None,
     "attempts": 0, "next_attempt_at": None, "error_kind": None, "error_message": None,
-    "submitting_at": None, "submitted_at": None, "finished_at": None,
+    "submitting_at": None, "submitted_at": None, "finished_at": None, "api_base": None,
 }
 
 
 _NEW_JOB_COLUMNS = ("storyboard_id", "segment_index", "version", "state", "params", "params_sha", "is_pro",
-                    "target_dir", "spent_cents", "progress", "attempts", "created_at", "updated_at")
+                    "provider", "price_key", "target_dir", "spent_cents", "progress", "attempts", "created_at",
+                    "updated_at")
 
 
 def _db_value(column: Any, value: Any, dialect: Any) -> Any:
@@ -217,7 +230,13 @@ def _db_value(column: Any, value: Any, dialect: Any) -> Any:
 
 
 def _spec_values(spec: JobSpec) -> Dict[str, Any]:
-    return {"params": spec.params, "params_sha": spec.params_sha, "is_pro": spec.is_pro, "target_dir": spec.target_dir}
+    return {"params": spec.params, "params_sha": spec.params_sha, "is_pro": spec.is_pro, "target_dir": spec.target_dir,
+            "provider": spec.provider, "price_key": spec.price_key}
+
+
+def _count_back(outcome: ScanOutcome, provider: str, price_key: str, is_pro: bool) -> None:
+    key = (provider, price_key, is_pro)
+    outcome.back_by_price[key] = outcome.back_by_price.get(key, 0) + 1
 
 
 def _diff_jobs(
@@ -253,6 +272,7 @@ def _diff_jobs(
             change(row, State.PENDING, {**_RESET_REMOTE, **_spec_values(spec)}, "back in the storyboard",
                    counter="revived")
             outcome.revived += 1
+            _count_back(outcome, spec.segment.provider, spec.segment.price_key, spec.is_pro)
         elif same_params:
             if row.target_dir != spec.target_dir and state in (State.PENDING, State.FAILED):
                 change(row, state, {"target_dir": spec.target_dir}, "output folder changed", counter="updated")
@@ -270,6 +290,7 @@ def _diff_jobs(
                    "parameters changed; regenerating (--requeue-changed)",
                    supersede=(row.target_dir, row.segment_index, row.version), counter="requeued_changed")
             outcome.requeued_changed += 1
+            _count_back(outcome, spec.segment.provider, spec.segment.price_key, spec.is_pro)
         else:
             outcome.changed.append(ChangedJob(path, spec.segment_index, spec.version, state))
     for key, row in existing.items():
@@ -403,12 +424,18 @@ class Store:
                 outcome.storyboards_unchanged += 1
             new_specs.extend((row.id, spec) for spec in specs)
             changes.extend(diff)
+        priced = outcome.added_by_price
         for item in fresh:
             for segment in item.segments:
                 outcome.added += segment.versions
                 outcome.added_pro += segment.versions if segment.is_pro else 0
+                key = (segment.provider, segment.price_key, segment.is_pro)
+                priced[key] = priced.get(key, 0) + segment.versions
         outcome.added += len(new_specs)
         outcome.added_pro += sum(1 for _, spec in new_specs if spec.is_pro)
+        for _, spec in new_specs:
+            key = (spec.provider, spec.price_key, spec.is_pro)
+            priced[key] = priced.get(key, 0) + 1
         if dry_run:
             return {c.job_id for c in changes}
         inserts = [(board_id, spec.segment, spec.version) for board_id, spec in new_specs]
@@ -460,7 +487,7 @@ class Store:
         changes = []
         rows = conn.execute(
             select(jobs.c.id, jobs.c.storyboard_id, jobs.c.video_path, jobs.c.target_dir, jobs.c.segment_index,
-                   jobs.c.version, storyboards.c.path)
+                   jobs.c.version, jobs.c.provider, jobs.c.price_key, jobs.c.is_pro, storyboards.c.path)
             .join_from(jobs, storyboards, jobs.c.storyboard_id == storyboards.c.id)
             .where(jobs.c.state == State.DONE.value)
         )
@@ -476,6 +503,7 @@ class Store:
                                      f"video file deleted ({r.video_path}); regenerating", storyboard_id=r.storyboard_id,
                                      label=(r.path, r.segment_index, r.version), counter="regenerate"))
             outcome.regenerate += 1
+            _count_back(outcome, r.provider, r.price_key, bool(r.is_pro))
         return changes
 
     def _insert_jobs(self, conn: Connection, specs: Sequence[Tuple[int, SegmentSpec, int]], now: datetime) -> None:
@@ -493,7 +521,8 @@ class Store:
         stamp = _db_value(jobs.c.created_at, now, dialect)
         compiled = insert(jobs).compile(dialect=dialect, column_keys=list(_NEW_JOB_COLUMNS))
         rows = [(board_id, segment.segment_index, version, State.PENDING.value, segment.params_json, segment.params_sha,
-                 segment.is_pro, segment.target_dir, 0, 0, 0, stamp, stamp) for board_id, segment, version in specs]
+                 segment.is_pro, segment.provider, segment.price_key, segment.target_dir, 0, 0, 0, stamp, stamp)
+                for board_id, segment, version in specs]
         if compiled.positional:
             # The columns are listed in table order, which is the order a positional statement binds.
             assert tuple(compiled.positiontup or ()) == _NEW_JOB_COLUMNS, compiled.positiontup
@@ -608,14 +637,26 @@ class Store:
         with read_tx(self.engine) as conn:
             return conn.execute(ready).scalar_one(), conn.execute(later).scalar_one()
 
-    def pending_by_model(self, scope: "JobScope") -> Dict[bool, int]:
-        """Pending jobs in ``scope`` (the ones a run would pay for), counted by ``is_pro``."""
+    def pending_by_price(self, scope: "JobScope") -> Dict[Tuple[str, str, bool], int]:
+        """Pending jobs in ``scope`` (the ones a run would pay for), counted by (provider, price
+        key, is_pro)."""
         with read_tx(self.engine) as conn:
-            rows = conn.execute(scope.apply(select(jobs.c.is_pro, func.count()).where(jobs.c.state == State.PENDING.value)
-                                            .group_by(jobs.c.is_pro))).all()
-        counts = {False: 0, True: 0}
-        counts.update({bool(pro): n for pro, n in rows})
-        return counts
+            rows = conn.execute(scope.apply(
+                select(jobs.c.provider, jobs.c.price_key, jobs.c.is_pro, func.count())
+                .where(jobs.c.state == State.PENDING.value)
+                .group_by(jobs.c.provider, jobs.c.price_key, jobs.c.is_pro))).all()
+        return {(provider, key, bool(pro)): n for provider, key, pro, n in rows}
+
+    def apis_in_use(self, scope: "JobScope") -> Set[Tuple[str, Optional[str]]]:
+        """The (provider, API base URL) pairs the unfinished jobs in ``scope`` need: where each
+        paid-for job was sent, and (base None) each provider pending jobs go to."""
+        with read_tx(self.engine) as conn:
+            sent = conn.execute(scope.apply(
+                select(jobs.c.provider, jobs.c.api_base).where(jobs.c.state.in_([s.value for s in IN_FLIGHT]))
+                .distinct())).all()
+            waiting = conn.execute(scope.apply(
+                select(jobs.c.provider).where(jobs.c.state == State.PENDING.value).distinct())).all()
+        return {(provider, base) for provider, base in sent} | {(provider, None) for (provider,) in waiting}
 
     def count_in_flight(self, scope: "JobScope") -> int:
         """Jobs in ``scope`` whose generation is paid for (or may be) and not yet downloaded."""
@@ -671,14 +712,14 @@ class Store:
             row = conn.execute(_JOB_BY_ID, {"t_id": job_id}).one()
         return JobRow.from_row(row)
 
-    def adopt_journaled(self, job_id: int, task_id: str, cost: Callable[[bool], int]) -> str:
+    def adopt_journaled(self, job_id: int, task_id: str, cost: Callable[[str, str], int]) -> str:
         """Give a job the task a worker journaled when the ledger could not take it. Applied only while
         the job still waits in ``submitting`` without a task; returns what needs saying ("" when the
         task is already the job's)."""
         now = utcnow()
         with write_tx(self.engine) as conn:
-            row = conn.execute(select(jobs.c.state, jobs.c.remote_task_id, jobs.c.spent_cents, jobs.c.is_pro)
-                               .where(jobs.c.id == job_id)).one_or_none()
+            row = conn.execute(select(jobs.c.state, jobs.c.remote_task_id, jobs.c.spent_cents, jobs.c.provider,
+                                      jobs.c.price_key).where(jobs.c.id == job_id)).one_or_none()
             if row is None:
                 return f"task {task_id} from the journal belongs to no job in this ledger"
             if row.remote_task_id == task_id:
@@ -688,7 +729,7 @@ class Store:
                 return (f"task {task_id} from the journal was not adopted: the job is {row.state}"
                         + (f" with task {row.remote_task_id}" if row.remote_task_id else "")
                         + (f" and the task belongs to job {owner}" if owner is not None else ""))
-            price = cost(bool(row.is_pro))
+            price = cost(row.provider, row.price_key)
             values = {"remote_task_id": task_id, "cost_cents": price, "spent_cents": row.spent_cents + price,
                       "submitted_at": now, "lease_owner": None, "lease_expires_at": None, "attempts": 0,
                       "error_kind": None, "error_message": None, "next_attempt_at": None,
@@ -800,30 +841,42 @@ class Store:
 
     # status --------------------------------------------------------------------------------
 
-    def status(self, prices: Callable[[bool], int]) -> "StatusReport":
-        """Counts per state, overall and per storyboard, and money spent / still to spend.
+    def status(self, prices: Callable[[str, str], int]) -> "StatusReport":
+        """Counts per state, overall, per storyboard and per provider, and money spent / still to
+        spend (``prices(provider, price_key)``: one job's price).
 
         Grouped by storyboard id (an integer the jobs' unique index already orders by), then named:
         a million jobs in 50,000 storyboards cost about the counting query itself."""
         report = StatusReport()
-        price = {False: prices(False), True: prices(True)}
         unpaid = (State.PENDING.value, State.SUBMITTING.value)
+        price: Dict[Tuple[str, str], int] = {}
         boards: Dict[int, BoardStatus] = {}
         with read_tx(self.engine) as conn:
             paths = dict(conn.execute(select(storyboards.c.id, storyboards.c.path)).all())
             rows = conn.execute(
-                select(jobs.c.storyboard_id, jobs.c.state, jobs.c.is_pro, func.count(jobs.c.id),
-                       func.coalesce(func.sum(jobs.c.spent_cents), 0))
-                .group_by(jobs.c.storyboard_id, jobs.c.state, jobs.c.is_pro))
-            for board_id, state, is_pro, count, spent in rows:
+                select(jobs.c.storyboard_id, jobs.c.state, jobs.c.provider, jobs.c.price_key, jobs.c.api_base,
+                       func.count(jobs.c.id), func.coalesce(func.sum(jobs.c.spent_cents), 0))
+                .group_by(jobs.c.storyboard_id, jobs.c.state, jobs.c.provider, jobs.c.price_key, jobs.c.api_base))
+            for board_id, state, provider, price_key, api_base, count, spent in rows:
                 board = boards.get(board_id)
                 if board is None:
                     board = boards[board_id] = BoardStatus(paths[board_id])
-                board.counts[state] += count
-                board.total += count
-                board.spent_cents += spent
+                by_provider = report.providers.get(provider)
+                if by_provider is None:
+                    by_provider = report.providers[provider] = ProviderStatus(provider)
+                if api_base is not None and api_base not in by_provider.api_bases:
+                    by_provider.api_bases.append(api_base)
+                remaining = 0
                 if state in unpaid:
-                    board.estimated_remaining_cents += count * price[bool(is_pro)]
+                    key = (provider, price_key)
+                    if key not in price:
+                        price[key] = prices(provider, price_key)
+                    remaining = count * price[key]
+                for target in (board, by_provider):
+                    target.counts[state] += count
+                    target.total += count
+                    target.spent_cents += spent
+                    target.estimated_remaining_cents += remaining
             report.unresolved = conn.execute(
                 select(func.count()).select_from(jobs).where(jobs.c.state == State.SUBMITTING.value)
                 .where(jobs.c.error_kind == "unresolved")).scalar_one()
@@ -851,12 +904,25 @@ class BoardStatus:
 
 
 @dataclass
+class ProviderStatus:
+    """The jobs of one provider, and the API base URLs they were sent to."""
+
+    provider: str
+    counts: Dict[str, int] = field(default_factory=_zero_counts)
+    total: int = 0
+    spent_cents: int = 0
+    estimated_remaining_cents: int = 0
+    api_bases: List[str] = field(default_factory=list)
+
+
+@dataclass
 class StatusReport:
     counts: Dict[str, int] = field(default_factory=_zero_counts)
     total: int = 0
     spent_cents: int = 0
     estimated_remaining_cents: int = 0
     storyboards: Dict[str, BoardStatus] = field(default_factory=dict)
+    providers: Dict[str, ProviderStatus] = field(default_factory=dict)
     unresolved: int = 0  # lost creates whose look-up could not settle them (``submitting``)
 
     def to_json(self) -> Dict[str, Any]:
@@ -869,6 +935,11 @@ class StatusReport:
                 {"path": b.path, "counts": b.counts, "total": b.total, "spent_cents": b.spent_cents,
                  "estimated_remaining_cents": b.estimated_remaining_cents}
                 for b in self.storyboards.values()
+            ],
+            "providers": [
+                {"provider": p.provider, "api_bases": sorted(p.api_bases), "counts": p.counts, "total": p.total,
+                 "spent_cents": p.spent_cents, "estimated_remaining_cents": p.estimated_remaining_cents}
+                for p in sorted(self.providers.values(), key=lambda p: p.provider)
             ],
         }
 

@@ -19,13 +19,14 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from itertools import accumulate, islice
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, FrozenSet, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
 import jsonschema_rs
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from .settings import NORMAL_DURATIONS, PRO_DURATIONS, Settings
+from .providers import RULES, Mapped, Mismatch, Request
+from .settings import Settings
 
 SCHEMA_PATH = Path(__file__).parent / "schema" / "storyboard.schema.json"
 # Larger than any storyboard a person writes (100 segments take ~50 KiB), small enough that
@@ -112,6 +113,8 @@ class SegmentSpec(NamedTuple):
     params_sha: str
     target_dir: str
     is_pro: bool
+    provider: str = "sora_hk"
+    price_key: str = "normal"
 
     @property
     def params(self) -> Dict[str, Any]:
@@ -147,6 +150,14 @@ class JobSpec(NamedTuple):
     @property
     def is_pro(self) -> bool:
         return self.segment.is_pro
+
+    @property
+    def provider(self) -> str:
+        return self.segment.provider
+
+    @property
+    def price_key(self) -> str:
+        return self.segment.price_key
 
 
 @dataclass
@@ -236,7 +247,7 @@ def validator() -> Draft202012Validator:
 def settings_fingerprint(settings: Settings, layout: Layout) -> str:
     """Everything outside a file that shapes its jobs; part of each file's fingerprint."""
     shaping = [
-        settings.gen_count_per_segment, settings.default_duration, settings.default_resolution,
+        settings.provider, settings.gen_count_per_segment, settings.default_duration, settings.default_resolution,
         settings.default_is_pro, settings.default_remove_watermark, settings.default_quality,
         str(layout.input_dir), str(layout.output_dir), layout.output_mode, str(layout.cwd),
     ]
@@ -556,15 +567,15 @@ def _whole_numbers(obj: Mapping[str, Any], parts: Tuple[Any, ...], keys: Sequenc
 def _segments(doc: Mapping[str, Any], storyboard: Path, display: str, settings: Settings, layout: Layout,
               keys: _Keys, *, build: bool, has_floats: bool) -> Tuple[List[SegmentSpec], List[Problem]]:
     """One pass over the segments, robust to any shape: the rules JSON Schema cannot express (whole
-    numbers, unique indexes, the durations only Pro makes) and unknown keys, checked valid or not
-    so they come in the same round as schema errors; and, when ``build`` (the document passed the
-    schema), each segment's spec with its parameters resolved segment > defaults > settings."""
+    numbers, unique indexes, the values each provider and model take) and unknown keys, checked
+    valid or not so they come in the same round as schema errors; and, when ``build`` (the document
+    passed the schema), each segment's spec with its parameters resolved segment > defaults > settings."""
     defaults = doc.get("defaults") if isinstance(doc.get("defaults"), dict) else {}
     segments = doc.get("segments") if isinstance(doc.get("segments"), list) else []
     problems: List[Problem] = []
     if has_floats:
         problems.extend(_whole_numbers(defaults, ("defaults",), ("duration_seconds", "versions"), display))
-    fallback = {"is_pro": settings.default_is_pro, "duration_seconds": settings.default_duration,
+    fallback = {"provider": settings.provider, "duration_seconds": settings.default_duration,
                 "resolution": settings.default_resolution, "quality": settings.default_quality,
                 "remove_watermark": settings.default_remove_watermark, "versions": settings.gen_count_per_segment}
     cascade = {**fallback, **{k: v for k, v in defaults.items() if k in fallback}}
@@ -585,38 +596,72 @@ def _segments(doc: Mapping[str, Any], storyboard: Path, display: str, settings: 
                                     f"segment_index {index} is used twice (first at /segments/{first_seen[index]})"))
         elif type(index) is int:
             first_seen[index] = position
-        is_pro = segment.get("is_pro", cascade["is_pro"])
-        duration = segment.get("duration_seconds", cascade["duration_seconds"])
-        # Only a duration the schema allows: any other is already reported as not allowed at all.
-        if (is_pro is False and duration not in NORMAL_DURATIONS and type(duration) in (int, float)
-                and duration in PRO_DURATIONS):
-            where = ("duration_seconds" in segment and f"/segments/{position}/duration_seconds"
-                     or "duration_seconds" in defaults and "/defaults/duration_seconds" or f"/segments/{position}")
-            problems.append(Problem(display, where,
-                                    f"duration {duration}s needs the Pro model (is_pro: true); "
-                                    f"normal generations take {' or '.join(map(str, NORMAL_DURATIONS))} seconds"))
-        if build and not problems:  # a file with problems records nothing: no spec is needed
-            specs.append(_spec(segment, cascade, index, folder))
+        mapped = _mapped(segment, defaults, cascade, settings)
+        if isinstance(mapped, list):
+            problems.extend(Problem(display, _where(m.key, position, segment, defaults), _with_source(m, segment, defaults))
+                            for m in mapped)
+        elif build and mapped is not None and not problems:  # a file with problems records nothing
+            specs.append(_spec(segment, cascade, index, folder, mapped))
     return specs, problems
 
 
-def _spec(segment: Mapping[str, Any], cascade: Mapping[str, Any], index: int, folder: str) -> SegmentSpec:
+# The setting a value comes from when neither the segment nor the file's defaults give it.
+_SETTING_OF = {"provider": "PROVIDER", "duration_seconds": "DEFAULT_DURATION", "resolution": "DEFAULT_RESOLUTION",
+               "model": "DEFAULT_IS_PRO", "quality": "DEFAULT_QUALITY"}
+
+
+def _mapped(segment: Mapping[str, Any], defaults: Mapping[str, Any], cascade: Mapping[str, Any],
+            settings: Settings) -> Union[Mapped, List[Mismatch], None]:
+    """The segment's request as its provider's parameters, the values that provider cannot take,
+    or None when a value has the wrong type (the schema says so)."""
+    provider = segment.get("provider", cascade["provider"])
+    if isinstance(provider, str) and provider not in RULES:
+        return [Mismatch("provider", f"unknown provider {provider!r}; use one of {', '.join(map(repr, RULES))}")]
+    # The most specific level that names a model or is_pro decides both.
+    level = next((d for d in (segment, defaults) if "model" in d or "is_pro" in d), None)
+    model, is_pro = (level.get("model"), level.get("is_pro")) if level is not None else (None, settings.default_is_pro)
+    duration = segment.get("duration_seconds", cascade["duration_seconds"])
+    resolution = segment.get("resolution", cascade["resolution"])
+    quality = segment.get("quality", cascade["quality"])
+    watermark = segment.get("remove_watermark", cascade["remove_watermark"])
+    prompt = segment.get("prompt_text")
+    typed = (isinstance(provider, str) and isinstance(prompt, str) and isinstance(model, (str, type(None)))
+             and isinstance(is_pro, (bool, type(None))) and (duration is None or type(duration) is int)
+             and isinstance(resolution, str) and isinstance(quality, str) and isinstance(watermark, bool))
+    if not typed:
+        return None
+    image_url = segment.get("image_url")
+    request = Request(prompt=prompt.strip(), model=model, is_pro=is_pro, duration=duration, resolution=resolution,
+                      quality=quality, remove_watermark=watermark,
+                      image_url=image_url if isinstance(image_url, str) and image_url else None)
+    return RULES[provider].map(request)
+
+
+def _where(key: str, position: int, segment: Mapping[str, Any], defaults: Mapping[str, Any]) -> str:
+    """The pointer of the value ``key`` came from: the segment's, the defaults', else the segment."""
+    if key in segment:
+        return f"/segments/{position}/{key}"
+    if key in defaults:
+        return f"/defaults/{key}"
+    return f"/segments/{position}"
+
+
+def _with_source(mismatch: Mismatch, segment: Mapping[str, Any], defaults: Mapping[str, Any]) -> str:
+    """A mismatch's message, naming the setting its value came from when the file did not give it."""
+    key = mismatch.key
+    if key in segment or key in defaults:
+        return mismatch.message
+    setting = _SETTING_OF.get(key)
+    return f"{mismatch.message} (the value comes from the setting {setting})" if setting else mismatch.message
+
+
+def _spec(segment: Mapping[str, Any], cascade: Mapping[str, Any], index: int, folder: str, mapped: Mapped) -> SegmentSpec:
     """One schema-valid segment's request parameters, canonical and hashed."""
-    is_pro = segment.get("is_pro", cascade["is_pro"])
-    params: Dict[str, Any] = {
-        "prompt": segment["prompt_text"].strip(),
-        "is_pro": is_pro,
-        "duration": segment.get("duration_seconds", cascade["duration_seconds"]),
-        "resolution": segment.get("resolution", cascade["resolution"]),
-        # Pro is always high quality; sending it keeps the request honest about what is paid for.
-        "quality": "high" if is_pro else segment.get("quality", cascade["quality"]),
-        "remove_watermark": segment.get("remove_watermark", cascade["remove_watermark"]),
-    }
-    if segment.get("image_url"):
-        params["image_url"] = segment["image_url"]
-    text = canonical_json(params)
+    text = canonical_json(mapped.params)
     versions = segment.get("versions", cascade["versions"])
-    return SegmentSpec(index, versions, text, params_sha(text), f"{folder}/Segment_{index}", is_pro)
+    provider = segment.get("provider", cascade["provider"])
+    return SegmentSpec(index, versions, text, params_sha(text), f"{folder}/Segment_{index}", mapped.is_pro,
+                       provider, mapped.price_key)
 
 
 def _pointer_order(problem: Problem) -> Tuple[Tuple[int, int, str], ...]:

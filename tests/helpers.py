@@ -9,6 +9,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any, Dict, List
 
+import pytest
+
 
 def segments(*prompts: str, **extra: Any) -> dict:
     """A storyboard in the format users already have, one segment per prompt."""
@@ -31,3 +33,25 @@ def spawn(root: Path, env: Dict[str, str], *args: str) -> "subprocess.Popen[str]
 def leftovers(root: Path) -> List[Path]:
     """Temporary files a run must never leave behind."""
     return [p for p in root.rglob("*") if p.name.endswith((".part", ".tmp"))]
+
+
+# Shared-behaviour tests run against the simulator speaking each protocol ledger knows.
+PROTOCOLS = ("sora_hk", "openai")
+both_protocols = pytest.mark.parametrize("protocol", PROTOCOLS, indirect=True)
+
+
+def api_env(sim: Any) -> Dict[str, str]:
+    """The settings that point ledger at ``sim``, in the protocol it speaks."""
+    if sim.config.protocol == "openai":
+        return {"PROVIDER": "openai", "OPENAI_BASE_URL": sim.base_url, "OPENAI_API_KEY": sim.config.api_key or "sk-any"}
+    return {"PROVIDER": "sora_hk", "SORA_BASE_URL": sim.base_url}
+
+
+def job_price(sim: Any) -> int:
+    """What ``sim`` charges for one job with default parameters (and for ``create_external``'s task):
+    sora.hk's normal price; for /v1/videos sora-2, 4 s at 10 cents a second."""
+    if sim.config.protocol == "openai":
+        from ledger.sim import openai_videos
+
+        return openai_videos.price("sora-2", "1280x720", 4)
+    return int(sim.config.normal_price)

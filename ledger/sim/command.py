@@ -8,7 +8,7 @@ from typing import Callable, Optional
 
 import click
 
-from .server import FILE_ENCODINGS, POLICY_TRIGGER, SimConfig, SimServer
+from .server import FILE_ENCODINGS, POLICY_TRIGGER, PROTOCOLS, SimConfig, SimServer
 
 
 @click.command("sim")
@@ -33,16 +33,23 @@ from .server import FILE_ENCODINGS, POLICY_TRIGGER, SimConfig, SimServer
               help="Serve videos at most this fast (MB/s), like a real link.")
 @click.option("--file-encoding", default=None, type=click.Choice(FILE_ENCODINGS),
               help="Serve videos compressed with this Content-Encoding, as a misconfigured host does.")
+@click.option("--protocol", default="sora_hk", show_default=True, type=click.Choice(PROTOCOLS),
+              help="The API to speak: api.sora.hk v1, or the OpenAI-compatible /v1/videos format.")
+@click.option("--content-host", default=None, metavar="HOST",
+              help="openai: answer /videos/{id}/content with a redirect to a signed URL on HOST (e.g. localhost).")
+@click.option("--poll-after-ms", default=None, type=click.IntRange(min=1), metavar="MS",
+              help="openai: send an openai-poll-after-ms header with every status answer.")
 def sim(host: str, port: int, api_key: Optional[str], gen_seconds: float, fail_rate: float, balance: int,
         fault_rate: float, url_ttl: float, video_bytes: Optional[int], file_rate: Optional[float],
-        file_encoding: Optional[str]) -> None:
+        file_encoding: Optional[str], protocol: str, content_host: Optional[str], poll_after_ms: Optional[int]) -> None:
     """Run a local simulator of the video API until Ctrl+C.
 
     Put "[policy-reject]" in a prompt to get a content-policy rejection.
     """
     config = SimConfig(api_key=api_key, gen_seconds=gen_seconds, fail_rate=fail_rate, balance=balance,
                        fault_rate=fault_rate, url_ttl=url_ttl, video_bytes=video_bytes, file_rate=file_rate,
-                       file_encoding=file_encoding)
+                       file_encoding=file_encoding, protocol=protocol, content_host=content_host,
+                       poll_after_ms=poll_after_ms)
     # Ctrl+C and SIGTERM only ask for a stop, from the first moment of the command on: one that
     # arrives while the port is being bound still ends in the same clean stop, never "Aborted!".
     stopping = threading.Event()
@@ -55,7 +62,11 @@ def sim(host: str, port: int, api_key: Optional[str], gen_seconds: float, fail_r
             raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
         click.echo(f"Sora simulator listening on {server.base_url}")
         key_hint = "the key given with --api-key" if api_key else "any value"
-        click.echo(f"Point ledger at it: SORA_BASE_URL={server.base_url} and SORA_API_KEY={key_hint}")
+        if protocol == "openai":
+            click.echo(f"It speaks the /v1/videos protocol. Point ledger at it: PROVIDER=openai, "
+                       f"OPENAI_BASE_URL={server.base_url} and OPENAI_API_KEY={key_hint}")
+        else:
+            click.echo(f"Point ledger at it: SORA_BASE_URL={server.base_url} and SORA_API_KEY={key_hint}")
         click.echo(f'A prompt containing "{POLICY_TRIGGER}" is rejected by the content policy. Ctrl+C stops.')
         # Scripts (make demo) read the address from a pipe or file: it must not wait in a buffer.
         sys.stdout.flush()

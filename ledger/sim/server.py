@@ -1,7 +1,9 @@
 """A local stand-in for the video API over real sockets, for tests and for rehearsals.
 
-It follows the documented protocol (envelopes, codes 401/1001/1012, paged task lists, signed
-expiring video URLs on a separate ``/files/`` path with ``Range`` support) and can inject the
+It speaks either protocol ledger knows (``SimConfig.protocol``): the api.sora.hk v1 one (envelopes,
+codes 401/1001/1012, paged task lists, signed expiring video URLs on a separate ``/files/`` path
+with ``Range`` support) or the OpenAI-compatible ``/v1/videos`` one (``openai_videos.py``: HTTP
+statuses with error objects, cursor-paged lists, the video behind the key). Either can inject the
 faults a real deployment shows: HTML 502 pages, code-500 envelopes, dropped connections, 429s,
 truncated downloads and create answers lost after the task was made and billed. Its file route can
 also play a hostile or odd video host: no Content-Length (chunked or close-delimited), a body
@@ -11,6 +13,7 @@ bomb and encodings no client decodes.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import hashlib
 import hmac
@@ -31,11 +34,14 @@ from importlib import resources
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from . import openai_videos as openai
+
 __all__ = ["SimConfig", "SimServer", "POLICY_TRIGGER", "POLICY_MESSAGE", "GENERATION_FAILED_MESSAGE"]
 
 log = logging.getLogger(__name__)
 
-ROUTES = ("create", "task", "tasks", "balance", "pricing", "file")
+ROUTES = ("create", "task", "tasks", "balance", "pricing", "file", "content")
+PROTOCOLS = ("sora_hk", "openai")
 GENERIC_FAULTS = frozenset({"http_502_html", "envelope_500", "http_500_json", "drop", "rate_limit", "delay", "envelope"})
 FILE_FAULTS = frozenset({"truncate", "expired", "ignore_range", "bad_length", "no_length", "overlong", "drip",
                          "gzip_bomb", "encoding"})
@@ -95,6 +101,13 @@ class SimConfig:
     # Serve every video with this Content-Encoding (and the encoded length; ranges count encoded
     # bytes): "gzip", "deflate" (zlib) or "deflate-raw" (raw deflate labelled "deflate").
     file_encoding: Optional[str] = None
+    protocol: str = "sora_hk"  # or "openai": the /v1/videos format
+    # openai: status words said instead of the format's own, as gateways do ({"completed": "succeeded"}).
+    status_words: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    poll_after_ms: Optional[int] = None  # openai: an openai-poll-after-ms header on every status answer
+    # openai: answer /content with a redirect to a signed URL on this host (e.g. "localhost", another
+    # host name of the same server), like a relay in front of object storage; None serves it there.
+    content_host: Optional[str] = None
 
 
 @dataclass
@@ -119,6 +132,8 @@ class _Task:
     outcome: str  # "ok", "policy" or "error"
     created_wall: datetime
     created_mono: float
+    model: str = ""  # openai: the model asked for
+    size: str = ""  # openai: the size asked for
 
 
 class _Video:
@@ -220,6 +235,8 @@ class SimServer:
         self.config = config or SimConfig()
         if self.config.list_shape not in ("list", "object"):
             raise ValueError(f"list_shape must be 'list' or 'object', not {self.config.list_shape!r}")
+        if self.config.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {self.config.protocol!r}")
         if self.config.file_encoding not in (None,) + FILE_ENCODINGS:
             raise ValueError(f"file_encoding must be one of {', '.join(FILE_ENCODINGS)}, not {self.config.file_encoding!r}")
         self.host = host
@@ -348,6 +365,11 @@ class SimServer:
 
     def create_external(self, prompt: str, **params: Any) -> str:
         """Make (and bill) a task as another client of the same account would; returns its id."""
+        if self.config.protocol == "openai":
+            status, answer = self._create_openai({"prompt": prompt, **params})
+            if status != 200:
+                raise ValueError(answer["error"]["message"])
+            return str(answer["id"])
         code, message, data = self._create({"prompt": prompt, **params})
         if code != 200:
             raise ValueError(message)
@@ -359,10 +381,11 @@ class SimServer:
             self._tasks.pop(task_id, None)
 
     def tasks(self) -> List[Dict[str, Any]]:
-        """Every task as the API would show it now, oldest first."""
+        """Every task as the API would show it now, oldest first; in either protocol with its id
+        also under ``task_id``."""
         with self._lock:
             tasks = sorted(self._tasks.values(), key=lambda task: task.seq)
-        return [self._task_view(task, self.origin) for task in tasks]
+        return [{**self._view(task, self.origin), "task_id": task.task_id} for task in tasks]
 
     # --- internals used by the handler ------------------------------------------------------------
 
@@ -408,6 +431,30 @@ class SimServer:
             injected[fault.kind] = injected.get(fault.kind, 0) + 1
             return fault
 
+    def _record_task(self, prompt: str, price: int, task_id: Optional[str], **fields: Any) -> Optional[_Task]:
+        """Charge ``price`` and record a task (None when the balance is short)."""
+        with self._lock:
+            if self._balance < price:
+                return None
+            self._balance -= price
+            if POLICY_TRIGGER in prompt.lower():
+                outcome = "policy"
+            else:
+                outcome = "error" if self._rng.random() < self.config.fail_rate else "ok"
+            task = _Task(task_id=task_id if task_id is not None else self._new_id(), seq=len(self._tasks),
+                         prompt=prompt, cost=price, outcome=outcome,
+                         created_wall=datetime.now(SIM_TZ).replace(microsecond=0), created_mono=time.monotonic(),
+                         **fields)
+            self._tasks[task.task_id] = task
+            self._stats["tasks_created"] += 1
+            per_prompt = self._stats["creates_per_prompt"]
+            per_prompt[prompt] = per_prompt.get(prompt, 0) + 1
+        log.debug("created task %s (%s)", task.task_id, outcome)
+        return task
+
+    def _new_id(self) -> str:
+        return f"video_{uuid.uuid4().hex}" if self.config.protocol == "openai" else str(uuid.uuid4())
+
     def _create(self, body: Any, task_id: Optional[str] = None) -> Tuple[int, str, Any]:
         """Validate, charge and record a task; return (code, message, data)."""
         problem = _validate(body)
@@ -415,35 +462,14 @@ class SimServer:
             return 1001, f"参数错误：{problem}", None
         is_pro = bool(body.get("is_pro", False))
         price = self.config.pro_price if is_pro else self.config.normal_price
-        prompt = body["prompt"]
-        with self._lock:
-            if self._balance < price:
-                return 1012, f"余额不足：当前余额 {self._balance} 分，本次需要 {price} 分", None
-            self._balance -= price
-            if POLICY_TRIGGER in prompt.lower():
-                outcome = "policy"
-            else:
-                outcome = "error" if self._rng.random() < self.config.fail_rate else "ok"
-            task = _Task(
-                task_id=task_id if task_id is not None else str(uuid.uuid4()),
-                seq=len(self._tasks),
-                prompt=prompt,
-                is_pro=is_pro,
-                duration=int(body.get("duration", 10)),
-                resolution=str(body.get("resolution", "horizontal")),
-                quality="high" if is_pro else str(body.get("quality", "normal")),
-                remove_watermark=bool(body.get("remove_watermark", True)),
-                image_url=str(body.get("image_url") or ""),
-                cost=price,
-                outcome=outcome,
-                created_wall=datetime.now(SIM_TZ).replace(microsecond=0),
-                created_mono=time.monotonic(),
-            )
-            self._tasks[task.task_id] = task
-            self._stats["tasks_created"] += 1
-            per_prompt = self._stats["creates_per_prompt"]
-            per_prompt[prompt] = per_prompt.get(prompt, 0) + 1
-        log.debug("created task %s (%s)", task.task_id, outcome)
+        task = self._record_task(
+            body["prompt"], price, task_id, is_pro=is_pro, duration=int(body.get("duration", 10)),
+            resolution=str(body.get("resolution", "horizontal")),
+            quality="high" if is_pro else str(body.get("quality", "normal")),
+            remove_watermark=bool(body.get("remove_watermark", True)), image_url=str(body.get("image_url") or ""))
+        if task is None:
+            balance = self._current_balance()
+            return 1012, f"余额不足：当前余额 {balance} 分，本次需要 {price} 分", None
         return 200, "操作成功", {
             "task_id": task.task_id,
             "status": "pending",
@@ -451,13 +477,49 @@ class SimServer:
             "created_at": task.created_wall.isoformat(),
         }
 
+    def _create_openai(self, body: Any, task_id: Optional[str] = None) -> Tuple[int, Any]:
+        """``POST /v1/videos``: validate, charge and record; (HTTP status, body object)."""
+        problem = openai.validate(body)
+        if problem:
+            param, message = problem
+            return 400, json.loads(openai.error(message, param=param))
+        model, size = str(body.get("model", "sora-2")), str(body.get("size", "720x1280"))
+        seconds = int(body.get("seconds", "4"))
+        price = openai.price(model, size, seconds)
+        reference = body.get("input_reference") or {}
+        task = self._record_task(body["prompt"], price, task_id, is_pro=openai.family(model) == "sora-2-pro",
+                                 duration=seconds, resolution=size, quality="", remove_watermark=False,
+                                 image_url=str(reference.get("image_url") or ""), model=model, size=size)
+        if task is None:
+            return 429, json.loads(openai.error("You exceeded your current quota, please check your plan and "
+                                                "billing details.", "insufficient_quota", code="insufficient_quota"))
+        return 200, self._view(task, self.origin)
+
     def _get_task(self, task_id: str, origin: str, *, poll: bool) -> Optional[Dict[str, Any]]:
         with self._lock:
             task = self._tasks.get(task_id)
             if task is not None and poll:
                 polls = self._stats["polls_per_task"]
                 polls[task_id] = polls.get(task_id, 0) + 1
-        return None if task is None else self._task_view(task, origin)
+        return None if task is None else self._view(task, origin)
+
+    def _list_openai(self, origin: str, query: Mapping[str, List[str]]) -> Tuple[int, Any]:
+        with self._lock:
+            tasks = sorted(self._tasks.values(), key=lambda task: task.seq, reverse=True)
+        return openai.page([self._view(task, origin) for task in tasks], query, self.config.list_ignores_page)
+
+    def _content_problem(self, task_id: str, expired: bool) -> Optional[Tuple[int, bytes]]:
+        """Why ``/v1/videos/{id}/content`` cannot be served (status, error body), or None."""
+        with self._lock:
+            task = self._tasks.get(task_id)
+        if task is None:
+            return 404, openai.error(f"Video with id {task_id!r} not found.")
+        status, _, ends_at = self._timeline(task)
+        if status != "completed":
+            return 404, openai.error(f"Video {task_id!r} has no content yet (status {status}).")
+        if expired or time.monotonic() >= task.created_mono + ends_at + self.config.url_ttl:
+            return 410, openai.error(f"The content of video {task_id!r} has expired.")
+        return None
 
     def _list_tasks(self, origin: str, page: int, page_size: int, status: Optional[str]) -> Any:
         with self._lock:
@@ -471,7 +533,8 @@ class SimServer:
             return page_items
         return {"tasks": page_items, "total": len(views), "page": page, "page_size": page_size}
 
-    def _task_view(self, task: _Task, origin: str) -> Dict[str, Any]:
+    def _timeline(self, task: _Task) -> Tuple[str, int, float]:
+        """(status, progress, seconds from creation to the end) of a task now."""
         gen = self.config.gen_seconds
         elapsed = time.monotonic() - task.created_mono
         # Policy rejections come early, generic failures midway, videos at the end.
@@ -483,6 +546,19 @@ class SimServer:
             status, progress = "pending", 0
         else:
             status, progress = "processing", max(1, min(99, int(100 * elapsed / gen)))
+        return status, progress, ends_at
+
+    def _view(self, task: _Task, origin: str) -> Dict[str, Any]:
+        """A task as this simulator's protocol shows it."""
+        if self.config.protocol != "openai":
+            return self._task_view(task, origin)
+        status, progress, ends_at = self._timeline(task)
+        completed = int(task.created_wall.timestamp() + round(ends_at)) if status in ("completed", "failed") else None
+        expires = int(completed + self.config.url_ttl) if status == "completed" and completed is not None else None
+        return openai.view(task, status, progress, completed, expires, self.config.status_words)
+
+    def _task_view(self, task: _Task, origin: str) -> Dict[str, Any]:
+        status, progress, ends_at = self._timeline(task)
         done = status in ("completed", "failed")
         view = {
             "task_id": task.task_id,
@@ -518,7 +594,7 @@ class SimServer:
         """Why the video URL cannot be served (status, S3-style error code), or None."""
         with self._lock:
             task = self._tasks.get(task_id)
-        if task is None or self._task_view(task, "")["status"] != "completed":
+        if task is None or self._timeline(task)[0] != "completed":
             return 404, "NoSuchKey"
         try:
             expires = int(query.get("expires", [""])[0])
@@ -649,12 +725,15 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith("/_sim/"):
             self._admin(method, path, body)
             return
-        route, arg = _route(method, path)
+        speaks_openai = sim.config.protocol == "openai"
+        route, arg = (openai.route if speaks_openai else _route)(method, path)
         if route is None:
-            self._send_json(404, _envelope(404, f"接口不存在 (no such endpoint: {method} {path})"))
+            self._send_json(404, openai.error(f"Invalid URL ({method} {path})") if speaks_openai
+                            else _envelope(404, f"接口不存在 (no such endpoint: {method} {path})"))
             return
         sim._count(route, proxied)
-        fault = sim._take_fault(route)
+        # The content endpoint that serves the bytes itself meets the faults of a file host.
+        fault = sim._take_fault("file" if route == "content" and not sim.config.content_host else route)
         if fault is not None and fault.kind == "delay":
             time.sleep(float(fault.opts.get("seconds", 1.0)))
             fault = None
@@ -666,7 +745,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if not self._authorised():
             return
-        if route == "create":
+        if speaks_openai:
+            self._openai(route, arg, query, body, fault)
+        elif route == "create":
             self._answer_create(body, lost=fault is not None and fault.kind == "lost_create",
                                 task_id=fault.opts.get("task_id") if fault is not None and fault.kind == "task_id" else None)
         elif route == "task":
@@ -682,19 +763,53 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send_json(200, _envelope(200, "操作成功", sim._charge_info()))
 
+    def _openai(self, route: str, arg: str, query: Mapping[str, List[str]], body: bytes,
+                fault: Optional[_Fault]) -> None:
+        """The /v1/videos routes, once the key was checked."""
+        sim = self.server.sim
+        hint = {"openai-poll-after-ms": str(sim.config.poll_after_ms)} if sim.config.poll_after_ms else {}
+        if route == "create":
+            self._answer_create(body, lost=fault is not None and fault.kind == "lost_create",
+                                task_id=fault.opts.get("task_id") if fault is not None and fault.kind == "task_id" else None)
+        elif route == "task":
+            task = sim._get_task(arg, self._origin(), poll=True)
+            if task is None:
+                self._send_json(404, openai.error(f"Video with id {arg!r} not found."))
+            else:
+                self._send_json(200, json.dumps(task, ensure_ascii=False).encode("utf-8"), headers=hint)
+        elif route == "tasks":
+            status, answer = sim._list_openai(self._origin(), query)
+            self._send_json(status, answer if isinstance(answer, bytes) else
+                            json.dumps(answer, ensure_ascii=False).encode("utf-8"), headers=hint)
+        else:  # the content, behind the key
+            problem = sim._content_problem(arg, expired=fault is not None and fault.kind == "expired")
+            if problem is not None:
+                self._send_json(*problem)
+            elif sim.config.content_host:
+                location = sim._signed_url(arg, f"http://{sim.config.content_host}:{sim.port}")
+                self._send(302, b"", "text/plain", headers={"Location": location})
+            else:
+                self._serve_video(fault)
+
     def _answer_create(self, raw_body: bytes, *, lost: bool, task_id: Optional[str] = None) -> None:
+        sim = self.server.sim
         try:
             body = json.loads(raw_body.decode("utf-8")) if raw_body else None
         except (UnicodeDecodeError, ValueError):
             body = None
-        code, message, data = self.server.sim._create(body, task_id)
-        if code == 200 and self.server.sim.config.create_latency:
+        if sim.config.protocol == "openai":
+            status, answer = sim._create_openai(body, task_id)
+            made, reply = status == 200, (status, json.dumps(answer, ensure_ascii=False).encode("utf-8"))
+        else:
+            code, message, data = sim._create(body, task_id)
+            made, reply = code == 200, (200, _envelope(code, message, data))
+        if made and sim.config.create_latency:
             # The real service answers a create after a while, with the task already made and billed.
-            time.sleep(self.server.sim.config.create_latency)
-        if lost and code == 200:
+            time.sleep(sim.config.create_latency)
+        if lost and made:
             self.close_connection = True  # made and billed, but the answer never leaves
             return
-        self._send_json(200, _envelope(code, message, data))
+        self._send_json(*reply)
 
     def _answer_list(self, query: Mapping[str, List[str]]) -> None:
         try:
@@ -717,11 +832,23 @@ class _Handler(BaseHTTPRequestHandler):
             return True
         presented = header[7:] if header.lower().startswith("bearer ") else header
         # Like many services, the answer echoes the key it got, so clients must mask it.
-        self._send_json(401, _envelope(401, f"API密钥无效或已禁用: {presented or '(未提供)'}"))
+        if self.server.sim.config.protocol == "openai":
+            self._send_json(401, openai.error(f"Incorrect API key provided: {presented or '(none)'}.",
+                                              code="invalid_api_key"))
+        else:
+            self._send_json(401, _envelope(401, f"API密钥无效或已禁用: {presented or '(未提供)'}"))
         return False
 
     def _answer_fault(self, fault: _Fault) -> None:
         kind = fault.kind
+        if self.server.sim.config.protocol == "openai" and kind in ("envelope_500", "http_500_json", "envelope"):
+            if kind == "envelope":  # a gateway answering HTTP 200 with an error object
+                self._send_json(200, openai.error(str(fault.opts.get("message", "Invalid request")),
+                                                  code=str(fault.opts.get("code", "invalid_request"))))
+            else:
+                self._send_json(500, openai.error("The server had an error while processing your request.",
+                                                  "server_error"))
+            return
         if kind == "drop":
             self.close_connection = True
         elif kind == "http_502_html":
@@ -737,6 +864,9 @@ class _Handler(BaseHTTPRequestHandler):
             headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
             if fault.opts.get("body", "json") == "text":
                 self._send(429, b"Too Many Requests", "text/plain", headers=headers)
+            elif self.server.sim.config.protocol == "openai":
+                self._send_json(429, openai.error("Rate limit reached for requests.", "requests",
+                                                  code="rate_limit_exceeded"), headers=headers)
             else:
                 self._send_json(429, _envelope(429, "请求过于频繁，请稍后再试"), headers=headers)
 
@@ -745,7 +875,6 @@ class _Handler(BaseHTTPRequestHandler):
         if "Authorization" in self.headers:
             sim._bump("file_requests_with_auth")
         kind = fault.kind if fault else None
-        opts = fault.opts if fault else {}
         problem = (403, "AccessDenied: Request has expired") if kind == "expired" else \
             sim._file_problem(name, query)
         if problem is not None:
@@ -753,6 +882,13 @@ class _Handler(BaseHTTPRequestHandler):
             body = f"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code></Error>\n".encode()
             self._send(status, body, "application/xml")
             return
+        self._serve_video(fault)
+
+    def _serve_video(self, fault: Optional[_Fault]) -> None:
+        """Send the video (honouring ``Range``), as spoilt as ``fault`` asks."""
+        sim = self.server.sim
+        kind = fault.kind if fault else None
+        opts = fault.opts if fault else {}
         if kind == "gzip_bomb":
             length, bomb = gzip_bomb(int(opts.get("mib", 2048)))
             self._send_file(200, {"Content-Encoding": "gzip", "Content-Length": str(length)}, bomb)

@@ -1,23 +1,23 @@
-"""What a run would pay for, priced, beside the account balance. Costs nothing to make."""
+"""What a run would pay for, priced per provider, beside each account's balance. Costs nothing to make."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
-from ..client import SoraClient
 from ..errors import ApiError
-from ..pricing import PriceBook
+from ..pricing import Prices
+from ..providers import ProviderPool
 from ..store import JobScope, Store
 
 
 @dataclass(frozen=True)
-class WorkPlan:
-    """The jobs a run would submit, their price, and whether the balance covers them."""
+class ProviderPlan:
+    """The jobs a run would send to one provider, their cost, and that account's balance."""
 
+    provider: str
     normal: int
     pro: int
-    in_flight: int
-    prices: PriceBook
+    cost: int
     balance: Optional[int]
     balance_note: str = ""
 
@@ -25,22 +25,58 @@ class WorkPlan:
     def jobs(self) -> int:
         return self.normal + self.pro
 
+
+@dataclass(frozen=True)
+class WorkPlan:
+    """The jobs a run would submit, their price, and whether the balances cover them."""
+
+    providers: List[ProviderPlan]
+    in_flight: int
+    prices: Prices
+
+    @property
+    def normal(self) -> int:
+        return sum(p.normal for p in self.providers)
+
+    @property
+    def pro(self) -> int:
+        return sum(p.pro for p in self.providers)
+
+    @property
+    def jobs(self) -> int:
+        return self.normal + self.pro
+
     @property
     def cost(self) -> int:
-        return self.normal * self.prices.normal + self.pro * self.prices.pro
+        return sum(p.cost for p in self.providers)
 
 
-def plan_work(store: Store, client: SoraClient, scope: JobScope, prices: PriceBook, *,
-              limit: Optional[int] = None, extra: Tuple[int, int] = (0, 0)) -> WorkPlan:
-    """Count what ``ledger work`` would submit (plus ``extra`` (normal, Pro) jobs a dry-run scan
-    would add), priced with ``prices``; ``GET /balance`` says whether the account covers it."""
-    counts = store.pending_by_model(scope)
-    normal, pro = counts[False] + extra[0], counts[True] + extra[1]
-    if limit is not None and normal + pro > limit:
-        pro = min(pro, limit)
-        normal = limit - pro
-    try:
-        balance, note = client.balance(), ""
-    except ApiError as exc:
-        balance, note = None, f"GET /balance failed: {exc}"
-    return WorkPlan(normal, pro, store.count_in_flight(scope), prices, balance, note)
+def plan_work(store: Store, providers: ProviderPool, scope: JobScope, prices: Prices, *,
+              limit: Optional[int] = None, extra: Optional[Mapping[Tuple[str, str, bool], int]] = None) -> WorkPlan:
+    """Count what ``ledger work`` would submit (plus ``extra`` jobs, by (provider, price key,
+    is_pro), a dry-run scan would add), priced with ``prices``; each provider's balance (when its
+    API tells one) says whether that account covers its part. With ``limit``, the dearest jobs
+    are counted first: the estimate is an upper bound."""
+    counts: Dict[Tuple[str, str, bool], int] = dict(store.pending_by_price(scope))
+    for key, n in (extra or {}).items():
+        counts[key] = counts.get(key, 0) + n
+    left = limit
+    plans: Dict[str, List[int]] = {}  # provider -> [normal, pro, cost]
+    for (provider, key, is_pro), n in sorted(counts.items(), key=lambda item: -prices.price(*item[0][:2])):
+        taken = n if left is None else min(n, left)
+        if left is not None:
+            left -= taken
+        if not taken:
+            continue
+        plan = plans.setdefault(provider, [0, 0, 0])
+        plan[1 if is_pro else 0] += taken
+        plan[2] += taken * prices.price(provider, key)
+    result = []
+    for provider, (normal, pro, cost) in sorted(plans.items()):
+        try:
+            balance = providers.get(provider).balance()
+            note = "" if balance is not None else f"the {provider} API has no balance endpoint"
+        except ApiError as exc:
+            balance, note = None, f"the balance could not be read: {exc}"
+        result.append(ProviderPlan(provider, normal, pro, cost, balance, note))
+    return WorkPlan(result, store.count_in_flight(scope), prices)

@@ -7,6 +7,7 @@ with one clear reason when the ledger or the API stay out of reach — nothing l
 """
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -17,13 +18,14 @@ from typing import Callable, Dict, List, Optional, Set, Tuple, TypeVar
 
 from sqlalchemy import exc as sa_exc
 
-from ..client import SoraClient
 from ..journal import Journal, journal_folder, orphaned
 from ..leases import owner_id
 from ..models import utcnow
 from ..policy import RateGate
-from ..pricing import PriceBook
+from ..pricing import Prices
+from ..providers import ProviderPool
 from ..store import JobRow, JobScope, Store
+from .board import StatusBoard
 from .budget import Budget
 from .decide import is_ledger_trouble
 from .steps import RunState, StepContext, keep_in_journal, run_step
@@ -62,12 +64,12 @@ class _DaemonPool:
 class Scheduler:
     """One ``ledger work`` run over one ledger. Create, then ``run()`` once."""
 
-    def __init__(self, store: Store, client: SoraClient, options: WorkOptions, prices: PriceBook,
+    def __init__(self, store: Store, providers: ProviderPool, options: WorkOptions, prices: Prices,
                  on_event: Optional[Callable[[JobRow, EventKind, str], None]] = None,
                  on_tick: Optional[Callable[["Scheduler"], None]] = None,
                  journal_dir: Optional[str] = None) -> None:
         self.store = store
-        self.client = client
+        self.providers = providers
         self.options = options
         self.owner = owner_id()
         self.run_state = RunState()
@@ -85,10 +87,11 @@ class Scheduler:
         self._started = time.monotonic()
         folder = journal_folder(str(store.engine.url.render_as_string(hide_password=False)), store.cwd) \
             if journal_dir is None else journal_dir
+        gate = RateGate(options.polls_per_second)
         self.ctx = StepContext(
-            store=store, client=client, options=options, owner=self.owner, budget=Budget(options.max_spend),
+            store=store, providers=providers, options=options, owner=self.owner, budget=Budget(options.max_spend),
             prices=prices, journal=Journal(folder, self.owner),  # type: ignore[arg-type]
-            run=self.run_state, gate=RateGate(options.polls_per_second),
+            run=self.run_state, gate=gate, board=StatusBoard(gate, self.run_state.abort, batch_min=options.batch_min),
             emit=on_event or (lambda job, kind, text: None), clock=time.monotonic)
 
     # --- what the CLI and the live view use ---------------------------------------------------------
@@ -166,9 +169,10 @@ class Scheduler:
         if down is not None and time.monotonic() - down > self.options.database_patience:
             self.run_state.halt(Stop.DATABASE, f"the ledger {self.store.describe()} has been unavailable for "
                                                f"{time.monotonic() - down:.0f} s ({self.run_state.ledger_error})")
-        elif self.client.unreachable_for() > self.options.api_patience:
-            self.run_state.halt(Stop.UNREACHABLE, f"{self.client.last_unreachable} (for "
-                                                  f"{self.client.unreachable_for():.0f} s); nothing was lost")
+        else:
+            out_for, why = self.providers.outage()
+            if out_for > self.options.api_patience:
+                self.run_state.halt(Stop.UNREACHABLE, f"{why} (for {out_for:.0f} s); nothing was lost")
 
     def _wait_time(self) -> float:
         waiting = [a.due for a in self.active.values() if not a.running]
@@ -182,7 +186,7 @@ class Scheduler:
         ids = scope.job_ids
         if self.options.limit is not None and len(self._claimed) >= self.options.limit:
             ids = sorted(self._claimed if ids is None else set(ids) & self._claimed)
-        return JobScope(scope.storyboard_ids, ids, paid_only=self.run_state.no_submit)
+        return dataclasses.replace(scope, job_ids=ids, paid_only=self.run_state.no_submit)
 
     def _finished(self) -> bool:
         """Nothing to claim now: wait only for retries this run could still take, and for the jobs of
@@ -307,7 +311,7 @@ class Scheduler:
         summary = self.summary
         summary.spent_cents = self.ctx.budget.spent
         summary.still_generating = self._ledger(lambda: self.store.count_in_flight(self.options.scope), 0)
-        summary.pending_left = self._ledger(lambda: sum(self.store.pending_by_model(self.options.scope).values()), 0)
+        summary.pending_left = self._ledger(lambda: sum(self.store.pending_by_price(self.options.scope).values()), 0)
 
     def _replay_journals(self) -> None:
         """Adopt the tasks that workers which are gone kept in their journals because the ledger was
@@ -318,7 +322,8 @@ class Scheduler:
                 cost = entry.cost_cents
                 try:
                     outcome = self.store.adopt_journaled(
-                        entry.job_id, entry.task_id, lambda is_pro: cost if cost is not None else self.ctx.prices.price(is_pro))
+                        entry.job_id, entry.task_id,
+                        lambda provider, key: cost if cost is not None else self.ctx.prices.price(provider, key))
                 except sa_exc.SQLAlchemyError as exc:
                     log.warning("cannot replay the task journal %s yet (%s)", path, exc)
                     settled = False

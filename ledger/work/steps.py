@@ -13,9 +13,12 @@ Everything that must survive a crash is in the ledger before the step that depen
   disk meanwhile when the database stays unavailable).
 * A job with a remote task id is only ever polled and downloaded.
 * A video reaches its final name only complete (``download.py``), then its sidecar, then ``done``.
+* A job is sent to its provider's configured API, and the write-ahead records which one: from then
+  on everything about it — reconcile, poll, download — goes to that API (``api_of``).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -23,17 +26,18 @@ from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Set
 
-from ..client import RemoteTask, SoraClient
 from ..download import output_error, sha256_of, sidecar_path, video_filename, write_json_atomic
-from ..errors import ApiError, InvalidTaskId, RateLimited, TaskNotFound
+from ..errors import ApiError, InsufficientBalance, InvalidTaskId, RateLimited, TaskNotFound
 from ..journal import Entry, Journal
 from ..models import iso_utc, utcnow
 from ..outputs import existing_videos
 from ..policy import RateGate
-from ..pricing import PriceBook, money
+from ..pricing import Prices, money
+from ..providers import Provider, ProviderPool
 from ..states import State
 from ..store import NO_VIDEO_KINDS, JobRow, LeaseLost, Store
 from ..storyboard import ledger_path
+from .board import StatusBoard, slack
 from .budget import Budget
 from .decide import Verdict, decide, is_ledger_trouble
 from .types import Action, Active, EventKind, Next, Outcome, Stop, WorkOptions, WorkSummary
@@ -99,18 +103,30 @@ class StepContext:
     """What the steps work with: the ledger, the API, the run's options and shared state."""
 
     store: Store
-    client: SoraClient
+    providers: ProviderPool
     options: WorkOptions
     owner: str
     budget: Budget
-    prices: PriceBook
+    prices: Prices
     journal: Journal
     run: RunState
     gate: RateGate
+    board: StatusBoard
     emit: Callable[[JobRow, EventKind, str], None]
     clock: Callable[[], float]
     downloads: Dict[int, Path] = field(default_factory=dict)  # job id -> video being written
     unrecorded: Set[int] = field(default_factory=set)  # jobs whose journaled task the ledger has not taken
+
+
+def api_of(ctx: StepContext, job: JobRow) -> Provider:
+    """The API of a job: the one it was sent to (recorded with its write-ahead), else — a pending
+    job, or one recorded before the ledger kept the base URL — its provider's configured one."""
+    return ctx.providers.get(job.provider, job.api_base if job.state is not State.PENDING else None)
+
+
+def price_of(ctx: StepContext, job: JobRow) -> int:
+    """One generation of ``job`` in its provider's price list."""
+    return ctx.prices.price(job.provider, job.price_key)
 
 
 # --- the steps ------------------------------------------------------------------------------------
@@ -126,17 +142,21 @@ def submit(ctx: StepContext, a: Active) -> Next:
               release=True, video_path=ledger_path(found[-1], ctx.store.cwd), finished_at=utcnow())
         ctx.run.count(a.job, skipped_existing=1)
         return Next(outcome=Outcome.SKIPPED)
-    price = ctx.prices.price(job.is_pro)
+    price = price_of(ctx, job)
     if not ctx.run.may_submit() or not _reserve(ctx, a, price):
         ctx.store.release(ctx.owner, [job.id])
         return Next(outcome=Outcome.RELEASED)
+    api = api_of(ctx, job)
     try:
-        _move(ctx, a, State.SUBMITTING, EventKind.NOTE, "write-ahead: sending POST /create", show=False,
-              reread=True, submitting_at=utcnow())
+        _move(ctx, a, State.SUBMITTING, EventKind.NOTE, f"write-ahead: sending the create to {api.name} "
+              f"at {api.base_url}", show=False, reread=True, submitting_at=utcnow(), api_base=api.base_url)
+        if a.job.provider != job.provider:  # a scan moved the job to another provider after the claim
+            api = api_of(ctx, dataclasses.replace(a.job, state=State.PENDING))
+            _move(ctx, a, State.SUBMITTING, EventKind.NOTE, "", api_base=api.base_url)
     except BaseException:
         _unreserve(ctx, a)
         raise
-    ctx.client.backoff.wait(ctx.run.abort)
+    api.backoff.wait(ctx.run.abort)
     if ctx.run.stopping.is_set():  # stopped while waiting out a 429: nothing was sent
         _move(ctx, a, State.PENDING, EventKind.NOTE, "not sent: the run is stopping", show=False, release=True)
         _unreserve(ctx, a)
@@ -144,7 +164,7 @@ def submit(ctx: StepContext, a: Active) -> Next:
     a.action = Action.RECONCILE  # from here on, this write-ahead is never submitted again
     a.sent_at = utcnow()
     try:
-        a.created = ctx.client.create(a.job.params)
+        a.created = api.create(a.job.params)
     finally:
         a.answered_at = utcnow()
     a.found = False
@@ -156,7 +176,7 @@ def record(ctx: StepContext, a: Active) -> Next:
     """Store the task id of a created (or found) task: the job is ``submitted`` from now on."""
     job, task = a.job, a.created
     assert task is not None
-    cost = task.cost if task.cost is not None else ctx.prices.price(job.is_pro)
+    cost = task.cost if task.cost is not None else price_of(ctx, job)
     now = utcnow()
     if a.found:
         # A found task started before we looked (by the service's clock, which has whole seconds).
@@ -181,7 +201,7 @@ def record(ctx: StepContext, a: Active) -> Next:
     if a.found:
         a.last_delay = None
         return Next(0.0)
-    a.last_delay = ctx.options.poll.next_delay(0.0, task.progress)
+    a.last_delay = max(ctx.options.poll.next_delay(0.0, task.progress), task.poll_after or 0.0)
     return Next(a.last_delay)
 
 
@@ -194,11 +214,12 @@ def reconcile(ctx: StepContext, a: Active) -> Next:
     wait = ((a.answered_at or since) + timedelta(seconds=ctx.options.reconcile_grace) - utcnow()).total_seconds()
     if wait > 0:
         return Next(wait)
-    ctx.client.backoff.wait(ctx.run.abort)
+    api = api_of(ctx, job)
+    api.backoff.wait(ctx.run.abort)
     until = a.answered_at or since + timedelta(seconds=ctx.options.create_timeout)
-    search = ctx.client.find_tasks(job.params["prompt"], since.replace(tzinfo=timezone.utc),
-                                   until.replace(tzinfo=timezone.utc), skew_seconds=ctx.options.reconcile_skew)
-    candidates = [t for t in search.tasks if same_request(t, job.params)]
+    search = api.find_tasks(job.params["prompt"], since.replace(tzinfo=timezone.utc),
+                            until.replace(tzinfo=timezone.utc), skew_seconds=ctx.options.reconcile_skew)
+    candidates = [t for t in search.tasks if api.same_request(t, job.params)]
     linked = ctx.store.linked_task_ids(t.task_id for t in candidates)
     free = [t for t in candidates if t.task_id not in linked]
     if free:
@@ -216,20 +237,33 @@ def reconcile(ctx: StepContext, a: Active) -> Next:
 
 
 def poll(ctx: StepContext, a: Active) -> Next:
-    """Ask how the generation is doing; on completion move on to the download."""
+    """Ask how the generation is doing — from the list read that answers for many jobs at once
+    when several are in flight (``board.py``), else alone; on completion move on to the download."""
     job = a.job
-    if not ctx.gate.acquire(ctx.run.abort):
-        return Next(0.0)
-    ctx.client.backoff.wait(ctx.run.abort)
+    api = api_of(ctx, job)
+    task_id = job.remote_task_id or ""
+    # The poll meant to land just after the estimated finish takes no answer read before it.
+    early = slack(a.last_delay) if a.progress < ctx.options.poll.confident_progress else 0.0
+    listed = ctx.board.lookup(api, task_id, job.submitted_at, a.due - early)
+    if listed is None:
+        if not ctx.gate.acquire(ctx.run.abort):
+            return Next(0.0)
+        api.backoff.wait(ctx.run.abort)
     a.polls += 1
     ctx.run.count(polls=1)
-    elapsed = _elapsed(job)
+    # A list answer is ``age`` seconds old: the progress it shows was reached that much earlier,
+    # and the next poll is timed from then.
+    age = max(0.0, ctx.clock() - listed[1]) if listed is not None else 0.0
+    elapsed = _elapsed(job) - age
     try:
-        task = ctx.client.get(job.remote_task_id or "")
+        task = listed[0] if listed is not None else api.get(task_id)
     except TaskNotFound:
         if elapsed < ctx.options.reconcile_grace:
             return Next(min(5.0, ctx.options.reconcile_grace))  # a service may not know a task it made a moment ago
+        ctx.board.forget(api, task_id)
         raise
+    if task.is_terminal:
+        ctx.board.forget(api, task_id)
     if task.is_completed and task.video_url:
         detail = f"generated in {elapsed:.0f} s ({a.polls} polls)" if job.state is State.SUBMITTED else ""
         _move(ctx, a, State.DOWNLOADING, EventKind.NOTE, detail, video_url=task.video_url, progress=100)
@@ -241,8 +275,9 @@ def poll(ctx: StepContext, a: Active) -> Next:
     a.progress = task.progress
     if elapsed > ctx.options.poll_timeout:
         return _park_generating(ctx, a, elapsed)
-    a.last_delay = ctx.options.poll.next_delay(elapsed, task.progress, a.last_delay)
-    return Next(a.last_delay)
+    # The service's own "ask again after" is a lower bound, never a reason to ask sooner.
+    a.last_delay = max(ctx.options.poll.next_delay(elapsed, task.progress, a.last_delay), task.poll_after or 0.0)
+    return Next(max(0.0, a.last_delay - age))
 
 
 def download(ctx: StepContext, a: Active) -> Next:
@@ -264,7 +299,7 @@ def download(ctx: StepContext, a: Active) -> Next:
         with ctx.run.lock:
             ctx.downloads[job.id] = dest
         try:
-            result = ctx.client.download(job.video_url, dest, root=target, cancel=ctx.run.abort)
+            result = api_of(ctx, job).download(job.video_url, dest, root=target, cancel=ctx.run.abort)
         finally:
             with ctx.run.lock:
                 ctx.downloads.pop(job.id, None)
@@ -343,7 +378,7 @@ def settle(ctx: StepContext, a: Active, step: Action, exc: Exception) -> Next:
         _unreserve(ctx, a)
         a.action = Action.SUBMIT
         stop = Stop.AUTH if verdict is Verdict.STOP_AUTH else Stop.BALANCE
-        ctx.run.halt(stop, str(exc) if stop is Stop.AUTH else _balance_situation(ctx, job))
+        ctx.run.halt(stop, str(exc) if stop is Stop.AUTH else _balance_situation(ctx, job, exc))
         return Next(outcome=Outcome.RELEASED)
     if verdict is Verdict.RATE_LIMITED:
         assert isinstance(exc, RateLimited)
@@ -353,12 +388,19 @@ def settle(ctx: StepContext, a: Active, step: Action, exc: Exception) -> Next:
         return Next(outcome=Outcome.RELEASED)
     if verdict is Verdict.OUT_OF_REACH:
         # Not the job's fault: nothing is counted or written for later runs; the scheduler stops the
-        # run if the API stays out of reach.
+        # run if the API new jobs go to stays out of reach. An API only earlier jobs were sent to
+        # (before the settings changed) that stays out of reach has its jobs left for a later run.
         if job.state is State.SUBMITTING:
             _move(ctx, a, State.PENDING, EventKind.NOTE, "", show=False)
             _unreserve(ctx, a)
             a.sent_at = a.answered_at = None
             a.action = Action.SUBMIT
+        api = api_of(ctx, job)
+        if not ctx.providers.is_configured(api) and api.unreachable_for() > ctx.options.api_patience:
+            _event(ctx, job, EventKind.PARKED, f"{api.base_url} has been out of reach for {api.unreachable_for():.0f} s; "
+                                               "left as it is for a later `ledger work`")
+            ctx.store.release(ctx.owner, [job.id])
+            return Next(outcome=Outcome.PARKED)
         a.tries += 1
         return Next(min(30.0, 2.0 * a.tries))
     if verdict is Verdict.NOT_CREATED:
@@ -381,7 +423,7 @@ def settle(ctx: StepContext, a: Active, step: Action, exc: Exception) -> Next:
     if verdict is Verdict.FAIL:
         extra: Dict[str, Any] = {}
         if isinstance(exc, InvalidTaskId):  # made and billed: its cost is booked all the same
-            cost = exc.cost if exc.cost is not None else ctx.prices.price(job.is_pro)
+            cost = exc.cost if exc.cost is not None else price_of(ctx, job)
             extra["spent_cents"] = job.spent_cents + cost
             ctx.budget.spend(a.reserved, cost)
             ctx.run.count(job, creates=1, spent_cents=cost)
@@ -547,15 +589,18 @@ def _unreserve(ctx: StepContext, a: Active) -> None:
     a.reserved = 0
 
 
-def _balance_situation(ctx: StepContext, job: JobRow) -> str:
-    """Why submitting stopped on a 1012, in numbers the user can act on."""
-    price = ctx.prices.price(job.is_pro)
+def _balance_situation(ctx: StepContext, job: JobRow, exc: Exception) -> str:
+    """Why submitting stopped on a 1012 (or an ``insufficient_quota``), in numbers the user can act on."""
+    api = api_of(ctx, job)
     try:
-        balance = f"the balance is {money(ctx.client.balance())}"
+        cents = api.balance()
+        balance = f"the balance is {money(cents)}" if cents is not None else "this API does not tell the balance"
     except ApiError:
         balance = "the balance could not be read"
-    return (f"the API refused a new generation for lack of balance (code 1012): {balance}, one generation costs "
-            f"{money(price)}; generations already paid for were finished. Top up, then run `ledger work` again")
+    why = api.balance_refusal if isinstance(exc, InsufficientBalance) else "balance"
+    return (f"the API refused a new generation for lack of balance ({why}): {balance}, one generation costs "
+            f"{money(price_of(ctx, job))}; generations already paid for were finished. Top up, then run "
+            "`ledger work` again")
 
 
 def _elapsed(job: JobRow) -> float:
@@ -573,12 +618,3 @@ def _message(exc: BaseException) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def same_request(task: RemoteTask, params: Mapping[str, Any]) -> bool:
-    """Does a listed task look like the one we sent? Fields the list omits do not count against it."""
-    raw = task.raw
-    for key in ("duration", "resolution", "is_pro"):
-        if key in raw and key in params and raw[key] not in (None, "") and raw[key] != params[key]:
-            return False
-    return True

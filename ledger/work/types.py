@@ -86,6 +86,8 @@ class WorkOptions:
     poll: PollPolicy = field(default_factory=PollPolicy)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     polls_per_second: float = 10.0
+    # Jobs of one API being polled at once before one list read answers for them all (``board.py``).
+    batch_min: int = 4
     lease_seconds: float = 120.0
     reconcile_grace: float = 30.0
     # How far the service's task timestamps may be off ours, and how long a create may take to reach

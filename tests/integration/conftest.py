@@ -10,6 +10,7 @@ import pytest
 
 from ledger.client import RemoteTask, SoraClient
 from ledger.sim import SimConfig, SimServer
+from tests.helpers import api_env
 
 # Shaped like a real key (sora- and 32 characters) so the generic masking is exercised too.
 API_KEY = "sora-Tq3v9Zk2LmN8pR4sW6yB1cD5fG7hJ0xA"
@@ -32,12 +33,21 @@ def api_key() -> str:
 
 
 @pytest.fixture
-def make_sim() -> Iterator[Callable[..., SimServer]]:
-    """Start simulators with SimConfig fields as keywords (quick generations, the test key)."""
+def protocol(request: pytest.FixtureRequest) -> str:
+    """The protocol simulators speak: sora_hk, unless the test is parametrized over both
+    (``tests.helpers.both_protocols``)."""
+    return str(getattr(request, "param", "sora_hk"))
+
+
+@pytest.fixture
+def make_sim(protocol: str) -> Iterator[Callable[..., SimServer]]:
+    """Start simulators with SimConfig fields as keywords (quick generations, the test key, the
+    test's protocol)."""
     servers: List[SimServer] = []
 
     def make(**config: Any) -> SimServer:
         port = config.pop("port", 0)
+        config.setdefault("protocol", protocol)
         config.setdefault("api_key", API_KEY)
         config.setdefault("gen_seconds", 0.2)
         config.setdefault("seed", 7)
@@ -105,9 +115,9 @@ def unused_port() -> int:
 
 @pytest.fixture
 def work_env(sim: SimServer) -> Dict[str, str]:
-    """Settings for a `ledger work` against ``sim``, with the waits shrunk to test size."""
+    """Settings for a `ledger work` against ``sim`` (in its protocol), with the waits shrunk to test size."""
     return {"SORA_BASE_URL": sim.base_url, "SORA_API_KEY": API_KEY, "GEN_COUNT_PER_SEGMENT": "1",
-            "POLL_MIN_INTERVAL": "0.05", "RETRY_BASE_DELAY": "0.1", "RECONCILE_GRACE_SECONDS": "0.2"}
+            "POLL_MIN_INTERVAL": "0.05", "RETRY_BASE_DELAY": "0.1", "RECONCILE_GRACE_SECONDS": "0.2", **api_env(sim)}
 
 
 @pytest.fixture

@@ -6,14 +6,15 @@ import time
 
 import pytest
 
-from tests.helpers import leftovers, query, segments, spawn
+from tests.helpers import api_env, both_protocols, leftovers, query, segments, spawn
 from tests.integration.test_work import sha, videos
 
 
 @pytest.mark.slow
+@both_protocols
 def test_chaos_every_job_ends_with_a_reason_nothing_paid_twice(ws, make_sim, work_env, capsys):
     sim = make_sim(gen_seconds=0.5, fault_rate=0.10, create_latency=0.05)
-    env = {**work_env, "SORA_BASE_URL": sim.base_url, "MAX_CONCURRENT_TASKS": "16", "GEN_COUNT_PER_SEGMENT": "2",
+    env = {**work_env, **api_env(sim), "MAX_CONCURRENT_TASKS": "16", "GEN_COUNT_PER_SEGMENT": "2",
            "MAX_ATTEMPTS": "8"}
     # 100 segments x 2 versions: every prompt exists twice, the hard case for finding a lost create
     ws.storyboard("storyboard_chaos.json", segments(*[f"chaos shot {i}" for i in range(100)]))
@@ -53,7 +54,7 @@ def test_chaos_every_job_ends_with_a_reason_nothing_paid_twice(ws, make_sim, wor
     assert len(files) == outcome.get("done", 0)
     assert all(sha(f) == stats["video_sha256"] for f in files)
     with capsys.disabled():
-        print(f"\nchaos (seed {seed}): 200 jobs, 3 kill -9, {runs} resume run(s), {elapsed:.0f} s; "
+        print(f"\nchaos ({sim.config.protocol}, seed {seed}): 200 jobs, 3 kill -9, {runs} resume run(s), {elapsed:.0f} s; "
               f"{outcome.get('done', 0)} done, {outcome.get('failed', 0)} failed; "
               f"{sum(stats['faults_injected'].values())} faults injected ({stats['faults_injected']}), "
               f"{stats['creates_received']} creates received, "

@@ -13,7 +13,7 @@ from typing import Iterator, List
 
 import pytest
 
-from tests.helpers import leftovers, query, segments, spawn
+from tests.helpers import api_env, both_protocols, job_price, leftovers, query, segments, spawn
 from tests.integration.test_work import assert_all_done_and_whole, sha, videos
 
 
@@ -38,10 +38,11 @@ def finish(proc, timeout: float = 120):
     return proc.returncode, out, errors
 
 
+@both_protocols
 def test_a_lost_create_pushed_300_tasks_deep_is_found_not_paid_again(ws, make_sim, work_env):
     """Before: the look-up stopped after 5 pages (250 tasks) and took "not found" for "not created"."""
     sim = make_sim(gen_seconds=0.3)
-    env = {**work_env, "SORA_BASE_URL": sim.base_url, "RECONCILE_GRACE_SECONDS": "2"}
+    env = {**work_env, **api_env(sim), "RECONCILE_GRACE_SECONDS": "2"}
     ws.storyboard("storyboard_a.json", segments("the create whose answer is lost"))
     sim.inject("create", "lost_create")
     proc = spawn(ws.root, env, "run", "--no-progress")
@@ -53,14 +54,15 @@ def test_a_lost_create_pushed_300_tasks_deep_is_found_not_paid_again(ws, make_si
     assert sim.stats()["creates_per_prompt"]["the create whose answer is lost"] == 1
     (task,) = [t["task_id"] for t in sim.tasks() if t["prompt"] == "the create whose answer is lost"]
     assert linked(ws.root) == [task]
-    assert query(ws.root, "SELECT state, spent_cents FROM jobs") == [("done", 30)]
+    assert query(ws.root, "SELECT state, spent_cents FROM jobs") == [("done", job_price(sim))]
     assert any("found the lost create's task" in d for (d,) in query(ws.root, "SELECT detail FROM events"))
 
 
+@both_protocols
 def test_a_busy_account_never_makes_a_lost_create_look_uncreated(ws, make_sim, work_env):
     """Another client keeps creating tasks the whole time; 4 of 16 create answers are lost."""
     sim = make_sim(gen_seconds=0.5, create_latency=0.05)
-    env = {**work_env, "SORA_BASE_URL": sim.base_url, "MAX_CONCURRENT_TASKS": "8", "RECONCILE_GRACE_SECONDS": "1"}
+    env = {**work_env, **api_env(sim), "MAX_CONCURRENT_TASKS": "8", "RECONCILE_GRACE_SECONDS": "1"}
     prompts = [f"busy shot {i}" for i in range(16)]
     ws.storyboard("storyboard_a.json", segments(*prompts))
     sim.inject("create", "lost_create", count=4)
@@ -85,18 +87,19 @@ def test_a_busy_account_never_makes_a_lost_create_look_uncreated(ws, make_sim, w
     ours = {t["task_id"] for t in sim.tasks() if t["prompt"] in prompts}
     assert sorted(linked(ws.root)) == sorted(ours)
     # the money the ledger records is exactly what the account was billed for our jobs
-    assert query(ws.root, "SELECT sum(spent_cents) FROM jobs") == [(charged(sim) - 30 * len(external),)]
+    assert query(ws.root, "SELECT sum(spent_cents) FROM jobs") == [(charged(sim) - job_price(sim) * len(external),)]
     assert len(external) > 200
 
 
+@both_protocols
 def test_a_list_that_never_reaches_the_create_leaves_the_job_unresolved_not_resubmitted(ws, make_sim, work_env):
     sim = make_sim(list_ignores_page=True)  # a broken server: every page is page 1
-    env = {**work_env, "SORA_BASE_URL": sim.base_url, "MAX_ATTEMPTS": "2", "RECONCILE_GRACE_SECONDS": "2"}
+    env = {**work_env, **api_env(sim), "MAX_ATTEMPTS": "2", "RECONCILE_GRACE_SECONDS": "2"}
     ws.storyboard("storyboard_a.json", segments("lost and unfindable"))
     sim.inject("create", "lost_create")
     proc = spawn(ws.root, env, "run", "--no-progress")
     wait_for(lambda: sim.stats()["tasks_created"] >= 1, what="the lost create")
-    for i in range(60):  # push it off page 1, the only page this server ever shows
+    for i in range(120):  # push it off page 1 (50 tasks a page on sora.hk, 100 on /v1/videos), the only page shown
         sim.create_external(f"newer shot {i}")
     code, out, errors = finish(proc)
     assert code == 0, (out, errors)
@@ -112,9 +115,10 @@ def test_a_list_that_never_reaches_the_create_leaves_the_job_unresolved_not_resu
     assert code == 0 and sim.stats()["creates_per_prompt"]["lost and unfindable"] == 1
 
 
+@both_protocols
 def test_a_survivor_reconciles_a_killed_workers_create_even_300_tasks_later(ws, make_sim, work_env):
     sim = make_sim(gen_seconds=0.3, create_latency=1.0)  # the task is made; its answer comes a second later
-    env = {**work_env, "SORA_BASE_URL": sim.base_url}
+    env = {**work_env, **api_env(sim)}
     ws.storyboard("storyboard_a.json", segments("made, then the worker died"))
     assert ws.cli("scan", env=env).exit_code == 0
     victim = spawn(ws.root, env, "work", "--no-progress")
@@ -127,10 +131,11 @@ def test_a_survivor_reconciles_a_killed_workers_create_even_300_tasks_later(ws, 
     code, out, errors = finish(spawn(ws.root, env, "work", "--no-progress"))
     assert code == 0, (out, errors)
     assert sim.stats()["creates_per_prompt"]["made, then the worker died"] == 1
-    assert query(ws.root, "SELECT state, spent_cents FROM jobs") == [("done", 30)]
+    assert query(ws.root, "SELECT state, spent_cents FROM jobs") == [("done", job_price(sim))]
     assert "1 saved, 1 paid earlier and collected; nothing paid." in out
 
 
+@both_protocols
 def test_two_projects_on_one_key_each_pay_once(tmp_path, make_sim, work_env):
     sim = make_sim(gen_seconds=0.5, create_latency=0.05)
     sim.inject("create", "lost_create", count=8)
@@ -141,7 +146,7 @@ def test_two_projects_on_one_key_each_pay_once(tmp_path, make_sim, work_env):
         (root / "input" / "storyboard.json").write_text(
             json.dumps(segments(*[f"{name} shot {i}" for i in range(30)])), encoding="utf-8")
         roots.append(root)
-        procs.append(spawn(root, {**work_env, "SORA_BASE_URL": sim.base_url, "MAX_CONCURRENT_TASKS": "8",
+        procs.append(spawn(root, {**work_env, **api_env(sim), "MAX_CONCURRENT_TASKS": "8",
                                   "RECONCILE_GRACE_SECONDS": "1"}, "run", "--no-progress"))
     results = [finish(p) for p in procs]
     assert [code for code, _, _ in results] == [0, 0], results
@@ -159,7 +164,7 @@ def test_scans_racing_a_worker_never_touch_paid_jobs(ws, make_sim, work_env, bac
     if backend == "postgres":
         env["LEDGER_DATABASE_URL"] = request.getfixturevalue("pg_url")
     sim = make_sim(gen_seconds=1.0, create_latency=0.1)
-    env.update(SORA_BASE_URL=sim.base_url, MAX_CONCURRENT_TASKS="8")
+    env.update(api_env(sim), MAX_CONCURRENT_TASKS="8")
     board = ws.storyboard("storyboard_a.json", segments(*[f"shot {i}" for i in range(64)]))
     assert ws.cli("scan", env=env).exit_code == 0
     worker = spawn(ws.root, env, "work", "--no-progress")
@@ -204,7 +209,7 @@ def _rows(ws, env, sql):
 def test_a_task_booked_after_a_lost_answer_costs_what_the_api_charged(ws, make_sim, work_env):
     """Before: adopted tasks were booked at the fallback price (30) instead of the API's (3)."""
     sim = make_sim(normal_price=3, list_shows_cost=False)
-    env = {**work_env, "SORA_BASE_URL": sim.base_url}
+    env = {**work_env, **api_env(sim)}
     ws.storyboard("storyboard_a.json", segments("cheap", "cheaper"))
     sim.inject("create", "lost_create")
     result = ws.cli("run", "--no-progress", env=env)
@@ -219,7 +224,7 @@ def test_a_task_booked_after_a_lost_answer_costs_what_the_api_charged(ws, make_s
 def test_max_spend_is_never_exceeded_at_high_concurrency(ws, make_sim, work_env):
     sim = make_sim(gen_seconds=0.3, create_latency=0.2)
     ws.storyboard("storyboard_a.json", segments(*[f"shot {i}" for i in range(40)]))
-    env = {**work_env, "SORA_BASE_URL": sim.base_url, "MAX_CONCURRENT_TASKS": "32"}
+    env = {**work_env, **api_env(sim), "MAX_CONCURRENT_TASKS": "32"}
     result = ws.cli("run", "--no-progress", "--max-spend", "300c", env=env)
     assert result.exit_code == 4, result.output
     assert charged(sim) == 300 and sim.stats()["tasks_created"] == 10
@@ -228,7 +233,7 @@ def test_max_spend_is_never_exceeded_at_high_concurrency(ws, make_sim, work_env)
 
 def test_a_task_the_api_no_longer_knows_ends_the_job(ws, make_sim, work_env):
     sim = make_sim(gen_seconds=3.0)
-    env = {**work_env, "SORA_BASE_URL": sim.base_url}
+    env = {**work_env, **api_env(sim)}
     ws.storyboard("storyboard_a.json", segments("vanishes", "stays"))
     proc = spawn(ws.root, env, "run", "--no-progress")
     wait_for(lambda: sim.stats()["tasks_created"] >= 2, what="both creates")
@@ -270,7 +275,7 @@ def test_a_live_worker_adopts_a_killed_workers_jobs_during_its_run(ws, make_sim,
     """Before: the survivor only freed dead workers' leases when it started, and could exit 0 leaving
     their jobs behind until the leases (120 s) expired."""
     sim = make_sim(gen_seconds=2.0)
-    env = {**work_env, "SORA_BASE_URL": sim.base_url, "LEASE_SECONDS": "8"}
+    env = {**work_env, **api_env(sim), "LEASE_SECONDS": "8"}
     ws.storyboard("storyboard_a.json", segments(*[f"shot {i}" for i in range(8)]))
     assert ws.cli("scan", env=env).exit_code == 0
     survivor = spawn(ws.root, {**env, "MAX_CONCURRENT_TASKS": "2"}, "work", "--no-progress")

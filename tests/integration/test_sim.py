@@ -202,3 +202,25 @@ def test_the_sim_command_stops_cleanly_on_ctrl_c_at_any_moment_of_its_start(dela
         assert err.strip() == "interrupted"
     if process.returncode == 0:
         assert out.rstrip().endswith("Sora simulator stopped.")
+
+
+def test_the_sim_command_speaks_the_videos_protocol_when_asked(api_key: str) -> None:
+    command = [sys.executable, "-c", "from ledger.sim.command import sim; sim()", "--port", "0", "--gen-seconds", "0",
+               "--api-key", api_key, "--protocol", "openai"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"}) as process:
+        assert process.stdout is not None
+        try:
+            base_url = process.stdout.readline().split()[-1]
+            hint = process.stdout.readline()
+            from ledger.providers.openai_videos import OpenAIVideos
+
+            with OpenAIVideos(base_url, api_key) as client:
+                assert client.preflight() is None  # an authenticated list call, no balance to tell
+                task = client.create({"model": "sora-2", "prompt": "x", "duration": 4, "size": "720x1280"})
+                assert task.task_id.startswith("video_") and task.cost is None
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=10)
+        finally:
+            process.kill()
+    assert f"PROVIDER=openai, OPENAI_BASE_URL={base_url}" in hint

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import leftovers, query, segments, spawn
+from ledger.download import video_filename
+from ledger.pricing import money
+from tests.helpers import api_env, both_protocols, job_price, leftovers, query, segments, spawn
 
 
 def sha(path: Path) -> str:
@@ -42,12 +44,13 @@ def assert_all_done_and_whole(ws, sim, jobs: int):
     assert leftovers(ws.root) == []
 
 
+@both_protocols
 def test_run_generates_every_job_into_the_users_layout(ws, sim, work_env):
     ws.storyboard("ep1/storyboard_city.json", segments("neon city at dusk", "noodle stall"))
     ws.storyboard("storyboard_sea.json", segments("waves on rocks"))
     result = ws.cli("run", "--no-progress", env={**work_env, "GEN_COUNT_PER_SEGMENT": "2"})
     assert result.exit_code == 0, result.output
-    assert "6 saved; paid $1.80 for 6 generations." in result.output
+    assert f"6 saved; paid {money(6 * job_price(sim))} for 6 generations." in result.output
     assert_every_job_paid_once(ws, sim, 6)
     assert_all_done_and_whole(ws, sim, 6)
     by_task = {t["task_id"]: t for t in sim.tasks()}
@@ -56,11 +59,13 @@ def test_run_generates_every_job_into_the_users_layout(ws, sim, work_env):
     for segment, version, task_id, video_path, board in rows:
         stem = Path(board).stem
         folder = "output/ep1/storyboard_city" if stem == "storyboard_city" else "output/storyboard_sea"
-        assert video_path == f"{folder}/Segment_{segment}/{segment}_v{version}_{task_id[:8]}.mp4"
+        assert video_path == f"{folder}/Segment_{segment}/{video_filename(segment, version, task_id)}"
         side = json.loads((ws.root / video_path).with_suffix(".json").read_text(encoding="utf-8"))
         assert side["task_id"] == task_id and side["sha256"] == sha(ws.root / video_path)
         assert side["size"] == (ws.root / video_path).stat().st_size
-        assert side["prompt"] == by_task[task_id]["prompt"] and side["parameters"]["duration"] == 10
+        # each provider's model takes its own default duration: sora.hk 10 s, /v1/videos 4 s
+        default_seconds = 4 if sim.config.protocol == "openai" else 10
+        assert side["prompt"] == by_task[task_id]["prompt"] and side["parameters"]["duration"] == default_seconds
     history = [r[0] for r in query(ws.root, "SELECT to_state FROM events WHERE job_id = 1 ORDER BY id")]
     assert history == ["submitting", "submitted", "downloading", "done"]
     # nothing left: a second run does nothing and pays nothing
@@ -95,6 +100,7 @@ def test_limit_and_storyboard_filter(ws, sim, work_env):
     assert sorted(t["prompt"] for t in sim.tasks()) == ["a1", "a2"]
 
 
+@both_protocols
 def test_a_lost_create_answer_is_reconciled_not_paid_twice(ws, sim, work_env):
     ws.storyboard("storyboard_a.json", segments("the answer to this create is lost"))
     sim.inject("create", "lost_create")
@@ -107,6 +113,7 @@ def test_a_lost_create_answer_is_reconciled_not_paid_twice(ws, sim, work_env):
     assert any("found the lost create's task" in d for d in details)
 
 
+@both_protocols
 def test_a_dropped_create_that_made_no_task_is_sent_again(ws, sim, work_env):
     ws.storyboard("storyboard_a.json", segments("the connection drops before the server acts"))
     sim.inject("create", "drop")
@@ -118,9 +125,10 @@ def test_a_dropped_create_that_made_no_task_is_sent_again(ws, sim, work_env):
     assert any("no task was created" in d for d in details)
 
 
+@both_protocols
 def test_poll_timeout_keeps_the_task_for_a_later_run(ws, make_sim, work_env):
     sim = make_sim(gen_seconds=1.5)
-    env = {**work_env, "SORA_BASE_URL": sim.base_url}
+    env = {**work_env, **api_env(sim)}
     ws.storyboard("storyboard_a.json", segments("slow one"))
     first = ws.cli("run", "--no-progress", env={**env, "POLL_TIMEOUT_SECONDS": "0.2"})
     assert first.exit_code == 0, first.output
@@ -133,13 +141,14 @@ def test_poll_timeout_keeps_the_task_for_a_later_run(ws, make_sim, work_env):
     assert_all_done_and_whole(ws, sim, 1)
 
 
+@both_protocols
 def test_kill_9_at_random_moments_then_resume(ws, make_sim, work_env):
     """Crash the worker three times at random moments; the fourth run finishes everything and
     nothing was paid twice or left half-written."""
     # Creates answer 0.3 s after the task is made, like the real service: kills often land between
     # the paid POST and the ledger learning its task id.
     sim = make_sim(gen_seconds=0.6, create_latency=0.3)
-    env = {**work_env, "SORA_BASE_URL": sim.base_url, "MAX_CONCURRENT_TASKS": "4"}
+    env = {**work_env, **api_env(sim), "MAX_CONCURRENT_TASKS": "4"}
     ws.storyboard("storyboard_a.json", segments(*[f"shot {i}" for i in range(12)]))
     assert ws.cli("scan", env=work_env).exit_code == 0
     seed = random.randrange(1 << 30)
@@ -166,9 +175,10 @@ def test_kill_9_at_random_moments_then_resume(ws, make_sim, work_env):
     assert_all_done_and_whole(ws, sim, 12)
 
 
+@both_protocols
 def test_ctrl_c_stops_promptly_and_the_next_run_collects(ws, make_sim, work_env):
     sim = make_sim(gen_seconds=3.0)
-    env = {**work_env, "SORA_BASE_URL": sim.base_url, "MAX_CONCURRENT_TASKS": "3"}
+    env = {**work_env, **api_env(sim), "MAX_CONCURRENT_TASKS": "3"}
     ws.storyboard("storyboard_a.json", segments(*[f"shot {i}" for i in range(5)]))
     assert ws.cli("scan", env=work_env).exit_code == 0
     proc = spawn(ws.root, env, "work", "--no-progress")
@@ -192,6 +202,7 @@ def test_ctrl_c_stops_promptly_and_the_next_run_collects(ws, make_sim, work_env)
     assert_all_done_and_whole(ws, sim, 5)
 
 
+@both_protocols
 def test_two_workers_on_one_ledger_never_take_the_same_job(ws, sim, work_env):
     env = {**work_env, "MAX_CONCURRENT_TASKS": "4"}
     ws.storyboard("storyboard_a.json", segments(*[f"shot {i}" for i in range(24)]))
@@ -210,11 +221,12 @@ def test_two_workers_on_one_ledger_never_take_the_same_job(ws, sim, work_env):
 
 def test_missing_key_is_a_configuration_error(ws, sim):
     ws.storyboard("storyboard_a.json", segments("x"))
-    result = ws.cli("run", "--no-progress", env={"SORA_BASE_URL": sim.base_url})
+    result = ws.cli("run", "--no-progress", env={**api_env(sim)})
     assert result.exit_code == 3 and "SORA_API_KEY is not set" in result.output
     assert sim.stats()["creates_received"] == 0
 
 
+@both_protocols
 def test_progress_lines_go_to_stderr_and_the_summary_to_stdout(ws, sim, work_env):
     ws.storyboard("storyboard_a.json", segments("x"))
     proc = spawn(ws.root, work_env, "run")  # pipes, not a terminal: plain lines, no live view
@@ -224,12 +236,13 @@ def test_progress_lines_go_to_stderr_and_the_summary_to_stdout(ws, sim, work_env
     assert "Finished in" in out and "saved output" not in out
 
 
+@both_protocols
 @pytest.mark.parametrize("presses", [1, 2])
 def test_ctrl_c_during_a_slow_download_leaves_no_partial_file(ws, make_sim, work_env, presses):
     """One Ctrl+C lets a download finish for a few seconds, then rolls it back; a second one
     aborts it at once. Either way the run ends within seconds and the next run completes it."""
     sim = make_sim(gen_seconds=0.2, video_bytes=8_000_000, file_rate=1.0)  # an 8-second download
-    env = {**work_env, "SORA_BASE_URL": sim.base_url}
+    env = {**work_env, **api_env(sim)}
     ws.storyboard("storyboard_a.json", segments("a big one"))
     assert ws.cli("scan", env=env).exit_code == 0
     proc = spawn(ws.root, env, "work", "--no-progress")

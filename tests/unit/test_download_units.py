@@ -24,6 +24,8 @@ SAFE_NAME = re.compile(r"^\d+_v\d+_[A-Za-z0-9_-]{1,8}\.mp4$")
 def test_a_uuid_task_id_keeps_its_usual_file_name() -> None:
     assert video_filename(3, 2, "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0") == "3_v2_0f1e2d3c.mp4"
     assert video_filename(1, 1, "task_0001") == "1_v1_task_000.mp4"
+    # /v1/videos ids all start with "video_": the token is what follows
+    assert video_filename(2, 1, "video_68d2f0a1c5e48190b1f3") == "2_v1_68d2f0a1.mp4"
 
 
 @pytest.mark.parametrize("task_id", ["../../x", "..", "a/b\\c", "ab\0cd", "x\ny\rz\x1b", "/etc/passwd",

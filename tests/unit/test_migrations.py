@@ -110,3 +110,25 @@ def test_the_cheap_head_revision_is_alembics_own():
     from alembic.script import ScriptDirectory
 
     assert head_revision() == ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def test_upgrade_to_providers_makes_every_earlier_job_a_sora_hk_job_at_its_old_price(tmp_path: Path):
+    """Jobs from before providers existed were sent to the one API there was: sora_hk, at the
+    configured base URL (none recorded), priced normal or Pro as before."""
+    engine = open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}", migrate=False)
+    with write_tx(engine) as conn:
+        command.upgrade(_alembic_config(conn), "0005")
+    with sqlite3.connect(tmp_path / "ledger.db") as conn:
+        conn.execute("INSERT INTO storyboards (id, path, path_key, segment_count, present, first_seen_at, scanned_at) "
+                     "VALUES (1, 'input/storyboard_a.json', 'k', 2, 1, '2026-01-01', '2026-01-01')")
+        for index, pro in ((1, 0), (2, 1)):
+            conn.execute("INSERT INTO jobs (storyboard_id, segment_index, version, state, params, params_sha, is_pro, "
+                         "target_dir, spent_cents, progress, attempts, created_at, updated_at) VALUES "
+                         "(1, ?, 1, 'submitted', '{}', 'x', ?, 'output/a', 30, 0, 0, '2026-01-01', '2026-01-01')",
+                         (index, pro))
+    engine.dispose()
+    engine = open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    assert current_revision(engine) == head_revision()
+    with sqlite3.connect(tmp_path / "ledger.db") as conn:
+        rows = conn.execute("SELECT segment_index, provider, api_base, price_key FROM jobs ORDER BY id").fetchall()
+    assert rows == [(1, "sora_hk", None, "normal"), (2, "sora_hk", None, "pro")]

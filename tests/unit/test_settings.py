@@ -19,7 +19,8 @@ def test_each_layer_overrides_the_one_below(tmp_path: Path):
     assert s.base_url == "http://env/v1" and s.sources["base_url"] == "environment"
     assert s.gen_count_per_segment == 5 and s.sources["gen_count_per_segment"] == ".env"
     assert s.default_resolution == "vertical" and s.sources["default_resolution"] == "config.yaml"
-    assert s.default_duration == 10 and s.sources["default_duration"] == "default"
+    # no DEFAULT_DURATION: each provider's model takes its own default (sora_hk 10 s, openai 4 s)
+    assert s.default_duration is None and s.sources["default_duration"] == "default"
     assert s.input_dir == tmp_path / "input"
 
 
@@ -28,7 +29,8 @@ def test_defaults_on_an_empty_folder(tmp_path: Path):
     assert s.base_url == "https://api.sora.hk/v1"
     assert s.max_concurrent_tasks == 8 and s.gen_count_per_segment == 2
     assert s.database_url == f"sqlite:///{tmp_path.as_posix()}/ledger.db"
-    assert (s.default_duration, s.default_resolution, s.default_is_pro, s.default_remove_watermark) == (10, "horizontal", False, True)
+    assert (s.default_duration, s.default_resolution, s.default_is_pro, s.default_remove_watermark) == (None, "horizontal", False, True)
+    assert (s.provider, s.openai_base_url, s.openai_prices) == ("sora_hk", "https://api.openai.com/v1", ())
 
 
 def test_lower_case_proxy_variables_count(tmp_path: Path):

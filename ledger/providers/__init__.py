@@ -1,0 +1,100 @@
+"""The video APIs ledger speaks, one module per protocol, behind one interface (``base.py``).
+
+* ``sora_hk`` — api.sora.hk v1, the default (and the provider of every job made before there were
+  others: stored parameters without a ``provider`` key are its);
+* ``openai`` — the OpenAI-compatible ``/v1/videos`` format of OpenAI and its relays.
+
+A new protocol is one module with its ``Rules`` and its ``Provider``, registered below.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from ..settings import PROVIDERS, Settings
+from . import openai_videos, sora_hk
+from .base import Mapped, Mismatch, Provider, Request, Rules, TaskPage
+
+__all__ = ["DEFAULT", "Mapped", "Mismatch", "Provider", "ProviderPool", "RULES", "Request", "Rules", "TaskPage",
+           "configured_base", "default_problem", "provider_of"]
+
+DEFAULT = sora_hk.NAME
+RULES: Mapping[str, Rules] = {sora_hk.NAME: sora_hk.RULES, openai_videos.NAME: openai_videos.RULES}
+_OPENERS: Mapping[str, Callable[..., Provider]] = {sora_hk.NAME: sora_hk.SoraHk.open,
+                                                   openai_videos.NAME: openai_videos.OpenAIVideos.open}
+assert tuple(RULES) == PROVIDERS, "settings.PROVIDERS lists the registered providers"
+
+
+def provider_of(params: Mapping[str, Any]) -> str:
+    """The provider stored parameters are for (none named: the default, as before providers)."""
+    return str(params.get("provider") or DEFAULT)
+
+
+def configured_base(settings: Settings, provider: str) -> str:
+    """The base URL the settings give ``provider`` (``SORA_BASE_URL``, ``OPENAI_BASE_URL``)."""
+    return (settings.openai_base_url if provider == openai_videos.NAME else settings.base_url).rstrip("/")
+
+
+def default_problem(settings: Settings) -> Optional[str]:
+    """What is wrong with the settings' default parameters for the settings' provider, or None."""
+    if settings.default_duration is None:
+        return None
+    request = Request(prompt="-", model=None, is_pro=settings.default_is_pro, duration=settings.default_duration,
+                      resolution=settings.default_resolution, quality=settings.default_quality,
+                      remove_watermark=settings.default_remove_watermark, image_url=None)
+    mapped = RULES[settings.provider].map(request)
+    wrong = [m for m in mapped if m.key == "duration_seconds"] if isinstance(mapped, list) else []
+    return f"DEFAULT_DURATION={settings.default_duration}: {wrong[0].message}" if wrong else None
+
+
+class ProviderPool:
+    """One client per (provider, API base URL), opened when first needed and shared by every thread.
+
+    A job goes to the API it was sent to — its provider and base URL are in the ledger — whatever
+    the settings say now; a pending job goes to its provider's configured API."""
+
+    def __init__(self, settings: Settings, *, pool_size: Optional[int] = None) -> None:
+        self.settings = settings
+        self.pool_size = pool_size
+        self._lock = threading.Lock()
+        self._open: Dict[Tuple[str, str], Provider] = {}
+
+    def get(self, provider: str, base_url: Optional[str] = None) -> Provider:
+        """The client of ``provider`` at ``base_url`` (default: its configured one)."""
+        key = (provider, (base_url or configured_base(self.settings, provider)).rstrip("/"))
+        with self._lock:
+            client = self._open.get(key)
+            if client is None:
+                client = _OPENERS[provider](self.settings, base_url=key[1], pool_size=self.pool_size)
+                self._open[key] = client
+            return client
+
+
+    def opened(self) -> List[Provider]:
+        """Every client opened so far."""
+        with self._lock:
+            return list(self._open.values())
+
+    def is_configured(self, client: Provider) -> bool:
+        """Whether ``client`` is the API the settings send new jobs of its provider to (not one
+        that only earlier jobs were sent to)."""
+        return client.base_url == configured_base(self.settings, client.name)
+
+    def outage(self) -> Tuple[float, str]:
+        """The longest time a configured API (where new jobs go) has been out of reach, and what was
+        last said about it. An API only earlier jobs were sent to does not count: its jobs are left
+        for a later run while the rest go on."""
+        worst = max((c for c in self.opened() if self.is_configured(c)), key=lambda c: c.unreachable_for(),
+                    default=None)
+        return (0.0, "") if worst is None else (worst.unreachable_for(), worst.last_unreachable)
+
+    def close(self) -> None:
+        """Close every client."""
+        for client in self.opened():
+            client.close()
+
+    def __enter__(self) -> "ProviderPool":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()

@@ -1,0 +1,205 @@
+"""What every video API offers ledger, whatever its protocol.
+
+Two halves: ``Rules`` (pure data and functions, used by a scan) turn a storyboard's
+provider-neutral fields into one API's request parameters, with the allowed values as data per
+model; ``Provider`` (a client, used by the worker) creates, looks up, lists and downloads tasks.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Protocol, Tuple, Union
+
+from ..client import RemoteTask, SharedBackoff, TaskSearch, task_id_problem
+from ..download import DownloadResult
+
+log = logging.getLogger(__name__)
+
+
+# --- a storyboard's request, and what one API makes of it ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    """One segment's request as the storyboard says it (segment > the file's ``defaults`` >
+    settings), in the storyboard's own provider-neutral words."""
+
+    prompt: str
+    model: Optional[str]  # named by the storyboard; None: the provider's normal or Pro model
+    is_pro: Optional[bool]  # None when the level that named ``model`` did not say
+    duration: Optional[int]  # seconds; None: the model's default
+    resolution: str  # "horizontal" / "vertical", or a size "WIDTHxHEIGHT"
+    quality: str
+    remove_watermark: bool
+    image_url: Optional[str]
+
+
+@dataclass(frozen=True)
+class Mapped:
+    """A request one provider can take: the parameters the ledger stores (and hashes), whether it
+    is the Pro model, and the key of its price in that provider's price list."""
+
+    params: Dict[str, Any]
+    is_pro: bool
+    price_key: str
+
+
+class Mismatch(NamedTuple):
+    """A storyboard value a provider cannot take: the storyboard key, and why (with the allowed values)."""
+
+    key: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ModelRules:
+    """What one model of one API takes, as data: durations in seconds, and the storyboard's
+    ``resolution`` values it accepts mapped to what is sent."""
+
+    name: str
+    pro: bool
+    durations: Tuple[int, ...]
+    default_duration: int
+    resolutions: Mapping[str, str] = field(default_factory=dict)
+
+
+class Rules(Protocol):
+    """One provider's parameter mapping and validation (pure: no network)."""
+
+    name: str
+
+    def map(self, request: Request) -> Union[Mapped, List[Mismatch]]:
+        """The request as this provider's parameters, or every value it cannot take."""
+
+    def price_key(self, params: Mapping[str, Any]) -> str:
+        """The key of ``params``' price in this provider's price list."""
+
+
+def choose_model(provider: str, models: Mapping[str, ModelRules], normal: str, pro: str, request: Request,
+                 lookup: Optional[Callable[[str], Optional[ModelRules]]] = None
+                 ) -> Union[Tuple[str, ModelRules], Mismatch]:
+    """(the model name to send, its rules): the named model, else the Pro or normal one by
+    ``is_pro``; a mismatch for an unknown model or one that contradicts ``is_pro``."""
+    if request.model is None:
+        name = pro if request.is_pro else normal
+        return name, models[name]
+    rules = (lookup or models.get)(request.model)
+    if rules is None:
+        return Mismatch("model", f"model {request.model!r} is not offered by the {provider} provider; use one of "
+                                 f"{', '.join(map(repr, models))}")
+    if request.is_pro is not None and request.is_pro != rules.pro:
+        kind = "the Pro model" if rules.pro else "not a Pro model"
+        return Mismatch("model", f"model {request.model!r} is {kind}, but is_pro is {str(request.is_pro).lower()}; "
+                                 f"drop one of the two")
+    return request.model, rules
+
+
+# --- what the worker asks of an API ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    """One page of an account's tasks, newest first, and the cursor of the next (None: the end)."""
+
+    tasks: List[RemoteTask]
+    next_cursor: Optional[str]
+    poll_after: Optional[float] = None
+
+
+class Provider(Protocol):
+    """A client of one video API at one base URL. Safe to share between threads."""
+
+    name: str  # the provider's setting value: "sora_hk", "openai"
+    base_url: str
+    backoff: SharedBackoff  # a 429 pauses every call to this API
+    last_unreachable: str
+    # How this API says that the account cannot pay ("code 1012"), for the stop message.
+    balance_refusal: str
+
+    def create(self, params: Mapping[str, Any]) -> RemoteTask:
+        """Start one paid generation from stored ``params``; never re-sent after it may have
+        reached the API (``TransientError.maybe_created``)."""
+
+    def get(self, task_id: str) -> RemoteTask:
+        """One task as it is now."""
+
+    def recent(self, cursor: Optional[str], limit: int) -> TaskPage:
+        """A page of the account's tasks, newest first, from ``cursor`` (None: the newest)."""
+
+    def find_tasks(self, prompt: str, since: datetime, until: Optional[datetime] = None, *,
+                   skew_seconds: float = 120.0) -> TaskSearch:
+        """Tasks with ``prompt`` created in the window, and whether the whole window was read."""
+
+    def same_request(self, task: RemoteTask, params: Mapping[str, Any]) -> bool:
+        """Does a listed task look like the one ``params`` would make?"""
+
+    def download(self, url: str, dest: Path, *, root: Path, cancel: Any = None) -> DownloadResult:
+        """Fetch a finished task's video (a signed URL, or the API's authenticated content endpoint)."""
+
+    def balance(self) -> Optional[int]:
+        """The balance in cents; None when this API has no balance endpoint."""
+
+    def preflight(self) -> Optional[int]:
+        """One cheap authenticated call before anything is spent: the balance when the API tells it."""
+
+    def unreachable_for(self) -> float:
+        """Seconds since calls stopped reaching the API (0 while they get through)."""
+
+    def close(self) -> None:
+        """Close pooled connections."""
+
+
+def search_pages(pages: Callable[[Optional[str]], TaskPage], prompt: str, since: datetime,
+                 until: Optional[datetime] = None, *, skew_seconds: float = 120.0, stale_pages: int = 3,
+                 max_pages: int = 10_000) -> TaskSearch:
+    """Tasks whose prompt equals ``prompt`` created between ``since - skew`` and ``until + skew``
+    (a task without a creation time counts), nearest to ``since`` first, read from a cursor-paged
+    list that is newest first.
+
+    Reads on **until the list is older than the window or ends**: only then does "not found" mean
+    "not created" (``covered``). A list that keeps answering with nothing new (a relay ignoring the
+    cursor) for ``stale_pages`` pages cannot cover the window, nor can one that shows tasks in the
+    window without their prompt (a relay that leaves it out). Naive datetimes are UTC."""
+    since = since if since.tzinfo is not None else since.replace(tzinfo=timezone.utc)
+    if until is not None and until.tzinfo is None:
+        until = until.replace(tzinfo=timezone.utc)
+    window_start = since - timedelta(seconds=skew_seconds)
+    window_end = (until + timedelta(seconds=skew_seconds)) if until is not None else None
+    wanted = prompt.strip()
+    seen: set = set()
+    found: Dict[str, RemoteTask] = {}
+    unknown = 0  # tasks in the window whose prompt the list does not show
+    repeats = pages_read = 0
+    cursor: Optional[str] = None
+    while pages_read < max_pages:
+        page = pages(cursor)
+        pages_read += 1
+        fresh = [task for task in page.tasks if task.task_id not in seen]
+        seen.update(task.task_id for task in fresh)
+        repeats = repeats + 1 if page.tasks and not fresh else 0
+        if repeats >= stale_pages:
+            return TaskSearch(_nearest(found.values(), since), False, pages_read,
+                              f"the task list repeated itself for {repeats} pages (page {pages_read}); "
+                              "it never reached the time of the create")
+        for task in fresh:
+            created = task.created_at
+            recent = created is None or (created >= window_start and (window_end is None or created <= window_end))
+            if recent and task.prompt is None:
+                unknown += 1
+            elif recent and task.prompt.strip() == wanted and not task_id_problem(task.task_id):
+                found[task.task_id] = task
+        dated = [task.created_at for task in page.tasks if task.created_at is not None]
+        if page.next_cursor is None or (dated and min(dated) < window_start):
+            if unknown and not found:
+                return TaskSearch([], False, pages_read, f"the list shows {unknown} task(s) of that time without "
+                                                         "their prompt: any of them may be the create's")
+            return TaskSearch(_nearest(found.values(), since), True, pages_read)
+        cursor = page.next_cursor
+    return TaskSearch(_nearest(found.values(), since), False, pages_read,
+                      f"read {pages_read} pages without reaching the time of the create")
+
+
+def _nearest(tasks: Iterable[RemoteTask], when: datetime) -> List[RemoteTask]:
+    return sorted(tasks, key=lambda t: abs((t.created_at - when).total_seconds()) if t.created_at else float("inf"))
