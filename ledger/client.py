@@ -690,7 +690,9 @@ class SoraClient(ApiClient):
         except TransientError as exc:
             if exc.http_status is not None and exc.http_status < 500 and exc.code is None:
                 raise self._not_the_api(resp) from exc  # a 2xx that is not an envelope
-            raise _Busy(f"GET /balance: HTTP {resp.status_code}, {_snippet(str(exc.message))}") from exc
+            said = _snippet(str(exc.message))
+            where = "GET /balance: "  # most errors already say where they came from; say it once
+            raise _Busy(said if said.startswith(where) else f"{where}HTTP {resp.status_code}, {said}") from exc
         except ApiError as exc:
             if exc.code is None:  # not an envelope: a web server or proxy, not this API
                 raise self._not_the_api(resp) from exc

@@ -153,7 +153,9 @@ def test_a_busy_service_is_tried_a_few_times_then_named(ws, sim, work_env):
     sim.inject("balance", "envelope_500", count=50)
     result = ws.cli("work", env=work_env)
     assert result.exit_code == CONFIG
-    assert one_line(result.output).startswith(f"error: {sim.base_url} keeps failing (GET /balance: HTTP 200, ")
+    said = one_line(result.output)
+    assert said.startswith(f"error: {sim.base_url} keeps failing (GET /balance: HTTP 200 (code 500: "), said
+    assert said.count("GET /balance") == 1  # before: "GET /balance: HTTP 200, GET /balance: HTTP 200 (code 500…"
     assert "try again later" in result.output
 
 
