@@ -35,6 +35,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import MaxRetryError, ReadTimeoutError
 
 from .errors import (
+    ContentExpired,
     DownloadError,
     DownloadTooLarge,
     DownloadTooSlow,
@@ -686,6 +687,8 @@ def _check_answer(
 ) -> Tuple[int, Optional[int]]:
     """Return (first byte offset of the body, total body size if announced) or raise."""
     status = resp.status_code
+    if status == 410:
+        raise ContentExpired(f"{name}: HTTP 410 Gone, the server no longer holds this video", http_status=status)
     if status in EXPIRED_STATUSES:
         raise UrlExpired(f"{name}: HTTP {status}, the video URL has expired; poll the task for a fresh one",
                          http_status=status)

@@ -162,6 +162,15 @@ class UrlExpired(DownloadError):
     kind = "url_expired"
 
 
+class ContentExpired(UrlExpired):
+    """HTTP 410 Gone for the video: the service no longer holds it (an OpenAI-style ``/content``
+    past its ``expires_at``). A fresh URL is still asked for, in case a storage host says 410 for
+    an expired signature; when fresh URLs keep answering 410, the job fails with this kind, and
+    ``ledger requeue --failed`` generates it again (paid): there is nothing left to download."""
+
+    kind = "content_expired"
+
+
 class UnsafeDownload(DownloadError):
     """A URL with a scheme other than http(s), or a destination outside the output root."""
 

@@ -60,7 +60,7 @@ class JobScope:
 # In-flight jobs are claimed before pending ones: they are paid for. Downloads first (nearest done).
 _IN_FLIGHT_ORDER = (State.DOWNLOADING, State.SUBMITTED, State.SUBMITTING)
 # Failures after which the remote task holds no video to fetch: requeue generates them again.
-NO_VIDEO_KINDS = frozenset({"remote_failed", "task_not_found"})
+NO_VIDEO_KINDS = frozenset({"remote_failed", "task_not_found", "content_expired"})
 CHUNK = 500  # ids per IN (...) list: far below every database's bound-parameter limit
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Set
 
 from ..download import output_error, sha256_of, sidecar_path, video_filename, write_json_atomic
-from ..errors import ApiError, InsufficientBalance, InvalidTaskId, RateLimited, TaskNotFound
+from ..errors import ApiError, ContentExpired, InsufficientBalance, InvalidTaskId, RateLimited, TaskNotFound
 from ..journal import Entry, Journal
 from ..models import iso_utc, utcnow
 from ..outputs import existing_videos
@@ -434,6 +434,12 @@ def settle(ctx: StepContext, a: Active, step: Action, exc: Exception) -> Next:
     if verdict is Verdict.FRESH_URL:
         a.url_refreshes += 1
         if a.url_refreshes > URL_REFRESHES:
+            if isinstance(exc, ContentExpired):  # gone for good: paying again is the only way to a video
+                _unreserve(ctx, a)
+                gone = ContentExpired(f"{_message(exc)}, after {URL_REFRESHES} fresh URLs: the video expired on "
+                                      "the service before it was saved; `ledger requeue --failed` generates it "
+                                      "again (and pays for it)", http_status=410)
+                return _fail(ctx, a, gone)
             return _retry_later(ctx, a, exc)
         _move(ctx, a, State.DOWNLOADING, EventKind.NOTE, f"video URL expired ({exc}); asking the task for a fresh one",
               video_url=None)

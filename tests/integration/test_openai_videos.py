@@ -320,3 +320,27 @@ def test_a_list_the_api_refuses_never_fails_a_job_polls_ask_alone(ws, make_sim, 
     assert "the task list could not answer for the jobs in flight" in errors
     assert sim.stats()["requests_by_route"]["tasks"] == 1
     assert_all_done_and_whole(ws, sim, 8)
+
+
+def test_content_the_service_no_longer_holds_ends_the_job_and_requeue_generates_it_again(ws, sim, work_env):
+    """HTTP 410 Gone from ``/content`` (past the video's ``expires_at``). Before: three fresh URLs,
+    then the download was tried again at every attempt, and ``requeue --failed`` sent the job back
+    to the same dead download, for ever; there is nothing left to fetch but a new generation."""
+    ws.storyboard("storyboard_a.json", segments("one", "two"))
+    env = {**work_env, **api_env(sim)}
+    sim.inject("file", "expired", count=4)  # the first job's download and its 3 fresh URLs: 410 each time
+    result = ws.cli("run", "--no-progress", "--concurrency", "1", env=env)
+    assert result.exit_code == 1, result.output
+    rows = query(ws.root, "SELECT segment_index, state, error_kind, error_message, attempts FROM jobs ORDER BY id")
+    assert [row[:3] for row in rows] == [(1, "failed", "content_expired"), (2, "done", None)]
+    assert "HTTP 410 Gone, the server no longer holds this video, after 3 fresh URLs" in rows[0][3], rows[0][3]
+    assert "`ledger requeue --failed` generates it again (and pays for it)" in rows[0][3]
+    assert rows[0][4] == 1  # ended at once, not retried at every attempt
+    assert sim.stats()["requests_by_route"]["content"] == 5  # 4 for the first job, 1 for the second
+    assert "downloads it again without paying" not in result.output
+    requeued = ws.cli("requeue", "--failed", env=env)
+    assert "0 to download again (already paid for), 1 to generate again" in requeued.output
+    assert query(ws.root, "SELECT state, remote_task_id FROM jobs WHERE segment_index = 1") == [("pending", None)]
+    assert ws.cli("work", "--no-progress", env=env).exit_code == 0
+    assert sim.stats()["tasks_created"] == 3  # the expired one, the second, and the one paid again on purpose
+    assert_all_done_and_whole(ws, sim, 2)
