@@ -15,6 +15,7 @@ import os
 import re
 import reprlib
 import stat
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from itertools import accumulate, islice
@@ -344,15 +345,13 @@ def _too_deep(raw: bytes) -> bool:
     return max(accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0) > MAX_DEPTH
 
 
-def _without_comments(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
-    """``json.loads`` hook: keys starting with ``_`` are comments, dropped while parsing."""
-    return {k: v for k, v in pairs if not k.startswith("_")}
-
-
 class _Parsed(NamedTuple):
     doc: Any
     error: Optional[str]
     has_floats: bool  # any number written with a decimal point or an exponent
+    # id() of each object that named a key more than once -> (key, times): JSON keeps the last
+    # value silently, and which one the user meant (and would pay for) is anyone's guess.
+    duplicates: Dict[int, List[Tuple[str, int]]] = {}
 
 
 def _parse(raw: bytes) -> _Parsed:
@@ -365,20 +364,31 @@ def _parse(raw: bytes) -> _Parsed:
     except UnicodeDecodeError as exc:
         return _Parsed(None, f"not UTF-8 text (byte {exc.start})", False)
     floats: List[float] = []
+    duplicates: Dict[int, List[Tuple[str, int]]] = {}
 
     def parse_float(literal: str) -> float:
         floats.append(float(literal))
         return floats[-1]
 
+    def without_comments(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+        """Keys starting with ``_`` are comments, dropped while parsing; a key named twice noted."""
+        obj = {k: v for k, v in pairs if not k.startswith("_")}
+        if len(obj) < len(pairs):
+            named = Counter(k for k, _ in pairs if not k.startswith("_"))
+            twice = [(k, n) for k, n in named.items() if n > 1]
+            if twice:
+                duplicates[id(obj)] = twice
+        return obj
+
     try:
-        doc = json.loads(text, object_pairs_hook=_without_comments, parse_float=parse_float)
+        doc = json.loads(text, object_pairs_hook=without_comments, parse_float=parse_float)
     except json.JSONDecodeError as exc:
         return _Parsed(None, f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", False)
     except RecursionError:  # _too_deep should have said so; a second guard costs nothing
         return _Parsed(None, too_deep, False)
     except ValueError as exc:  # e.g. an integer of more than 4,300 digits
         return _Parsed(None, f"invalid JSON: {exc}", False)
-    return _Parsed(doc, None, bool(floats))
+    return _Parsed(doc, None, bool(floats), duplicates)
 
 
 # ---- checks: every problem of a document, whatever its shape -----------------------------------
@@ -421,6 +431,21 @@ def _bad_strings(doc: Any, display: str) -> Iterator[Problem]:
             reason = _string_trouble(value)
             if reason:
                 yield Problem(display, pointer(path), reason)
+
+
+def _duplicate_keys(doc: Any, display: str, duplicates: Dict[int, List[Tuple[str, int]]]) -> Iterator[Problem]:
+    """Each key named more than once in one object, at its pointer (iterative, like ``_bad_strings``)."""
+    stack: List[Tuple[Tuple[Any, ...], Any]] = [((), doc)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            for key, times in duplicates.get(id(value), ()):
+                yield Problem(display, pointer(path + (key,)),
+                              f"the key {key!r} is written {times} times in this object; JSON keeps only the "
+                              "last value, so which one is meant is unclear: keep one")
+            stack.extend((path + (key,), item) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend((path + (i,), item) for i, item in enumerate(value))
 
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".heic", ".tif", ".tiff")
@@ -687,6 +712,8 @@ def _examine(parsed: _Parsed, storyboard: Path, display: str, settings: Settings
     to a lone surrogate or NUL, so its strings need no look."""
     doc = parsed.doc
     problems: List[Problem] = list(_bad_strings(doc, display)) if strings_suspect else []
+    if parsed.duplicates:
+        problems.extend(_duplicate_keys(doc, display, parsed.duplicates))
     schema_valid = not problems and _fast_valid(doc)
     keys = _Keys(display)
     specs: List[SegmentSpec] = []

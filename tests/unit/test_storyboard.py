@@ -318,3 +318,22 @@ def test_the_template_is_not_scanned_sends_no_image_and_says_so():
     assert params["prompt"] == doc["segments"][0]["prompt_text"]
     assert "director_intent" not in json.dumps(params) and "Mia" not in json.dumps(params)
     assert len(parsed.jobs) == doc["segments"][0]["versions"]
+
+
+def test_a_key_written_twice_in_one_object_is_an_error_at_its_pointer(tmp_path: Path):
+    """Before: JSON's last-one-wins kept the second prompt silently, and that is what was paid for."""
+    raw = ('{"segments": [{"segment_index": 1, "prompt_text": "a quiet harbour"},\n'
+           '              {"segment_index": 2, "prompt_text": "海浪", "duration_seconds": 10,\n'
+           '               "prompt_text": "海浪拍岸, at night", "_note": "x", "_note": "comments may repeat"}],\n'
+           ' "metadata": {"project_name": "P", "project_name": "Q"}}')
+    path = tmp_path / "input" / "storyboard_d.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(raw, encoding="utf-8")
+    parsed = read(path, tmp_path)
+    assert not parsed.valid and parsed.jobs == []
+    assert [str(p) for p in parsed.problems] == [
+        "input/storyboard_d.json: /metadata/project_name: the key 'project_name' is written 2 times in this object; "
+        "JSON keeps only the last value, so which one is meant is unclear: keep one",
+        "input/storyboard_d.json: /segments/1/prompt_text: the key 'prompt_text' is written 2 times in this object; "
+        "JSON keeps only the last value, so which one is meant is unclear: keep one",
+    ]
