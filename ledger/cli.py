@@ -624,11 +624,13 @@ def _preflight(settings: Settings, apis: Sequence[Tuple[str, str]], skip: Sequen
 
 def _dry_run(settings: Settings, store: Store, pattern: Optional[str], limit: Optional[int],
              extra: Optional[Dict[Tuple[str, str, bool], int]] = None, *, max_spend: Optional[int] = None,
-             balances: Optional[Dict[Tuple[str, str], Optional[int]]] = None) -> None:
+             balances: Optional[Dict[Tuple[str, str], Optional[int]]] = None,
+             job_ids: Optional[Sequence[int]] = None) -> None:
     """Print what a run would submit and cost, beside each provider's balance (``balances``: the
     pre-flight's answers, used when the plan's own look-up fails) and ``max_spend``; nothing is
-    paid. Raises ``BudgetExhausted`` (exit 4) when either does not cover the plan."""
-    scope = JobScope(storyboard_ids=store.storyboard_ids(pattern) if pattern else None)
+    paid. ``job_ids``: the run would work only those (``--retry-failed``). Raises
+    ``BudgetExhausted`` (exit 4) when either does not cover the plan."""
+    scope = JobScope(storyboard_ids=store.storyboard_ids(pattern) if pattern else None, job_ids=job_ids)
     sora_api = (DEFAULT_PROVIDER, configured_base(settings, DEFAULT_PROVIDER))
     asks_sora = sora_api in _apis(settings, store, scope) or any(p == DEFAULT_PROVIDER for p, _, _ in (extra or {}))
     told = {provider: balance for (provider, base), balance in (balances or {}).items()
@@ -685,7 +687,9 @@ def work_command(app: App, concurrency: Optional[int], limit: Optional[int], pat
     apis = _apis(settings, store, JobScope(storyboard_ids=store.storyboard_ids(pattern) if pattern else None))
     preflight = _preflight(settings, apis)
     if dry_run:
-        _dry_run(settings, store, pattern, limit, max_spend=max_spend, balances=preflight.balances)
+        job_ids, requeued = _retry_preview(store, retry_failed, app.cwd)
+        _dry_run(settings, store, pattern, limit, extra=requeued, max_spend=max_spend, balances=preflight.balances,
+                 job_ids=job_ids)
         return
     _raise_for(_work(app, settings, store, pattern=pattern, limit=limit, max_spend=max_spend,
                      no_progress=no_progress, job_ids=_retry(store, retry_failed, app.cwd), checked=preflight))
@@ -699,6 +703,22 @@ def _retry(store: Store, retry_failed: Optional[Path], cwd: Path) -> Optional[Li
     selection = select_from_file(store, retry_failed, cwd)
     _report_requeue(store.requeue(selection.job_ids), selection.unmatched)
     return selection.job_ids
+
+
+def _retry_preview(store: Store, retry_failed: Optional[Path], cwd: Path
+                   ) -> Tuple[Optional[List[int]], Optional[Dict[Tuple[str, str, bool], int]]]:
+    """``--retry-failed FILE`` in a dry run: say what the requeue would do, change nothing, and
+    return the jobs the run would work with the ones it would generate again (by price)."""
+    if retry_failed is None:
+        return None, None
+    selection = select_from_file(store, retry_failed, cwd)
+    downloads, generate = store.requeue_preview(selection.job_ids)
+    for entry in selection.unmatched:
+        err.print(f"warning: not in the ledger: {entry}", markup=False)
+    out.print(f"A run would requeue {plural(downloads + sum(generate.values()), 'failed job')} from "
+              f"{retry_failed}: {downloads} to download again (already paid for), {sum(generate.values())} "
+              f"to generate again; it would work only the jobs the file names.", markup=False)
+    return selection.job_ids, generate
 
 
 def _report_requeue(counts: Tuple[int, int], unmatched: Sequence[str] = ()) -> None:
@@ -823,8 +843,9 @@ def run_command(app: App, input_dir: Optional[Path], output_mode: Optional[str],
     report = scan(settings, app.cwd, store, dry_run=dry_run, requeue_changed=requeue_changed)
     _render_scan(report, settings, store, app.cwd, pending=False)
     if dry_run:
-        _dry_run(settings, store, pattern, limit, extra=report.outcome.added_by_price, max_spend=max_spend,
-                 balances=preflight.balances)
+        job_ids, requeued = _retry_preview(store, retry_failed, app.cwd)
+        _dry_run(settings, store, pattern, limit, extra=report.outcome.added_by_price if job_ids is None else requeued,
+                 max_spend=max_spend, balances=preflight.balances, job_ids=job_ids)
     else:
         _raise_for(_work(app, settings, store, pattern=pattern, limit=limit, max_spend=max_spend,
                          no_progress=no_progress, job_ids=_retry(store, retry_failed, app.cwd), checked=preflight))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import Counter
 from functools import lru_cache
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -62,6 +63,12 @@ _IN_FLIGHT_ORDER = (State.DOWNLOADING, State.SUBMITTED, State.SUBMITTING)
 # Failures after which the remote task holds no video to fetch: requeue generates them again.
 NO_VIDEO_KINDS = frozenset({"remote_failed", "task_not_found", "content_expired"})
 CHUNK = 500  # ids per IN (...) list: far below every database's bound-parameter limit
+
+
+def _download_only(row: Any, regenerate: bool) -> bool:
+    """Whether ``requeue`` sends a failed job back to its download alone (its remote task exists
+    and holds a video: nothing is paid again) rather than to a new generation."""
+    return bool(row.remote_task_id) and row.error_kind not in NO_VIDEO_KINDS and not regenerate
 
 
 def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
@@ -822,7 +829,7 @@ class Store:
             for row in rows:
                 reset = {"attempts": 0, "next_attempt_at": None, "error_kind": None, "error_message": None,
                          "finished_at": None, "lease_owner": None, "lease_expires_at": None}
-                if row.remote_task_id and row.error_kind not in NO_VIDEO_KINDS and not regenerate:
+                if _download_only(row, regenerate):
                     changes.append(JobChange(row.id, State.FAILED, State.SUBMITTED, {**reset, "video_url": None},
                                              "requeued: download again (the generation is paid for)",
                                              counter="download"))
@@ -833,6 +840,24 @@ class Store:
         applied = [c for c in changes if c.job_id not in moved]
         downloads = sum(1 for c in applied if c.counter == "download")
         return downloads, len(applied) - downloads
+
+    def requeue_preview(self, job_ids: Sequence[int], *, regenerate: bool = False
+                        ) -> Tuple[int, Dict[Tuple[str, str, bool], int]]:
+        """What ``requeue`` would make of ``job_ids``, changing nothing: how many failed jobs would
+        only be downloaded again, and the ones to generate again counted by (provider, price key,
+        is_pro), as ``pending_by_price`` counts them."""
+        downloads = 0
+        generate: "Counter[Tuple[str, str, bool]]" = Counter()
+        with read_tx(self.engine) as conn:
+            for chunk in _chunks(list(job_ids)):
+                for row in conn.execute(select(jobs.c.remote_task_id, jobs.c.error_kind, jobs.c.provider,
+                                               jobs.c.price_key, jobs.c.is_pro)
+                                        .where(jobs.c.id.in_(chunk)).where(jobs.c.state == State.FAILED.value)):
+                    if _download_only(row, regenerate):
+                        downloads += 1
+                    else:
+                        generate[(row.provider, row.price_key, bool(row.is_pro))] += 1
+        return downloads, dict(generate)
 
     def history(self, job_id: int) -> List[Row]:
         """Every recorded transition of one job, oldest first."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.helpers import query, segments
+from ledger.pricing import money
+from tests.helpers import job_price, query, segments
 
 POLICY = "[policy-reject] a forbidden scene"
 
@@ -53,6 +54,35 @@ def test_run_retry_failed_requeues_the_listed_jobs_and_works_only_those(ws, sim,
     assert query(ws.root, "SELECT s.path, j.state FROM jobs j JOIN storyboards s ON s.id = j.storyboard_id "
                           "ORDER BY s.path") == [("input/storyboard_a.json", "failed"),
                                                  ("input/storyboard_b.json", "pending")]
+
+
+def flat(output: str) -> str:
+    """The output with its line wrapping undone."""
+    return " ".join(output.split())
+
+
+def test_a_dry_run_with_retry_failed_prices_only_what_the_file_would_requeue(ws, sim, work_env):
+    """Before: the dry run ignored the file and priced every pending job (here the new storyboard's
+    two), saying nothing of the one the file names."""
+    ws.storyboard("storyboard_a.json", segments(POLICY))
+    assert ws.cli("run", "--no-progress", env=work_env).exit_code == 1
+    assert ws.cli("export-failed", "--output", "failed.json", env=work_env).exit_code == 0
+    ws.storyboard("storyboard_b.json", segments("a red fox", "a grey wolf"))  # new: pending, not in the file
+    assert ws.cli("scan", env=work_env).exit_code == 0
+    before = query(ws.root, "SELECT id, state, attempts, error_kind FROM jobs ORDER BY id")
+    result = ws.cli("run", "--dry-run", "--retry-failed", "failed.json", env=work_env)
+    assert result.exit_code == 0, result.output
+    assert ("A run would requeue 1 failed job from failed.json: 0 to download again (already paid for), "
+            "1 to generate again") in flat(result.output)
+    price = job_price(sim)
+    assert f"A run would submit 1 job (1 normal): estimated {money(price)}" in flat(result.output)
+    assert query(ws.root, "SELECT id, state, attempts, error_kind FROM jobs ORDER BY id") == before  # nothing moved
+    assert sim.stats()["creates_received"] == 1
+    work = ws.cli("work", "--dry-run", "--retry-failed", "failed.json", env=work_env)
+    assert work.exit_code == 0, work.output
+    assert f"A run would submit 1 job (1 normal): estimated {money(price)}" in flat(work.output)
+    plain = ws.cli("work", "--dry-run", env=work_env)  # without the file: the new storyboard's jobs
+    assert f"A run would submit 2 jobs (2 normal): estimated {money(2 * price)}" in flat(plain.output)
 
 
 # --- the output mode is remembered ------------------------------------------------------------
