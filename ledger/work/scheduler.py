@@ -175,8 +175,12 @@ class Scheduler:
                 self.run_state.halt(Stop.UNREACHABLE, f"{why} (for {out_for:.0f} s); nothing was lost")
 
     def _wait_time(self) -> float:
-        waiting = [a.due for a in self.active.values() if not a.running]
-        soonest = min(waiting) - time.monotonic() if waiting else 0.5
+        """How long the loop may sleep: until the next step falls due, or a free slot may be
+        claimed (the claim gather ends), at most 0.25 s; a finished step wakes it at once."""
+        due = [a.due for a in self.active.values() if not a.running]
+        if self._free_slots() > 0:
+            due.append(max(self._next_claim, self._last_claim + CLAIM_GATHER))
+        soonest = min(due) - time.monotonic() if due else 0.5
         return max(0.0, min(soonest, 0.25))
 
     def _scope(self) -> JobScope:
@@ -204,10 +208,15 @@ class Scheduler:
         self._next_claim = time.monotonic() + max(0.2, min(wait, 5.0))
         return False
 
-    def _claim(self, now: float) -> bool:
+    def _free_slots(self) -> int:
+        """How many jobs a claim now may take: free slots, within what ``--limit`` leaves."""
         free = self.options.concurrency - len(self.active)
         if self.options.limit is not None and len(self._claimed) < self.options.limit:
             free = min(free, self.options.limit - len(self._claimed))
+        return free
+
+    def _claim(self, now: float) -> bool:
+        free = self._free_slots()
         # Each claim is a write transaction: when jobs finish one after another, gather the free
         # slots for a moment and claim them together rather than one claim per finished job.
         if free <= 0 or now < self._next_claim or (self.active and now < self._last_claim + CLAIM_GATHER):
