@@ -2,7 +2,7 @@
 
     python bench/work_bench.py [--long-g 270] [--skip-long]
 
-Runs the real worker (ledger's Worker over a real SQLite ledger) against the simulator started as
+Runs the real worker (ledger's Scheduler over a real SQLite ledger) against the simulator started as
 a separate process, and prints, each beside its baseline from the same run:
 
   1. efficiency at N=64, C=16, G=5 s: ideal time N/C*G divided by wall time (goal >= 0.95);
@@ -14,7 +14,12 @@ a separate process, and prints, each beside its baseline from the same run:
      threads burning CPU);
   5. API calls per job and efficiency at N=256, C=64, G=60 s with the default poll cap (10/s), on
      both protocols, with batch status (one list read answers for many jobs) beside the same run
-     polling every job alone (goal: <= 3 calls per job: create + status + download).
+     polling every job alone (goal: <= 3 calls per job: create + status + download);
+  6. scenario 1 as a user runs it: ``ledger scan`` and ``ledger work`` as processes, against
+     simulators of both protocols (the process's whole wall, and the ledger's first-submit to
+     last-save span);
+  7. efficiency at N=256, G=10 s, C=64 and C=128, the poll cap kept at 10/s: batch status beside
+     every job polled alone.
 """
 from __future__ import annotations
 
@@ -186,7 +191,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--long-g", type=float, default=270.0, help="generation time of the polling scenario")
     parser.add_argument("--skip-long", action="store_true", help="skip the polling scenario (it takes G seconds)")
-    parser.add_argument("--only", default="123456", help="which scenarios to run, e.g. 13")
+    parser.add_argument("--only", default="1234567", help="which scenarios to run, e.g. 13")
     parser.add_argument("--batch-g", type=float, default=60.0, help="generation time of the batch-status scenario")
     parser.add_argument("--batch-n", type=int, default=256, help="jobs in the batch-status scenario")
     args = parser.parse_args()
@@ -208,6 +213,19 @@ def main() -> None:
             wall, span, status = run_cli(64, 16, 5.0, protocol)
             print(f"   {protocol:8}: process wall {wall:.2f} s (start-up included) -> {ideal / wall:.3f}; first submit "
                   f"to last video saved {span:.2f} s -> efficiency {ideal / span:.3f}; {status:.2f} status calls/job")
+
+    if "7" in args.only:
+        n, g = 256, 10.0
+        print(f"7. N={n} G={g:.0f}s, the default poll cap (10/s) kept: efficiency at high concurrency "
+              "(issue 11 measured 0.62 at C=64 and 0.38 at C=128 before batch status)")
+        for c in (64, 128):
+            ideal = n / c * g
+            for label, batch_min in (("batch status", BATCH_MIN), ("each job polled alone (before)", 10**9)):
+                summary, wall, usage, _ = run_worker(n, c, g, polls_per_second=10.0, batch_min=batch_min)
+                calls = usage["calls"]
+                status = calls.get("task", 0) + calls.get("tasks", 0)
+                print(f"   C={c:<3} {label:31}: wall {wall:.1f} s, ideal {ideal:.0f} s -> efficiency {ideal / wall:.2f}; "
+                      f"{status / n:.2f} status calls/job")
 
     if "2" in args.only:
         g = args.long_g

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any, Union
 
@@ -12,6 +13,15 @@ from ledger.cli import cli
 from ledger.settings import SPECS
 
 ISOLATED_ENV = [env for env, _, _ in SPECS] + ["http_proxy", "https_proxy", "no_proxy", "ALL_PROXY", "all_proxy"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A test run started in the background (``make test &``, ``nohup``) inherits SIGINT ignored,
+    and so would every ``ledger`` process the tests start: a Ctrl+C sent to one before its own
+    handler is installed would be lost and the test would wait for nothing. Give the run Python's
+    usual handler; a handled signal is reset to the default in each child, as in a terminal."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
