@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, TypeVar
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Type, TypeVar
 from urllib.parse import quote, urlsplit
 from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]  # stable, untyped
 
@@ -149,6 +149,65 @@ class TaskSearch:
 def _nearest(tasks: Any, when: datetime) -> List[RemoteTask]:
     """``tasks`` ordered by how close their creation is to ``when``; undated ones last."""
     return sorted(tasks, key=lambda t: abs((t.created_at - when).total_seconds()) if t.created_at else float("inf"))
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    """One page of an account's tasks, newest first, and the cursor of the next (None: the end)."""
+
+    tasks: List[RemoteTask]
+    next_cursor: Optional[str]
+    poll_after: Optional[float] = None
+
+
+def search_pages(pages: Callable[[Optional[str]], TaskPage], prompt: str, since: datetime,
+                 until: Optional[datetime] = None, *, skew_seconds: float = 120.0, stale_pages: int = 3,
+                 max_pages: int = 10_000) -> TaskSearch:
+    """Tasks whose prompt equals ``prompt`` created between ``since - skew`` and ``until + skew``
+    (a task without a creation time counts), nearest to ``since`` first, read from a cursor-paged
+    list that is newest first.
+
+    Reads on **until the list is older than the window or ends**: only then does "not found" mean
+    "not created" (``covered``). A list that keeps answering with nothing new (a relay ignoring the
+    cursor) for ``stale_pages`` pages cannot cover the window, nor can one that shows tasks in the
+    window without their prompt (a relay that leaves it out). Naive datetimes are UTC."""
+    since = since if since.tzinfo is not None else since.replace(tzinfo=timezone.utc)
+    if until is not None and until.tzinfo is None:
+        until = until.replace(tzinfo=timezone.utc)
+    window_start = since - timedelta(seconds=skew_seconds)
+    window_end = (until + timedelta(seconds=skew_seconds)) if until is not None else None
+    wanted = prompt.strip()
+    seen: set = set()
+    found: Dict[str, RemoteTask] = {}
+    unknown = 0  # tasks in the window whose prompt the list does not show
+    repeats = pages_read = 0
+    cursor: Optional[str] = None
+    while pages_read < max_pages:
+        page = pages(cursor)
+        pages_read += 1
+        fresh = [task for task in page.tasks if task.task_id not in seen]
+        seen.update(task.task_id for task in fresh)
+        repeats = repeats + 1 if page.tasks and not fresh else 0
+        if repeats >= stale_pages:
+            return TaskSearch(_nearest(found.values(), since), False, pages_read,
+                              f"the task list repeated itself for {repeats} pages (page {pages_read}); "
+                              "it never reached the time of the create")
+        for task in fresh:
+            created = task.created_at
+            recent = created is None or (created >= window_start and (window_end is None or created <= window_end))
+            if recent and task.prompt is None:
+                unknown += 1
+            elif recent and task.prompt.strip() == wanted and not task_id_problem(task.task_id):
+                found[task.task_id] = task
+        dated = [task.created_at for task in page.tasks if task.created_at is not None]
+        if page.next_cursor is None or (dated and min(dated) < window_start):
+            if unknown and not found:
+                return TaskSearch([], False, pages_read, f"the list shows {unknown} task(s) of that time without "
+                                                         "their prompt: any of them may be the create's")
+            return TaskSearch(_nearest(found.values(), since), True, pages_read)
+        cursor = page.next_cursor
+    return TaskSearch(_nearest(found.values(), since), False, pages_read,
+                      f"read {pages_read} pages without reaching the time of the create")
 
 
 _TASK_ID_MAX = 1000
@@ -608,6 +667,12 @@ class SoraClient(ApiClient):
         data = self._call("GET", "/tasks", params=params)
         return [RemoteTask.from_api(item) for item in self._page_items(data)]
 
+    def recent(self, cursor: Optional[str], limit: int) -> TaskPage:
+        """``GET /tasks?page=N`` as a cursor-paged list: the cursor is the page number."""
+        page = int(cursor or 1)
+        tasks = self.list(page=page, page_size=limit)
+        return TaskPage(tasks, str(page + 1) if len(tasks) >= limit else None)
+
     def find_tasks(
         self,
         prompt: str,
@@ -618,44 +683,10 @@ class SoraClient(ApiClient):
         page_size: int = 50,
         stale_pages: int = 3,
     ) -> "TaskSearch":
-        """Tasks whose prompt equals ``prompt`` (surrounding whitespace aside) created between
-        ``since - skew`` and ``until + skew`` (a task without ``created_at`` counts), nearest to
-        ``since`` first.
-
-        Pages newest first **until the list is older than the window or ends**, however many pages
-        that takes: only then does "not found" mean "not created" (``covered``). New tasks arriving
-        meanwhile only shift entries to later pages (seen twice, never missed). A list that keeps
-        repeating itself (``stale_pages`` pages with nothing new) cannot cover the window.
-        Naive datetimes are UTC.
-        """
-        since = since if since.tzinfo is not None else since.replace(tzinfo=timezone.utc)
-        if until is not None and until.tzinfo is None:
-            until = until.replace(tzinfo=timezone.utc)
-        window_start = since - timedelta(seconds=skew_seconds)
-        window_end = (until + timedelta(seconds=skew_seconds)) if until is not None else None
-        wanted = prompt.strip()
-        seen: set = set()
-        found: Dict[str, RemoteTask] = {}
-        repeats = 0
-        pages = 0
-        while True:
-            pages += 1
-            tasks = self.list(page=pages, page_size=page_size)
-            fresh = [task for task in tasks if task.task_id not in seen]
-            seen.update(task.task_id for task in fresh)
-            repeats = repeats + 1 if tasks and not fresh else 0
-            if repeats >= stale_pages:
-                return TaskSearch(_nearest(found.values(), since), False, pages,
-                                  f"the task list repeated itself for {repeats} pages (page {pages}); "
-                                  "it never reached the time of the create")
-            for task in fresh:
-                created = task.created_at
-                recent = created is None or (created >= window_start and (window_end is None or created <= window_end))
-                if recent and (task.prompt or "").strip() == wanted and not task_id_problem(task.task_id):
-                    found[task.task_id] = task
-            dated = [task.created_at for task in tasks if task.created_at is not None]
-            if len(tasks) < page_size or (dated and min(dated) < window_start):
-                return TaskSearch(_nearest(found.values(), since), True, pages)
+        """Tasks whose prompt equals ``prompt`` created in the window around ``since``..``until``,
+        read ``page_size`` at a time until the list is older than the window (``search_pages``)."""
+        return search_pages(lambda cursor: self.recent(cursor, page_size), prompt, since, until,
+                            skew_seconds=skew_seconds, stale_pages=stale_pages)
 
     def balance(self) -> int:
         """The account balance in cents."""

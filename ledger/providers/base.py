@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Protocol, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Protocol, Tuple, Union
 
-from ..client import RemoteTask, SharedBackoff, TaskSearch, task_id_problem
+from ..client import RemoteTask, SharedBackoff, TaskPage, TaskSearch, search_pages  # noqa: F401 (re-exported)
 from ..download import DownloadResult
 
 log = logging.getLogger(__name__)
@@ -99,15 +99,6 @@ def choose_model(provider: str, models: Mapping[str, ModelRules], normal: str, p
 # --- what the worker asks of an API ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TaskPage:
-    """One page of an account's tasks, newest first, and the cursor of the next (None: the end)."""
-
-    tasks: List[RemoteTask]
-    next_cursor: Optional[str]
-    poll_after: Optional[float] = None
-
-
 class Provider(Protocol):
     """A client of one video API at one base URL. Safe to share between threads."""
 
@@ -149,57 +140,3 @@ class Provider(Protocol):
 
     def close(self) -> None:
         """Close pooled connections."""
-
-
-def search_pages(pages: Callable[[Optional[str]], TaskPage], prompt: str, since: datetime,
-                 until: Optional[datetime] = None, *, skew_seconds: float = 120.0, stale_pages: int = 3,
-                 max_pages: int = 10_000) -> TaskSearch:
-    """Tasks whose prompt equals ``prompt`` created between ``since - skew`` and ``until + skew``
-    (a task without a creation time counts), nearest to ``since`` first, read from a cursor-paged
-    list that is newest first.
-
-    Reads on **until the list is older than the window or ends**: only then does "not found" mean
-    "not created" (``covered``). A list that keeps answering with nothing new (a relay ignoring the
-    cursor) for ``stale_pages`` pages cannot cover the window, nor can one that shows tasks in the
-    window without their prompt (a relay that leaves it out). Naive datetimes are UTC."""
-    since = since if since.tzinfo is not None else since.replace(tzinfo=timezone.utc)
-    if until is not None and until.tzinfo is None:
-        until = until.replace(tzinfo=timezone.utc)
-    window_start = since - timedelta(seconds=skew_seconds)
-    window_end = (until + timedelta(seconds=skew_seconds)) if until is not None else None
-    wanted = prompt.strip()
-    seen: set = set()
-    found: Dict[str, RemoteTask] = {}
-    unknown = 0  # tasks in the window whose prompt the list does not show
-    repeats = pages_read = 0
-    cursor: Optional[str] = None
-    while pages_read < max_pages:
-        page = pages(cursor)
-        pages_read += 1
-        fresh = [task for task in page.tasks if task.task_id not in seen]
-        seen.update(task.task_id for task in fresh)
-        repeats = repeats + 1 if page.tasks and not fresh else 0
-        if repeats >= stale_pages:
-            return TaskSearch(_nearest(found.values(), since), False, pages_read,
-                              f"the task list repeated itself for {repeats} pages (page {pages_read}); "
-                              "it never reached the time of the create")
-        for task in fresh:
-            created = task.created_at
-            recent = created is None or (created >= window_start and (window_end is None or created <= window_end))
-            if recent and task.prompt is None:
-                unknown += 1
-            elif recent and task.prompt.strip() == wanted and not task_id_problem(task.task_id):
-                found[task.task_id] = task
-        dated = [task.created_at for task in page.tasks if task.created_at is not None]
-        if page.next_cursor is None or (dated and min(dated) < window_start):
-            if unknown and not found:
-                return TaskSearch([], False, pages_read, f"the list shows {unknown} task(s) of that time without "
-                                                         "their prompt: any of them may be the create's")
-            return TaskSearch(_nearest(found.values(), since), True, pages_read)
-        cursor = page.next_cursor
-    return TaskSearch(_nearest(found.values(), since), False, pages_read,
-                      f"read {pages_read} pages without reaching the time of the create")
-
-
-def _nearest(tasks: Iterable[RemoteTask], when: datetime) -> List[RemoteTask]:
-    return sorted(tasks, key=lambda t: abs((t.created_at - when).total_seconds()) if t.created_at else float("inf"))

@@ -109,11 +109,10 @@ class SoraHk:
         return self.client.get(task_id)
 
     def recent(self, cursor: Optional[str], limit: int) -> TaskPage:
-        """``GET /tasks?page=N``: the cursor is the page number."""
-        page = int(cursor or 1)
-        tasks = [dataclasses.replace(t, error_msg=self.client.mask(t.error_msg)) if t.error_msg else t
-                 for t in self.client.list(page=page, page_size=limit)]
-        return TaskPage(tasks, str(page + 1) if len(tasks) >= limit else None)
+        """``GET /tasks?page=N``: the cursor is the page number; messages masked."""
+        page = self.client.recent(cursor, limit)
+        return TaskPage([dataclasses.replace(t, error_msg=self.client.mask(t.error_msg)) if t.error_msg else t
+                         for t in page.tasks], page.next_cursor)
 
     def find_tasks(self, prompt: str, since: datetime, until: Optional[datetime] = None, *,
                    skew_seconds: float = 120.0) -> TaskSearch:
