@@ -7,7 +7,7 @@ import re
 import time
 from pathlib import Path
 
-from tests.helpers import leftovers, query, segments, spawn
+from tests.helpers import both_protocols, leftovers, query, segments, spawn
 from tests.integration.conftest import API_KEY
 from tests.integration.test_work import assert_all_done_and_whole, assert_every_job_paid_once
 
@@ -143,6 +143,7 @@ def test_insufficient_balance_stops_submitting_and_finishes_what_was_paid(ws, ma
     assert leftovers(ws.root) == []
 
 
+@both_protocols
 def test_rate_limiting_pauses_the_whole_worker(ws, sim, work_env):
     ws.storyboard("storyboard_a.json", segments("one", "two", "three", "four"))
     sim.inject("create", "rate_limit", retry_after=1)
