@@ -28,6 +28,7 @@ import json
 import os
 import resource
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,7 @@ import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -88,17 +90,23 @@ class Simulator:
         self.proc.wait(10)
 
 
+def bench_project(n: int, prefix: str) -> Path:
+    """A fresh project folder holding one storyboard of N segments."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    doc = {"segments": [{"segment_index": i, "prompt_text": f"bench shot {i}"} for i in range(1, n + 1)]}
+    (tmp / "input").mkdir()
+    (tmp / "input" / "storyboard_bench.json").write_text(json.dumps(doc))
+    return tmp
+
+
 def run_worker(n: int, concurrency: int, gen_seconds: float, *, protocol: str = "sora_hk",
                polls_per_second: float = 1000.0, batch_min: int = BATCH_MIN
                ) -> Tuple[WorkSummary, float, Dict[str, Any], Path]:
     """Scan N one-version segments and work them; returns the summary, wall time, resource use and
     the API calls the simulator received, by route."""
     sim = Simulator(gen_seconds, protocol)
-    tmp = Path(tempfile.mkdtemp(prefix="ledger-work-bench-"))
+    tmp = bench_project(n, "ledger-work-bench-")
     try:
-        doc = {"segments": [{"segment_index": i, "prompt_text": f"bench shot {i}"} for i in range(1, n + 1)]}
-        (tmp / "input").mkdir()
-        (tmp / "input" / "storyboard_bench.json").write_text(json.dumps(doc))
         settings = load_settings(tmp, {**sim.env(), "GEN_COUNT_PER_SEGMENT": "1",
                                        "MAX_CONCURRENT_TASKS": str(concurrency)})
         store = Store(open_ledger(settings.database_url), cwd=tmp)
@@ -125,16 +133,10 @@ def run_worker(n: int, concurrency: int, gen_seconds: float, *, protocol: str = 
 def run_cli(n: int, concurrency: int, gen_seconds: float, protocol: str = "sora_hk") -> Tuple[float, float, float]:
     """The same N jobs as ``run_worker``, the way a user runs them: ``ledger scan`` and then
     ``ledger work --concurrency C`` as processes. Returns (the work process's wall time, the span
-    the ledger records from the first submit to the last video saved, polls per job)."""
-    import sqlite3
-    from datetime import datetime
-
+    the ledger records from the first submit to the last video saved, status calls per job)."""
     sim = Simulator(gen_seconds, protocol)
-    tmp = Path(tempfile.mkdtemp(prefix="ledger-cli-bench-"))
+    tmp = bench_project(n, "ledger-cli-bench-")
     try:
-        doc = {"segments": [{"segment_index": i, "prompt_text": f"bench shot {i}"} for i in range(1, n + 1)]}
-        (tmp / "input").mkdir()
-        (tmp / "input" / "storyboard_bench.json").write_text(json.dumps(doc))
         env = {**os.environ, **sim.env(), "GEN_COUNT_PER_SEGMENT": "1"}
         subprocess.run([sys.executable, "-m", "ledger", "scan"], cwd=tmp, env=env, check=True, capture_output=True)
         started = time.perf_counter()
@@ -154,9 +156,6 @@ def run_cli(n: int, concurrency: int, gen_seconds: float, protocol: str = "sora_
 
 def detection_lags(root: Path, gen_seconds: float) -> List[float]:
     """Per job: when the worker saw completion, minus when the generation finished (submit + G)."""
-    import sqlite3
-    from datetime import datetime
-
     with sqlite3.connect(root / "ledger.db") as conn:
         rows = conn.execute("SELECT j.submitted_at, e.at FROM jobs j JOIN events e ON e.job_id = j.id "
                             "WHERE e.to_state = 'downloading'").fetchall()
