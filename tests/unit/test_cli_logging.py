@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterator
 
 import pytest
 
@@ -12,13 +11,7 @@ from ledger.redact import RedactingFilter
 KEY = "sora-Tq3v9Zk2LmN8pR4sW6yB1cD5fG7hJ0xA"
 
 
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def log_an_error(name: str) -> None:

@@ -8,7 +8,7 @@ import re
 import time
 from datetime import timedelta
 from types import SimpleNamespace
-from typing import Any, Iterator, List
+from typing import Any, List
 
 import pytest
 from rich.console import Console
@@ -46,15 +46,6 @@ def terminal(width: int = 80) -> Console:
 
 def screen(console: Console) -> List[str]:
     return replay(console.file.getvalue(), console.width)  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def test_live_view_shows_progress_counts_and_the_jobs_in_flight():
