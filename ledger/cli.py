@@ -713,18 +713,22 @@ def _retry_preview(store: Store, retry_failed: Optional[Path], cwd: Path
         return None, None
     selection = select_from_file(store, retry_failed, cwd)
     downloads, generate = store.requeue_preview(selection.job_ids)
-    for entry in selection.unmatched:
-        err.print(f"warning: not in the ledger: {entry}", markup=False)
-    out.print(f"A run would requeue {plural(downloads + sum(generate.values()), 'failed job')} from "
-              f"{retry_failed}: {downloads} to download again (already paid for), {sum(generate.values())} "
-              f"to generate again; it would work only the jobs the file names.", markup=False)
+    generations = sum(generate.values())
+    _warn_unmatched(selection.unmatched)
+    out.print(f"A run would requeue {plural(downloads + generations, 'failed job')} from {retry_failed}: "
+              f"{downloads} to download again (already paid for), {generations} to generate again; it would "
+              f"work only the jobs the file names.", markup=False)
     return selection.job_ids, generate
+
+
+def _warn_unmatched(unmatched: Sequence[str]) -> None:
+    for entry in unmatched:
+        err.print(f"warning: not in the ledger: {entry}", markup=False)
 
 
 def _report_requeue(counts: Tuple[int, int], unmatched: Sequence[str] = ()) -> None:
     downloads, generations = counts
-    for entry in unmatched:
-        err.print(f"warning: not in the ledger: {entry}", markup=False)
+    _warn_unmatched(unmatched)
     out.print(f"Requeued {downloads + generations} failed job(s): {downloads} to download again (already paid for), "
               f"{generations} to generate again.")
 
