@@ -36,7 +36,7 @@ from .errors import (
     UsageError,
 )
 from .failures import default_export_path, export_failed, select_from_file
-from .live import ConsoleHandler, PathCell, clock, make_view, output_lock, plural
+from .live import ConsoleHandler, PathCell, make_view, output_lock, plural
 from .models import iso_utc
 from .policy import PollPolicy, RetryPolicy
 from .redact import RedactingFilter, redact

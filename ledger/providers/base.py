@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Protocol, Tuple, Union
 
-from ..client import RemoteTask, SharedBackoff, TaskPage, TaskSearch, search_pages  # noqa: F401 (re-exported)
+from ..client import RemoteTask, SharedBackoff, TaskPage, TaskSearch
 from ..download import DownloadResult
 
 log = logging.getLogger(__name__)

@@ -24,13 +24,14 @@ from urllib.parse import quote
 
 import requests
 
-from ..client import ApiClient, RemoteTask, TaskSearch, _Busy, _progress, _snippet, parse_timestamp, task_id_problem
+from ..client import (ApiClient, RemoteTask, TaskSearch, _Busy, _progress, _snippet, parse_timestamp, search_pages,
+                      task_id_problem)
 from ..download import DownloadResult, OriginAuth, download_file, origin_of
 from ..errors import (ApiError, AuthError, BadParameters, ConfigError, InsufficientBalance, InvalidTaskId,
                       RateLimited, TaskNotFound, TransientError)
 from ..redact import mask_key
 from ..settings import Settings
-from .base import Mapped, Mismatch, ModelRules, Request, TaskPage, choose_model, search_pages
+from .base import Mapped, Mismatch, ModelRules, Request, TaskPage, choose_model
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Iterator, List
 import pytest
 
 from tests.helpers import api_env, both_protocols, job_price, leftovers, query, segments, spawn
-from tests.integration.test_work import assert_all_done_and_whole, sha, videos
+from tests.integration.test_work import sha, videos
 
 
 def charged(sim) -> int:

@@ -10,7 +10,7 @@ import pytest
 from ledger.client import RemoteTask
 from ledger.errors import ConfigError
 from ledger.providers import RULES, Mapped, Mismatch, Request, TaskPage, provider_of
-from ledger.providers.base import search_pages
+from ledger.client import search_pages
 from ledger.providers.openai_videos import STATUSES, model_rules, request_body, tariff
 from ledger.settings import load_settings
 
