@@ -414,19 +414,26 @@ def _string_trouble(text: str) -> Optional[str]:
     return None
 
 
-def _bad_strings(doc: Any, display: str) -> Iterator[Problem]:
-    """Every key and string value that cannot be stored; iterative, though depth is bounded."""
+def _walk(doc: Any) -> Iterator[Tuple[Tuple[Any, ...], Any]]:
+    """Every value in ``doc`` with its path (keys and indexes); iterative, though depth is bounded."""
     stack: List[Tuple[Tuple[Any, ...], Any]] = [((), doc)]
     while stack:
         path, value = stack.pop()
+        yield path, value
         if isinstance(value, dict):
-            for key, item in value.items():
+            stack.extend((path + (key,), item) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend((path + (i,), item) for i, item in enumerate(value))
+
+
+def _bad_strings(doc: Any, display: str) -> Iterator[Problem]:
+    """Every key and string value that cannot be stored."""
+    for path, value in _walk(doc):
+        if isinstance(value, dict):
+            for key in value:
                 reason = _string_trouble(key)
                 if reason:
                     yield Problem(display, pointer(path + (key,)), f"the key {reason}")
-                stack.append((path + (key,), item))
-        elif isinstance(value, list):
-            stack.extend((path + (i,), item) for i, item in enumerate(value))
         elif isinstance(value, str):
             reason = _string_trouble(value)
             if reason:
@@ -434,18 +441,13 @@ def _bad_strings(doc: Any, display: str) -> Iterator[Problem]:
 
 
 def _duplicate_keys(doc: Any, display: str, duplicates: Dict[int, List[Tuple[str, int]]]) -> Iterator[Problem]:
-    """Each key named more than once in one object, at its pointer (iterative, like ``_bad_strings``)."""
-    stack: List[Tuple[Tuple[Any, ...], Any]] = [((), doc)]
-    while stack:
-        path, value = stack.pop()
+    """Each key named more than once in one object, at its pointer."""
+    for path, value in _walk(doc):
         if isinstance(value, dict):
             for key, times in duplicates.get(id(value), ()):
                 yield Problem(display, pointer(path + (key,)),
                               f"the key {key!r} is written {times} times in this object; JSON keeps only the "
                               "last value, so which one is meant is unclear: keep one")
-            stack.extend((path + (key,), item) for key, item in value.items())
-        elif isinstance(value, list):
-            stack.extend((path + (i,), item) for i, item in enumerate(value))
 
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".heic", ".tif", ".tiff")
