@@ -150,12 +150,15 @@ def test_rate_limiting_pauses_the_whole_worker(ws, sim, work_env):
     result = ws.cli("run", "--no-progress", env={**work_env, "MAX_CONCURRENT_TASKS": "4"})
     assert result.exit_code == 0, result.output
     times = sim.request_times()
-    first_create = next(t for route, t in times if route == "create")
-    # the 429 answered the first create; apart from calls already on their way (sent within a few
-    # milliseconds of it), nothing at all was sent during the pause it asked for
-    quiet = [route for route, t in times if first_create + 0.1 < t < first_create + 0.9]
-    later_creates = [t for route, t in times if route == "create" and t > first_create]
-    assert quiet == [] and len(later_creates) == 4
+    creates = sorted(t for route, t in times if route == "create")
+    first_create = creates[0]
+    # The 429 answered the first create. The four jobs' first creates were sent together, before
+    # any answer came back: those already on their way may arrive during the pause (on a loaded
+    # machine, more than 0.1 s late), and nothing else may — no poll, and not the retry, which is
+    # the fifth create and comes after the pause.
+    paused = [route for route, t in times if first_create < t < first_create + 0.9]
+    assert set(paused) <= {"create"} and len(paused) <= 3, paused
+    assert len(creates) == 5 and creates[4] >= first_create + 0.9, creates
     assert_every_job_paid_once(ws, sim, 4)
 
 
