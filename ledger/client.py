@@ -210,17 +210,20 @@ def search_pages(pages: Callable[[Optional[str]], TaskPage], prompt: str, since:
                       f"read {pages_read} pages without reaching the time of the create")
 
 
-_TASK_ID_MAX = 1000
+# In UTF-8 bytes: PostgreSQL's unique index on remote_task_id cannot hold an entry over 2,704 bytes
+# (1,000 CJK characters are 3,000), so the cap is in bytes, well below that, on every database.
+_TASK_ID_MAX_BYTES = 1000
 
 
 def task_id_problem(task_id: str) -> Optional[str]:
     """Why ``task_id`` cannot be stored in the ledger and used in URLs, or None when it can."""
     if not task_id:
         return "is empty"
-    if len(task_id) > _TASK_ID_MAX:
-        return f"is {len(task_id):,} characters long (more than {_TASK_ID_MAX:,})"
     if any(ord(ch) < 32 or ord(ch) == 127 or 0xD800 <= ord(ch) <= 0xDFFF for ch in task_id):
         return "contains control characters or invalid Unicode"
+    size = len(task_id.encode("utf-8"))
+    if size > _TASK_ID_MAX_BYTES:
+        return f"is {size:,} bytes long (more than {_TASK_ID_MAX_BYTES:,})"
     return None
 
 

@@ -66,3 +66,40 @@ def test_three_workers_on_postgres_one_killed_while_its_posts_are_in_flight(ws, 
     files = videos(ws.root)
     assert len(files) == 36 and all(sha(f) == sim.stats()["video_sha256"] for f in files)
     assert leftovers(ws.root) == []
+
+
+# Before: remote_task_id was VARCHAR(128) on PostgreSQL; a longer id failed the write after the create
+# and the submit step ran again: 32 paid creates for 4 jobs. Now any id up to 1,000 UTF-8 bytes is stored
+# (CJK ones too: 333 characters are 999 bytes), and a longer one ends its job after one create.
+# Varied characters, since PostgreSQL compresses an index entry of one character repeated.
+def cjk(n: int) -> str:
+    return "".join(chr(0x4E00 + (i * 7919) % 20000) for i in range(n))
+
+
+@pytest.mark.parametrize("task_id, stored", [
+    pytest.param("t" * 1000, True, id="1000-ascii"),
+    pytest.param(cjk(333), True, id="999-bytes-cjk"),
+    pytest.param(cjk(1000), False, id="3000-bytes-cjk"),
+])
+def test_long_task_ids_on_postgres_are_stored_or_end_the_job_after_one_create(ws, sim, work_env, pg_url,
+                                                                               task_id, stored):
+    from tests.integration.test_paid_once import charged
+
+    env = {**work_env, "LEDGER_DATABASE_URL": pg_url}
+    ws.storyboard("storyboard_a.json", segments("long id", "plain id"))
+    assert ws.cli("scan", env=env).exit_code == 0
+    sim.inject("create", "task_id", task_id=task_id)
+    result = ws.cli("work", "--no-progress", env=env)
+    assert result.exit_code == (0 if stored else 1), result.output
+    assert sim.stats()["creates_received"] == 2 and sim.stats()["tasks_created"] == 2
+    engine = open_ledger(pg_url)
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT state, error_kind, remote_task_id, spent_cents FROM jobs").all()
+    engine.dispose()
+    ids = [r.remote_task_id for r in rows]
+    assert (task_id in ids) == stored
+    assert sorted(r.state for r in rows) == (["done", "done"] if stored else ["done", "failed"])
+    if not stored:
+        assert [r.error_kind for r in rows if r.state == "failed"] == ["invalid_task_id"]
+    assert sum(r.spent_cents for r in rows) == charged(sim)
+    assert len(videos(ws.root)) == (2 if stored else 1)
