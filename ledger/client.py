@@ -610,10 +610,6 @@ class ApiClient:
     def _redact(self, text: str) -> str:
         return redact(text, [self._key])
 
-    def mask(self, text: str) -> str:
-        """``text`` with this client's key masked (a server may echo it in a message)."""
-        return self._redact(text)
-
     def _unwrap(self, method: str, path: str, resp: requests.Response) -> Any:
         """What a successful answer holds; raise the mapped error otherwise."""
         raise NotImplementedError
@@ -657,9 +653,7 @@ class SoraClient(ApiClient):
         data = self._call("GET", f"/tasks/{quote(task_id, safe='')}")
         if not isinstance(data, Mapping):
             raise TransientError(self._redact(f"GET /tasks/{task_id}: unexpected answer: {_snippet(repr(data))}"))
-        task = RemoteTask.from_api(data)
-        if task.error_msg:  # stored in the ledger and printed: a server may echo the key in it
-            task = dataclasses.replace(task, error_msg=self._redact(task.error_msg))
+        task = self._task(data)
         return task if task.task_id else dataclasses.replace(task, task_id=task_id)
 
     def list(self, page: int = 1, page_size: int = 20, status: Optional[str] = None) -> List[RemoteTask]:
@@ -668,7 +662,13 @@ class SoraClient(ApiClient):
         if status is not None:
             params["status"] = status
         data = self._call("GET", "/tasks", params=params)
-        return [RemoteTask.from_api(item) for item in self._page_items(data)]
+        return [self._task(item) for item in self._page_items(data)]
+
+    def _task(self, data: Mapping[str, Any]) -> RemoteTask:
+        """A task as the API described it, its message masked: it is stored in the ledger and
+        printed, and a server may echo the key in it."""
+        task = RemoteTask.from_api(data)
+        return dataclasses.replace(task, error_msg=self._redact(task.error_msg)) if task.error_msg else task
 
     def recent(self, cursor: Optional[str], limit: int) -> TaskPage:
         """``GET /tasks?page=N`` as a cursor-paged list: the cursor is the page number."""

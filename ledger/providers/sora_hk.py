@@ -6,7 +6,6 @@ recent tasks for batch status, and the look of a task that the create may have m
 """
 from __future__ import annotations
 
-import dataclasses
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
@@ -109,10 +108,8 @@ class SoraHk:
         return self.client.get(task_id)
 
     def recent(self, cursor: Optional[str], limit: int) -> TaskPage:
-        """``GET /tasks?page=N``: the cursor is the page number; messages masked."""
-        page = self.client.recent(cursor, limit)
-        return TaskPage([dataclasses.replace(t, error_msg=self.client.mask(t.error_msg)) if t.error_msg else t
-                         for t in page.tasks], page.next_cursor)
+        """``GET /tasks?page=N``: the cursor is the page number."""
+        return self.client.recent(cursor, limit)
 
     def find_tasks(self, prompt: str, since: datetime, until: Optional[datetime] = None, *,
                    skew_seconds: float = 120.0) -> TaskSearch:

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from email.utils import formatdate
 from typing import Any, Callable, Optional, Type
+from urllib.parse import quote
 
 import pytest
 from pytest_httpserver import HTTPServer
@@ -24,6 +25,8 @@ from ledger.errors import (
 )
 from ledger.settings import Settings
 from ledger.sim import POLICY_MESSAGE, SimServer
+
+from .conftest import API_KEY
 
 PROMPT = "A drone shot over a neon city at dusk."
 MakeSim = Callable[..., SimServer]
@@ -248,6 +251,24 @@ def test_find_tasks_keeps_the_window_orders_nearest_first_and_stops_paging(https
     assert [t.task_id for t in found.tasks] == ["t4", "t6", "t3"]  # t3 has no created_at and counts, last
     assert found.covered and found.pages == 3
     assert len(httpserver.log) == 3  # page 3 is older than the window: no page 4
+
+
+def test_the_task_list_masks_a_key_echoed_in_a_failed_tasks_message(httpserver: HTTPServer,
+                                                                     make_client: MakeClient) -> None:
+    """The list feeds reconciliation and batch status, which store its messages, as a single GET does."""
+    echoed = {"task_id": "t1", "status": "failed", "prompt": PROMPT, "created_at": None,
+              "error_msg": f"quota of {API_KEY[len('sora-'):]} and {quote('key=' + API_KEY, safe='')} used up"}
+    httpserver.expect_request("/v1/tasks").respond_with_data(
+        envelope(200, "操作成功", {"list": [echoed], "total": 1}), content_type="application/json")
+    client = make_client(httpserver.url_for("/v1"))
+    since = datetime.now(timezone.utc)
+
+    messages = [client.list()[0].error_msg, client.recent(None, 20).tasks[0].error_msg,
+                client.find_tasks(PROMPT, since).tasks[0].error_msg]
+
+    for message in messages:
+        assert message is not None and "used up" in message
+        assert API_KEY[len("sora-"):] not in message and quote(API_KEY, safe="") not in message
 
 
 # --- rate limits -------------------------------------------------------------------------------------
