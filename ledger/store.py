@@ -200,9 +200,9 @@ class ScanOutcome:
     added: int = 0
     added_pro: int = 0
     # New jobs by (provider, price key, is_pro): what they will cost.
-    added_by_price: Dict[Tuple[str, str, bool], int] = field(default_factory=dict)
+    added_by_price: "Counter[Tuple[str, str, bool]]" = field(default_factory=Counter)
     # Jobs put back in the queue (revived, video deleted, --requeue-changed), by the same key.
-    back_by_price: Dict[Tuple[str, str, bool], int] = field(default_factory=dict)
+    back_by_price: "Counter[Tuple[str, str, bool]]" = field(default_factory=Counter)
     updated: int = 0
     revived: int = 0
     removed: int = 0
@@ -241,11 +241,6 @@ def _spec_values(spec: JobSpec) -> Dict[str, Any]:
             "provider": spec.provider, "price_key": spec.price_key}
 
 
-def _count_back(outcome: ScanOutcome, provider: str, price_key: str, is_pro: bool) -> None:
-    key = (provider, price_key, is_pro)
-    outcome.back_by_price[key] = outcome.back_by_price.get(key, 0) + 1
-
-
 def _diff_jobs(
     path: str,
     specs: Sequence[JobSpec],
@@ -279,7 +274,7 @@ def _diff_jobs(
             change(row, State.PENDING, {**_RESET_REMOTE, **_spec_values(spec)}, "back in the storyboard",
                    counter="revived")
             outcome.revived += 1
-            _count_back(outcome, spec.segment.provider, spec.segment.price_key, spec.is_pro)
+            outcome.back_by_price[(spec.segment.provider, spec.segment.price_key, spec.is_pro)] += 1
         elif same_params:
             if row.target_dir != spec.target_dir and state in (State.PENDING, State.FAILED):
                 change(row, state, {"target_dir": spec.target_dir}, "output folder changed", counter="updated")
@@ -297,7 +292,7 @@ def _diff_jobs(
                    "parameters changed; regenerating (--requeue-changed)",
                    supersede=(row.target_dir, row.segment_index, row.version), counter="requeued_changed")
             outcome.requeued_changed += 1
-            _count_back(outcome, spec.segment.provider, spec.segment.price_key, spec.is_pro)
+            outcome.back_by_price[(spec.segment.provider, spec.segment.price_key, spec.is_pro)] += 1
         else:
             outcome.changed.append(ChangedJob(path, spec.segment_index, spec.version, state))
     for key, row in existing.items():
@@ -436,13 +431,10 @@ class Store:
             for segment in item.segments:
                 outcome.added += segment.versions
                 outcome.added_pro += segment.versions if segment.is_pro else 0
-                key = (segment.provider, segment.price_key, segment.is_pro)
-                priced[key] = priced.get(key, 0) + segment.versions
+                priced[(segment.provider, segment.price_key, segment.is_pro)] += segment.versions
         outcome.added += len(new_specs)
         outcome.added_pro += sum(1 for _, spec in new_specs if spec.is_pro)
-        for _, spec in new_specs:
-            key = (spec.provider, spec.price_key, spec.is_pro)
-            priced[key] = priced.get(key, 0) + 1
+        priced.update((spec.provider, spec.price_key, spec.is_pro) for _, spec in new_specs)
         if dry_run:
             return {c.job_id for c in changes}
         inserts = [(board_id, spec.segment, spec.version) for board_id, spec in new_specs]
@@ -510,7 +502,7 @@ class Store:
                                      f"video file deleted ({r.video_path}); regenerating", storyboard_id=r.storyboard_id,
                                      label=(r.path, r.segment_index, r.version), counter="regenerate"))
             outcome.regenerate += 1
-            _count_back(outcome, r.provider, r.price_key, bool(r.is_pro))
+            outcome.back_by_price[(r.provider, r.price_key, bool(r.is_pro))] += 1
         return changes
 
     def _insert_jobs(self, conn: Connection, specs: Sequence[Tuple[int, SegmentSpec, int]], now: datetime) -> None:
