@@ -271,7 +271,6 @@ def _render_scan(report: ScanReport, settings: Settings, store: Store, cwd: Path
         files += f", {o.storyboards_unchanged} unchanged"
     out.print(f"Scanned {plural(len(report.files), 'storyboard file')} in {ledger_path(settings.input_dir, cwd)}: "
               f"{files or 'no change'}.", markup=False)
-    back = o.regenerate + o.revived + o.requeued_changed
     jobs = _facts([(o.added, "new"), (o.updated, "updated"),
                    (o.revived, "back in their storyboard"), (o.regenerate, "back in the queue (video deleted)"),
                    (o.requeued_changed, "back in the queue (changed, --requeue-changed)"),
@@ -295,8 +294,8 @@ def _render_scan(report: ScanReport, settings: Settings, store: Store, cwd: Path
     estimate = status.estimated_remaining_cents
     used = set(status.providers)
     if o.dry_run:
-        count += o.added + back
-        for (provider, key, _), n in (*o.added_by_price.items(), *o.back_by_price.items()):
+        for (provider, key, _), n in o.to_generate.items():
+            count += n
             estimate += n * prices.price(provider, key)
             used.add(provider)
     label = "Pending after this scan" if o.dry_run else "Pending"
@@ -848,7 +847,7 @@ def run_command(app: App, input_dir: Optional[Path], output_mode: Optional[str],
     _render_scan(report, settings, store, app.cwd, pending=False)
     if dry_run:
         job_ids, requeued = _retry_preview(store, retry_failed, app.cwd)
-        _dry_run(settings, store, pattern, limit, extra=report.outcome.added_by_price if job_ids is None else requeued,
+        _dry_run(settings, store, pattern, limit, extra=report.outcome.to_generate if job_ids is None else requeued,
                  max_spend=max_spend, balances=preflight.balances, job_ids=job_ids)
     else:
         _raise_for(_work(app, settings, store, pattern=pattern, limit=limit, max_spend=max_spend,

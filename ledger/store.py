@@ -213,6 +213,12 @@ class ScanOutcome:
     moved_meanwhile: List[ChangedJob] = field(default_factory=list)
 
     @property
+    def to_generate(self) -> "Counter[Tuple[str, str, bool]]":
+        """The jobs this scan adds to the queue, new or back, by (provider, price key, is_pro):
+        what a dry run adds to the ledger's pending jobs."""
+        return self.added_by_price + self.back_by_price
+
+    @property
     def writes(self) -> int:
         return (self.storyboards_new + self.storyboards_changed + len(self.storyboards_missing) + self.added
                 + self.updated + self.revived + self.removed + self.regenerate + self.requeued_changed)

@@ -149,6 +149,11 @@ def test_a_dry_run_counts_jobs_going_back_to_the_queue(ws, sim, work_env):
     assert proc.returncode == 0, errors
     assert "Jobs (dry run, nothing recorded): 1 back in the queue (video deleted)." in out
     assert "Pending after this scan: 1 job, estimated $0.30 at normal $0.30" in out
+    # `run --dry-run` prices the same plan (before: "A run would submit nothing")
+    proc = spawn(ws.root, plain_env(work_env), "run", "--dry-run")
+    out, errors = proc.communicate(timeout=60)
+    assert proc.returncode == 0, errors
+    assert "A run would submit 1 job (1 normal): estimated $0.30 at " in out
     assert query(ws.root, "SELECT state FROM jobs") == [("done",)]
 
 
