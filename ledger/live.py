@@ -15,7 +15,7 @@ import time
 import weakref
 from collections import Counter
 from datetime import datetime
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, Group, RenderResult
@@ -419,12 +419,13 @@ class LiveView:
         return max(0.0, until - time.monotonic()) if until else 0.0
 
     def _table(self, actives: Sequence[Active]) -> Optional[Table]:
-        jobs = [a.job for a in actives] + list(self._waiting_jobs())
+        waiting = sorted(self.waiting.values(), key=lambda job: job.id)
+        jobs = [a.job for a in actives] + waiting
         if not jobs:
             return None
         cells = PathCell.column([job.storyboard_path for job in jobs], [_suffix(job) for job in jobs])
         rows = [(cells[i], *self._active_row(a)) for i, a in enumerate(actives)]
-        rows += [(cells[len(actives) + i], *self._waiting_row(job)) for i, job in enumerate(self._waiting_jobs())]
+        rows += [(cells[len(actives) + i], *self._waiting_row(job)) for i, job in enumerate(waiting)]
         room = max(3, (self.console.height or 24) - 6)  # the frame must fit the screen or it scrolls away
         table = Table(box=None, pad_edge=False, show_edge=False, padding=(0, 1))
         table.add_column("job", ratio=None)
@@ -436,9 +437,6 @@ class LiveView:
         if len(rows) > room:
             table.add_row(Text(f"… and {len(rows) - room} more"), "", "", "")
         return table
-
-    def _waiting_jobs(self) -> Iterable[JobRow]:
-        return sorted(self.waiting.values(), key=lambda job: job.id)
 
     def _active_row(self, a: Active) -> Tuple[Any, ...]:
         job = a.job
