@@ -128,7 +128,7 @@ class RemoteTask:
             prompt=None if prompt is None else str(prompt),
             video_url=_text_or_none(data.get("video_url")),
             error_msg=_text_or_none(data.get("error_msg")),
-            cost=_cents(data.get("cost")),
+            cost=_whole_cents(data.get("cost")),
             created_at=parse_timestamp(data.get("created_at")),
             completed_at=parse_timestamp(data.get("completed_at")),
             raw=MappingProxyType(dict(data)),
@@ -246,6 +246,13 @@ class Pricing:
         normal, pro = _cents(data.get("normal_price")), _cents(data.get("pro_price"))
         if normal is None or pro is None:
             raise ApiError(f"GET /pricing: unexpected answer without prices: {_snippet(repr(dict(data)))}")
+        for name in ("normal_price", "pro_price"):
+            # The API prices a task in whole cents; a fraction (0.3) is a list in another unit, and
+            # read as cents it would make every generation look free to --max-spend.
+            value = float(str(data[name]).strip())
+            if value < 1 or value != int(value):
+                raise ApiError(f"GET /pricing: {name} {data[name]!r} is not a whole number of cents per task "
+                               f"(the documented unit): {_snippet(repr(dict(data)))}")
         return cls(normal_price=normal, pro_price=pro, currency=str(data.get("currency") or ""),
                    unit=str(data.get("unit") or ""))
 
@@ -910,6 +917,13 @@ def _cents(value: Any) -> Optional[int]:
     except ValueError:
         return None
     return round(number) if math.isfinite(number) else None
+
+
+def _whole_cents(value: Any) -> Optional[int]:
+    """A cost in whole cents, the documented unit; a fraction (0.3: dollars, say) is not one, and
+    is taken as no cost at all rather than as a free task."""
+    cents = _cents(value)
+    return cents if cents is not None and float(str(value).strip()) == cents else None
 
 
 def _int_or_none(value: Any) -> Optional[int]:

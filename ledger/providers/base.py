@@ -108,6 +108,9 @@ class Provider(Protocol):
     last_unreachable: str
     # How this API says that the account cannot pay ("code 1012"), for the stop message.
     balance_refusal: str
+    # Whether a create's answer says what it cost (``RemoteTask.cost``): then ``--max-spend`` learns
+    # the real price from the first answer before it lets more creates of that kind go.
+    reports_cost: bool
 
     def create(self, params: Mapping[str, Any]) -> RemoteTask:
         """Start one paid generation from stored ``params``; never re-sent after it may have

@@ -170,6 +170,7 @@ class OpenAIVideos(ApiClient):
 
     name = NAME
     balance_refusal = "insufficient_quota"
+    reports_cost = False  # a video object carries no price: the price list is all there is
     KEY_SETTING = "OPENAI_API_KEY"
     KEY_EXAMPLE = "sk-..."
     URL_SETTING = "OPENAI_BASE_URL"

@@ -80,6 +80,7 @@ class SoraHk:
 
     name = NAME
     balance_refusal = "code 1012"
+    reports_cost = True  # the create's answer carries ``cost`` in cents
 
     def __init__(self, client: SoraClient) -> None:
         self.client = client

@@ -318,7 +318,6 @@ class Scheduler:
         if not self.ctx.unrecorded:  # every task this run journaled reached the ledger after all
             self.ctx.journal.remove()
         summary = self.summary
-        summary.spent_cents = self.ctx.budget.spent
         summary.still_generating = self._ledger(lambda: self.store.count_in_flight(self.options.scope), 0)
         summary.pending_left = self._ledger(lambda: sum(self.store.pending_by_price(self.options.scope).values()), 0)
 

@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass, field
 from datetime import timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Set
+from typing import Any, Callable, Dict, Mapping, Optional, Set, Tuple
 
 from ..download import output_error, sha256_of, sidecar_path, video_filename, write_json_atomic
 from ..errors import ApiError, ContentExpired, InsufficientBalance, InvalidTaskId, RateLimited, TaskNotFound
@@ -38,7 +38,7 @@ from ..states import State
 from ..store import NO_VIDEO_KINDS, JobRow, LeaseLost, Store
 from ..storyboard import ledger_path
 from .board import StatusBoard, slack
-from .budget import Budget
+from .budget import Budget, Hold
 from .decide import Verdict, decide, is_ledger_trouble
 from .types import Action, Active, EventKind, Next, Outcome, Stop, WorkOptions, WorkSummary
 
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 URL_REFRESHES = 3  # fresh video URLs fetched for one download before it counts as a failed attempt
 LEDGER_RETRY = 5.0  # seconds before a step the database refused runs again
+PRICE_WAIT = 0.1  # seconds between looks at whether the first create's cost is known (--max-spend)
 
 
 class LookupIncomplete(ApiError):
@@ -142,11 +143,14 @@ def submit(ctx: StepContext, a: Active) -> Next:
               release=True, video_path=ledger_path(found[-1], ctx.store.cwd), finished_at=utcnow())
         ctx.run.count(a.job, skipped_existing=1)
         return Next(outcome=Outcome.SKIPPED)
-    price = price_of(ctx, job)
-    if not ctx.run.may_submit() or not _reserve(ctx, a, price):
+    api = api_of(ctx, job)
+    hold = _reserve(ctx, a, api) if ctx.run.may_submit() else Hold.FULL
+    if hold is Hold.WAIT:
+        a.retry_note = "waiting for the first create's price (--max-spend)"
+        return Next(PRICE_WAIT)
+    if hold is Hold.FULL:
         ctx.store.release(ctx.owner, [job.id])
         return Next(outcome=Outcome.RELEASED)
-    api = api_of(ctx, job)
     try:
         _move(ctx, a, State.SUBMITTING, EventKind.NOTE, f"write-ahead: sending the create to {api.name} "
               f"at {api.base_url}", show=False, reread=True, submitting_at=utcnow(), api_base=api.base_url)
@@ -176,7 +180,9 @@ def record(ctx: StepContext, a: Active) -> Next:
     """Store the task id of a created (or found) task: the job is ``submitted`` from now on."""
     job, task = a.job, a.created
     assert task is not None
-    cost = task.cost if task.cost is not None else price_of(ctx, job)
+    # What the API said it cost; else what was held for it (the listed price, or more when the API
+    # charged more for one of its kind in this run).
+    cost = task.cost if task.cost is not None else a.reserved or _estimate(ctx, job)
     now = utcnow()
     if a.found:
         # A found task started before we looked (by the service's clock, which has whole seconds).
@@ -189,7 +195,7 @@ def record(ctx: StepContext, a: Active) -> Next:
           remote_task_id=task.task_id, cost_cents=cost, spent_cents=job.spent_cents + cost, submitted_at=started,
           progress=task.progress, attempts=0, error_kind=None, error_message=None, next_attempt_at=None)
     if a.sent_at is not None:
-        ctx.budget.spend(a.reserved, cost)
+        ctx.budget.spend(a.reserved, task.cost, a.kind, a)
         ctx.run.count(a.job, creates=1, spent_cents=cost)
     else:
         ctx.run.count(a.job, collected=1)
@@ -423,9 +429,9 @@ def settle(ctx: StepContext, a: Active, step: Action, exc: Exception) -> Next:
     if verdict is Verdict.FAIL:
         extra: Dict[str, Any] = {}
         if isinstance(exc, InvalidTaskId):  # made and billed: its cost is booked all the same
-            cost = exc.cost if exc.cost is not None else price_of(ctx, job)
+            cost = exc.cost if exc.cost is not None else a.reserved or _estimate(ctx, job)
             extra["spent_cents"] = job.spent_cents + cost
-            ctx.budget.spend(a.reserved, cost)
+            ctx.budget.spend(a.reserved, exc.cost, a.kind, a)
             ctx.run.count(job, creates=1, spent_cents=cost)
             a.reserved = 0
         else:
@@ -493,6 +499,7 @@ def _unresolved(ctx: StepContext, a: Active, exc: Exception) -> Next:
     _move(ctx, a, State.SUBMITTING, EventKind.PARKED,
           f"unresolved: {message}. Nothing will be sent again until a look-up settles it; "
           "run `ledger work` later", release=True, error_kind=LookupIncomplete.kind, error_message=message)
+    ctx.budget.give_up_probe(a.kind, a)  # its price stays held: the create may have been charged
     ctx.run.count(a.job, unresolved=1)
     return Next(outcome=Outcome.PARKED)
 
@@ -580,18 +587,34 @@ def _event(ctx: StepContext, job: JobRow, kind: EventKind, text: str) -> None:
     ctx.emit(job, kind, text)  # the view shows it (plain lines show every kind): no log line besides
 
 
-def _reserve(ctx: StepContext, a: Active, price: int) -> bool:
-    if not ctx.budget.reserve(price):
-        cap = ctx.budget.cap or 0
-        ctx.run.halt(Stop.BUDGET, f"--max-spend {money(cap)} reached: spent {money(ctx.budget.spent)}, "
+def cost_kind(job: JobRow, api: Provider) -> Tuple[str, str, str]:
+    """Jobs the API prices alike: the same price key at the same API."""
+    return api.name, api.base_url, job.price_key
+
+
+def _estimate(ctx: StepContext, job: JobRow) -> int:
+    """The price to count for ``job``: its listed price, or the most its API charged for its kind."""
+    return ctx.budget.estimate(cost_kind(job, api_of(ctx, job)), price_of(ctx, job))
+
+
+def _reserve(ctx: StepContext, a: Active, api: Provider) -> Hold:
+    """Hold the job's price against ``--max-spend`` before anything is sent (``Hold``)."""
+    kind = cost_kind(a.job, api)
+    price = ctx.budget.estimate(kind, price_of(ctx, a.job))
+    hold = ctx.budget.reserve(price, kind, a, probe=api.reports_cost)
+    if hold is Hold.GO:
+        a.reserved, a.kind = price, kind
+    elif hold is Hold.FULL:
+        cap, spent, reserved, held = ctx.budget.cap or 0, ctx.budget.spent, ctx.budget.reserved, ctx.budget.held
+        creates = "1 create" if held == 1 else f"{held} creates"
+        waiting = f" and {money(reserved)} held for {creates} awaiting an answer" if held else ""
+        ctx.run.halt(Stop.BUDGET, f"--max-spend {money(cap)} reached: spent {money(spent)}{waiting}, "
                                   f"the next generation costs {money(price)}")
-        return False
-    a.reserved = price
-    return True
+    return hold
 
 
 def _unreserve(ctx: StepContext, a: Active) -> None:
-    ctx.budget.release(a.reserved)
+    ctx.budget.release(a.reserved, a.kind, a)
     a.reserved = 0
 
 

@@ -126,6 +126,7 @@ class Active:
     url_refreshes: int = 0
     tries: int = 0  # record / reconcile tries in this run (they never count as the job's attempts)
     reserved: int = 0  # cents held against --max-spend from the write-ahead until the create settles
+    kind: Optional[Tuple[str, str, str]] = None  # what the reservation is for (``steps.cost_kind``)
     sent_at: Optional[datetime] = None  # when this run sent the paid POST (None: not sent by this run)
     answered_at: Optional[datetime] = None  # when that POST ended, answered or not
     created: Optional[RemoteTask] = None  # a created task whose id is not in the ledger yet

@@ -24,7 +24,7 @@ from ledger.errors import (
     UrlExpired,
 )
 from ledger.store import LeaseLost
-from ledger.work.budget import Budget
+from ledger.work.budget import Budget, Hold
 from ledger.work.decide import Verdict, decide
 from ledger.work.types import Action
 
@@ -99,7 +99,7 @@ def test_the_budget_turns_a_reservation_into_spend_under_one_lock():
     created = []
 
     def worker() -> None:
-        while budget.reserve(30):
+        while budget.reserve(30) is Hold.GO:
             time.sleep(0.002)  # the create is in flight
             created.append(1)
             budget.spend(30, 30)
