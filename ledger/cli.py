@@ -1070,12 +1070,15 @@ def export_command(app: App, fmt: str, pattern: Optional[str], out_dir: Optional
     cuts = exporting.plan(takes(store, _board_ids(store, pattern)), store.resolve,
                           ledger_path(settings.input_dir, app.cwd))
     target = app.cwd / (out_dir or settings.output_dir / "export")
+    skipped = 0
     for written in exporting.export(cuts, fmt, target, fps=fps, link=link):
         cut = written.cut
         where = written.path.relative_to(app.cwd) if written.path and written.path.is_relative_to(app.cwd) \
             else written.path
         if where is None:
-            out.print(f"{cut.storyboard_path}: nothing to export (no segment has a done take)", markup=False)
+            skipped += 1
+            out.print(f"skipped {cut.storyboard_path}: no segment has a done take with its video on disk, so there "
+                      f"is nothing to put in a {fmt} file (each segment's reason below)", markup=False)
         else:
             seconds = sum(c.seconds for c in cut.clips)
             out.print(f"{cut.storyboard_path} → {where}: {len(cut.clips)} clip(s), {seconds:.1f} s "
@@ -1087,8 +1090,10 @@ def export_command(app: App, fmt: str, pattern: Optional[str], out_dir: Optional
         for gap in cut.gaps:
             out.print(f"  gap: segment {gap.segment_index}: {gap.reason}", markup=False)
     picked, only, lowest, gaps = exporting.summary_counts(cuts)
-    out.print(f"{len(cuts)} storyboard(s): {picked} segment(s) picked, {only} with a single done take, "
-              f"{lowest} decided by the lowest done version (no pick), {gaps} gap(s).", markup=False)
+    left_out = f", {skipped} skipped" if skipped else ""
+    out.print(f"{len(cuts)} storyboard(s), {len(cuts) - skipped} exported{left_out}: {picked} segment(s) picked, "
+              f"{only} with a single done take, {lowest} decided by the lowest done version (no pick), {gaps} gap(s).",
+              markup=False)
     if lowest:
         out.print("Choose those with `ledger review`, then `ledger pick REF`.", markup=False)
 

@@ -57,6 +57,7 @@ class Clip:
     prompt: str
     decided_by: str
     note: str = ""
+    size: Optional[Tuple[int, int]] = None  # (width, height) asked for: used when the file cannot be read
 
     @property
     def name(self) -> str:
@@ -135,32 +136,52 @@ def _state_note(take: Take) -> str:
     return f"v{job.version} {job.state.value}"
 
 
+def requested_seconds(take: Take) -> float:
+    """The length a take was asked for (0 when the request named none)."""
+    return float(take.job.params.get("duration") or 0)
+
+
 def choose(segment: Sequence[Take], resolve: Callable[[str], Path],
            seconds: Callable[[Path], float] = video_seconds) -> Item:
-    """The clip (or gap) for one segment's takes, by the rule in the module docstring."""
+    """The clip (or gap) for one segment's takes, by the rule in the module docstring.
+
+    A done take whose file is on disk is always usable: when its own length cannot be read (a
+    container the reader does not know), the length it was asked for stands in, with a note."""
     first = segment[0].job
     usable = [t for t in segment if t.job.state is State.DONE and t.job.video_path
               and resolve(t.job.video_path).is_file()]
     picked = next((t for t in segment if t.picked), None)
     notes: List[str] = []
     if picked is not None and picked in usable:
-        ordered = [picked] + [t for t in usable if t is not picked]
+        chosen = picked
     else:
         if picked is not None:
             notes.append(f"the pick v{picked.job.version} is {picked.job.state.value} or has no file")
-        ordered = usable
-    for take in ordered:
-        path = resolve(take.job.video_path or "")
-        try:
-            length = seconds(path)
-        except ExportError as exc:
-            notes.append(str(exc))
-            continue
-        how = PICKED if take is picked else ONLY if len(usable) == 1 else LOWEST
-        return Clip(first.segment_index, take.job.id, take.job.version, path.resolve(), length,
-                    str(take.job.params.get("prompt", "")), how, "; ".join(notes))
-    reasons = [_state_note(t) for t in segment] + notes
-    return Gap(first.segment_index, float(first.params.get("duration") or 0), "; ".join(reasons))
+        if not usable:
+            reasons = [_state_note(t) for t in segment] + notes
+            return Gap(first.segment_index, float(first.params.get("duration") or 0), "; ".join(reasons))
+        chosen = usable[0]
+    path = resolve(chosen.job.video_path or "")
+    try:
+        length = seconds(path)
+    except ExportError as exc:
+        length = requested_seconds(chosen)
+        notes.append(f"{exc}; its requested length ({length:g} s) is used" if length else
+                     f"{exc}, and no length was requested; it is placed with none")
+    how = PICKED if chosen is picked else ONLY if len(usable) == 1 else LOWEST
+    return Clip(first.segment_index, chosen.job.id, chosen.job.version, path.resolve(), length,
+                str(chosen.job.params.get("prompt", "")), how, "; ".join(notes), _size(chosen))
+
+
+def _size(take: Take) -> Optional[Tuple[int, int]]:
+    """The frame size a take was asked for, when its parameters say (``size``, or a resolution)."""
+    params = take.job.params
+    text = str(params.get("size") or params.get("resolution") or "")
+    named = {"horizontal": (1280, 720), "vertical": (720, 1280)}
+    if text in named:
+        return named[text]
+    width, _, height = text.partition("x")
+    return (int(width), int(height)) if width.isdigit() and height.isdigit() else None
 
 
 def plan(takes: Iterable[Take], resolve: Callable[[str], Path], input_prefix: str,
@@ -297,10 +318,7 @@ def write_jianying(cut: Cut, dest: Path, fps: int) -> None:
     except ImportError as exc:
         raise MissingExtra(f"--format jianying needs pyJianYingDraft: {_EDITORS_EXTRA}") from exc
     with _staged(dest, folder=True) as tmp:
-        try:
-            materials = [jy.VideoMaterial(str(clip.path), material_name=clip.name) for clip in cut.clips]
-        except (ValueError, FileNotFoundError) as exc:
-            raise ExportError(f"pyJianYingDraft cannot read a take of {cut.storyboard_path}: {exc}") from exc
+        materials = [_material(jy, clip) for clip in cut.clips]
         width, height = (materials[0].width, materials[0].height) if materials else (1920, 1080)
         tmp.rmdir()  # the library creates the draft folder itself
         script = jy.DraftFolder(str(tmp.parent)).create_draft(tmp.name, width, height, fps=fps)
@@ -310,6 +328,24 @@ def write_jianying(cut: Cut, dest: Path, fps: int) -> None:
             script.add_segment(jy.VideoSegment(material, jy.Timerange(start, material.duration)))
             start += material.duration
         script.save()
+
+
+def _material(jy: Any, clip: Clip) -> Any:
+    """A JianYing video material for ``clip``: read from the file (pyJianYingDraft asks MediaInfo);
+    when MediaInfo cannot read it, described from what the ledger knows (the length used for the
+    clip, the size that was asked for) so the take is still placed in the draft."""
+    try:
+        return jy.VideoMaterial(str(clip.path), material_name=clip.name)
+    except FileNotFoundError as exc:
+        raise ExportError(f"cannot read {clip.path}: {exc}") from exc
+    except (ValueError, TypeError, OSError) as exc:
+        log.info("MediaInfo cannot read %s (%s); describing it from the ledger", clip.path, exc)
+    material = jy.VideoMaterial.__new__(jy.VideoMaterial)
+    width, height = clip.size or (1280, 720)
+    material.__dict__.update(material_name=clip.name, material_id=uuid.uuid4().hex, local_material_id="",
+                             path=str(clip.path), crop_settings=jy.CropSettings(), material_type="video",
+                             duration=int(round(clip.seconds * 1_000_000)), width=width, height=height)
+    return material
 
 
 class _staged:

@@ -11,6 +11,7 @@ import opentimelineio as otio
 import pytest
 
 from ledger.export import Clip, Cut, write_manifest
+from tests.helpers import spawn
 from tests.integration.takes import STORY, generate, make_mp4, take
 
 SECONDS = {(1, 1): 1.5, (1, 2): 2.5, (2, 1): 3.0, (2, 2): 4.0}
@@ -54,7 +55,7 @@ def test_otio_round_trip_has_story_order_names_file_durations_and_paths(cut):
     assert "input/ep1/storyboard_a.json → output/export/ep1/storyboard_a.otio: 2 clip(s), 5.5 s " \
            "(1 picked, 0 only done take, 1 lowest done version)" in result.output
     assert "gap: segment 3: v1 failed: 内容审核未通过：提示词可能违反内容政策" in result.output
-    assert "2 storyboard(s): 1 segment(s) picked, 1 with a single done take, 1 decided by the lowest done " \
+    assert "2 storyboard(s), 2 exported: 1 segment(s) picked, 1 with a single done take, 1 decided by the lowest done " \
            "version (no pick), 1 gap(s)." in result.output
     timeline = otio.adapters.read_from_file(str(ws.root / "output/export/ep1/storyboard_a.otio"))
     assert timeline.name == "霓虹城" and len(timeline.tracks) == 1
@@ -159,6 +160,68 @@ def test_a_storyboard_without_done_takes_is_named_not_exported(ws, work_env):
         {"segment_index": 1, "prompt_text": "[policy-reject] nothing here"}]}}, versions=1)
     result = ws.cli("export", "--format", "otio")
     assert result.exit_code == 0, result.output
-    assert "input/storyboard_x.json: nothing to export (no segment has a done take)" in result.output
+    assert "skipped input/storyboard_x.json: no segment has a done take with its video on disk" in result.output
+    assert "1 storyboard(s), 0 exported, 1 skipped" in result.output
     assert "gap: segment 1: v1 failed" in result.output
     assert not (ws.root / "output/export").exists()
+
+
+def _read_back(ws, fmt: str, name: str):
+    """(clip names in order, their lengths in seconds, their files) of one export, read with the
+    library an editor's import goes through (OpenTimelineIO and its adapters, JSON for the rest)."""
+    base = ws.root / "output/export" / name
+    if fmt in ("otio", "edl", "fcpxml"):
+        path, adapter = {"otio": (".otio", None), "edl": (".edl", "cmx_3600"), "fcpxml": (".xml", "fcp_xml")}[fmt]
+        options = {"rate": 30} if fmt == "edl" else {}
+        timeline = otio.adapters.read_from_file(str(base.with_name(base.name + path)), adapter_name=adapter,
+                                                **options)
+        clips = [c for c in timeline.tracks[0] if isinstance(c, otio.schema.Clip)]
+        return ([c.name for c in clips], [c.duration().to_seconds() for c in clips],
+                [Path(c.media_reference.target_url.replace("file://", "")).name for c in clips])
+    if fmt == "manifest":
+        manifest = json.loads((base.with_name(base.name + "_selects") / "manifest.json").read_text(encoding="utf-8"))
+        return ([f"Segment_{c['segment_index']} v{c['version']}" for c in manifest["clips"]],
+                [c["duration_seconds"] for c in manifest["clips"]], [Path(c["source_path"]).name for c in manifest["clips"]])
+    content = json.loads((base.with_name(base.name + "_jianying") / "draft_content.json").read_text(encoding="utf-8"))
+    videos = {m["id"]: m for m in content["materials"]["videos"]}
+    placed = [s for track in content["tracks"] if track["type"] == "video" for s in track["segments"]]
+    return ([videos[s["material_id"]]["material_name"] for s in placed],
+            [s["target_timerange"]["duration"] / 1e6 for s in placed], [Path(videos[s["material_id"]]["path"]).name for s in placed])
+
+
+@pytest.mark.parametrize("video", ["mp4", "unreadable"])
+def test_run_then_pick_then_every_format_writes_a_file_for_every_picked_storyboard(ws, video):
+    """Before: takes whose length the MP4 reader could not read (a relay's container, a fake API's
+    bytes) all became gaps, so `export --format otio` wrote no file for a storyboard with picks and
+    said "no segment has a done take". A done take on disk is always a clip; its requested length
+    stands in when the file's own cannot be read, with a note."""
+    from tests.fake_api import FakeApi
+
+    served = None if video == "mp4" else b"\x00\x00\x00\x18ftypisom" + bytes(range(256)) * 8
+    with FakeApi(gen_seconds=0.2, video=served) as api:
+        ws.storyboard("storyboard_a.json", {"segments": [
+            {"segment_index": 1, "prompt_text": "first shot", "duration_seconds": 10},
+            {"segment_index": 2, "prompt_text": "second shot", "duration_seconds": 15}]})
+        ws.storyboard("ep2/storyboard_b.json", {"segments": [{"segment_index": 1, "prompt_text": "only shot"}]})
+        env = {**api.env(), "POLL_MIN_INTERVAL": "0.05"}
+        proc = spawn(ws.root, env, "run", "--no-progress")
+        assert proc.wait(timeout=120) == 0, proc.communicate()
+    for ref in ("storyboard_a#1v2", "storyboard_b#1v1"):
+        picked = spawn(ws.root, env, "pick", ref)
+        assert picked.wait(timeout=60) == 0, picked.communicate()
+    listed = spawn(ws.root, env, "picks", "--json")
+    assert [(p["storyboard"], p["segment_index"], p["version"]) for p in json.loads(listed.communicate()[0])] == [
+        ("input/ep2/storyboard_b.json", 1, 1), ("input/storyboard_a.json", 1, 2)]
+    files = {(s, v): Path(take(ws, s, v, "input/storyboard_a.json")[2]).name for s in (1, 2) for v in (1, 2)}
+    lengths = [2.0, 2.0] if video == "mp4" else [10.0, 15.0]
+    for fmt in ("otio", "edl", "fcpxml", "manifest", "jianying"):
+        proc = spawn(ws.root, env, "export", "--format", fmt)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, (fmt, out, err)
+        assert "2 storyboard(s), 2 exported" in out and "skipped" not in out, out
+        assert ("its requested length (10 s) is used" in out) is (video == "unreadable"), out
+        names, seconds, paths = _read_back(ws, fmt, "storyboard_a")
+        assert names == ["Segment_1 v2", "Segment_2 v1"], (fmt, names)
+        assert seconds == pytest.approx(lengths, abs=0.05), (fmt, seconds)
+        assert paths == [files[(1, 2)], files[(2, 1)]], fmt
+        assert _read_back(ws, fmt, "ep2/storyboard_b")[0] == ["Segment_1 v1"], fmt
