@@ -42,12 +42,10 @@ from .policy import PollPolicy, RetryPolicy
 from .redact import RedactingFilter, redact
 from .scan import ScanReport, scan
 from .settings import OUTPUT_MODES, Settings, load_settings
-from .sim.command import sim
 from .states import ALL_STATES, State
 from .store import JobRow, JobScope, Store
 from . import export as exporting
 from . import quickstart, refs
-from .review import collect, read_picks_file, write_page
 from .store import (PickRefused, clear_pick, job_by_key, pick_counts, pick_rows, record_pick, segment_pick,
                     storyboards_by_suffix, takes)
 from .storyboard import ledger_path
@@ -94,13 +92,29 @@ class App:
         assert settings.database_url
         if not create:
             require_ledger(settings.database_url, self.cwd)
-        return Store(open_ledger(settings.database_url, busy_timeout=settings.busy_timeout, cwd=self.cwd),
-                     cwd=self.cwd)
+        engine = open_ledger(settings.database_url, busy_timeout=settings.busy_timeout, cwd=self.cwd)
+        # Closed with the command: a SQLite ledger is checkpointed and its -wal file removed.
+        click.get_current_context().call_on_close(engine.dispose)
+        return Store(engine, cwd=self.cwd)
 
 
 class LedgerGroup(click.Group):
     """Maps every LedgerError, database trouble and Ctrl+C to its documented exit code and a
-    one-line cause; the traceback only with ``-vv``."""
+    one-line cause; the traceback only with ``-vv``. Commands in ``LAZY`` are loaded when used:
+    every other command would pay for importing them."""
+
+    LAZY = {"sim": ("ledger.sim.command", "sim")}
+
+    def list_commands(self, ctx: click.Context) -> List[str]:
+        return sorted([*super().list_commands(ctx), *self.LAZY])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> Optional[click.Command]:
+        if cmd_name in self.LAZY:
+            import importlib
+
+            module, name = self.LAZY[cmd_name]
+            return getattr(importlib.import_module(module), name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -451,18 +465,18 @@ def work_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _work(app: App, settings: Settings, store: Store, *, pattern: Optional[str], limit: Optional[int],
-          max_spend: Optional[int], no_progress: bool, job_ids: Optional[List[int]] = None,
+def _work(app: App, settings: Settings, store: Store, pool: ProviderPool, *, pattern: Optional[str],
+          limit: Optional[int], max_spend: Optional[int], no_progress: bool, job_ids: Optional[List[int]] = None,
           checked: Optional[Preflight] = None) -> WorkSummary:
     """Run the worker with the live view and Ctrl+C handling; print the summary; return it.
-    Every API the jobs need is pre-flighted first, except those ``checked`` already."""
+    Every API the jobs need is pre-flighted first, except those ``checked`` already. ``pool``: the
+    clients the pre-flight used, so the run goes on over the connections it opened."""
     scope = JobScope(storyboard_ids=store.storyboard_ids(pattern) if pattern else None, job_ids=job_ids)
     apis = _apis(settings, store, scope)
     earlier = checked or Preflight({}, [])
-    left_out = earlier.left_out + _preflight(settings, apis, skip=earlier.checked).left_out
+    left_out = earlier.left_out + _preflight(settings, apis, pool, skip=earlier.checked).left_out
     scope = dataclasses.replace(scope, skip_apis=left_out)
-    with ProviderPool(settings, pool_size=settings.max_concurrent_tasks) as pool, \
-            make_view(err, plain=no_progress, stdout_is_terminal=out.is_terminal) as view:
+    with make_view(err, plain=no_progress, stdout_is_terminal=out.is_terminal) as view:
         # GET /pricing of the sora.hk API new jobs go to, when any do.
         sora_api = (DEFAULT_PROVIDER, configured_base(settings, DEFAULT_PROVIDER))
         prices = refresh_prices(store, pool.get(*sora_api) if sora_api in apis else None, settings)
@@ -597,31 +611,32 @@ class Preflight:
         return [*self.balances, *self.left_out]
 
 
-def _preflight(settings: Settings, apis: Sequence[Tuple[str, str]], skip: Sequence[Tuple[str, str]] = ()) -> Preflight:
+def _preflight(settings: Settings, apis: Sequence[Tuple[str, str]], pool: ProviderPool,
+               skip: Sequence[Tuple[str, str]] = ()) -> Preflight:
     """One cheap authenticated call to each API, before anything is spent or touched. A wrong key,
     URL or proxy of an API new jobs go to is a one-line ``ConfigError`` (exit 3) within seconds; one
     that only earlier jobs were sent to (a reseller since left) is a warning, and those jobs are
-    left as they are while the rest go on."""
+    left as they are while the rest go on. The calls go through ``pool``, whose connections the run
+    then uses: no second connection (and TLS handshake) to the same API."""
     found = Preflight({}, [])
-    with ProviderPool(settings, pool_size=1) as pool:
-        for provider, base in apis:
-            if (provider, base) in skip:
-                continue
-            try:
-                balance = found.balances[(provider, base)] = pool.get(provider, base).preflight()
-            except ConfigError as exc:
-                if base == configured_base(settings, provider):
-                    raise
-                err.print(f"warning: the jobs sent earlier to {base} ({provider}) are left as they are this run: "
-                          f"{exc}", markup=False)
-                found.left_out.append((provider, base))
-                continue
-            log.info("pre-flight: %s (%s) answers; balance %s", base, provider,
-                     money(balance) if balance is not None else "not told")
+    for provider, base in apis:
+        if (provider, base) in skip:
+            continue
+        try:
+            balance = found.balances[(provider, base)] = pool.get(provider, base).preflight()
+        except ConfigError as exc:
+            if base == configured_base(settings, provider):
+                raise
+            err.print(f"warning: the jobs sent earlier to {base} ({provider}) are left as they are this run: "
+                      f"{exc}", markup=False)
+            found.left_out.append((provider, base))
+            continue
+        log.info("pre-flight: %s (%s) answers; balance %s", base, provider,
+                 money(balance) if balance is not None else "not told")
     return found
 
 
-def _dry_run(settings: Settings, store: Store, pattern: Optional[str], limit: Optional[int],
+def _dry_run(settings: Settings, store: Store, pool: ProviderPool, pattern: Optional[str], limit: Optional[int],
              extra: Optional[Dict[Tuple[str, str, bool], int]] = None, *, max_spend: Optional[int] = None,
              balances: Optional[Dict[Tuple[str, str], Optional[int]]] = None,
              job_ids: Optional[Sequence[int]] = None) -> None:
@@ -634,9 +649,8 @@ def _dry_run(settings: Settings, store: Store, pattern: Optional[str], limit: Op
     asks_sora = sora_api in _apis(settings, store, scope) or any(p == DEFAULT_PROVIDER for p, _, _ in (extra or {}))
     told = {provider: balance for (provider, base), balance in (balances or {}).items()
             if base == configured_base(settings, provider)}
-    with ProviderPool(settings) as pool:
-        prices = refresh_prices(store, pool.get(*sora_api) if asks_sora else None, settings)
-        plan = plan_work(store, pool, scope, prices, limit=limit, extra=extra)
+    prices = refresh_prices(store, pool.get(*sora_api) if asks_sora else None, settings)
+    plan = plan_work(store, pool, scope, prices, limit=limit, extra=extra)
     shown = [part.provider for part in plan.providers] or [settings.provider]
     if plan.jobs:
         models = _facts([(plan.normal, "normal"), (plan.pro, "Pro")])
@@ -682,16 +696,23 @@ def work_command(app: App, concurrency: Optional[int], limit: Optional[int], pat
     """Claim pending jobs, generate them, download the videos."""
     settings = app.settings(max_concurrent_tasks=concurrency)
     store = app.store(settings)
+    pool = _clients(settings)
     # Before any job is touched, --retry-failed's requeue included: every API the jobs need.
     apis = _apis(settings, store, JobScope(storyboard_ids=store.storyboard_ids(pattern) if pattern else None))
-    preflight = _preflight(settings, apis)
+    preflight = _preflight(settings, apis, pool)
     if dry_run:
         job_ids, requeued = _retry_preview(store, retry_failed, app.cwd)
-        _dry_run(settings, store, pattern, limit, extra=requeued, max_spend=max_spend, balances=preflight.balances,
-                 job_ids=job_ids)
+        _dry_run(settings, store, pool, pattern, limit, extra=requeued, max_spend=max_spend,
+                 balances=preflight.balances, job_ids=job_ids)
         return
-    _raise_for(_work(app, settings, store, pattern=pattern, limit=limit, max_spend=max_spend,
+    _raise_for(_work(app, settings, store, pool, pattern=pattern, limit=limit, max_spend=max_spend,
                      no_progress=no_progress, job_ids=_retry(store, retry_failed, app.cwd), checked=preflight))
+
+
+def _clients(settings: Settings) -> ProviderPool:
+    """The API clients of this command, one per API, closed with it: the pre-flight, the price list
+    and the run all go over the same connections."""
+    return click.get_current_context().with_resource(ProviderPool(settings, pool_size=settings.max_concurrent_tasks))
 
 
 def _retry(store: Store, retry_failed: Optional[Path], cwd: Path) -> Optional[List[int]]:
@@ -841,16 +862,18 @@ def run_command(app: App, input_dir: Optional[Path], output_mode: Optional[str],
     settings = app.settings(input_dir=input_dir, output_mode=output_mode, output_dir=output_dir,
                             max_concurrent_tasks=concurrency)
     configured = (settings.provider, configured_base(settings, settings.provider))
-    preflight = _preflight(settings, [configured])  # before the scan: a wrong key or URL leaves no trace
+    pool = _clients(settings)
+    preflight = _preflight(settings, [configured], pool)  # before the scan: a wrong key or URL leaves no trace
     store = _scan_store(app, settings, dry_run)
     report = scan(settings, app.cwd, store, dry_run=dry_run, requeue_changed=requeue_changed)
     _render_scan(report, settings, store, app.cwd, pending=False)
     if dry_run:
         job_ids, requeued = _retry_preview(store, retry_failed, app.cwd)
-        _dry_run(settings, store, pattern, limit, extra=report.outcome.to_generate if job_ids is None else requeued,
-                 max_spend=max_spend, balances=preflight.balances, job_ids=job_ids)
+        _dry_run(settings, store, pool, pattern, limit,
+                 extra=report.outcome.to_generate if job_ids is None else requeued, max_spend=max_spend,
+                 balances=preflight.balances, job_ids=job_ids)
     else:
-        _raise_for(_work(app, settings, store, pattern=pattern, limit=limit, max_spend=max_spend,
+        _raise_for(_work(app, settings, store, pool, pattern=pattern, limit=limit, max_spend=max_spend,
                          no_progress=no_progress, job_ids=_retry(store, retry_failed, app.cwd), checked=preflight))
     if report.problems:
         raise InputError(f"{len(report.invalid_files)} storyboard file(s) are invalid (listed above)")
@@ -897,6 +920,8 @@ def review_command(app: App, pattern: Optional[str], output: Optional[Path], ope
     settings = app.settings()
     store = app.store(settings)
     ids = _board_ids(store, pattern)
+
+    from .review import collect, write_page
 
     def build() -> Any:
         return collect(takes(store, ids), settings, app.cwd, store.resolve)
@@ -987,6 +1012,8 @@ def pick_command(app: App, references: Tuple[str, ...], clear: bool, from_file: 
 
 def _import_picks(store: Store, path: Path, cwd: Path) -> None:
     """Apply a picks.json; entries that match nothing are listed and make the exit code 2."""
+    from .review import read_picks_file
+
     chosen, cleared = read_picks_file(path)
     missing: List[str] = []
     written = 0
@@ -1096,9 +1123,6 @@ def export_command(app: App, fmt: str, pattern: Optional[str], out_dir: Optional
               markup=False)
     if lowest:
         out.print("Choose those with `ledger review`, then `ledger pick REF`.", markup=False)
-
-
-cli.add_command(sim)
 
 
 def main() -> None:

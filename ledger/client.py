@@ -388,6 +388,7 @@ class ApiClient:
             raise_on_status=False,
         )
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(1, pool_size), max_retries=self._retry)
+        self._adapter = adapter
         self._session = _Session()
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
@@ -433,29 +434,30 @@ class ApiClient:
             raise ConfigError(f"{self.KEY_SETTING} is not set: set it in .env ({self.KEY_SETTING}={self.KEY_EXAMPLE})")
         timeouts = (min(timeout[0], self._timeout[0]), min(timeout[1], self._timeout[1]))
         session = _Session()
-        # No urllib3 retries here: one refused connection already says what is wrong.
+        # No urllib3 retries here: one refused connection already says what is wrong. The
+        # connections are the client's own (retries are the adapter's, connections its pool
+        # manager's): the run goes on over the one the pre-flight opened, with no second TCP and
+        # TLS handshake. The session is not closed — that would close the client's connections.
         adapter = HTTPAdapter(max_retries=Retry(total=0, connect=0, read=0, redirect=0, status=0, other=0,
                                                 raise_on_status=False))
+        adapter.poolmanager, adapter.proxy_manager = self._adapter.poolmanager, self._adapter.proxy_manager
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         session.headers["User-Agent"] = self._session.headers["User-Agent"]
         pause = PREFLIGHT_PAUSE
-        try:
-            for _ in range(PREFLIGHT_ATTEMPTS - 1):
-                try:
-                    return self._preflight_once(session, timeouts)
-                except _Busy as busy:
-                    log.info("pre-flight: %s; trying again in %.1f s", busy, busy.wait or pause)
-                    time.sleep(busy.wait or pause)
-                    pause *= 2
+        for _ in range(PREFLIGHT_ATTEMPTS - 1):
             try:
                 return self._preflight_once(session, timeouts)
             except _Busy as busy:
-                raise ConfigError(self._redact(
-                    f"{self.base_url} keeps failing ({busy}): the service, or a proxy in front of it, "
-                    f"is in trouble; try again later")) from busy
-        finally:
-            session.close()
+                log.info("pre-flight: %s; trying again in %.1f s", busy, busy.wait or pause)
+                time.sleep(busy.wait or pause)
+                pause *= 2
+        try:
+            return self._preflight_once(session, timeouts)
+        except _Busy as busy:
+            raise ConfigError(self._redact(
+                f"{self.base_url} keeps failing ({busy}): the service, or a proxy in front of it, "
+                f"is in trouble; try again later")) from busy
 
     def _unreachable(self, exc: requests.RequestException, session: requests.Session, url: str,
                      timeouts: Tuple[float, float]) -> Exception:

@@ -32,6 +32,9 @@ class PollPolicy:
     # Never poll more often than this fraction of the time already elapsed: a task stuck at 99 %
     # is asked about less and less often.
     floor_fraction: float = 0.01
+    # The poll meant to see the finish lands this fraction of the total after the latest moment the
+    # estimate allows (see ``finish_margin``).
+    finish_slack: float = 0.002
     jitter: float = 0.05
 
     @classmethod
@@ -46,6 +49,13 @@ class PollPolicy:
             return None
         return elapsed * 100.0 / (progress + 0.5)
 
+    def finish_margin(self, elapsed: float, progress: int) -> float:
+        """How long after the estimated finish the poll meant to see it is timed (0: no estimate):
+        as much as the estimate may be early — half a step of the rounded-down progress, relative to
+        it — and ``finish_slack`` of the total besides."""
+        total = self.estimated_total(elapsed, progress)
+        return 0.0 if total is None else total * (0.5 / (progress + 0.5) + self.finish_slack)
+
     def next_delay(self, elapsed: float, progress: int, last_delay: Optional[float] = None,
                    rng: Optional[random.Random] = None) -> float:
         """Seconds until the next poll of a task that has run ``elapsed`` seconds."""
@@ -55,7 +65,7 @@ class PollPolicy:
             delay = max(self.first_delay, self.min_interval) if last_delay is None else last_delay * self.growth
             spread = self.jitter
         elif progress >= self.confident_progress:
-            delay = total - elapsed + self.floor_fraction * total
+            delay = total - elapsed + self.finish_margin(elapsed, progress)
             spread = 0.0  # jitter could land the poll just before the finish and cost one more
         else:
             delay = (total - elapsed) * (0.5 + 0.5 * progress / 100.0)

@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
-import yaml
-from dotenv import dotenv_values
 
 from .errors import ConfigError
 
@@ -245,7 +243,15 @@ def _check_base_url(url: str, source: str, name: str = "SORA_BASE_URL",
         raise ConfigError(f"{name} {url!r} (from {source}) is not an http(s) URL; expected e.g. {example}")
 
 
+def _read_env(path: Path) -> Dict[str, str]:
+    from dotenv import dotenv_values
+
+    return _normalise_env(dotenv_values(path))
+
+
 def _read_yaml(path: Path) -> Dict[str, Any]:
+    import yaml  # loaded only where a config.yaml exists: every command would pay for it otherwise
+
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except (OSError, yaml.YAMLError) as exc:
@@ -279,7 +285,7 @@ def load_settings(
     layers = [
         ("default", {}),
         ("config.yaml", _read_yaml(cwd / "config.yaml") if (cwd / "config.yaml").is_file() else {}),
-        (".env", _normalise_env(dotenv_values(cwd / ".env")) if (cwd / ".env").is_file() else {}),
+        (".env", _read_env(cwd / ".env") if (cwd / ".env").is_file() else {}),
         ("environment", _normalise_env(environ)),
     ]
     values: Dict[str, Any] = {}

@@ -16,8 +16,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 from sqlalchemy import bindparam, func, insert, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, Row
 
 from .db import read_tx, write_tx
@@ -772,7 +770,11 @@ class Store:
         now = utcnow()
         # One statement, so two workers starting at once cannot both insert the key.
         dialect = self.engine.dialect.name
-        upsert = (postgresql_insert if dialect == "postgresql" else sqlite_insert)(meta)
+        if dialect == "postgresql":  # loaded here: every SQLite command would pay for PostgreSQL's dialect
+            from sqlalchemy.dialects.postgresql import insert as upsert_into
+        else:
+            from sqlalchemy.dialects.sqlite import insert as upsert_into
+        upsert = upsert_into(meta)
         stmt = upsert.values(key=key, value=value, updated_at=now).on_conflict_do_update(
             index_elements=[meta.c.key], set_={"value": value, "updated_at": now})
         with write_tx(self.engine) as conn:

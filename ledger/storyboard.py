@@ -20,14 +20,16 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from itertools import accumulate, islice
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple, Union
-
-import jsonschema_rs
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
+from typing import (TYPE_CHECKING, Any, Dict, FrozenSet, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Set,
+                    Tuple, Union)
 
 from .providers import RULES, Mapped, Mismatch, Request
 from .settings import Settings
+
+if TYPE_CHECKING:  # the validators load when a file is first validated: `work` and `status` never need them
+    import jsonschema_rs
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
 
 SCHEMA_PATH = Path(__file__).parent / "schema" / "storyboard.schema.json"
 # Larger than any storyboard a person writes (100 segments take ~50 KiB), small enough that
@@ -226,6 +228,8 @@ def discover(input_dir: Path, skip: Sequence[Path] = ()) -> List[Path]:
 
 @lru_cache(maxsize=1)
 def schema() -> Dict[str, Any]:
+    from jsonschema import Draft202012Validator
+
     document = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
     Draft202012Validator.check_schema(document)
     return document
@@ -235,12 +239,16 @@ def schema() -> Dict[str, Any]:
 def fast_validator() -> "jsonschema_rs.Draft202012Validator":
     """Says valid or not, about 200x faster than ``jsonschema``: the first scan of 100,000 jobs
     spends most of its time validating, and almost every file is valid."""
+    import jsonschema_rs
+
     return jsonschema_rs.Draft202012Validator(schema())
 
 
 @lru_cache(maxsize=1)
-def validator() -> Draft202012Validator:
+def validator() -> "Draft202012Validator":
     """Explains what is wrong, for the few files the fast validator rejects."""
+    from jsonschema import Draft202012Validator
+
     return Draft202012Validator(schema())
 
 

@@ -52,10 +52,14 @@ class FakeApi:
     video: Optional[bytes] = None  # None: the sample MP4
     balance: int = 10**9
     busy: float = 0.0  # other clients' tasks created per second, shown in the list
+    latency: float = 0.0  # seconds added before every answer (a far-away API)
+    file_delay: float = 0.0  # seconds before a video's bytes are sent (a slow link)
     tasks: Dict[str, FakeTask] = field(default_factory=dict)
     charged: int = 0
     creates: int = 0
+    connections: int = 0  # TCP connections accepted
     requests: Dict[str, int] = field(default_factory=dict)
+    timeline: List[Any] = field(default_factory=list)  # (time.time(), route, "start"|"end") of every request
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -132,6 +136,11 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:
         pass
 
+    def setup(self) -> None:  # one handler per TCP connection (keep-alive serves many requests on it)
+        super().setup()
+        with self.api._lock:
+            self.api.connections += 1
+
     # --- plumbing ------------------------------------------------------------------------------
 
     def _send(self, status: int, payload: Any, content_type: str = "application/json") -> None:
@@ -158,6 +167,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _count(self, route: str) -> None:
         with self.api._lock:
             self.api.requests[route] = self.api.requests.get(route, 0) + 1
+            self.api.timeline.append((time.time(), route, "start"))
+        time.sleep(self.api.latency)
 
     # --- routes --------------------------------------------------------------------------------
 
@@ -184,9 +195,17 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         parts = url.path.strip("/").split("/")
         api = self.api
+        if url.path == "/_fake/stats":  # for a benchmark that runs the fake in its own process
+            with api._lock:
+                return self._send(200, {"charged": api.charged, "creates": api.creates, "requests": api.requests,
+                                        "connections": api.connections})
         if url.path.startswith("/files/"):
             self._count("file")
-            return self._send(200, api._video, "video/mp4")
+            time.sleep(api.file_delay)
+            self._send(200, api._video, "video/mp4")
+            with api._lock:
+                api.timeline.append((time.time(), "file", "end"))
+            return None
         if api.protocol == "openai":
             return self._openai(parts, query)
         if url.path == "/v1/balance":
@@ -231,7 +250,11 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._not_found()
             if parts[3:] == ["content"]:
                 self._count("content")
-                return self._send(200, api._video, "video/mp4")
+                time.sleep(api.file_delay)
+                self._send(200, api._video, "video/mp4")
+                with api._lock:
+                    api.timeline.append((time.time(), "content", "end"))
+                return None
             self._count("task")
             return self._ok(self._video_object(task))
         self._count("other")
@@ -256,3 +279,26 @@ class _Handler(BaseHTTPRequestHandler):
                 "status": "completed" if percent >= 100 else "in_progress" if percent else "queued",
                 "progress": percent, "prompt": task.prompt, "seconds": task.body.get("seconds", "4"),
                 "size": task.body.get("size", "720x1280"), "created_at": int(task.created)}
+
+
+def main() -> None:
+    """``python -m tests.fake_api --protocol sora_hk --gen-seconds 5``: serve until killed; the first
+    line printed is the base URL."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--protocol", default="sora_hk", choices=("sora_hk", "openai"))
+    parser.add_argument("--gen-seconds", type=float, default=5.0)
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--create-delay", type=float, default=0.0)
+    parser.add_argument("--progress", default="linear", choices=("linear", "late", "none"))
+    parser.add_argument("--busy", type=float, default=0.0)
+    args = parser.parse_args()
+    api = FakeApi(protocol=args.protocol, gen_seconds=args.gen_seconds, latency=args.latency,
+                  create_delay=args.create_delay, progress=args.progress, busy=args.busy)
+    print(api.base_url, flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

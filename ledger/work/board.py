@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Set, Tuple
 
 from ..client import RemoteTask
 from ..errors import ApiError, AuthError, TransientError
@@ -59,11 +59,15 @@ class StatusBoard:
     """Shared by every step of a run; one listing per (provider, base URL)."""
 
     def __init__(self, gate: RateGate, cancel: threading.Event, clock: Callable[[], float] = time.monotonic,
-                 batch_min: int = BATCH_MIN) -> None:
+                 batch_min: int = BATCH_MIN, on_finished: Optional[Callable[[Set[str], float], None]] = None) -> None:
         self.gate = gate
         self.cancel = cancel
         self.clock = clock
         self.batch_min = batch_min
+        # Told the ids of polled tasks a read shows finished (and when that read began), so their
+        # polls need not wait for their own time: a read made for one job answers for every job
+        # it shows done.
+        self.on_finished = on_finished or (lambda task_ids, read_at: None)
         self.list_calls = 0
         self._cond = threading.Condition()
         self._listings: Dict[Tuple[str, str], _Listing] = {}
@@ -113,7 +117,11 @@ class StatusBoard:
         with self._cond:
             listing.tasks, listing.read_at, listing.reading = tasks, started, False
             self._cond.notify_all()
-            return self._shown(listing, task_id)
+            finished = {t for t in listing.wanted if t != task_id and t in tasks and tasks[t].is_terminal}
+            shown = self._shown(listing, task_id)
+        if finished:
+            self.on_finished(finished, started)
+        return shown
 
     def forget(self, api: Provider, task_id: str) -> None:
         """The task is finished (or no longer ours): stop looking for it."""

@@ -24,16 +24,18 @@ from ..models import utcnow
 from ..policy import RateGate
 from ..pricing import Prices
 from ..providers import ProviderPool
+from ..states import State
 from ..store import JobRow, JobScope, Store
 from .board import StatusBoard
 from .budget import Budget
 from .decide import is_ledger_trouble
 from .steps import RunState, StepContext, keep_in_journal, run_step
-from .types import FIRST_ACTION, Active, EventKind, Next, Outcome, Stop, WorkOptions, WorkSummary
+from .types import FIRST_ACTION, Action, Active, EventKind, Next, Outcome, Stop, WorkOptions, WorkSummary
 
 log = logging.getLogger(__name__)
 
-CLAIM_GATHER = 0.05  # seconds
+CLAIM_GATHER = 0.005  # seconds
+DOWNLOAD_YIELD = 0.25  # seconds a due download may wait for creates being sent
 T = TypeVar("T")
 
 
@@ -80,7 +82,10 @@ class Scheduler:
         self._parked: Set[int] = set()
         self._heap: List[Tuple[float, int, int]] = []
         self._seq = itertools.count()
-        self._results: "queue.Queue[Tuple[Active, Next]]" = queue.Queue()
+        # Step results; ``(None, None)`` only wakes the loop to look at ``_seen_finished``.
+        self._results: "queue.Queue[Tuple[Optional[Active], Optional[Next]]]" = queue.Queue()
+        self._seen_finished: Dict[str, float] = {}  # task id -> when the list read that showed it done began
+        self._seen_lock = threading.Lock()
         self._next_claim = 0.0
         self._last_claim = 0.0
         self._next_rescue = 0.0
@@ -91,7 +96,8 @@ class Scheduler:
         self.ctx = StepContext(
             store=store, providers=providers, options=options, owner=self.owner, budget=Budget(options.max_spend),
             prices=prices, journal=Journal(folder, self.owner),  # type: ignore[arg-type]
-            run=self.run_state, gate=gate, board=StatusBoard(gate, self.run_state.abort, batch_min=options.batch_min),
+            run=self.run_state, gate=gate, board=StatusBoard(gate, self.run_state.abort, batch_min=options.batch_min,
+                                                             on_finished=self._finished_elsewhere),
             emit=on_event or (lambda job, kind, text: None), clock=time.monotonic)
 
     # --- what the CLI and the live view use ---------------------------------------------------------
@@ -176,12 +182,20 @@ class Scheduler:
 
     def _wait_time(self) -> float:
         """How long the loop may sleep: until the next step falls due, or a free slot may be
-        claimed (the claim gather ends), at most 0.25 s; a finished step wakes it at once."""
-        due = [a.due for a in self.active.values() if not a.running]
+        claimed (the claim gather ends), at most 0.25 s; a finished step wakes it at once. A
+        download waiting for creates is due when they are sent (a finished step) or it waited enough."""
+        now = time.monotonic()
+        creating = self._creating(now)
+        due = [a.due + (DOWNLOAD_YIELD if creating and a.action is Action.DOWNLOAD else 0.0)
+               for a in self.active.values() if not a.running]
         if self._free_slots() > 0:
             due.append(max(self._next_claim, self._last_claim + CLAIM_GATHER))
-        soonest = min(due) - time.monotonic() if due else 0.5
+        soonest = min(due) - now if due else 0.5
         return max(0.0, min(soonest, 0.25))
+
+    def _creating(self, now: float) -> bool:
+        """Whether a create is being sent or due now."""
+        return any(a.action is Action.SUBMIT and (a.running or a.due <= now) for a in self.active.values())
 
     def _scope(self) -> JobScope:
         """What this run may claim now: after a 1012 or the budget cap only paid-for jobs; once
@@ -209,8 +223,14 @@ class Scheduler:
         return False
 
     def _free_slots(self) -> int:
-        """How many jobs a claim now may take: free slots, within what ``--limit`` leaves."""
-        free = self.options.concurrency - len(self.active)
+        """How many jobs a claim now may take: free generation slots, within what ``--limit`` leaves.
+
+        A job whose generation is finished (``downloading``) no longer holds one of the API's
+        concurrent generations, so it does not count against ``--concurrency``: the next create
+        goes out while its video downloads. Downloads themselves are bounded by the same number."""
+        downloading = sum(1 for a in self.active.values() if a.job.state is State.DOWNLOADING)
+        generating = len(self.active) - downloading
+        free = min(self.options.concurrency - generating, 2 * self.options.concurrency - len(self.active))
         if self.options.limit is not None and len(self._claimed) < self.options.limit:
             free = min(free, self.options.limit - len(self._claimed))
         return free
@@ -240,14 +260,25 @@ class Scheduler:
         heapq.heappush(self._heap, (active.due, next(self._seq), active.job.id))
 
     def _dispatch(self, pool: _DaemonPool, now: float) -> None:
+        """Start the steps that are due. Creates go first: a download holds no generation slot and
+        its video waits for it for days, while a create not yet sent keeps a slot idle — so while
+        creates are being sent, a download waits for them (at most ``DOWNLOAD_YIELD`` seconds)."""
+        creating = self._creating(now)
+        later: List[Tuple[float, int, int]] = []
         while self._heap and self._heap[0][0] <= now:
-            due, _, job_id = heapq.heappop(self._heap)
+            entry = heapq.heappop(self._heap)
+            due, _, job_id = entry
             active = self.active.get(job_id)
             if active is None or active.running or active.due != due:
                 continue  # finished meanwhile, or rescheduled
+            if creating and active.action is Action.DOWNLOAD and now - due < DOWNLOAD_YIELD:
+                later.append(entry)
+                continue
             # The note described the wait that is now over; a failed step writes a new one.
             active.running, active.retry_note = True, ""
             pool.submit(lambda a=active: self._results.put((a, run_step(self.ctx, a))))
+        for entry in later:
+            heapq.heappush(self._heap, entry)
 
     def _collect(self, timeout: float) -> None:
         try:
@@ -261,7 +292,27 @@ class Scheduler:
             except queue.Empty:
                 return
 
-    def _settle(self, active: Active, nxt: Next) -> None:
+    def _finished_elsewhere(self, task_ids: Set[str], read_at: float) -> None:
+        """A list read (made for another job's poll) shows these tasks finished: called from a step."""
+        with self._seen_lock:
+            for task_id in task_ids:
+                self._seen_finished[task_id] = read_at
+        self._results.put((None, None))
+
+    def _poll_finished_now(self) -> None:
+        """Move the polls of tasks a list read showed finished to now, to take that read's answer."""
+        with self._seen_lock:
+            seen, self._seen_finished = self._seen_finished, {}
+        for active in self.active.values():
+            read_at = seen.get(active.job.remote_task_id or "")
+            if read_at is not None and active.action is Action.POLL and not active.running:
+                active.seen_finished_at = read_at
+                self._schedule(active, 0.0)
+
+    def _settle(self, active: Optional[Active], nxt: Optional[Next]) -> None:
+        if active is None or nxt is None:
+            self._poll_finished_now()
+            return
         active.running = False
         if nxt.delay is not None and not self.stopping:
             self._schedule(active, nxt.delay)

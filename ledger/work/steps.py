@@ -189,7 +189,9 @@ def record(ctx: StepContext, a: Active) -> Next:
         created = task.created_at.astimezone(timezone.utc).replace(tzinfo=None) if task.created_at else now
         started, what, kind = min(created, now), "found the lost create's task", EventKind.FOUND
     else:
-        started, what, kind = now, "created task", EventKind.CREATED
+        # The generation began when the POST reached the API: time its polls from the sending, not
+        # from whenever the answer got written down.
+        started, what, kind = a.sent_at or now, "created task", EventKind.CREATED
     paid_by = "" if a.sent_at is not None else "; paid by an earlier run"
     _move(ctx, a, State.SUBMITTED, kind, f"{what} {task.task_id} ({money(cost)}{paid_by})",
           remote_task_id=task.task_id, cost_cents=cost, spent_cents=job.spent_cents + cost, submitted_at=started,
@@ -248,9 +250,14 @@ def poll(ctx: StepContext, a: Active) -> Next:
     job = a.job
     api = api_of(ctx, job)
     task_id = job.remote_task_id or ""
-    # The poll meant to land just after the estimated finish takes no answer read before it.
-    early = slack(a.last_delay) if a.progress < ctx.options.poll.confident_progress else 0.0
-    listed = ctx.board.lookup(api, task_id, job.submitted_at, a.due - early)
+    # The poll meant to land just after the estimated finish takes no answer read before the finish:
+    # only a read begun within the slack it was given past the latest finish the estimate allows.
+    policy = ctx.options.poll
+    early = slack(a.last_delay) if a.progress < policy.confident_progress else \
+        policy.finish_slack * _elapsed(job)
+    not_before = a.due - early if a.seen_finished_at is None else min(a.due - early, a.seen_finished_at)
+    a.seen_finished_at = None
+    listed = ctx.board.lookup(api, task_id, job.submitted_at, not_before)
     if listed is None:
         if not ctx.gate.acquire(ctx.run.abort):
             return Next(0.0)

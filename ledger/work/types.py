@@ -108,8 +108,9 @@ class WorkOptions:
 
     @property
     def io_threads(self) -> int:
-        # Threads only wait on sockets and disks; a few dozen serve hundreds of generations.
-        return max(2, min(self.concurrency, 32))
+        # Threads only wait on sockets and disks; a few dozen serve hundreds of generations (and
+        # as many downloads besides, which hold no generation slot).
+        return max(2, min(2 * self.concurrency, 32))
 
 
 @dataclass
@@ -133,6 +134,9 @@ class Active:
     found: bool = False  # ``created`` came from the task list, not from the create's answer
     journaled: bool = False
     retry_note: str = ""  # "retrying in 30 s": shown by the live view
+    # When the list read that showed this job's task finished began (a read made for another job's
+    # poll): the next poll takes that read's answer instead of waiting for its own time.
+    seen_finished_at: Optional[float] = None
 
 
 @dataclass(frozen=True)

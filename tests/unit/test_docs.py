@@ -22,7 +22,10 @@ BUNDLES = {"[scan options]": ("scan",), "[work options]": ("work",)}
 def commands(group: click.Group = cli, prefix: Tuple[str, ...] = ()) -> Dict[Tuple[str, ...], click.Command]:
     """Every leaf command of the CLI by its path, e.g. ``("db", "upgrade")``."""
     found: Dict[Tuple[str, ...], click.Command] = {}
-    for name, command in group.commands.items():
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):  # lazily loaded commands (`sim`) included
+        command = group.get_command(ctx, name)
+        assert command is not None, name
         if isinstance(command, click.Group):
             found.update(commands(command, prefix + (name,)))
         else:
@@ -41,8 +44,8 @@ def resolve(tokens: List[str]) -> Tuple[Tuple[str, ...], List[str]]:
     path: Tuple[str, ...] = ()
     group: click.Command = cli
     rest = list(tokens)
-    while rest and isinstance(group, click.Group) and rest[0] in group.commands:
-        group = group.commands[rest[0]]
+    while rest and isinstance(group, click.Group) and rest[0] in group.list_commands(click.Context(group)):
+        group = group.get_command(click.Context(group), rest[0])
         path += (rest.pop(0),)
     return path, rest
 
