@@ -5,9 +5,12 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 from .settings import Settings
+
+
+Reading = Tuple[float, int]  # (seconds the generation had run, the progress it reported)
 
 
 @dataclass(frozen=True)
@@ -16,11 +19,13 @@ class PollPolicy:
 
     The service takes 3–30 minutes, may keep a task queued at 0 % for a while, and reports an
     integer progress. Early on nothing is known, so polls are spaced geometrically
-    (``first_delay`` × ``growth``ⁿ). Once progress is above zero
-    the finish time is estimated from the rate so far, and the next poll covers a fraction of the
-    estimated remainder that grows with the progress: far from the end a wrong estimate costs
-    little, and near the end the poll lands just after the estimated finish. About seven polls
-    find a 4.5-minute generation within a few seconds of its end.
+    (``first_delay`` × ``growth``ⁿ: a finish is noticed within as long again as it took). Once
+    progress is above zero the finish time is estimated: from the rate between two readings when
+    there are two far enough apart (a queue before the progress started does not distort it), else
+    from the one reading as if progress had run from the start. The next poll covers a fraction of
+    the estimated remainder that grows with the progress: far from the end a wrong estimate costs
+    little, and near the end the poll lands just after the latest finish the readings allow.
+    About seven polls find a 4.5-minute generation within a few seconds of its end.
     """
 
     min_interval: float = 0.25
@@ -35,41 +40,73 @@ class PollPolicy:
     # The poll meant to see the finish lands this fraction of the total after the latest moment the
     # estimate allows (see ``finish_margin``).
     finish_slack: float = 0.002
+    # Two readings at least this many points apart give a rate; closer ones leave it to rounding.
+    rate_span: int = 10
     jitter: float = 0.05
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "PollPolicy":
         return cls(min_interval=settings.poll_min_interval, max_interval=settings.poll_max_interval)
 
-    def estimated_total(self, elapsed: float, progress: int) -> Optional[float]:
-        """The generation's total duration implied by ``progress`` (%) after ``elapsed`` seconds.
+    def _anchor(self, elapsed: float, progress: int, earlier: Sequence[Reading]) -> Optional[Reading]:
+        """The earliest reading with progress that lies ``rate_span`` points or more before this one."""
+        return next((r for r in earlier if 0 < r[1] <= progress - self.rate_span and r[0] < elapsed), None)
+
+    def _started_late(self, total: float, elapsed: float, progress: int, earlier: Sequence[Reading]) -> bool:
+        """Whether a single reading's estimate is contradicted by an earlier 0 %: progress that had
+        run from the start at its pace would have shown by then (a queue came first)."""
+        if self._anchor(elapsed, progress, earlier) is not None:
+            return False
+        zeros = [t for t, p in earlier if p == 0]
+        return bool(zeros) and 100.0 * zeros[-1] / total >= 1.5
+
+    def estimated_total(self, elapsed: float, progress: int, earlier: Sequence[Reading] = ()) -> Optional[float]:
+        """The generation's total duration implied by ``progress`` (%) after ``elapsed`` seconds
+        (and by ``earlier`` readings, oldest first).
 
         Progress is an integer that was rounded down, so the midpoint of its step is used."""
         if progress <= 0 or progress >= 100:
             return None
-        return elapsed * 100.0 / (progress + 0.5)
+        anchor = self._anchor(elapsed, progress, earlier)
+        if anchor is None:
+            return elapsed * 100.0 / (progress + 0.5)
+        rate = (progress - anchor[1]) / (elapsed - anchor[0])
+        return elapsed + (100.0 - progress - 0.5) / rate
 
-    def finish_margin(self, elapsed: float, progress: int) -> float:
+    def finish_margin(self, elapsed: float, progress: int, earlier: Sequence[Reading] = ()) -> float:
         """How long after the estimated finish the poll meant to see it is timed (0: no estimate):
-        as much as the estimate may be early — half a step of the rounded-down progress, relative to
-        it — and ``finish_slack`` of the total besides."""
-        total = self.estimated_total(elapsed, progress)
-        return 0.0 if total is None else total * (0.5 / (progress + 0.5) + self.finish_slack)
+        as much as the estimate may be early — half a step of the rounded-down progress, and for a
+        rate the rounding of its two readings — and ``finish_slack`` of the total besides."""
+        total = self.estimated_total(elapsed, progress, earlier)
+        if total is None:
+            return 0.0
+        anchor = self._anchor(elapsed, progress, earlier)
+        if anchor is None:
+            early = total * 0.5 / (progress + 0.5)
+        else:
+            rate = (progress - anchor[1]) / (elapsed - anchor[0])
+            early = (0.5 + (100.0 - progress) / (progress - anchor[1])) / rate
+        return early + self.finish_slack * total
 
     def next_delay(self, elapsed: float, progress: int, last_delay: Optional[float] = None,
-                   rng: Optional[random.Random] = None) -> float:
-        """Seconds until the next poll of a task that has run ``elapsed`` seconds."""
+                   rng: Optional[random.Random] = None, earlier: Sequence[Reading] = ()) -> float:
+        """Seconds until the next poll of a task that has run ``elapsed`` seconds; ``earlier``: the
+        readings before this one, oldest first."""
         floor = max(self.min_interval, self.floor_fraction * elapsed)
-        total = self.estimated_total(elapsed, progress)
+        total = self.estimated_total(elapsed, progress, earlier)
         if total is None:
             delay = max(self.first_delay, self.min_interval) if last_delay is None else last_delay * self.growth
             spread = self.jitter
         elif progress >= self.confident_progress:
-            delay = total - elapsed + self.finish_margin(elapsed, progress)
+            delay = total - elapsed + self.finish_margin(elapsed, progress, earlier)
             spread = 0.0  # jitter could land the poll just before the finish and cost one more
         else:
             delay = (total - elapsed) * (0.5 + 0.5 * progress / 100.0)
             spread = self.jitter
+        if total is not None and self._started_late(total, elapsed, progress, earlier):
+            # Measure its pace before trusting it: the next reading comes when ``rate_span`` more
+            # points are due at the slowest pace it can have (as if it had run from the start).
+            delay = min(delay, self.rate_span * elapsed / progress)
         delay = min(max(delay, floor), self.max_interval)
         if spread:
             delay *= 1.0 + (rng or random).uniform(-spread, spread)

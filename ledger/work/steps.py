@@ -209,6 +209,7 @@ def record(ctx: StepContext, a: Active) -> Next:
     if a.found:
         a.last_delay = None
         return Next(0.0)
+    a.readings = [(0.0, task.progress)]
     a.last_delay = max(ctx.options.poll.next_delay(0.0, task.progress), task.poll_after or 0.0)
     return Next(a.last_delay)
 
@@ -289,7 +290,9 @@ def poll(ctx: StepContext, a: Active) -> Next:
     if elapsed > ctx.options.poll_timeout:
         return _park_generating(ctx, a, elapsed)
     # The service's own "ask again after" is a lower bound, never a reason to ask sooner.
-    a.last_delay = max(ctx.options.poll.next_delay(elapsed, task.progress, a.last_delay), task.poll_after or 0.0)
+    a.last_delay = max(policy.next_delay(elapsed, task.progress, a.last_delay, earlier=a.readings),
+                       task.poll_after or 0.0)
+    a.readings.append((elapsed, task.progress))
     return Next(max(0.0, a.last_delay - age))
 
 

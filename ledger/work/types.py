@@ -123,6 +123,7 @@ class Active:
     running: bool = False
     polls: int = 0
     last_delay: Optional[float] = None
+    readings: List[Tuple[float, int]] = field(default_factory=list)  # (elapsed, progress) of its polls, oldest first
     progress: int = 0
     url_refreshes: int = 0
     tries: int = 0  # record / reconcile tries in this run (they never count as the job's attempts)
