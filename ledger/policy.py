@@ -25,7 +25,7 @@ class PollPolicy:
     from the one reading as if progress had run from the start. The next poll covers a fraction of
     the estimated remainder that grows with the progress: far from the end a wrong estimate costs
     little, and near the end the poll lands just after the latest finish the readings allow.
-    About seven polls find a 4.5-minute generation within a few seconds of its end.
+    About eight polls find a 4.5-minute generation within a few seconds of its end.
     """
 
     min_interval: float = 0.25
