@@ -115,9 +115,10 @@ def known_sora_prices(store: "Store", settings: Settings) -> PriceBook:
 
 
 def _with(sora: PriceBook, settings: Settings) -> Prices:
-    from .providers import openai_videos, sora_hk
+    from .providers import REGISTRY, sora_hk
 
-    return Prices({sora_hk.NAME: sora, openai_videos.NAME: openai_videos.tariff(settings)})
+    return Prices({name: sora if name == sora_hk.NAME else registration.tariff(settings)
+                   for name, registration in REGISTRY.items()})
 
 
 def known_prices(store: "Store", settings: Settings) -> Prices:

@@ -19,8 +19,6 @@ from .errors import ConfigError
 RESOLUTIONS = ("horizontal", "vertical")
 QUALITIES = ("normal", "high")
 OUTPUT_MODES = ("centralized", "in-place")
-# The video APIs ledger speaks (``ledger/providers/``); the first is the default.
-PROVIDERS = ("sora_hk", "openai")
 
 
 def parse_bool(text: Any) -> bool:
@@ -111,6 +109,56 @@ def _price_table(text: Any) -> Tuple[Tuple[str, float], ...]:
 
 
 @dataclass(frozen=True)
+class Option:
+    """A setting a provider module declares (``Registration.options``): its name in the
+    environment, ``.env`` and ``config.yaml``, its key in ``Settings.extra``, how it is read, its
+    default, and whether it is a secret (never printed) or a base URL (checked like SORA_BASE_URL)."""
+
+    env: str
+    key: str
+    parse: Callable[[Any], Any] = lambda value: str(value).strip()
+    default: Any = None
+    secret: bool = False
+    url_example: Optional[str] = None  # set for a base URL: the example its error message gives
+
+
+def url_setting(text: Any) -> str:
+    """A base URL as written, without the trailing slash."""
+    return str(text).strip().rstrip("/")
+
+
+def secret_setting(text: Any) -> Optional[str]:
+    """A key or secret; empty means not set."""
+    return _optional_str(text)
+
+
+def price_setting(text: Any) -> Tuple[Tuple[str, float], ...]:
+    """``KEY=AMOUNT, KEY=AMOUNT`` (a provider's price overrides, in its own unit), or a mapping."""
+    return _price_table(text)
+
+
+def provider_options() -> Tuple[Option, ...]:
+    """Every setting the registered providers declare."""
+    from .providers import OPTIONS  # the providers' modules import this one
+
+    return OPTIONS
+
+
+def provider_names() -> Tuple[str, ...]:
+    """The providers ledger speaks, the default first."""
+    from .providers import REGISTRY
+
+    return tuple(REGISTRY)
+
+
+def _provider(text: Any) -> str:
+    value = str(text).strip().lower()
+    if value not in provider_names():
+        raise ValueError(f"must be one of {', '.join(provider_names())}, got {text!r}")
+    return value
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every knob of the tool, resolved. ``sources`` says where each value came from."""
 
@@ -155,6 +203,8 @@ class Settings:
     api_patience_seconds: float = 60.0
     price_normal_cents: int = 30
     price_pro_cents: int = 150
+    # The settings the providers' modules declare (``Option``), by key: their keys, base URLs, prices.
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False)
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def replace(self, **changes: Any) -> "Settings":
@@ -166,10 +216,17 @@ class Settings:
 
         return mask_key(self.api_key) if self.api_key else "(not set)"
 
+    def option(self, key: str) -> Any:
+        """A provider's setting (``Option.key``): its value, else its default."""
+        if key in self.extra:
+            return self.extra[key]
+        return next((o.default for o in provider_options() if o.key == key), None)
+
     @property
     def api_keys(self) -> Tuple[str, ...]:
-        """Every key set, to be masked wherever text is printed."""
-        return tuple(key for key in (self.api_key, self.openai_api_key) if key)
+        """Every key and secret set, to be masked wherever text is printed."""
+        secrets = [self.extra.get(o.key) for o in provider_options() if o.secret]
+        return tuple(key for key in (self.api_key, self.openai_api_key, *secrets) if key)
 
     def __repr__(self) -> str:  # the keys must never reach a log line through repr()
         from .redact import mask_key
@@ -178,6 +235,9 @@ class Settings:
             value = getattr(self, name)
             if name in ("api_key", "openai_api_key"):
                 return mask_key(value) if value else "(not set)"
+            if name == "extra":
+                secret = {o.key for o in provider_options() if o.secret}
+                return repr({k: (mask_key(v) if k in secret and v else v) for k, v in value.items()})
             return repr(value)
 
         fields = ", ".join(f"{f.name}={shown(f.name)}" for f in dataclasses.fields(self) if f.repr)
@@ -189,7 +249,7 @@ class Settings:
 SPECS: Tuple[Tuple[str, str, Callable[[Any], Any]], ...] = (
     ("SORA_API_KEY", "api_key", _optional_str),
     ("SORA_BASE_URL", "base_url", lambda v: str(v).strip().rstrip("/")),
-    ("PROVIDER", "provider", _choice(*PROVIDERS)),
+    ("PROVIDER", "provider", _provider),
     ("OPENAI_API_KEY", "openai_api_key", _optional_str),
     ("OPENAI_BASE_URL", "openai_base_url", lambda v: str(v).strip().rstrip("/")),
     ("OPENAI_PRICE_CENTS_PER_SECOND", "openai_prices", _price_table),
@@ -264,7 +324,7 @@ def _read_yaml(path: Path) -> Dict[str, Any]:
 
 
 def _normalise_env(values: Mapping[str, Optional[str]]) -> Dict[str, str]:
-    known = {env for env, _, _ in SPECS}
+    known = {env for env, _, _ in SPECS} | {o.env for o in provider_options()}
     out: Dict[str, str] = {}
     for key, value in values.items():
         if value is None:
@@ -289,15 +349,19 @@ def load_settings(
         ("environment", _normalise_env(environ)),
     ]
     values: Dict[str, Any] = {}
+    extra: Dict[str, Any] = {}
     sources: Dict[str, str] = {}
-    for env_name, field, parse in SPECS:
+    secrets = {"api_key", "openai_api_key"} | {o.key for o in provider_options() if o.secret}
+    specs = [(env, field, parse, values) for env, field, parse in SPECS]
+    specs += [(o.env, o.key, o.parse, extra) for o in provider_options()]
+    for env_name, field, parse, into in specs:
         for source, layer in reversed(layers):
             if env_name in layer:
                 raw = layer[env_name]
                 try:
-                    values[field] = parse(raw)
+                    into[field] = parse(raw)
                 except (TypeError, ValueError) as exc:
-                    shown = "***" if field == "api_key" else repr(raw)
+                    shown = "***" if field in secrets else repr(raw)
                     raise ConfigError(f"{env_name}={shown} from {source}: {exc}") from exc
                 sources[field] = source
                 break
@@ -312,10 +376,13 @@ def load_settings(
     for field in ("input_dir", "output_dir"):
         path = Path(values.get(field, getattr(Settings, field)))
         values[field] = path if path.is_absolute() else cwd / path
-    settings = Settings(**values, sources=sources)
+    settings = Settings(**values, extra=extra, sources=sources)
     _check_base_url(settings.base_url, sources["base_url"])
     _check_base_url(settings.openai_base_url, sources["openai_base_url"], "OPENAI_BASE_URL",
                     "https://api.openai.com/v1")
+    for option in provider_options():
+        if option.url_example is not None:
+            _check_base_url(settings.option(option.key), sources[option.key], option.env, option.url_example)
     if settings.poll_min_interval > settings.poll_max_interval:
         raise ConfigError("POLL_MIN_INTERVAL must not exceed POLL_MAX_INTERVAL")
     _check_defaults(settings)

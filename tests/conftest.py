@@ -10,9 +10,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from ledger.cli import cli
-from ledger.settings import SPECS
+from ledger.settings import SPECS, provider_options
 
-ISOLATED_ENV = [env for env, _, _ in SPECS] + ["http_proxy", "https_proxy", "no_proxy", "ALL_PROXY", "all_proxy"]
+ISOLATED_ENV = ([env for env, _, _ in SPECS] + [option.env for option in provider_options()]
+                + ["http_proxy", "https_proxy", "no_proxy", "ALL_PROXY", "all_proxy"])
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -4,25 +4,29 @@
   others: stored parameters without a ``provider`` key are its);
 * ``openai`` — the OpenAI-compatible ``/v1/videos`` format of OpenAI and its relays.
 
-A new protocol is one module with its ``Rules`` and its ``Provider``, registered below.
+A new protocol is one module with its ``Rules``, its ``Provider`` and its ``REGISTRATION``, one
+simulator module under ``ledger/sim/``, and one line in ``REGISTRY`` below.
 """
 from __future__ import annotations
 
 import threading
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from ..settings import PROVIDERS, Settings
+from ..settings import Option, Settings
 from . import openai_videos, sora_hk
-from .base import Mapped, Mismatch, Provider, Request, Rules, TaskPage
+from .base import Mapped, Mismatch, Provider, Registration, Request, Rules, TaskPage
 
-__all__ = ["DEFAULT", "Mapped", "Mismatch", "Provider", "ProviderPool", "RULES", "Request", "Rules", "TaskPage",
-           "configured_base", "default_problem", "provider_of"]
+__all__ = ["DEFAULT", "Mapped", "Mismatch", "OPTIONS", "Provider", "ProviderPool", "REGISTRY", "RULES", "Request",
+           "Rules", "TaskPage", "configured_base", "default_problem", "provider_of"]
 
+# The providers, the default first: one line each.
+REGISTRY: Mapping[str, Registration] = {r.name: r for r in (
+    sora_hk.REGISTRATION,
+    openai_videos.REGISTRATION,
+)}
 DEFAULT = sora_hk.NAME
-RULES: Mapping[str, Rules] = {sora_hk.NAME: sora_hk.RULES, openai_videos.NAME: openai_videos.RULES}
-_OPENERS: Mapping[str, Callable[..., Provider]] = {sora_hk.NAME: sora_hk.SoraHk.open,
-                                                   openai_videos.NAME: openai_videos.OpenAIVideos.open}
-assert tuple(RULES) == PROVIDERS, "settings.PROVIDERS lists the registered providers"
+RULES: Mapping[str, Rules] = {name: r.rules for name, r in REGISTRY.items()}
+OPTIONS: Tuple[Option, ...] = tuple(option for r in REGISTRY.values() for option in r.options)
 
 
 def provider_of(params: Mapping[str, Any]) -> str:
@@ -31,8 +35,8 @@ def provider_of(params: Mapping[str, Any]) -> str:
 
 
 def configured_base(settings: Settings, provider: str) -> str:
-    """The base URL the settings give ``provider`` (``SORA_BASE_URL``, ``OPENAI_BASE_URL``)."""
-    return (settings.openai_base_url if provider == openai_videos.NAME else settings.base_url).rstrip("/")
+    """The base URL the settings give ``provider`` (``SORA_BASE_URL``, ``OPENAI_BASE_URL``, …)."""
+    return REGISTRY[provider].base_url(settings).rstrip("/")
 
 
 def default_problem(settings: Settings) -> Optional[str]:
@@ -65,7 +69,7 @@ class ProviderPool:
         with self._lock:
             client = self._open.get(key)
             if client is None:
-                client = _OPENERS[provider](self.settings, base_url=key[1], pool_size=self.pool_size)
+                client = REGISTRY[provider].open(self.settings, base_url=key[1], pool_size=self.pool_size)
                 self._open[key] = client
             return client
 

@@ -34,6 +34,9 @@ class Request:
     quality: str
     remove_watermark: bool
     image_url: Optional[str]
+    # The provider's own block of the storyboard (``"kling": {"mode": "pro"}``): the defaults' and the
+    # segment's merged, the segment's keys winning; checked by the schema the provider declares.
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,11 @@ def choose_model(provider: str, models: Mapping[str, ModelRules], normal: str, p
 
 
 class Provider(Protocol):
-    """A client of one video API at one base URL. Safe to share between threads."""
+    """A client of one video API at one base URL. Safe to share between threads.
+
+    ``ref`` (``create``, ``find_tasks``) is the job attempt's own reference, stable from its
+    write-ahead on (``steps.attempt_ref``): an API that takes a client reference gets it, so a lost
+    answer is found again by it; the others may ignore it."""
 
     name: str  # the provider's setting value: "sora_hk", "openai"
     base_url: str
@@ -111,8 +118,10 @@ class Provider(Protocol):
     # Whether a create's answer says what it cost (``RemoteTask.cost``): then ``--max-spend`` learns
     # the real price from the first answer before it lets more creates of that kind go.
     reports_cost: bool
+    # Whether a task that ends failed costs nothing: what was booked for it is given back.
+    bills_on_success: bool
 
-    def create(self, params: Mapping[str, Any]) -> RemoteTask:
+    def create(self, params: Mapping[str, Any], ref: str = "") -> RemoteTask:
         """Start one paid generation from stored ``params``; never re-sent after it may have
         reached the API (``TransientError.maybe_created``)."""
 
@@ -122,9 +131,10 @@ class Provider(Protocol):
     def recent(self, cursor: Optional[str], limit: int) -> TaskPage:
         """A page of the account's tasks, newest first, from ``cursor`` (None: the newest)."""
 
-    def find_tasks(self, prompt: str, since: datetime, until: Optional[datetime] = None, *,
-                   skew_seconds: float = 120.0) -> TaskSearch:
-        """Tasks with ``prompt`` created in the window, and whether the whole window was read."""
+    def find_tasks(self, params: Mapping[str, Any], ref: str, since: datetime, until: Optional[datetime] = None,
+                   *, skew_seconds: float = 120.0) -> TaskSearch:
+        """The tasks the create of ``params`` (attempt ``ref``) may have made in the window, and
+        whether the search covered it: only then does finding nothing mean "not created"."""
 
     def same_request(self, task: RemoteTask, params: Mapping[str, Any]) -> bool:
         """Does a listed task look like the one ``params`` would make?"""
@@ -143,3 +153,28 @@ class Provider(Protocol):
 
     def close(self) -> None:
         """Close pooled connections."""
+
+
+# --- the registry ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Everything the rest of ledger knows of one provider: its line in ``providers/__init__.py``.
+
+    ``open(settings, base_url=None, pool_size=None)`` makes its client (``base_url``: the API a job
+    was sent to, when not the configured one); ``base_url(settings)`` is the configured one;
+    ``tariff(settings)`` its price list, in ``currency``; ``options`` its settings;
+    ``storyboard_options`` the JSON Schema of its block in a storyboard's ``defaults`` and segments
+    (None: it has none); ``sim`` the module of its simulator protocol (``ledger/sim``)."""
+
+    name: str
+    rules: "Rules"
+    open: Callable[..., "Provider"]
+    base_url: Callable[[Any], str]
+    tariff: Callable[[Any], Any]
+    currency: str
+    key_env: str
+    options: Tuple[Any, ...] = ()
+    storyboard_options: Optional[Mapping[str, Any]] = None
+    sim: str = ""

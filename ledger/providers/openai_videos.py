@@ -31,7 +31,7 @@ from ..errors import (ApiError, AuthError, BadParameters, ConfigError, Insuffici
                       RateLimited, TaskNotFound, TransientError)
 from ..redact import mask_key
 from ..settings import Settings
-from .base import Mapped, Mismatch, ModelRules, Request, TaskPage, choose_model
+from .base import Mapped, Mismatch, ModelRules, Registration, Request, TaskPage, choose_model
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,7 @@ class OpenAIVideos(ApiClient):
     name = NAME
     balance_refusal = "insufficient_quota"
     reports_cost = False  # a video object carries no price: the price list is all there is
+    bills_on_success = False
     KEY_SETTING = "OPENAI_API_KEY"
     KEY_EXAMPLE = "sk-..."
     URL_SETTING = "OPENAI_BASE_URL"
@@ -186,9 +187,10 @@ class OpenAIVideos(ApiClient):
 
     # --- the calls ---------------------------------------------------------------------------------
 
-    def create(self, params: Mapping[str, Any]) -> RemoteTask:
+    def create(self, params: Mapping[str, Any], ref: str = "") -> RemoteTask:
         """``POST /videos``. Never re-sent once it may have reached the API: a lost answer is a
-        ``TransientError`` with ``maybe_created`` and the task is looked for with ``find_tasks``."""
+        ``TransientError`` with ``maybe_created`` and the task is looked for with ``find_tasks``.
+        The format has no client reference: ``ref`` is not sent."""
         answer = self._call("POST", "/videos", body=request_body(params))
         data = answer.data
         if not isinstance(data, Mapping) or not data.get("id"):
@@ -228,10 +230,10 @@ class OpenAIVideos(ApiClient):
         last = data.get("last_id") or (tasks[-1].task_id if tasks else None)
         return TaskPage(tasks, str(last) if more and last else None, answer.poll_after)
 
-    def find_tasks(self, prompt: str, since: datetime, until: Optional[datetime] = None, *,
-                   skew_seconds: float = 120.0) -> TaskSearch:
+    def find_tasks(self, params: Mapping[str, Any], ref: str, since: datetime, until: Optional[datetime] = None,
+                   *, skew_seconds: float = 120.0) -> TaskSearch:
         """Reconciliation: the list, cursor page after page, until it is older than the window."""
-        return search_pages(lambda cursor: self.recent(cursor, LIST_LIMIT), prompt, since, until,
+        return search_pages(lambda cursor: self.recent(cursor, LIST_LIMIT), str(params["prompt"]), since, until,
                             skew_seconds=skew_seconds)
 
     def same_request(self, task: RemoteTask, params: Mapping[str, Any]) -> bool:
@@ -403,3 +405,8 @@ def _note_unknown(word: str) -> None:
             return
         _unknown_words.add(word)
     log.warning("the %s API answered an unknown status %r; taken as not finished and polled again", NAME, word)
+
+
+REGISTRATION = Registration(
+    name=NAME, rules=RULES, open=OpenAIVideos.open, base_url=lambda settings: settings.openai_base_url,
+    tariff=tariff, currency="USD", key_env="OPENAI_API_KEY", sim="openai_videos")

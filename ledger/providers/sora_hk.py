@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 from ..client import RemoteTask, SharedBackoff, SoraClient, TaskSearch
 from ..download import DownloadResult
 from ..settings import Settings
-from .base import Mapped, Mismatch, ModelRules, Request, TaskPage, choose_model
+from .base import Mapped, Mismatch, ModelRules, Registration, Request, TaskPage, choose_model
 
 NAME = "sora_hk"
 NORMAL, PRO = "sora-2", "sora-2-pro"
@@ -81,6 +81,7 @@ class SoraHk:
     name = NAME
     balance_refusal = "code 1012"
     reports_cost = True  # the create's answer carries ``cost`` in cents
+    bills_on_success = False  # the create is billed; a failed task is not refunded that we know of
 
     def __init__(self, client: SoraClient) -> None:
         self.client = client
@@ -102,7 +103,8 @@ class SoraHk:
     def last_unreachable(self) -> str:
         return self.client.last_unreachable
 
-    def create(self, params: Mapping[str, Any]) -> RemoteTask:
+    def create(self, params: Mapping[str, Any], ref: str = "") -> RemoteTask:
+        """``POST /create``; the API takes no client reference (``ref`` is not sent)."""
         return self.client.create(params)
 
     def get(self, task_id: str) -> RemoteTask:
@@ -112,9 +114,10 @@ class SoraHk:
         """``GET /tasks?page=N``: the cursor is the page number."""
         return self.client.recent(cursor, limit)
 
-    def find_tasks(self, prompt: str, since: datetime, until: Optional[datetime] = None, *,
-                   skew_seconds: float = 120.0) -> TaskSearch:
-        return self.client.find_tasks(prompt, since, until, skew_seconds=skew_seconds)
+    def find_tasks(self, params: Mapping[str, Any], ref: str, since: datetime, until: Optional[datetime] = None,
+                   *, skew_seconds: float = 120.0) -> TaskSearch:
+        """The task list, by prompt and creation time."""
+        return self.client.find_tasks(str(params["prompt"]), since, until, skew_seconds=skew_seconds)
 
     def same_request(self, task: RemoteTask, params: Mapping[str, Any]) -> bool:
         """Fields the list omits do not count against a task."""
@@ -141,3 +144,14 @@ class SoraHk:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _fallback_tariff(settings: Settings) -> Any:
+    from ..pricing import fallback_prices  # pricing imports the registry
+
+    return fallback_prices(settings)
+
+
+REGISTRATION = Registration(
+    name=NAME, rules=RULES, open=SoraHk.open, base_url=lambda settings: settings.base_url, tariff=_fallback_tariff,
+    currency="USD", key_env="SORA_API_KEY", sim="sora_hk")

@@ -125,6 +125,15 @@ def api_of(ctx: StepContext, job: JobRow) -> Provider:
     return ctx.providers.get(job.provider, job.api_base if job.state is not State.PENDING else None)
 
 
+def attempt_ref(job: JobRow) -> str:
+    """The reference of a job's current attempt, stable from its write-ahead on: its id and the
+    moment the write-ahead was committed (a later attempt of the job has another). An API that takes
+    a client reference gets it with the create and is asked for it after a lost answer."""
+    assert job.submitting_at is not None, "an attempt has a reference once its write-ahead is committed"
+    millis = int(job.submitting_at.replace(tzinfo=timezone.utc).timestamp() * 1000)
+    return f"ledger-{job.id}-{millis}"
+
+
 def price_of(ctx: StepContext, job: JobRow) -> int:
     """One generation of ``job`` in its provider's price list."""
     return ctx.prices.price(job.provider, job.price_key)
@@ -168,7 +177,7 @@ def submit(ctx: StepContext, a: Active) -> Next:
     a.action = Action.RECONCILE  # from here on, this write-ahead is never submitted again
     a.sent_at = utcnow()
     try:
-        a.created = api.create(a.job.params)
+        a.created = api.create(a.job.params, attempt_ref(a.job))
     finally:
         a.answered_at = utcnow()
     a.found = False
@@ -226,7 +235,7 @@ def reconcile(ctx: StepContext, a: Active) -> Next:
     api = api_of(ctx, job)
     api.backoff.wait(ctx.run.abort)
     until = a.answered_at or since + timedelta(seconds=ctx.options.create_timeout)
-    search = api.find_tasks(job.params["prompt"], since.replace(tzinfo=timezone.utc),
+    search = api.find_tasks(job.params, attempt_ref(job), since.replace(tzinfo=timezone.utc),
                             until.replace(tzinfo=timezone.utc), skew_seconds=ctx.options.reconcile_skew)
     candidates = [t for t in search.tasks if api.same_request(t, job.params)]
     linked = ctx.store.linked_task_ids(t.task_id for t in candidates)
