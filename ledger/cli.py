@@ -49,9 +49,9 @@ from . import quickstart, refs
 from .store import (PickRefused, clear_pick, job_by_key, pick_counts, pick_rows, record_pick, segment_pick,
                     storyboards_by_suffix, takes)
 from .storyboard import ledger_path
-from .pricing import known_prices, money, parse_money, refresh_prices
+from .pricing import Money, known_prices, money, parse_money, refresh_prices
 from .providers import DEFAULT as DEFAULT_PROVIDER
-from .providers import ProviderPool, configured_base
+from .providers import REGISTRY, ProviderPool, configured_base
 from .work import Scheduler, Stop, WorkOptions, WorkSummary, plan_work
 from .work.types import BoardTally
 
@@ -303,20 +303,20 @@ def _render_scan(report: ScanReport, settings: Settings, store: Store, cwd: Path
     if not pending:
         return
     prices = known_prices(store, settings)
-    status = store.status(prices.price)
+    status = store.status(prices)
     count = status.counts["pending"]
-    estimate = status.estimated_remaining_cents
+    estimate = status.remaining
     used = set(status.providers)
     if o.dry_run:
         for (provider, key, _), n in o.to_generate.items():
             count += n
-            estimate += n * prices.price(provider, key)
+            estimate += prices.cost(provider, key, n)
             used.add(provider)
     label = "Pending after this scan" if o.dry_run else "Pending"
     if not count:
         out.print(f"{label}: nothing to generate.", markup=False)
         return
-    out.print(f"{label}: {plural(count, 'job')}, estimated {money(estimate)} at "
+    out.print(f"{label}: {plural(count, 'job')}, estimated {estimate} at "
               f"{prices.describe(used or [settings.provider])}.", markup=False)
 
 
@@ -366,7 +366,7 @@ def status_command(ctx: click.Context, as_json: bool, job: Optional[str], show_a
     settings = app.settings()
     store = app.store(settings)
     prices = known_prices(store, settings)
-    report = store.status(prices.price)
+    report = store.status(prices)
     chosen = pick_counts(store)
     if as_json:
         data = report.to_json()
@@ -394,26 +394,26 @@ def status_command(ctx: click.Context, as_json: bool, job: Optional[str], show_a
     for board, cell in zip(boards, PathCell.column([b.path for b in boards])):
         picked, segments = chosen.get(board.path, (0, 0))
         table.add_row(cell, *(str(board.counts[s.value]) for s in shown), str(board.total),
-                      money(board.spent_cents), f"{picked}/{segments}")
+                      str(board.spent), f"{picked}/{segments}")
     if hidden:
         picked = sum(chosen.get(b.path, (0, 0))[0] for b in hidden)
         segments = sum(chosen.get(b.path, (0, 0))[1] for b in hidden)
         table.add_row(f"… {len(hidden):,} more (--all lists them)",
                       *(str(sum(b.counts[s.value] for b in hidden)) for s in shown),
-                      str(sum(b.total for b in hidden)), money(sum(b.spent_cents for b in hidden)),
+                      str(sum(b.total for b in hidden)), str(sum((b.spent for b in hidden), Money())),
                       f"{picked}/{segments}")
     all_picked, all_segments = sum(p for p, _ in chosen.values()), sum(n for _, n in chosen.values())
     table.add_row("[b]all[/b]", *(f"[b]{report.counts[s.value]}[/b]" for s in shown), f"[b]{report.total}[/b]",
-                  f"[b]{money(report.spent_cents)}[/b]", f"[b]{all_picked}/{all_segments}[/b]")
+                  f"[b]{report.spent}[/b]", f"[b]{all_picked}/{all_segments}[/b]")
     out.print(table)
     _render_providers(report)
     unpaid = report.counts["pending"] + report.counts["submitting"]
     described = prices.describe(report.providers or [settings.provider])
     if unpaid:
-        out.print(f"Spent {money(report.spent_cents)}; estimated remaining {money(report.estimated_remaining_cents)} "
+        out.print(f"Spent {report.spent}; estimated remaining {report.remaining} "
                   f"for {plural(unpaid, 'job')} not yet paid for, at {described}.", markup=False)
     else:
-        out.print(f"Spent {money(report.spent_cents)}; nothing left to pay for. Prices: {described}.", markup=False)
+        out.print(f"Spent {report.spent}; nothing left to pay for. Prices: {described}.", markup=False)
     if report.unresolved:
         out.print(f"{report.unresolved} job(s) are unresolved: a create went unanswered and the task list could not "
                   f"be read back far enough to tell whether it made a task. Nothing is sent again for them; "
@@ -425,13 +425,32 @@ class MoneyType(click.ParamType):
 
     name = "amount"
 
-    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> int:
-        if isinstance(value, int):
+    def convert(self, value: Any, param: Optional[click.Parameter],
+                ctx: Optional[click.Context]) -> Tuple[int, Optional[str]]:
+        if isinstance(value, tuple):
             return value
         try:
             return parse_money(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+
+
+def _spend_caps(given: Sequence[Tuple[int, Optional[str]]], currencies: Sequence[str]) -> Dict[str, int]:
+    """``--max-spend``, one cap per currency: an amount that names no currency is in the one
+    currency in play; when several are, each cap must name its own."""
+    in_play = sorted(set(currencies)) or ["USD"]
+    caps: Dict[str, int] = {}
+    for amount, currency in given:
+        if currency is None:
+            if len(in_play) > 1:
+                raise UsageError(f"--max-spend {amount / 100:g}: several currencies are in play ({', '.join(in_play)}); "
+                                 f"give each cap its currency, e.g. --max-spend $5 --max-spend ¥50")
+            currency = in_play[0]
+        if currency in caps:
+            raise UsageError(f"--max-spend names {currency} twice ({money(caps[currency], currency)} and "
+                             f"{money(amount, currency)})")
+        caps[currency] = amount
+    return caps
 
 
 MONEY = MoneyType()
@@ -446,8 +465,8 @@ def _render_providers(report: Any) -> None:
         p = report.providers[name]
         hosts = ", ".join(sorted({urlsplit(base).netloc for base in p.api_bases})) or "-"
         flying = sum(p.counts[s.value] for s in (State.SUBMITTING, State.SUBMITTED, State.DOWNLOADING))
-        table.add_row(Text(name), Text(hosts), str(p.total), str(p.counts["done"]), str(flying), money(p.spent_cents),
-                      money(p.estimated_remaining_cents))
+        table.add_row(Text(name), Text(hosts), str(p.total), str(p.counts["done"]), str(flying),
+                      p.spent.text(p.currency), p.remaining.text(p.currency))
     out.print(table)
 
 
@@ -457,8 +476,9 @@ def work_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--concurrency", type=click.IntRange(1), help="Generations in flight at once (MAX_CONCURRENT_TASKS, default 8)."),
         click.option("--limit", type=click.IntRange(1), help="Process at most N jobs in this run."),
         click.option("--storyboard", "pattern", metavar="PATTERN", help="Only storyboards whose path or name matches this glob."),
-        click.option("--max-spend", type=MONEY, metavar="AMOUNT",
-                     help="Never submit a job that would take this run's spend past AMOUNT: dollars (5, 5.50) or cents (500c)."),
+        click.option("--max-spend", type=MONEY, metavar="AMOUNT", multiple=True,
+                     help="Never submit a job that would take this run's spend past AMOUNT: 5, 5.50, $5, ¥50, 50CNY, "
+                          "or cents/fen (500c). Several currencies in play: one cap each (--max-spend $5 --max-spend ¥50)."),
         click.option("--no-progress", is_flag=True, help="Plain log lines instead of the live view."),
     ]):
         func = option(func)
@@ -466,7 +486,8 @@ def work_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _work(app: App, settings: Settings, store: Store, pool: ProviderPool, *, pattern: Optional[str],
-          limit: Optional[int], max_spend: Optional[int], no_progress: bool, job_ids: Optional[List[int]] = None,
+          limit: Optional[int], max_spend: Sequence[Tuple[int, Optional[str]]], no_progress: bool,
+          job_ids: Optional[List[int]] = None,
           checked: Optional[Preflight] = None) -> WorkSummary:
     """Run the worker with the live view and Ctrl+C handling; print the summary; return it.
     Every API the jobs need is pre-flighted first, except those ``checked`` already. ``pool``: the
@@ -480,8 +501,9 @@ def _work(app: App, settings: Settings, store: Store, pool: ProviderPool, *, pat
         # GET /pricing of the sora.hk API new jobs go to, when any do.
         sora_api = (DEFAULT_PROVIDER, configured_base(settings, DEFAULT_PROVIDER))
         prices = refresh_prices(store, pool.get(*sora_api) if sora_api in apis else None, settings)
+        caps = _spend_caps(max_spend, [prices.currency(provider) for provider, _ in apis])
         options = WorkOptions(
-            concurrency=settings.max_concurrent_tasks, limit=limit, scope=scope, max_spend=max_spend,
+            concurrency=settings.max_concurrent_tasks, limit=limit, scope=scope, max_spend=caps,
             poll=PollPolicy.from_settings(settings), retry=RetryPolicy.from_settings(settings),
             polls_per_second=settings.poll_max_per_second, lease_seconds=settings.lease_seconds,
             reconcile_grace=settings.reconcile_grace_seconds, poll_timeout=settings.poll_timeout_seconds,
@@ -536,7 +558,7 @@ def _board_table(boards: Dict[str, BoardTally]) -> Table:
         table.add_column(title, justify="right", no_wrap=True)
     table.add_column("paid", justify="right", no_wrap=True)
     for (path, board), cell in zip(boards.items(), PathCell.column(list(boards))):
-        table.add_row(cell, *(str(getattr(board, name) or "-") for name, _ in columns), money(board.spent_cents))
+        table.add_row(cell, *(str(getattr(board, name) or "-") for name, _ in columns), str(board.spent))
     return table
 
 
@@ -556,7 +578,7 @@ def _render_summary(s: WorkSummary) -> None:
     each failure with its reason and what is left for later; only what happened is said."""
     happened = _facts([(s.done, "saved"), (s.skipped_existing, "already on disk"), (s.failed, "failed"),
                        (s.collected, "paid earlier and collected")])
-    paid = f"paid {money(s.spent_cents)} for {plural(s.creates, 'generation')}" if s.creates else "nothing paid"
+    paid = f"paid {s.spent} for {plural(s.creates, 'generation')}" if s.creates else "nothing paid"
     head = f"Stopped after {_seconds(s.seconds)}" if s.stopped else f"Finished in {_seconds(s.seconds)}"
     out.print(f"{head}: {happened or 'no job to work on'}; {paid}.", markup=False)
     if s.boards:
@@ -632,12 +654,13 @@ def _preflight(settings: Settings, apis: Sequence[Tuple[str, str]], pool: Provid
             found.left_out.append((provider, base))
             continue
         log.info("pre-flight: %s (%s) answers; balance %s", base, provider,
-                 money(balance) if balance is not None else "not told")
+                 money(balance, REGISTRY[provider].currency) if balance is not None else "not told")
     return found
 
 
 def _dry_run(settings: Settings, store: Store, pool: ProviderPool, pattern: Optional[str], limit: Optional[int],
-             extra: Optional[Dict[Tuple[str, str, bool], int]] = None, *, max_spend: Optional[int] = None,
+             extra: Optional[Dict[Tuple[str, str, bool], int]] = None, *,
+             max_spend: Sequence[Tuple[int, Optional[str]]] = (),
              balances: Optional[Dict[Tuple[str, str], Optional[int]]] = None,
              job_ids: Optional[Sequence[int]] = None) -> None:
     """Print what a run would submit and cost, beside each provider's balance (``balances``: the
@@ -654,7 +677,7 @@ def _dry_run(settings: Settings, store: Store, pool: ProviderPool, pattern: Opti
     shown = [part.provider for part in plan.providers] or [settings.provider]
     if plan.jobs:
         models = _facts([(plan.normal, "normal"), (plan.pro, "Pro")])
-        out.print(f"A run would submit {plural(plan.jobs, 'job')} ({models}): estimated {money(plan.cost)} at "
+        out.print(f"A run would submit {plural(plan.jobs, 'job')} ({models}): estimated {plan.cost} at "
                   f"{prices.describe(shown)}.", markup=False)
     else:
         out.print("A run would submit nothing: no job is pending.", markup=False)
@@ -665,25 +688,29 @@ def _dry_run(settings: Settings, store: Store, pool: ProviderPool, pattern: Opti
     for part in plan.providers:
         who = f"{part.provider}: " if several else ""
         balance = part.balance if part.balance is not None else told.get(part.provider)
+        cur = part.currency
         if balance is None:
             out.print(f"{who}Balance unknown ({part.balance_note}).", markup=False)
         elif balance >= part.cost:
-            out.print(f"{who}Balance {money(balance)} covers it ({money(balance - part.cost)} would be left).",
+            out.print(f"{who}Balance {money(balance, cur)} covers it ({money(balance - part.cost, cur)} would be left).",
                       markup=False)
         else:
-            out.print(f"{who}Balance {money(balance)} does NOT cover it: {money(part.cost - balance)} short; "
+            out.print(f"{who}Balance {money(balance, cur)} does NOT cover it: {money(part.cost - balance, cur)} short; "
                       f"a run would stop submitting when the balance runs out.", markup=False)
-            short.append(f"the {part.provider} balance {money(balance)}" if several else f"the balance {money(balance)}")
-    if max_spend is not None:
-        if max_spend >= plan.cost:
-            out.print(f"--max-spend {money(max_spend)} covers it.")
+            short.append(f"the {part.provider} balance {money(balance, cur)}" if several
+                         else f"the balance {money(balance, cur)}")
+    caps = _spend_caps(max_spend, [part.currency for part in plan.providers] or [prices.currency(settings.provider)])
+    for currency, cap in caps.items():
+        needed = plan.cost.get(currency)
+        if cap >= needed:
+            out.print(f"--max-spend {money(cap, currency)} covers it.")
         else:
-            out.print(f"--max-spend {money(max_spend)} does NOT cover it: a run would stop submitting "
+            out.print(f"--max-spend {money(cap, currency)} does NOT cover it: a run would stop submitting "
                       f"before it spent more than that.")
-            short.append(f"--max-spend {money(max_spend)}")
+            short.append(f"--max-spend {money(cap, currency)}")
     out.print("Dry run: nothing was paid for.")
     if short:
-        raise BudgetExhausted(f"dry run: {' and '.join(short)} would not cover the estimated {money(plan.cost)}")
+        raise BudgetExhausted(f"dry run: {' and '.join(short)} would not cover the estimated {plan.cost}")
 
 
 @cli.command("work")
@@ -692,7 +719,8 @@ def _dry_run(settings: Settings, store: Store, pool: ProviderPool, pattern: Opti
 @retry_failed_option
 @click.pass_obj
 def work_command(app: App, concurrency: Optional[int], limit: Optional[int], pattern: Optional[str],
-                 max_spend: Optional[int], no_progress: bool, dry_run: bool, retry_failed: Optional[Path]) -> None:
+                 max_spend: Tuple[Tuple[int, Optional[str]], ...], no_progress: bool, dry_run: bool,
+                 retry_failed: Optional[Path]) -> None:
     """Claim pending jobs, generate them, download the videos."""
     settings = app.settings(max_concurrent_tasks=concurrency)
     store = app.store(settings)
@@ -804,8 +832,9 @@ def show_command(app: App, job: str, as_json: bool = False) -> None:
     row = refs.resolve(store, job, app.cwd)
     chosen = segment_pick(store, row.storyboard_id, row.segment_index)
     history = store.history(row.id)
+    currency = known_prices(store, settings).currency(row.provider)
     if as_json:
-        click.echo(json.dumps(_job_json(row, chosen, history), ensure_ascii=False, indent=2))
+        click.echo(json.dumps(_job_json(row, chosen, history, currency), ensure_ascii=False, indent=2))
         return
     pick = ("yes: the chosen take of its segment" if chosen and chosen.job_id == row.id else
             f"no (v{chosen.version} is the pick)" if chosen else "no (the segment has no pick)")
@@ -814,8 +843,8 @@ def show_command(app: App, job: str, as_json: bool = False) -> None:
     for name, value in [("job", row.id), ("storyboard", row.storyboard_path), ("segment", row.segment_index),
                         ("version", row.version), ("state", row.state.value), ("picked", pick),
                         ("provider", row.provider), ("API", api), ("remote task", row.remote_task_id or "-"),
-                        ("cost", money(row.cost_cents) if row.cost_cents is not None else "-"),
-                        ("spent in all", money(row.spent_cents)), ("attempts", row.attempts),
+                        ("cost", money(row.cost_cents, currency) if row.cost_cents is not None else "-"),
+                        ("spent in all", money(row.spent_cents, currency)), ("attempts", row.attempts),
                         ("target", row.target_dir), ("video", row.video_path or "-"),
                         ("error", f"[{row.error_kind}] {row.error_message}" if row.error_kind else "-"),
                         ("created", row.created_at), ("parameters", json.dumps(dict(row.params), ensure_ascii=False))]:
@@ -830,9 +859,10 @@ def show_command(app: App, job: str, as_json: bool = False) -> None:
     out.print(events)
 
 
-def _job_json(row: JobRow, chosen: Any, history: Sequence[Any]) -> Dict[str, Any]:
-    """``show --json``: the job's columns, whether it is its segment's pick, and its history."""
-    data: Dict[str, Any] = {"id": row.id, "ref": row.label, "storyboard": row.storyboard_path,
+def _job_json(row: JobRow, chosen: Any, history: Sequence[Any], currency: str) -> Dict[str, Any]:
+    """``show --json``: the job's columns (amounts in minor units of ``currency``), whether it is
+    its segment's pick, and its history."""
+    data: Dict[str, Any] = {"id": row.id, "ref": row.label, "storyboard": row.storyboard_path, "currency": currency,
                             "segment_index": row.segment_index, "version": row.version, "state": row.state.value,
                             "picked": bool(chosen and chosen.job_id == row.id),
                             "segment_pick_version": chosen.version if chosen else None,
@@ -856,7 +886,7 @@ def _job_json(row: JobRow, chosen: Any, history: Sequence[Any]) -> Dict[str, Any
 @click.pass_obj
 def run_command(app: App, input_dir: Optional[Path], output_mode: Optional[str], output_dir: Optional[Path],
                 dry_run: bool, requeue_changed: bool, concurrency: Optional[int], limit: Optional[int],
-                pattern: Optional[str], max_spend: Optional[int], no_progress: bool,
+                pattern: Optional[str], max_spend: Tuple[Tuple[int, Optional[str]], ...], no_progress: bool,
                 retry_failed: Optional[Path]) -> None:
     """`scan`, then `work`: the one-command experience. Takes every option of both."""
     settings = app.settings(input_dir=input_dir, output_mode=output_mode, output_dir=output_dir,

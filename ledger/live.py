@@ -26,7 +26,6 @@ from rich.table import Table
 from rich.text import Text
 
 from .models import utcnow
-from .pricing import money
 from .states import State
 from .store import JobRow
 from .work.types import MILESTONES, Action, Active, EventKind, WorkSummary
@@ -397,7 +396,7 @@ class LiveView:
             ("in flight", len(actives)), ("waiting to retry", len(self.waiting)),
             ("collected", summary.collected), ("unresolved", summary.unresolved),
             ("still generating", summary.still_generating if final else 0)) if value]
-        parts.append(f"paid {money(summary.spent_cents)}" + (f" for {plural(summary.creates, 'generation')}"
+        parts.append(f"paid {summary.spent}" + (f" for {plural(summary.creates, 'generation')}"
                                                              if summary.creates else ""))
         line = " · ".join(parts)
         if final:

@@ -13,9 +13,10 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Mapping, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Protocol, Tuple
 
 from .errors import ApiError
+from .money import CODES, Money, money, parse_money
 from .models import utcnow
 from .settings import Settings
 
@@ -27,31 +28,13 @@ log = logging.getLogger(__name__)
 PRICING_KEY = "pricing"
 
 
-def money(cents: int) -> str:
-    """Cents as the user's currency: ``$1.14``."""
-    sign = "-" if cents < 0 else ""
-    return f"{sign}${abs(cents) / 100:,.2f}"
-
-
-_AMOUNT = re.compile(r"\$?(?P<dollars>\d+)(?:\.(?P<fraction>\d{1,2}))?|(?P<cents>\d+)c")
-
-
-def parse_money(text: str) -> int:
-    """An amount as users write it, in cents: ``5`` and ``$5`` are $5.00, ``5.5`` is $5.50, ``500c``
-    is 500 cents. ``ValueError`` says what is wrong."""
-    match = _AMOUNT.fullmatch(text.strip().replace(",", "").replace("_", ""))
-    if match is None:
-        raise ValueError(f"{text!r} is not an amount: write dollars (5, 5.50, $5) or cents with a c (500c)")
-    if match["cents"] is not None:
-        return int(match["cents"])
-    return int(match["dollars"]) * 100 + int((match["fraction"] or "0").ljust(2, "0"))
-
-
 class Tariff(Protocol):
-    """One provider's price list."""
+    """One provider's price list, in its currency's minor unit (cents, fen)."""
+
+    currency: str
 
     def price(self, key: str) -> int:
-        """Cents for one job with this price key."""
+        """The price of one job with this price key, in minor units of ``currency``."""
 
     def describe(self) -> str:
         """The list and where it came from, in one phrase."""
@@ -64,6 +47,7 @@ class PriceBook:
     normal: int
     pro: int
     source: str
+    currency: str = "USD"
 
     def price(self, key: str) -> int:
         """The price of one generation by its key, ``pro`` or ``normal``."""
@@ -71,7 +55,8 @@ class PriceBook:
 
     def describe(self) -> str:
         """``normal $0.30, Pro $1.50 per video (from …)``."""
-        return f"normal {money(self.normal)}, Pro {money(self.pro)} per video ({self.source})"
+        return (f"normal {money(self.normal, self.currency)}, Pro {money(self.pro, self.currency)} per video "
+                f"({self.source})")
 
 
 @dataclass(frozen=True)
@@ -81,8 +66,16 @@ class Prices:
     tariffs: Mapping[str, Tariff]
 
     def price(self, provider: str, key: str) -> int:
-        """Cents for one job of ``provider`` with price key ``key``."""
+        """One job of ``provider`` with price key ``key``, in minor units of the provider's currency."""
         return self.tariffs[provider].price(key)
+
+    def currency(self, provider: str) -> str:
+        """The currency ``provider``'s amounts are in."""
+        return self.tariffs[provider].currency
+
+    def cost(self, provider: str, key: str, jobs: int = 1) -> Money:
+        """``jobs`` jobs of ``provider`` at price key ``key``."""
+        return Money.of(jobs * self.price(provider, key), self.currency(provider))
 
     def describe(self, providers: Optional[Iterable[str]] = None) -> str:
         """The lists of ``providers`` (default: every one), one phrase each."""
@@ -104,7 +97,13 @@ def _from_stored(value: Dict[str, Any], settings: Settings) -> Optional[PriceBoo
         fetched = datetime.fromisoformat(str(value["fetched_at"]))
     except (KeyError, TypeError, ValueError):
         return None
-    return PriceBook(normal, pro, f"GET /pricing, {fetched:%Y-%m-%d %H:%M} UTC")
+    return PriceBook(normal, pro, f"GET /pricing, {fetched:%Y-%m-%d %H:%M} UTC", _currency(value.get("currency")))
+
+
+def _currency(told: Any) -> str:
+    """The currency a price list names (``USD``; ``RMB`` and ``元`` are ``CNY``), USD when it names none."""
+    text = str(told or "").strip()
+    return CODES.get(text.lower(), text.upper()) if text else "USD"
 
 
 def known_sora_prices(store: "Store", settings: Settings) -> PriceBook:
@@ -139,11 +138,11 @@ def refresh_prices(store: "Store", client: "Optional[Any]", settings: Settings) 
         book = known_sora_prices(store, settings)
         # The error already names the call: "GET /pricing: HTTP 429 …".
         log.info("price list not read (%s); using %s", exc, book.source)
-        return _with(PriceBook(book.normal, book.pro, f"{book.source}; the price list could not be read just now"),
-                     settings)
+        return _with(PriceBook(book.normal, book.pro, f"{book.source}; the price list could not be read just now",
+                               book.currency), settings)
     now = utcnow()
     store.put_meta(PRICING_KEY, {"normal": pricing.normal_price, "pro": pricing.pro_price,
                                  "currency": pricing.currency, "base_url": settings.base_url,
                                  "fetched_at": now.isoformat(timespec="seconds")})
-    return _with(PriceBook(pricing.normal_price, pricing.pro_price, f"GET /pricing, {now:%Y-%m-%d %H:%M} UTC"),
-                 settings)
+    return _with(PriceBook(pricing.normal_price, pricing.pro_price, f"GET /pricing, {now:%Y-%m-%d %H:%M} UTC",
+                           _currency(pricing.currency)), settings)

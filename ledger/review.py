@@ -28,6 +28,7 @@ from urllib.parse import quote
 
 from .errors import UsageError
 from .models import iso_utc, utcnow
+from .money import Money, money
 from .settings import Settings
 from .states import ALL_STATES, IN_FLIGHT, State
 from .store import Take
@@ -48,6 +49,7 @@ class TakeView:
     state: State
     picked: bool
     cost_cents: Optional[int]
+    currency: str  # of the cost: its provider's
     seconds: Optional[float]  # submission to finished file
     task_id: Optional[str]
     progress: int
@@ -94,7 +96,7 @@ class Review:
 
     boards: List[BoardView]
     generated_at: datetime
-    spent_cents: int = 0
+    spent: Money = field(default_factory=Money)
 
     @property
     def segments(self) -> List[SegmentView]:
@@ -171,7 +173,7 @@ def collect(takes: Iterable[Take], settings: Settings, cwd: Path, resolve: Calla
     """Group the ledger's takes (in story order) into the page's boards and segments."""
     boards: "OrderedDict[str, BoardView]" = OrderedDict()
     currents: Dict[str, Optional[Dict[int, _Current]]] = {}
-    spent = 0
+    spent = Money()
     for take in takes:
         job = take.job
         board = boards.get(job.storyboard_path)
@@ -193,11 +195,17 @@ def collect(takes: Iterable[Take], settings: Settings, cwd: Path, resolve: Calla
         seconds = (job.finished_at - job.submitted_at).total_seconds() \
             if job.state is State.DONE and job.finished_at and job.submitted_at else None
         board.segments[-1].takes.append(TakeView(
-            job.id, job.label, job.version, job.state, take.picked, job.cost_cents, seconds,
+            job.id, job.label, job.version, job.state, take.picked, job.cost_cents, _currency(job.provider), seconds,
             job.remote_task_id, job.progress, job.error_message or job.error_kind, video,
             bool(video and video.is_file()), _stale(take, current), str(job.params.get("prompt", ""))))
-        spent += job.spent_cents
+        spent += Money.of(job.spent_cents, _currency(job.provider))
     return Review(list(boards.values()), utcnow(), spent)
+
+
+def _currency(provider: str) -> str:
+    from .providers import REGISTRY
+
+    return REGISTRY[provider].currency if provider in REGISTRY else "USD"
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -211,8 +219,8 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def money(cents: Optional[int]) -> str:
-    return "-" if cents is None else f"${cents / 100:,.2f}"
+def _cost(cents: Optional[int], currency: str) -> str:
+    return "-" if cents is None else money(cents, currency)
 
 
 def _duration(seconds: float) -> str:
@@ -243,7 +251,7 @@ def _state_text(take: TakeView) -> str:
 
 def _take_html(take: TakeView, position: int, segment: SegmentView, media: Callable[[TakeView], str]) -> str:
     classes = ["take", take.state.value] + (["picked"] if take.picked else []) + (["stale"] if take.stale else [])
-    facts = [f"v{take.version}", money(take.cost_cents)]
+    facts = [f"v{take.version}", _cost(take.cost_cents, take.currency)]
     if take.seconds is not None:
         facts.append(_duration(take.seconds))
     if take.task_id:
@@ -308,7 +316,7 @@ def _summary_html(review: Review, mode: str) -> str:
     return (f'<header class="summary"><h1>Review <small>{len(review.boards)} storyboard(s), {total} segment(s), '
             f'{len(review.takes)} take(s)</small></h1>'
             f'<ul class="counts">{counts}</ul>'
-            f'<p class="totals">spent <b>{money(review.spent_cents)}</b> · picked '
+            f'<p class="totals">spent <b>{_e(review.spent)}</b> · picked '
             f'<b id="picked-count">{review.picked_segments}</b> of <b>{total}</b> segment(s)'
             f'{f" · <b>{review.stale}</b> stale take(s)" if review.stale else ""}'
             f' · generated {_e(iso_utc(review.generated_at.replace(microsecond=0)))}</p>'

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine, Row
@@ -22,9 +22,13 @@ from .db import read_tx, write_tx
 from .models import events, jobs, meta, path_key, storyboards, utcnow
 from .outputs import existing_videos, supersede
 from .errors import LedgerError
+from .money import Money
 from .leases import owner_is_dead
 from .states import ALL_STATES, CLAIMABLE, IN_FLIGHT, State, check_transition
 from .storyboard import JobSpec, ParsedStoryboard, SegmentSpec
+
+if TYPE_CHECKING:  # for annotations: the price lists are the caller's
+    from .pricing import Prices
 
 log = logging.getLogger(__name__)
 
@@ -866,15 +870,15 @@ class Store:
 
     # status --------------------------------------------------------------------------------
 
-    def status(self, prices: Callable[[str, str], int]) -> "StatusReport":
+    def status(self, prices: "Prices") -> "StatusReport":
         """Counts per state, overall, per storyboard and per provider, and money spent / still to
-        spend (``prices(provider, price_key)``: one job's price).
+        spend, each in its provider's currency (``prices``: every provider's price list).
 
         Grouped by storyboard id (an integer the jobs' unique index already orders by), then named:
         a million jobs in 50,000 storyboards cost about the counting query itself."""
         report = StatusReport()
         unpaid = (State.PENDING.value, State.SUBMITTING.value)
-        price: Dict[Tuple[str, str], int] = {}
+        price: Dict[Tuple[str, str], Money] = {}
         boards: Dict[int, BoardStatus] = {}
         with read_tx(self.engine) as conn:
             paths = dict(conn.execute(select(storyboards.c.id, storyboards.c.path)).all())
@@ -888,20 +892,21 @@ class Store:
                     board = boards[board_id] = BoardStatus(paths[board_id])
                 by_provider = report.providers.get(provider)
                 if by_provider is None:
-                    by_provider = report.providers[provider] = ProviderStatus(provider)
+                    by_provider = report.providers[provider] = ProviderStatus(provider, prices.currency(provider))
                 if api_base is not None and api_base not in by_provider.api_bases:
                     by_provider.api_bases.append(api_base)
-                remaining = 0
+                remaining = Money()
                 if state in unpaid:
                     key = (provider, price_key)
                     if key not in price:
-                        price[key] = prices(provider, price_key)
-                    remaining = count * price[key]
+                        price[key] = prices.cost(provider, price_key)
+                    remaining = Money.of(count * price[key].get(by_provider.currency), by_provider.currency)
+                paid = Money.of(spent, by_provider.currency)
                 for target in (board, by_provider):
                     target.counts[state] += count
                     target.total += count
-                    target.spent_cents += spent
-                    target.estimated_remaining_cents += remaining
+                    target.spent += paid
+                    target.remaining += remaining
             report.unresolved = conn.execute(
                 select(func.count()).select_from(jobs).where(jobs.c.state == State.SUBMITTING.value)
                 .where(jobs.c.error_kind == "unresolved")).scalar_one()
@@ -910,8 +915,8 @@ class Store:
             for state, count in board.counts.items():
                 report.counts[state] += count
             report.total += board.total
-            report.spent_cents += board.spent_cents
-            report.estimated_remaining_cents += board.estimated_remaining_cents
+            report.spent += board.spent
+            report.remaining += board.remaining
         return report
 
 
@@ -924,8 +929,8 @@ class BoardStatus:
     path: str
     counts: Dict[str, int] = field(default_factory=_zero_counts)
     total: int = 0
-    spent_cents: int = 0
-    estimated_remaining_cents: int = 0
+    spent: Money = field(default_factory=Money)
+    remaining: Money = field(default_factory=Money)  # estimated, for the jobs not yet paid for
 
 
 @dataclass
@@ -933,10 +938,11 @@ class ProviderStatus:
     """The jobs of one provider, and the API base URLs they were sent to."""
 
     provider: str
+    currency: str
     counts: Dict[str, int] = field(default_factory=_zero_counts)
     total: int = 0
-    spent_cents: int = 0
-    estimated_remaining_cents: int = 0
+    spent: Money = field(default_factory=Money)
+    remaining: Money = field(default_factory=Money)
     api_bases: List[str] = field(default_factory=list)
 
 
@@ -944,29 +950,39 @@ class ProviderStatus:
 class StatusReport:
     counts: Dict[str, int] = field(default_factory=_zero_counts)
     total: int = 0
-    spent_cents: int = 0
-    estimated_remaining_cents: int = 0
+    spent: Money = field(default_factory=Money)
+    remaining: Money = field(default_factory=Money)
     storyboards: Dict[str, BoardStatus] = field(default_factory=dict)
     providers: Dict[str, ProviderStatus] = field(default_factory=dict)
     unresolved: int = 0  # lost creates whose look-up could not settle them (``submitting``)
 
     def to_json(self) -> Dict[str, Any]:
+        """Amounts in minor units (cents, fen): ``spent`` and ``estimated_remaining`` by currency;
+        ``spent_cents`` and ``estimated_remaining_cents`` the amount itself while one currency is in
+        play (None when several are)."""
         return {
             "counts": self.counts,
             "total": self.total,
-            "money": {"spent_cents": self.spent_cents, "estimated_remaining_cents": self.estimated_remaining_cents},
+            "money": _money_json(self.spent, self.remaining),
             "unresolved": self.unresolved,
             "storyboards": [
-                {"path": b.path, "counts": b.counts, "total": b.total, "spent_cents": b.spent_cents,
-                 "estimated_remaining_cents": b.estimated_remaining_cents}
+                {"path": b.path, "counts": b.counts, "total": b.total, **_money_json(b.spent, b.remaining)}
                 for b in self.storyboards.values()
             ],
             "providers": [
                 {"provider": p.provider, "api_bases": sorted(p.api_bases), "counts": p.counts, "total": p.total,
-                 "spent_cents": p.spent_cents, "estimated_remaining_cents": p.estimated_remaining_cents}
+                 "currency": p.currency, **_money_json(p.spent, p.remaining)}
                 for p in sorted(self.providers.values(), key=lambda p: p.provider)
             ],
         }
+
+
+def _money_json(spent: Money, remaining: Money) -> Dict[str, Any]:
+    both = spent + remaining
+    single = len(both.currencies) <= 1
+    return {"spent_cents": spent.single() if single else None,
+            "estimated_remaining_cents": remaining.single() if single else None,
+            "spent": spent.to_json(), "estimated_remaining": remaining.to_json()}
 
 
 # --- picks, review, export and short references (issue 10) ------------------------------------

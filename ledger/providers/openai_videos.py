@@ -130,6 +130,7 @@ class PerSecond:
 
     table: Mapping[str, float]
     source: str = BUILT_IN_PRICES
+    currency: str = "USD"
 
     def rate(self, model: str, size: str) -> float:
         """Cents per second of ``model`` at ``size`` (a snapshot costs what its model costs)."""

@@ -115,3 +115,20 @@ class Budget:
         """How many creates hold a reservation (sent, their cost not yet known)."""
         with self._lock:
             return self._held
+
+
+class Budgets:
+    """One ``Budget`` per currency: ``--max-spend`` caps each currency in play on its own (nothing
+    is converted), and a currency it gives no cap is not capped."""
+
+    def __init__(self, caps: Optional[Dict[str, int]] = None) -> None:
+        self.caps: Dict[str, int] = dict(caps or {})
+        self._lock = threading.Lock()
+        self._by: Dict[str, Budget] = {}
+
+    def __getitem__(self, currency: str) -> Budget:
+        with self._lock:
+            budget = self._by.get(currency)
+            if budget is None:
+                budget = self._by[currency] = Budget(self.caps.get(currency))
+            return budget

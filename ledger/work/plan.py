@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from ..errors import ApiError
-from ..pricing import Prices
+from ..pricing import Money, Prices
 from ..providers import ProviderPool
 from ..store import JobScope, Store
 
@@ -15,9 +15,10 @@ class ProviderPlan:
     """The jobs a run would send to one provider, their cost, and that account's balance."""
 
     provider: str
+    currency: str
     normal: int
     pro: int
-    cost: int
+    cost: int  # minor units of ``currency``
     balance: Optional[int]
     balance_note: str = ""
 
@@ -47,8 +48,8 @@ class WorkPlan:
         return self.normal + self.pro
 
     @property
-    def cost(self) -> int:
-        return sum(p.cost for p in self.providers)
+    def cost(self) -> Money:
+        return sum((Money.of(p.cost, p.currency) for p in self.providers), Money())
 
 
 def plan_work(store: Store, providers: ProviderPool, scope: JobScope, prices: Prices, *,
@@ -62,6 +63,7 @@ def plan_work(store: Store, providers: ProviderPool, scope: JobScope, prices: Pr
         counts[key] = counts.get(key, 0) + n
     left = limit
     plans: Dict[str, List[int]] = {}  # provider -> [normal, pro, cost]
+    # Dearest first (by amount, whatever the currency: only --limit's choice depends on the order).
     for (provider, key, is_pro), n in sorted(counts.items(), key=lambda item: -prices.price(*item[0][:2])):
         taken = n if left is None else min(n, left)
         if left is not None:
@@ -78,5 +80,5 @@ def plan_work(store: Store, providers: ProviderPool, scope: JobScope, prices: Pr
             note = "" if balance is not None else f"the {provider} API has no balance endpoint"
         except ApiError as exc:
             balance, note = None, f"the balance could not be read: {exc}"
-        result.append(ProviderPlan(provider, normal, pro, cost, balance, note))
+        result.append(ProviderPlan(provider, prices.currency(provider), normal, pro, cost, balance, note))
     return WorkPlan(result, store.count_in_flight(scope), prices)

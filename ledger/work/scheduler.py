@@ -27,7 +27,7 @@ from ..providers import ProviderPool
 from ..states import State
 from ..store import JobRow, JobScope, Store
 from .board import StatusBoard
-from .budget import Budget
+from .budget import Budgets
 from .decide import is_ledger_trouble
 from .steps import RunState, StepContext, keep_in_journal, run_step
 from .types import FIRST_ACTION, Action, Active, EventKind, Next, Outcome, Stop, WorkOptions, WorkSummary
@@ -94,7 +94,7 @@ class Scheduler:
             if journal_dir is None else journal_dir
         gate = RateGate(options.polls_per_second)
         self.ctx = StepContext(
-            store=store, providers=providers, options=options, owner=self.owner, budget=Budget(options.max_spend),
+            store=store, providers=providers, options=options, owner=self.owner, budget=Budgets(options.max_spend),
             prices=prices, journal=Journal(folder, self.owner),  # type: ignore[arg-type]
             run=self.run_state, gate=gate, board=StatusBoard(gate, self.run_state.abort, batch_min=options.batch_min,
                                                              on_finished=self._finished_elsewhere),

@@ -32,13 +32,13 @@ from ..journal import Entry, Journal
 from ..models import iso_utc, utcnow
 from ..outputs import existing_videos
 from ..policy import RateGate
-from ..pricing import Prices, money
+from ..pricing import Money, Prices, money
 from ..providers import Provider, ProviderPool
 from ..states import State
 from ..store import NO_VIDEO_KINDS, JobRow, LeaseLost, Store
 from ..storyboard import ledger_path
 from .board import StatusBoard, slack
-from .budget import Budget, Hold
+from .budget import Budgets, Hold
 from .decide import Verdict, decide, is_ledger_trouble
 from .types import Action, Active, EventKind, Next, Outcome, Stop, WorkOptions, WorkSummary
 
@@ -107,7 +107,7 @@ class StepContext:
     providers: ProviderPool
     options: WorkOptions
     owner: str
-    budget: Budget
+    budget: Budgets  # --max-spend, one per currency
     prices: Prices
     journal: Journal
     run: RunState
@@ -135,8 +135,13 @@ def attempt_ref(job: JobRow) -> str:
 
 
 def price_of(ctx: StepContext, job: JobRow) -> int:
-    """One generation of ``job`` in its provider's price list."""
+    """One generation of ``job`` in its provider's price list (minor units of its currency)."""
     return ctx.prices.price(job.provider, job.price_key)
+
+
+def currency_of(ctx: StepContext, job: JobRow) -> str:
+    """The currency ``job``'s amounts are in: its provider's."""
+    return ctx.prices.currency(job.provider)
 
 
 # --- the steps ------------------------------------------------------------------------------------
@@ -202,12 +207,13 @@ def record(ctx: StepContext, a: Active) -> Next:
         # from whenever the answer got written down.
         started, what, kind = a.sent_at or now, "created task", EventKind.CREATED
     paid_by = "" if a.sent_at is not None else "; paid by an earlier run"
-    _move(ctx, a, State.SUBMITTED, kind, f"{what} {task.task_id} ({money(cost)}{paid_by})",
+    currency = currency_of(ctx, job)
+    _move(ctx, a, State.SUBMITTED, kind, f"{what} {task.task_id} ({money(cost, currency)}{paid_by})",
           remote_task_id=task.task_id, cost_cents=cost, spent_cents=job.spent_cents + cost, submitted_at=started,
           progress=task.progress, attempts=0, error_kind=None, error_message=None, next_attempt_at=None)
     if a.sent_at is not None:
-        ctx.budget.spend(a.reserved, task.cost, a.kind, a)
-        ctx.run.count(a.job, creates=1, spent_cents=cost)
+        ctx.budget[currency].spend(a.reserved, task.cost, a.kind, a)
+        ctx.run.count(a.job, creates=1, spent=Money.of(cost, currency))
     else:
         ctx.run.count(a.job, collected=1)
     a.reserved, a.created, a.tries = 0, None, 0
@@ -450,8 +456,8 @@ def settle(ctx: StepContext, a: Active, step: Action, exc: Exception) -> Next:
         if isinstance(exc, InvalidTaskId):  # made and billed: its cost is booked all the same
             cost = exc.cost if exc.cost is not None else a.reserved or _estimate(ctx, job)
             extra["spent_cents"] = job.spent_cents + cost
-            ctx.budget.spend(a.reserved, exc.cost, a.kind, a)
-            ctx.run.count(job, creates=1, spent_cents=cost)
+            ctx.budget[currency_of(ctx, job)].spend(a.reserved, exc.cost, a.kind, a)
+            ctx.run.count(job, creates=1, spent=Money.of(cost, currency_of(ctx, job)))
             a.reserved = 0
         else:
             _unreserve(ctx, a)
@@ -518,7 +524,7 @@ def _unresolved(ctx: StepContext, a: Active, exc: Exception) -> Next:
     _move(ctx, a, State.SUBMITTING, EventKind.PARKED,
           f"unresolved: {message}. Nothing will be sent again until a look-up settles it; "
           "run `ledger work` later", release=True, error_kind=LookupIncomplete.kind, error_message=message)
-    ctx.budget.give_up_probe(a.kind, a)  # its price stays held: the create may have been charged
+    ctx.budget[currency_of(ctx, a.job)].give_up_probe(a.kind, a)  # its price stays held: it may have been charged
     ctx.run.count(a.job, unresolved=1)
     return Next(outcome=Outcome.PARKED)
 
@@ -613,27 +619,28 @@ def cost_kind(job: JobRow, api: Provider) -> Tuple[str, str, str]:
 
 def _estimate(ctx: StepContext, job: JobRow) -> int:
     """The price to count for ``job``: its listed price, or the most its API charged for its kind."""
-    return ctx.budget.estimate(cost_kind(job, api_of(ctx, job)), price_of(ctx, job))
+    return ctx.budget[currency_of(ctx, job)].estimate(cost_kind(job, api_of(ctx, job)), price_of(ctx, job))
 
 
 def _reserve(ctx: StepContext, a: Active, api: Provider) -> Hold:
     """Hold the job's price against ``--max-spend`` before anything is sent (``Hold``)."""
-    kind = cost_kind(a.job, api)
-    price = ctx.budget.estimate(kind, price_of(ctx, a.job))
-    hold = ctx.budget.reserve(price, kind, a, probe=api.reports_cost)
+    kind, currency = cost_kind(a.job, api), currency_of(ctx, a.job)
+    budget = ctx.budget[currency]
+    price = budget.estimate(kind, price_of(ctx, a.job))
+    hold = budget.reserve(price, kind, a, probe=api.reports_cost)
     if hold is Hold.GO:
         a.reserved, a.kind = price, kind
     elif hold is Hold.FULL:
-        cap, spent, reserved, held = ctx.budget.cap or 0, ctx.budget.spent, ctx.budget.reserved, ctx.budget.held
+        cap, spent, reserved, held = budget.cap or 0, budget.spent, budget.reserved, budget.held
         creates = "1 create" if held == 1 else f"{held} creates"
-        waiting = f" and {money(reserved)} held for {creates} awaiting an answer" if held else ""
-        ctx.run.halt(Stop.BUDGET, f"--max-spend {money(cap)} reached: spent {money(spent)}{waiting}, "
-                                  f"the next generation costs {money(price)}")
+        waiting = f" and {money(reserved, currency)} held for {creates} awaiting an answer" if held else ""
+        ctx.run.halt(Stop.BUDGET, f"--max-spend {money(cap, currency)} reached: spent {money(spent, currency)}"
+                                  f"{waiting}, the next generation costs {money(price, currency)}")
     return hold
 
 
 def _unreserve(ctx: StepContext, a: Active) -> None:
-    ctx.budget.release(a.reserved, a.kind, a)
+    ctx.budget[currency_of(ctx, a.job)].release(a.reserved, a.kind, a)
     a.reserved = 0
 
 
@@ -642,13 +649,15 @@ def _balance_situation(ctx: StepContext, job: JobRow, exc: Exception) -> str:
     api = api_of(ctx, job)
     try:
         cents = api.balance()
-        balance = f"the balance is {money(cents)}" if cents is not None else "this API does not tell the balance"
+        currency = currency_of(ctx, job)
+        balance = (f"the balance is {money(cents, currency)}" if cents is not None
+                   else "this API does not tell the balance")
     except ApiError:
         balance = "the balance could not be read"
     why = api.balance_refusal if isinstance(exc, InsufficientBalance) else "balance"
     return (f"the API refused a new generation for lack of balance ({why}): {balance}, one generation costs "
-            f"{money(price_of(ctx, job))}; generations already paid for were finished. Top up, then run "
-            "`ledger work` again")
+            f"{money(price_of(ctx, job), currency_of(ctx, job))}; generations already paid for were finished. "
+            "Top up, then run `ledger work` again")
 
 
 def _elapsed(job: JobRow) -> float:

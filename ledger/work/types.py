@@ -7,10 +7,11 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import PurePosixPath
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..client import RemoteTask
 from ..errors import ExitStatus
+from ..money import Money
 from ..policy import PollPolicy, RetryPolicy
 from ..states import State
 from ..store import JobRow, JobScope
@@ -82,7 +83,7 @@ class WorkOptions:
     concurrency: int = 8
     limit: Optional[int] = None
     scope: JobScope = field(default_factory=JobScope)
-    max_spend: Optional[int] = None
+    max_spend: Dict[str, int] = field(default_factory=dict)  # --max-spend: minor units by currency
     poll: PollPolicy = field(default_factory=PollPolicy)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     polls_per_second: float = 10.0
@@ -158,7 +159,7 @@ class BoardTally:
     creates: int = 0
     collected: int = 0
     unresolved: int = 0
-    spent_cents: int = 0
+    spent: Money = field(default_factory=Money)
     folder: str = ""  # the storyboard's output folder (the parent of its Segment_i folders)
 
 
@@ -172,7 +173,7 @@ class WorkSummary:
     creates: int = 0  # paid creates this run sent (answered, or found after a lost answer)
     collected: int = 0  # tasks paid by an earlier run, found and adopted by this one
     polls: int = 0
-    spent_cents: int = 0
+    spent: Money = field(default_factory=Money)  # what this run's creates cost, by currency
     still_generating: int = 0
     pending_left: int = 0
     unresolved: int = 0  # lost creates whose look-up could not cover its time window
@@ -184,7 +185,7 @@ class WorkSummary:
     # Seconds from this run's create to the saved video, per job: what the live view's ETA is made of.
     generation_seconds: List[float] = field(default_factory=list)
 
-    def add(self, job: Optional[JobRow] = None, took: Optional[float] = None, **amounts: int) -> None:
+    def add(self, job: Optional[JobRow] = None, took: Optional[float] = None, **amounts: Any) -> None:
         """Count ``amounts`` (field names of this summary), also against ``job``'s storyboard;
         ``took``: the job's generation time. The caller holds the run's lock."""
         for name, amount in amounts.items():

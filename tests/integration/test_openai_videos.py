@@ -86,7 +86,7 @@ def test_reconciliation_pages_the_cursor_until_the_create_is_found(make_sim, vid
     mine = sim.create_external("the lost create")
     for i in range(250):
         sim.create_external(f"someone else {i}")
-    found = videos_client(sim.base_url).find_tasks("the lost create", since, skew_seconds=5)
+    found = videos_client(sim.base_url).find_tasks({"prompt": "the lost create"}, "", since, skew_seconds=5)
     assert [t.task_id for t in found.tasks] == [mine] and found.covered and found.pages == 3
     assert sim.stats()["requests_by_route"]["tasks"] == 3
 
@@ -97,7 +97,7 @@ def test_a_relay_that_ignores_the_cursor_cannot_prove_a_create_was_not_made(make
     sim.create_external("the lost create")
     for i in range(150):
         sim.create_external(f"someone else {i}")
-    found = videos_client(sim.base_url).find_tasks("the lost create", since, skew_seconds=5)
+    found = videos_client(sim.base_url).find_tasks({"prompt": "the lost create"}, "", since, skew_seconds=5)
     assert not found.covered and found.tasks == [] and "repeated itself" in found.reason
 
 

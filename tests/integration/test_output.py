@@ -107,7 +107,7 @@ def test_max_spend_that_is_not_an_amount_is_a_usage_error(ws, sim, work_env):
     proc = spawn(ws.root, work_env, "run", "--max-spend", "5 dollars")
     out, errors = proc.communicate(timeout=60)
     assert proc.returncode == 2 and out == ""
-    assert "'5 dollars' is not an amount: write dollars (5, 5.50, $5) or cents with a c (500c)" in errors
+    assert "'5 dollars' is not an amount: write 5, 5.50, $5, ¥50, 50CNY, or cents with a c (500c)" in errors
     assert not (ws.root / "ledger.db").exists() and sim.stats()["creates_received"] == 0
 
 

@@ -193,7 +193,8 @@ def test_status_json_lists_every_state_and_money(ws):
     assert data["counts"] == {"pending": 2, "submitting": 0, "submitted": 0, "downloading": 0, "done": 1,
                               "failed": 1, "removed": 0}
     assert data["total"] == 4
-    assert data["money"] == {"spent_cents": 60, "estimated_remaining_cents": 60}
+    assert data["money"] == {"spent_cents": 60, "estimated_remaining_cents": 60, "spent": {"USD": 60},
+                             "estimated_remaining": {"USD": 60}}
     assert data["storyboards"][0]["path"] == "input/storyboard_a.json"
 
 

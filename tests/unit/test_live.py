@@ -16,7 +16,7 @@ from rich.table import Table
 
 from ledger.live import (ConsoleHandler, LiveView, PathCell, PlainView, estimate_eta, make_view, shorten_path)
 from ledger.models import utcnow
-from ledger.pricing import parse_money
+from ledger.pricing import Money, parse_money
 from ledger.states import State
 from ledger.work.types import Action, Active, EventKind, WorkOptions, WorkSummary
 from tests.terminal import replay
@@ -52,7 +52,7 @@ def test_live_view_shows_progress_counts_and_the_jobs_in_flight():
     console = terminal()
     generating = Active(job=fake_job(1, State.SUBMITTED), action=Action.POLL, progress=37)
     looking = Active(job=fake_job(2, State.SUBMITTING), action=Action.RECONCILE)
-    worker = fake_worker(WorkSummary(done=3, failed=1, creates=6, spent_cents=180), generating, looking)
+    worker = fake_worker(WorkSummary(done=3, failed=1, creates=6, spent=Money.of(180, "USD")), generating, looking)
     view = LiveView(console)
     with view:
         view.tick(worker)
@@ -67,7 +67,7 @@ def test_live_view_shows_progress_counts_and_the_jobs_in_flight():
 def test_the_last_frame_is_the_final_state():
     """Before: the last frame stayed at ``1/2 ETA -:--:--`` above the summary."""
     console = terminal()
-    summary = WorkSummary(creates=1, spent_cents=30)
+    summary = WorkSummary(creates=1, spent=Money.of(30, "USD"))
     worker = fake_worker(summary, Active(job=fake_job(1, State.SUBMITTED), action=Action.POLL), total=2)
     with LiveView(console) as view:
         view.tick(worker)
@@ -209,13 +209,22 @@ def test_a_column_of_paths_keeps_rows_apart_however_narrow():
 # --- money ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, cents", [("5", 500), ("5.5", 550), ("5.50", 550), ("$5", 500), ("0", 0),
-                                         ("500c", 500), ("1,000", 100000), (" 2.05 ", 205)])
-def test_amounts_are_dollars_unless_marked_as_cents(text, cents):
-    assert parse_money(text) == cents
+@pytest.mark.parametrize("text, cents, currency", [
+    ("5", 500, None), ("5.5", 550, None), ("5.50", 550, None), ("$5", 500, "USD"), ("0", 0, None),
+    ("500c", 500, None), ("1,000", 100000, None), (" 2.05 ", 205, None), ("¥50", 5000, "CNY"),
+    ("￥50", 5000, "CNY"), ("50CNY", 5000, "CNY"), ("50 元", 5000, "CNY"), ("5usd", 500, "USD"), ("12.5RMB", 1250, "CNY")])
+def test_amounts_are_in_the_currency_they_name_else_the_one_in_play(text, cents, currency):
+    assert parse_money(text) == (cents, currency)
 
 
-@pytest.mark.parametrize("text", ["", "-5", "5.555", "five", "5 dollars", "c500", "5.5c"])
+@pytest.mark.parametrize("text", ["", "-5", "5.555", "five", "5 dollars", "c500", "5.5c", "$5CNY"])
 def test_what_is_not_an_amount_is_refused_with_the_forms_that_are(text):
-    with pytest.raises(ValueError, match="write dollars"):
+    with pytest.raises(ValueError, match="write 5, 5.50"):
         parse_money(text)
+
+
+def test_money_of_several_currencies_adds_up_per_currency_and_reads_as_a_sum():
+    total = sum([Money.of(30, "USD"), Money.of(500, "CNY"), Money.of(120, "USD")], Money())
+    assert total == Money({"USD": 150, "CNY": 500}) and total.text() == "¥5.00 + $1.50"
+    assert total.single() is None and Money.of(30, "USD").single() == 30 and Money().single() == 0
+    assert Money().text("CNY") == "¥0.00" and Money.of(-5, "EUR").text() == "-0.05 EUR"
