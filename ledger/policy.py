@@ -19,7 +19,9 @@ class PollPolicy:
 
     The service takes 3–30 minutes, may keep a task queued at 0 % for a while, and reports an
     integer progress. Early on nothing is known, so polls are spaced geometrically
-    (``first_delay`` × ``growth``ⁿ: a finish is noticed within as long again as it took). Once
+    (``first_delay`` × ``growth``ⁿ) — unless generations of the same kind have finished in this run:
+    then a task showing no progress (an API that reports none, or a queue) is asked about just
+    after the usual time, and a tenth of its time later each time after that. Once
     progress is above zero the finish time is estimated: from the rate between two readings when
     there are two far enough apart (a queue before the progress started does not distort it), else
     from the one reading as if progress had run from the start. The next poll covers a fraction of
@@ -42,6 +44,9 @@ class PollPolicy:
     finish_slack: float = 0.002
     # Two readings at least this many points apart give a rate; closer ones leave it to rounding.
     rate_span: int = 10
+    # A task without progress past the usual time of its kind is asked about this fraction of its
+    # time so far later (a finish noticed within a tenth of its time, at growing intervals).
+    overdue_fraction: float = 0.1
     jitter: float = 0.05
 
     @classmethod
@@ -89,14 +94,22 @@ class PollPolicy:
         return early + self.finish_slack * total
 
     def next_delay(self, elapsed: float, progress: int, last_delay: Optional[float] = None,
-                   rng: Optional[random.Random] = None, earlier: Sequence[Reading] = ()) -> float:
+                   rng: Optional[random.Random] = None, earlier: Sequence[Reading] = (),
+                   typical: Optional[float] = None) -> float:
         """Seconds until the next poll of a task that has run ``elapsed`` seconds; ``earlier``: the
-        readings before this one, oldest first."""
+        readings before this one, oldest first; ``typical``: how long generations of its kind took
+        in this run (for a task that shows no progress: the API tells none, or it is queued)."""
         floor = max(self.min_interval, self.floor_fraction * elapsed)
         total = self.estimated_total(elapsed, progress, earlier)
         if total is None:
             delay = max(self.first_delay, self.min_interval) if last_delay is None else last_delay * self.growth
             spread = self.jitter
+            if typical is not None:
+                usual = typical * (1.0 + self.finish_slack)
+                if elapsed < usual and delay >= usual - elapsed:
+                    delay, spread = usual - elapsed, 0.0  # land just after the usual finish
+                elif elapsed >= usual:
+                    delay = self.overdue_fraction * elapsed  # late: ask every tenth of the time so far
         elif progress >= self.confident_progress:
             delay = total - elapsed + self.finish_margin(elapsed, progress, earlier)
             spread = 0.0  # jitter could land the poll just before the finish and cost one more

@@ -228,9 +228,21 @@ def discover(input_dir: Path, skip: Sequence[Path] = ()) -> List[Path]:
 
 @lru_cache(maxsize=1)
 def schema() -> Dict[str, Any]:
+    """The storyboard schema: the shipped file, with each provider's own block (``"kling": {...}``
+    in ``defaults`` and in segments) as that provider's module declares it."""
     from jsonschema import Draft202012Validator
 
+    from .providers import REGISTRY
+
     document = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    for name, registration in REGISTRY.items():
+        if registration.storyboard_options is None:
+            continue
+        document["$defs"][f"{name}_options"] = {
+            "description": f"Options only the {name} provider takes (used when the segment goes to {name}).",
+            "type": "object", "additionalProperties": False, **registration.storyboard_options}
+        for node in (document["properties"]["defaults"], document["$defs"]["segment"]):
+            node["properties"][name] = {"$ref": f"#/$defs/{name}_options"}
     Draft202012Validator.check_schema(document)
     return document
 
@@ -504,6 +516,13 @@ def _explain(error: ValidationError) -> str:
         return f"{_short(value)} is greater than the maximum of {expected}"
     if kind == "minItems" and last == "segments":
         return "should be non-empty: a storyboard needs at least one segment"
+    if kind == "additionalProperties" and isinstance(value, dict):  # a provider's block: its keys are paid options
+        known = sorted(error.schema.get("properties", {}))
+        unknown = sorted(k for k in value if k not in known)
+        guess = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.6) if unknown else []
+        hint = f"; did you mean {guess[0]!r}?" if guess else ""
+        return (f"unknown option {', '.join(map(repr, unknown))} for the {last} provider{hint} "
+                f"(it takes {', '.join(map(repr, known))})")
     return " ".join(error.message.split())[:300]
 
 
@@ -666,10 +685,17 @@ def _mapped(segment: Mapping[str, Any], defaults: Mapping[str, Any], cascade: Ma
     if not typed:
         return None
     image_url = segment.get("image_url")
+    # The provider's own block: the file's defaults, then the segment's keys over them.
+    options = {**_block(defaults, provider), **_block(segment, provider)}
     request = Request(prompt=prompt.strip(), model=model, is_pro=is_pro, duration=duration, resolution=resolution,
                       quality=quality, remove_watermark=watermark,
-                      image_url=image_url if isinstance(image_url, str) and image_url else None)
+                      image_url=image_url if isinstance(image_url, str) and image_url else None, options=options)
     return RULES[provider].map(request)
+
+
+def _block(level: Mapping[str, Any], provider: str) -> Dict[str, Any]:
+    block = level.get(provider)
+    return dict(block) if isinstance(block, dict) else {}
 
 
 def _where(key: str, position: int, segment: Mapping[str, Any], defaults: Mapping[str, Any]) -> str:

@@ -84,6 +84,12 @@ class Budget:
             self._held -= 1 if reserved else 0
             self._end_probe(kind, who, confirmed=False)
 
+    def adjust(self, delta: int) -> None:
+        """A settled create's cost turned out ``delta`` more (or less) than booked: the API told its
+        real cost once the task was done (tokens used), or gave it back (a failed task not billed)."""
+        with self._lock:
+            self._spent += delta
+
     def give_up_probe(self, kind: Hashable, who: object) -> None:
         """``who``'s cost will not be known in this run (its create stays unresolved): the kind's
         listed price stands, and the others of its kind may go."""

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import statistics
 import threading
 from dataclasses import dataclass, field
 from datetime import timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from ..download import output_error, sha256_of, sidecar_path, video_filename, write_json_atomic
 from ..errors import ApiError, ContentExpired, InsufficientBalance, InvalidTaskId, RateLimited, TaskNotFound
@@ -55,11 +56,36 @@ class LookupIncomplete(ApiError):
     kind = "unresolved"
 
 
+class Durations:
+    """How long generations of each kind took in this run (``timing_kind``), learnt as they finish:
+    each finish lies between the last poll that saw the task unfinished and the one that saw it done.
+    Polls of a task whose API tells no progress are timed by it (``PollPolicy``)."""
+
+    KEPT = 20  # the latest finishes of a kind that count
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: Dict[Any, List[Tuple[float, float]]] = {}
+
+    def record(self, kind: Any, last_unfinished: float, finished: float) -> None:
+        with self._lock:
+            seen = self._seen.setdefault(kind, [])
+            seen.append((last_unfinished, max(last_unfinished, finished)))
+            del seen[:-self.KEPT]
+
+    def typical(self, kind: Any) -> Optional[float]:
+        """The median of the finishes' midpoints; None before one finished."""
+        with self._lock:
+            seen = self._seen.get(kind)
+            return statistics.median((lo + hi) / 2 for lo, hi in seen) if seen else None
+
+
 class RunState:
     """What the scheduler and the steps share: stop flags, counters and the summary."""
 
     def __init__(self) -> None:
         self.summary = WorkSummary()
+        self.durations = Durations()
         self.lock = threading.Lock()
         self.stopping = threading.Event()  # Ctrl+C, or a stop: claim and submit nothing more
         self.abort = threading.Event()  # second Ctrl+C, or the grace is over: cancel downloads
@@ -294,10 +320,20 @@ def poll(ctx: StepContext, a: Active) -> Next:
     if task.is_terminal:
         ctx.board.forget(api, task_id)
     if task.is_completed and task.video_url:
+        if job.state is State.SUBMITTED:
+            ctx.run.durations.record(timing_kind(job), a.readings[-1][0] if a.readings else 0.0, elapsed)
         detail = f"generated in {elapsed:.0f} s ({a.polls} polls)" if job.state is State.SUBMITTED else ""
-        _move(ctx, a, State.DOWNLOADING, EventKind.NOTE, detail, video_url=task.video_url, progress=100)
+        values, delta = _cost_change(job, task.cost)
+        _move(ctx, a, State.DOWNLOADING, EventKind.NOTE, detail, video_url=task.video_url, progress=100, **values)
+        _count_cost_change(ctx, a, delta)
         a.action = Action.DOWNLOAD
         return Next(0.0)
+    if task.is_failed and api.bills_on_success and job.cost_cents:
+        # The API bills only what it delivers: the failed task's booked cost is given back.
+        values, delta = _cost_change(job, 0)
+        _move(ctx, a, job.state, EventKind.NOTE, f"not billed: the task failed "
+              f"({money(job.cost_cents, currency_of(ctx, job))} given back)", show=False, **values)
+        _count_cost_change(ctx, a, delta)
     task.raise_if_failed()
     if task.progress != job.progress:
         _move(ctx, a, job.state, EventKind.NOTE, "", progress=task.progress)
@@ -305,10 +341,34 @@ def poll(ctx: StepContext, a: Active) -> Next:
     if elapsed > ctx.options.poll_timeout:
         return _park_generating(ctx, a, elapsed)
     # The service's own "ask again after" is a lower bound, never a reason to ask sooner.
-    a.last_delay = max(policy.next_delay(elapsed, task.progress, a.last_delay, earlier=a.readings),
+    typical = ctx.run.durations.typical(timing_kind(job))
+    a.last_delay = max(policy.next_delay(elapsed, task.progress, a.last_delay, earlier=a.readings, typical=typical),
                        task.poll_after or 0.0)
     a.readings.append((elapsed, task.progress))
     return Next(max(0.0, a.last_delay - age))
+
+
+def _cost_change(job: JobRow, cost: Optional[int]) -> Tuple[Dict[str, Any], int]:
+    """The columns that put a finished task's real cost in place of what was booked at its create
+    (an API that knows the cost only once it is done: tokens used; a failed task it does not bill),
+    and the difference; nothing when the API says nothing new."""
+    if cost is None or job.cost_cents is None or cost == job.cost_cents:
+        return {}, 0
+    delta = cost - job.cost_cents
+    return {"cost_cents": cost, "spent_cents": job.spent_cents + delta}, delta
+
+
+def _count_cost_change(ctx: StepContext, a: Active, delta: int) -> None:
+    """A recorded cost change of this run's create moves its spend and its --max-spend budget too."""
+    if delta and a.sent_at is not None:
+        currency = currency_of(ctx, a.job)
+        ctx.budget[currency].adjust(delta)
+        ctx.run.count(a.job, spent=Money.of(delta, currency))
+
+
+def timing_kind(job: JobRow) -> Tuple[str, str, str, Any]:
+    """Jobs that take about as long to generate: the same model and length at the same API."""
+    return job.provider, job.api_base or "", job.price_key, job.params.get("duration")
 
 
 def download(ctx: StepContext, a: Active) -> Next:

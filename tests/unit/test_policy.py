@@ -100,3 +100,25 @@ def test_rate_gate_allows_a_burst_then_waits_and_can_be_cancelled():
     cancel = threading.Event()
     cancel.set()
     assert gate.acquire(cancel) is False  # the next token is 1000 s away; cancelling returns at once
+
+
+def no_progress(elapsed: float, generation: float) -> int:
+    """An API that tells only the status: 0 % until the task is done."""
+    return 0
+
+
+@pytest.mark.parametrize("generation", [5.0, 270.0])
+def test_without_progress_the_usual_time_of_the_kind_times_the_polls(generation):
+    """A task that shows no progress is asked about just after the usual finish of its kind, then
+    every tenth of its time: noticed within 10 %, where growing the intervals fivefold missed a 5 s
+    generation by 10 s (3 polls at 0.5, 3 and 15.5 s)."""
+    policy = PollPolicy()
+    rng = random.Random(1)
+    for typical, lag_bound in ((generation * 1.02, 0.03), (generation * 0.8, 0.11)):
+        elapsed, last, polls = 0.0, None, 0
+        while elapsed < generation:
+            last = policy.next_delay(elapsed, no_progress(elapsed, generation), last, rng, typical=typical)
+            elapsed += last
+            polls += 1
+        assert elapsed - generation <= lag_bound * generation, (typical, elapsed)
+        assert polls <= 9
