@@ -8,7 +8,7 @@ from typing import Callable, Optional
 
 import click
 
-from .server import FILE_ENCODINGS, POLICY_TRIGGER, PROTOCOLS, SimConfig, SimServer
+from .server import FILE_ENCODINGS, POLICY_TRIGGER, SimConfig, SimServer, protocol_names
 
 
 @click.command("sim")
@@ -33,8 +33,8 @@ from .server import FILE_ENCODINGS, POLICY_TRIGGER, PROTOCOLS, SimConfig, SimSer
               help="Serve videos at most this fast (MB/s), like a real link.")
 @click.option("--file-encoding", default=None, type=click.Choice(FILE_ENCODINGS),
               help="Serve videos compressed with this Content-Encoding, as a misconfigured host does.")
-@click.option("--protocol", default="sora_hk", show_default=True, type=click.Choice(PROTOCOLS),
-              help="The API to speak: api.sora.hk v1, or the OpenAI-compatible /v1/videos format.")
+@click.option("--protocol", default="sora_hk", show_default=True, type=click.Choice(protocol_names()),
+              help="The API to speak: a provider's name (sora_hk: api.sora.hk v1; openai: the /v1/videos format; …).")
 @click.option("--content-host", default=None, metavar="HOST",
               help="openai: answer /videos/{id}/content with a redirect to a signed URL on HOST (e.g. localhost).")
 @click.option("--poll-after-ms", default=None, type=click.IntRange(min=1), metavar="MS",
@@ -62,11 +62,10 @@ def sim(host: str, port: int, api_key: Optional[str], gen_seconds: float, fail_r
             raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
         click.echo(f"Sora simulator listening on {server.base_url}")
         key_hint = "the key given with --api-key" if api_key else "any value"
-        if protocol == "openai":
-            click.echo(f"It speaks the /v1/videos protocol. Point ledger at it: PROVIDER=openai, "
-                       f"OPENAI_BASE_URL={server.base_url} and OPENAI_API_KEY={key_hint}")
-        else:
-            click.echo(f"Point ledger at it: SORA_BASE_URL={server.base_url} and SORA_API_KEY={key_hint}")
+        spoken = " It speaks the /v1/videos protocol." if protocol == "openai" else \
+            f" It speaks the {protocol} protocol." if protocol != "sora_hk" else ""
+        click.echo(f"{spoken.strip()} Point ledger at it: ".lstrip()
+                   + server.protocol.key_hint.format(url=server.base_url, key=key_hint))
         click.echo(f'A prompt containing "{POLICY_TRIGGER}" is rejected by the content policy. Ctrl+C stops.')
         # Scripts (make demo) read the address from a pipe or file: it must not wait in a buffer.
         sys.stdout.flush()

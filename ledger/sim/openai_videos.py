@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import unquote, urlsplit
+
+from .protocol import Reply, SimProtocol, json_reply
 
 NAME = "openai"
 # What the simulated API takes, per model (``sora-2-2025-10-06``-style snapshots take their model's).
@@ -132,3 +135,88 @@ def page(views: List[Dict[str, Any]], query: Mapping[str, List[str]],
     data = items[start:start + limit]
     return 200, {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
                  "last_id": data[-1]["id"] if data else None, "has_more": start + limit < len(items)}
+
+
+class OpenAIProtocol(SimProtocol):
+    """The /v1/videos format, as ``ledger sim --protocol openai`` speaks it."""
+
+    name = NAME
+    key_hint = "PROVIDER=openai, OPENAI_BASE_URL={url} and OPENAI_API_KEY={key}"
+
+    def new_id(self) -> str:
+        import uuid
+
+        return f"video_{uuid.uuid4().hex}"
+
+    def route(self, method: str, path: str, query: Mapping[str, List[str]]) -> Tuple[Optional[str], str]:
+        return route(method, path)
+
+    def authorise(self, headers: Mapping[str, str], key: Optional[str]) -> Optional[Reply]:
+        header = headers.get("Authorization", "")
+        if key is None or header == f"Bearer {key}":
+            return None
+        presented = header[7:] if header.lower().startswith("bearer ") else header
+        return Reply(401, error(f"Incorrect API key provided: {presented or '(none)'}.", code="invalid_api_key"))
+
+    def create(self, sim: Any, body: Any, task_id: Optional[str]) -> Tuple[Reply, bool]:
+        problem = validate(body)
+        if problem:
+            param, message = problem
+            return Reply(400, error(message, param=param)), False
+        model, size = str(body.get("model", "sora-2")), str(body.get("size", "720x1280"))
+        seconds = int(body.get("seconds", "4"))
+        cost = price(model, size, seconds)
+        reference = body.get("input_reference") or {}
+        task = sim.record_task(body["prompt"], cost, task_id, is_pro=family(model) == "sora-2-pro",
+                               duration=seconds, resolution=size, quality="", remove_watermark=False,
+                               image_url=str(reference.get("image_url") or ""), model=model, size=size)
+        if task is None:
+            return Reply(429, error("You exceeded your current quota, please check your plan and billing details.",
+                                    "insufficient_quota", code="insufficient_quota")), False
+        return json_reply(200, self.view(sim, task, sim.origin)), True
+
+    def answer(self, sim: Any, route: str, arg: str, query: Mapping[str, List[str]], origin: str) -> Reply:
+        hint = {"openai-poll-after-ms": str(sim.config.poll_after_ms)} if sim.config.poll_after_ms else {}
+        if route == "task":
+            task = sim.get_task(arg, poll=True)
+            if task is None:
+                return Reply(404, error(f"Video with id {arg!r} not found."))
+            return json_reply(200, self.view(sim, task, origin), hint)
+        if route == "tasks":
+            views = [self.view(sim, task, origin) for task in sim.tasks_newest_first()]
+            status, answer = page(views, query, sim.config.list_ignores_page)
+            return Reply(status, answer if isinstance(answer, bytes) else
+                         json.dumps(answer, ensure_ascii=False).encode("utf-8"), hint)
+        return self.error("no_route", f"GET {route}")
+
+    def content_problem(self, sim: Any, task_id: str, expired: bool) -> Optional[Reply]:
+        """Why ``/v1/videos/{id}/content`` cannot be served, or None."""
+        task = sim.get_task(task_id, poll=False)
+        if task is None:
+            return Reply(404, error(f"Video with id {task_id!r} not found."))
+        status, _, ends_at = sim.timeline(task)
+        if status != "completed":
+            return Reply(404, error(f"Video {task_id!r} has no content yet (status {status})."))
+        if expired or time.monotonic() >= task.created_mono + ends_at + sim.config.url_ttl:
+            return Reply(410, error(f"The content of video {task_id!r} has expired."))
+        return None
+
+    def view(self, sim: Any, task: Any, origin: str) -> Dict[str, Any]:
+        status, progress, ends_at = sim.timeline(task)
+        completed = int(task.created_wall.timestamp() + round(ends_at)) if status in ("completed", "failed") else None
+        expires = int(completed + sim.config.url_ttl) if status == "completed" and completed is not None else None
+        return view(task, status, progress, completed, expires, sim.config.status_words)
+
+    def error(self, kind: str, message: str, **details: Any) -> Reply:
+        if kind == "no_route":
+            return Reply(404, error(f"Invalid URL ({message})"))
+        if kind in ("server", "server_in_200"):
+            return Reply(500, error("The server had an error while processing your request.", "server_error"))
+        if kind == "rate_limited":
+            return Reply(429, error("Rate limit reached for requests.", "requests", code="rate_limit_exceeded"))
+        if kind == "in_200":  # a gateway answering HTTP 200 with an error object
+            return Reply(200, error(message or "Invalid request", code=str(details.get("code") or "invalid_request")))
+        return Reply(404, error(message))
+
+
+PROTOCOL = OpenAIProtocol()

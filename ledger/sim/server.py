@@ -1,10 +1,12 @@
-"""A local stand-in for the video API over real sockets, for tests and for rehearsals.
+"""A local stand-in for the video APIs over real sockets, for tests and for rehearsals.
 
-It speaks either protocol ledger knows (``SimConfig.protocol``): the api.sora.hk v1 one (envelopes,
-codes 401/1001/1012, paged task lists, signed expiring video URLs on a separate ``/files/`` path
-with ``Range`` support) or the OpenAI-compatible ``/v1/videos`` one (``openai_videos.py``: HTTP
-statuses with error objects, cursor-paged lists, the video behind the key). Either can inject the
-faults a real deployment shows: HTML 502 pages, code-500 envelopes, dropped connections, 429s,
+It speaks any protocol ledger knows (``SimConfig.protocol``: a provider's name), through that
+provider's simulator module (``protocol.py`` says what one is): the api.sora.hk v1 one
+(``sora_hk.py``: envelopes, codes 401/1001/1012, paged task lists), the OpenAI-compatible
+``/v1/videos`` one (``openai_videos.py``: HTTP statuses with error objects, cursor-paged lists, the
+video behind the key), and the others registered. This module keeps what they share: the tasks
+and their timeline, the balance, signed expiring video URLs on a separate ``/files/`` path with
+``Range`` support, and the faults a real deployment shows, in every protocol: HTML 502 pages, code-500 envelopes, dropped connections, 429s,
 truncated downloads and create answers lost after the task was made and billed. Its file route can
 also play a hostile or odd video host: no Content-Length (chunked or close-delimited), a body
 longer than announced or endless, a drip of single bytes, gzip/deflate-encoded videos, a gzip
@@ -34,14 +36,13 @@ from importlib import resources
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from . import openai_videos as openai
+from . import protocol as protocols
 
 __all__ = ["SimConfig", "SimServer", "POLICY_TRIGGER", "POLICY_MESSAGE", "GENERATION_FAILED_MESSAGE"]
 
 log = logging.getLogger(__name__)
 
 ROUTES = ("create", "task", "tasks", "balance", "pricing", "file", "content")
-PROTOCOLS = ("sora_hk", "openai")
 GENERIC_FAULTS = frozenset({"http_502_html", "envelope_500", "http_500_json", "drop", "rate_limit", "delay", "envelope"})
 FILE_FAULTS = frozenset({"truncate", "expired", "ignore_range", "bad_length", "no_length", "overlong", "drip",
                          "gzip_bomb", "encoding"})
@@ -60,7 +61,6 @@ RANDOM_API_FAULTS = ("http_502_html", "envelope_500", "http_500_json", "drop", "
 POLICY_TRIGGER = "[policy-reject]"
 POLICY_MESSAGE = "内容审核未通过：提示词可能违反内容政策"
 GENERATION_FAILED_MESSAGE = "视频生成失败：服务器繁忙，请稍后重试"
-STATUSES = ("pending", "processing", "completed", "failed")
 SIM_TZ = timezone(timedelta(hours=8))
 HTML_502 = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
@@ -72,8 +72,13 @@ _PERIOD = 1_048_573
 _CHUNK = 512 * 1024
 _MIB = 1 << 20
 _RANGE = re.compile(r"^\s*bytes=(\d*)-(\d*)\s*$")
-_TASK_PATH = re.compile(r"^/v1/tasks/([^/]+)$")
-_FILE_PATH = re.compile(r"^/files/([^/]+)\.mp4$")
+
+
+def protocol_names() -> Tuple[str, ...]:
+    """The protocols the simulator speaks: one per provider ledger knows."""
+    from ..providers import REGISTRY
+
+    return tuple(REGISTRY)
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,7 @@ class SimConfig:
     # Serve every video with this Content-Encoding (and the encoded length; ranges count encoded
     # bytes): "gzip", "deflate" (zlib) or "deflate-raw" (raw deflate labelled "deflate").
     file_encoding: Optional[str] = None
-    protocol: str = "sora_hk"  # or "openai": the /v1/videos format
+    protocol: str = "sora_hk"  # a provider's name (``ledger/providers``): the API this simulator speaks
     # openai: status words said instead of the format's own, as gateways do ({"completed": "succeeded"}).
     status_words: Mapping[str, str] = dataclasses.field(default_factory=dict)
     poll_after_ms: Optional[int] = None  # openai: an openai-poll-after-ms header on every status answer
@@ -235,8 +240,11 @@ class SimServer:
         self.config = config or SimConfig()
         if self.config.list_shape not in ("list", "object"):
             raise ValueError(f"list_shape must be 'list' or 'object', not {self.config.list_shape!r}")
-        if self.config.protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {self.config.protocol!r}")
+        if self.config.protocol not in protocol_names():
+            raise ValueError(f"protocol must be one of {', '.join(protocol_names())}, not {self.config.protocol!r}")
+        from ..providers import REGISTRY
+
+        self.protocol = protocols.load(REGISTRY[self.config.protocol].sim)
         if self.config.file_encoding not in (None,) + FILE_ENCODINGS:
             raise ValueError(f"file_encoding must be one of {', '.join(FILE_ENCODINGS)}, not {self.config.file_encoding!r}")
         self.host = host
@@ -312,8 +320,8 @@ class SimServer:
 
     @property
     def base_url(self) -> str:
-        """The API base URL, e.g. ``http://127.0.0.1:8765/v1``."""
-        return self.origin + "/v1"
+        """The API base URL, e.g. ``http://127.0.0.1:8765/v1`` (the protocol's own path)."""
+        return self.origin + self.protocol.base_path
 
     # --- for tests and the admin endpoints ------------------------------------------------------
 
@@ -331,8 +339,9 @@ class SimServer:
         of zeros, ~1 KiB per MiB, with its true Content-Length), ``encoding`` (the body labelled
         with Content-Encoding ``name``, default "br", but sent as is).
         """
-        if route not in ROUTES and route != "any":
-            raise ValueError(f"unknown route {route!r}; use one of {', '.join(ROUTES)} or any")
+        routes = ROUTES + tuple(self.protocol.routes)
+        if route not in routes and route != "any":
+            raise ValueError(f"unknown route {route!r}; use one of {', '.join(routes)} or any")
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault {kind!r}; use one of {', '.join(sorted(FAULT_KINDS))}")
         if kind in FILE_FAULTS and route != "file":
@@ -364,16 +373,14 @@ class SimServer:
             return list(self._request_times)
 
     def create_external(self, prompt: str, **params: Any) -> str:
-        """Make (and bill) a task as another client of the same account would; returns its id."""
-        if self.config.protocol == "openai":
-            status, answer = self._create_openai({"prompt": prompt, **params})
-            if status != 200:
-                raise ValueError(answer["error"]["message"])
-            return str(answer["id"])
-        code, message, data = self._create({"prompt": prompt, **params})
-        if code != 200:
-            raise ValueError(message)
-        return str(data["task_id"])
+        """Make (and bill) a task as another client of the same account would; returns its id.
+        ``params``: the protocol's create body besides the prompt (``body`` for one given whole)."""
+        body = params.pop("body", None) or {"prompt": prompt, **params}
+        reply, made = self.protocol.create(self, body, None)
+        if not made:
+            raise ValueError(reply.body.decode("utf-8", "replace"))
+        with self._lock:
+            return max(self._tasks.values(), key=lambda task: task.seq).task_id
 
     def forget(self, task_id: str) -> None:
         """Make the service lose a task: it answers 404 for it from now on and lists it no more."""
@@ -381,11 +388,39 @@ class SimServer:
             self._tasks.pop(task_id, None)
 
     def tasks(self) -> List[Dict[str, Any]]:
-        """Every task as the API would show it now, oldest first; in either protocol with its id
+        """Every task as the API would show it now, oldest first; in any protocol with its id
         also under ``task_id``."""
         with self._lock:
             tasks = sorted(self._tasks.values(), key=lambda task: task.seq)
-        return [{**self._view(task, self.origin), "task_id": task.task_id} for task in tasks]
+        return [{**self.protocol.view(self, task, self.origin), "task_id": task.task_id} for task in tasks]
+
+    # --- what the protocols use (``protocol.py``) ---------------------------------------------
+
+    def record_task(self, prompt: str, price: int, task_id: Optional[str], **fields: Any) -> Optional[_Task]:
+        """Charge ``price`` and record a task (None when the balance is short)."""
+        return self._record_task(prompt, price, task_id, **fields)
+
+    def current_balance(self) -> int:
+        return self._current_balance()
+
+    def get_task(self, task_id: str, *, poll: bool) -> Optional[_Task]:
+        """A task by id (``poll``: count it as a poll of that task), None when unknown."""
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is not None and poll:
+                polls = self._stats["polls_per_task"]
+                polls[task_id] = polls.get(task_id, 0) + 1
+        return task
+
+    def tasks_newest_first(self) -> List[_Task]:
+        with self._lock:
+            return sorted(self._tasks.values(), key=lambda task: task.seq, reverse=True)
+
+    def timeline(self, task: _Task) -> Tuple[str, int, float]:
+        return self._timeline(task)
+
+    def signed_url(self, task_id: str, origin: str) -> str:
+        return self._signed_url(task_id, origin)
 
     # --- internals used by the handler ------------------------------------------------------------
 
@@ -453,85 +488,7 @@ class SimServer:
         return task
 
     def _new_id(self) -> str:
-        return f"video_{uuid.uuid4().hex}" if self.config.protocol == "openai" else str(uuid.uuid4())
-
-    def _create(self, body: Any, task_id: Optional[str] = None) -> Tuple[int, str, Any]:
-        """Validate, charge and record a task; return (code, message, data)."""
-        problem = _validate(body)
-        if problem:
-            return 1001, f"参数错误：{problem}", None
-        is_pro = bool(body.get("is_pro", False))
-        price = self.config.pro_price if is_pro else self.config.normal_price
-        task = self._record_task(
-            body["prompt"], price, task_id, is_pro=is_pro, duration=int(body.get("duration", 10)),
-            resolution=str(body.get("resolution", "horizontal")),
-            quality="high" if is_pro else str(body.get("quality", "normal")),
-            remove_watermark=bool(body.get("remove_watermark", True)), image_url=str(body.get("image_url") or ""))
-        if task is None:
-            balance = self._current_balance()
-            return 1012, f"余额不足：当前余额 {balance} 分，本次需要 {price} 分", None
-        return 200, "操作成功", {
-            "task_id": task.task_id,
-            "status": "pending",
-            "cost": price,
-            "created_at": task.created_wall.isoformat(),
-        }
-
-    def _create_openai(self, body: Any, task_id: Optional[str] = None) -> Tuple[int, Any]:
-        """``POST /v1/videos``: validate, charge and record; (HTTP status, body object)."""
-        problem = openai.validate(body)
-        if problem:
-            param, message = problem
-            return 400, json.loads(openai.error(message, param=param))
-        model, size = str(body.get("model", "sora-2")), str(body.get("size", "720x1280"))
-        seconds = int(body.get("seconds", "4"))
-        price = openai.price(model, size, seconds)
-        reference = body.get("input_reference") or {}
-        task = self._record_task(body["prompt"], price, task_id, is_pro=openai.family(model) == "sora-2-pro",
-                                 duration=seconds, resolution=size, quality="", remove_watermark=False,
-                                 image_url=str(reference.get("image_url") or ""), model=model, size=size)
-        if task is None:
-            return 429, json.loads(openai.error("You exceeded your current quota, please check your plan and "
-                                                "billing details.", "insufficient_quota", code="insufficient_quota"))
-        return 200, self._view(task, self.origin)
-
-    def _get_task(self, task_id: str, origin: str, *, poll: bool) -> Optional[Dict[str, Any]]:
-        with self._lock:
-            task = self._tasks.get(task_id)
-            if task is not None and poll:
-                polls = self._stats["polls_per_task"]
-                polls[task_id] = polls.get(task_id, 0) + 1
-        return None if task is None else self._view(task, origin)
-
-    def _list_openai(self, origin: str, query: Mapping[str, List[str]]) -> Tuple[int, Any]:
-        with self._lock:
-            tasks = sorted(self._tasks.values(), key=lambda task: task.seq, reverse=True)
-        return openai.page([self._view(task, origin) for task in tasks], query, self.config.list_ignores_page)
-
-    def _content_problem(self, task_id: str, expired: bool) -> Optional[Tuple[int, bytes]]:
-        """Why ``/v1/videos/{id}/content`` cannot be served (status, error body), or None."""
-        with self._lock:
-            task = self._tasks.get(task_id)
-        if task is None:
-            return 404, openai.error(f"Video with id {task_id!r} not found.")
-        status, _, ends_at = self._timeline(task)
-        if status != "completed":
-            return 404, openai.error(f"Video {task_id!r} has no content yet (status {status}).")
-        if expired or time.monotonic() >= task.created_mono + ends_at + self.config.url_ttl:
-            return 410, openai.error(f"The content of video {task_id!r} has expired.")
-        return None
-
-    def _list_tasks(self, origin: str, page: int, page_size: int, status: Optional[str]) -> Any:
-        with self._lock:
-            tasks = sorted(self._tasks.values(), key=lambda task: task.seq, reverse=True)
-        views = [self._task_view(task, origin) for task in tasks]
-        if status is not None:
-            views = [view for view in views if view["status"] == status]
-        first = 0 if self.config.list_ignores_page else (page - 1) * page_size
-        page_items = views[first: first + page_size]
-        if self.config.list_shape == "list":
-            return page_items
-        return {"tasks": page_items, "total": len(views), "page": page, "page_size": page_size}
+        return self.protocol.new_id()
 
     def _timeline(self, task: _Task) -> Tuple[str, int, float]:
         """(status, progress, seconds from creation to the end) of a task now."""
@@ -547,40 +504,6 @@ class SimServer:
         else:
             status, progress = "processing", max(1, min(99, int(100 * elapsed / gen)))
         return status, progress, ends_at
-
-    def _view(self, task: _Task, origin: str) -> Dict[str, Any]:
-        """A task as this simulator's protocol shows it."""
-        if self.config.protocol != "openai":
-            return self._task_view(task, origin)
-        status, progress, ends_at = self._timeline(task)
-        completed = int(task.created_wall.timestamp() + round(ends_at)) if status in ("completed", "failed") else None
-        expires = int(completed + self.config.url_ttl) if status == "completed" and completed is not None else None
-        return openai.view(task, status, progress, completed, expires, self.config.status_words)
-
-    def _task_view(self, task: _Task, origin: str) -> Dict[str, Any]:
-        status, progress, ends_at = self._timeline(task)
-        done = status in ("completed", "failed")
-        view = {
-            "task_id": task.task_id,
-            "status": status,
-            "progress": progress,
-            "prompt": task.prompt,
-            "is_pro": task.is_pro,
-            "duration": task.duration,
-            "resolution": task.resolution,
-            "quality": task.quality,
-            "remove_watermark": task.remove_watermark,
-            "image_url": task.image_url,
-            "video_url": self._signed_url(task.task_id, origin) if status == "completed" else "",
-            "error_msg": {"policy": POLICY_MESSAGE, "error": GENERATION_FAILED_MESSAGE}.get(task.outcome, "")
-            if status == "failed" else "",
-            "cost": task.cost,
-            "created_at": task.created_wall.isoformat(),
-            "completed_at": (task.created_wall + timedelta(seconds=round(ends_at))).isoformat() if done else None,
-        }
-        if not self.config.list_shows_cost:
-            del view["cost"]
-        return view
 
     def _signed_url(self, task_id: str, origin: str) -> str:
         # Signed afresh at every poll, as object storage URLs are: re-polling yields a live URL.
@@ -615,47 +538,6 @@ class SimServer:
             if self._encoded is None:
                 self._encoded = _Encoded(self._video, encoding)
             return self._encoded
-
-    def _charge_info(self) -> Dict[str, Any]:
-        return {
-            "normal_price": self.config.normal_price,
-            "pro_price": self.config.pro_price,
-            "currency": self.config.currency,
-            "unit": self.config.unit,
-        }
-
-
-def _validate(body: Any) -> Optional[str]:
-    """The first problem with a create request body, in the service's words, or None."""
-    if not isinstance(body, dict):
-        return "请求体必须是 JSON 对象 (the body must be a JSON object)"
-    prompt = body.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        return "prompt 不能为空 (prompt must be a non-empty string)"
-    for name in ("is_pro", "remove_watermark"):
-        if name in body and not isinstance(body[name], bool):
-            return f"{name} 必须是布尔值 ({name} must be true or false, got {body[name]!r})"
-    is_pro = body.get("is_pro", False)
-    duration = body.get("duration", 10)
-    allowed = (10, 15, 25) if is_pro else (10, 15)
-    if isinstance(duration, bool) or not isinstance(duration, int) or duration not in allowed:
-        model = "Pro" if is_pro else "normal"
-        return (f"duration 不支持 (duration must be one of {', '.join(map(str, allowed))} seconds for the "
-                f"{model} model, got {duration!r})")
-    if body.get("resolution", "horizontal") not in ("horizontal", "vertical"):
-        return f"resolution 不支持 (resolution must be horizontal or vertical, got {body['resolution']!r})"
-    if body.get("quality", "normal") not in ("normal", "high"):
-        return f"quality 不支持 (quality must be normal or high, got {body['quality']!r})"
-    image_url = body.get("image_url")
-    if image_url not in (None, "") and (
-        not isinstance(image_url, str) or urlsplit(image_url).scheme not in ("http", "https")
-    ):
-        return f"image_url 必须是 http(s) 链接 (image_url must be an http(s) URL, got {image_url!r})"
-    return None
-
-
-def _envelope(code: int, message: str, data: Any = None) -> bytes:
-    return json.dumps({"code": code, "message": message, "data": data}, ensure_ascii=False).encode("utf-8")
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -725,11 +607,10 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith("/_sim/"):
             self._admin(method, path, body)
             return
-        speaks_openai = sim.config.protocol == "openai"
-        route, arg = (openai.route if speaks_openai else _route)(method, path)
+        proto = sim.protocol
+        route, arg = proto.route(method, path, query)
         if route is None:
-            self._send_json(404, openai.error(f"Invalid URL ({method} {path})") if speaks_openai
-                            else _envelope(404, f"接口不存在 (no such endpoint: {method} {path})"))
+            self._reply(proto.error("no_route", f"{method} {path}"))
             return
         sim._count(route, proxied)
         # The content endpoint that serves the bytes itself meets the faults of a file host.
@@ -743,53 +624,27 @@ class _Handler(BaseHTTPRequestHandler):
         if route == "file":
             self._file(arg, query, fault)
             return
-        if not self._authorised():
+        denied = proto.authorise(self.headers, sim.config.api_key)
+        if denied is not None:
+            self._reply(denied)
             return
-        if speaks_openai:
-            self._openai(route, arg, query, body, fault)
-        elif route == "create":
-            self._answer_create(body, lost=fault is not None and fault.kind == "lost_create",
-                                task_id=fault.opts.get("task_id") if fault is not None and fault.kind == "task_id" else None)
-        elif route == "task":
-            task = sim._get_task(arg, self._origin(), poll=True)
-            if task is None:
-                self._send_json(404, _envelope(404, f"任务不存在 (no task {arg})"))
-            else:
-                self._send_json(200, _envelope(200, "操作成功", task))
-        elif route == "tasks":
-            self._answer_list(query)
-        elif route == "balance":
-            self._send_json(200, _envelope(200, "操作成功", {"balance": sim._current_balance()}))
-        else:
-            self._send_json(200, _envelope(200, "操作成功", sim._charge_info()))
-
-    def _openai(self, route: str, arg: str, query: Mapping[str, List[str]], body: bytes,
-                fault: Optional[_Fault]) -> None:
-        """The /v1/videos routes, once the key was checked."""
-        sim = self.server.sim
-        hint = {"openai-poll-after-ms": str(sim.config.poll_after_ms)} if sim.config.poll_after_ms else {}
         if route == "create":
             self._answer_create(body, lost=fault is not None and fault.kind == "lost_create",
                                 task_id=fault.opts.get("task_id") if fault is not None and fault.kind == "task_id" else None)
-        elif route == "task":
-            task = sim._get_task(arg, self._origin(), poll=True)
-            if task is None:
-                self._send_json(404, openai.error(f"Video with id {arg!r} not found."))
-            else:
-                self._send_json(200, json.dumps(task, ensure_ascii=False).encode("utf-8"), headers=hint)
-        elif route == "tasks":
-            status, answer = sim._list_openai(self._origin(), query)
-            self._send_json(status, answer if isinstance(answer, bytes) else
-                            json.dumps(answer, ensure_ascii=False).encode("utf-8"), headers=hint)
-        else:  # the content, behind the key
-            problem = sim._content_problem(arg, expired=fault is not None and fault.kind == "expired")
+        elif route == "content":  # the video behind the key
+            problem = proto.content_problem(sim, arg, expired=fault is not None and fault.kind == "expired")
             if problem is not None:
-                self._send_json(*problem)
+                self._reply(problem)
             elif sim.config.content_host:
                 location = sim._signed_url(arg, f"http://{sim.config.content_host}:{sim.port}")
                 self._send(302, b"", "text/plain", headers={"Location": location})
             else:
                 self._serve_video(fault)
+        else:
+            self._reply(proto.answer(sim, route, arg, query, self._origin()))
+
+    def _reply(self, reply: protocols.Reply) -> None:
+        self._send(reply.status, reply.body, reply.content_type, headers=reply.headers)
 
     def _answer_create(self, raw_body: bytes, *, lost: bool, task_id: Optional[str] = None) -> None:
         sim = self.server.sim
@@ -797,78 +652,34 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw_body.decode("utf-8")) if raw_body else None
         except (UnicodeDecodeError, ValueError):
             body = None
-        if sim.config.protocol == "openai":
-            status, answer = sim._create_openai(body, task_id)
-            made, reply = status == 200, (status, json.dumps(answer, ensure_ascii=False).encode("utf-8"))
-        else:
-            code, message, data = sim._create(body, task_id)
-            made, reply = code == 200, (200, _envelope(code, message, data))
+        reply, made = sim.protocol.create(sim, body, task_id)
         if made and sim.config.create_latency:
             # The real service answers a create after a while, with the task already made and billed.
             time.sleep(sim.config.create_latency)
         if lost and made:
             self.close_connection = True  # made and billed, but the answer never leaves
             return
-        self._send_json(*reply)
-
-    def _answer_list(self, query: Mapping[str, List[str]]) -> None:
-        try:
-            page = int(query.get("page", ["1"])[0])
-            page_size = int(query.get("page_size", ["20"])[0])
-        except ValueError:
-            self._send_json(200, _envelope(1001, "参数错误：page 和 page_size 必须是整数"))
-            return
-        status = query.get("status", [None])[0]
-        if page < 1 or not 1 <= page_size <= 100 or (status is not None and status not in STATUSES):
-            self._send_json(200, _envelope(1001, "参数错误：page ≥ 1，1 ≤ page_size ≤ 100，status 取值无效"))
-            return
-        data = self.server.sim._list_tasks(self._origin(), page, page_size, status)
-        self._send_json(200, _envelope(200, "操作成功", data))
-
-    def _authorised(self) -> bool:
-        expected = self.server.sim.config.api_key
-        header = self.headers.get("Authorization", "")
-        if expected is None or header == f"Bearer {expected}":
-            return True
-        presented = header[7:] if header.lower().startswith("bearer ") else header
-        # Like many services, the answer echoes the key it got, so clients must mask it.
-        if self.server.sim.config.protocol == "openai":
-            self._send_json(401, openai.error(f"Incorrect API key provided: {presented or '(none)'}.",
-                                              code="invalid_api_key"))
-        else:
-            self._send_json(401, _envelope(401, f"API密钥无效或已禁用: {presented or '(未提供)'}"))
-        return False
+        self._reply(reply)
 
     def _answer_fault(self, fault: _Fault) -> None:
-        kind = fault.kind
-        if self.server.sim.config.protocol == "openai" and kind in ("envelope_500", "http_500_json", "envelope"):
-            if kind == "envelope":  # a gateway answering HTTP 200 with an error object
-                self._send_json(200, openai.error(str(fault.opts.get("message", "Invalid request")),
-                                                  code=str(fault.opts.get("code", "invalid_request"))))
-            else:
-                self._send_json(500, openai.error("The server had an error while processing your request.",
-                                                  "server_error"))
-            return
+        kind, proto = fault.kind, self.server.sim.protocol
         if kind == "drop":
             self.close_connection = True
         elif kind == "http_502_html":
             self._send(502, HTML_502, "text/html")
-        elif kind == "envelope_500":
-            self._send_json(200, _envelope(500, "服务器内部错误"))
+        elif kind == "envelope_500":  # a server error said in an HTTP 200, where the format allows it
+            self._reply(proto.error("server_in_200", "server error"))
         elif kind == "http_500_json":
-            self._send_json(500, _envelope(500, "服务器内部错误"))
+            self._reply(proto.error("server", "server error"))
         elif kind == "envelope":  # any documented (or undocumented) error code, inside an HTTP 200
-            self._send_json(200, _envelope(int(fault.opts.get("code", 1001)), str(fault.opts.get("message", "参数错误"))))
+            self._reply(proto.error("in_200", str(fault.opts.get("message", "")), code=fault.opts.get("code")))
         else:  # rate_limit
             retry_after = fault.opts.get("retry_after")
             headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
             if fault.opts.get("body", "json") == "text":
                 self._send(429, b"Too Many Requests", "text/plain", headers=headers)
-            elif self.server.sim.config.protocol == "openai":
-                self._send_json(429, openai.error("Rate limit reached for requests.", "requests",
-                                                  code="rate_limit_exceeded"), headers=headers)
             else:
-                self._send_json(429, _envelope(429, "请求过于频繁，请稍后再试"), headers=headers)
+                self._reply(proto.retry_after(proto.error("rate_limited", "rate limited"), retry_after))
 
     def _file(self, name: str, query: Mapping[str, List[str]], fault: Optional[_Fault]) -> None:
         sim = self.server.sim
@@ -1038,22 +849,6 @@ def _dripping(pieces: Iterator[Any], size: int, seconds: float) -> Iterator[Any]
         for pos in range(0, len(piece), max(1, size)):
             yield piece[pos:pos + max(1, size)]
             time.sleep(seconds)
-
-
-def _route(method: str, path: str) -> Tuple[Optional[str], str]:
-    if method == "POST":
-        return ("create", "") if path == "/v1/create" else (None, "")
-    if path == "/v1/tasks":
-        return "tasks", ""
-    if path in ("/v1/balance", "/v1/pricing"):
-        return path[4:], ""
-    match = _TASK_PATH.match(path)
-    if match:
-        return "task", unquote(match.group(1))
-    match = _FILE_PATH.match(path)
-    if match:
-        return "file", unquote(match.group(1))
-    return None, ""
 
 
 def _parse_range(header: str, size: int) -> Optional[Tuple[int, int]]:
