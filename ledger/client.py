@@ -406,8 +406,8 @@ class ApiClient:
         """A client configured from ``settings``; the pool defaults to the task concurrency and the
         base URL to this protocol's setting (``base_url``: a job's API, recorded when it was sent)."""
         return cls(
-            base_url or getattr(settings, cls.URL_FIELD),
-            getattr(settings, cls.KEY_FIELD),
+            base_url or _setting(settings, cls.URL_FIELD),
+            _setting(settings, cls.KEY_FIELD),
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             pool_size=pool_size or settings.max_concurrent_tasks,
@@ -430,7 +430,7 @@ class ApiClient:
         Raises ``ConfigError`` with one line saying what to fix: no key, a refused key, an
         unreachable or wrong base URL, a proxy that refuses or does not answer. Only answers that
         show the API is there but busy are tried again (``PREFLIGHT_ATTEMPTS``)."""
-        if not self._key:
+        if not self._has_credentials():
             raise ConfigError(f"{self.KEY_SETTING} is not set: set it in .env ({self.KEY_SETTING}={self.KEY_EXAMPLE})")
         timeouts = (min(timeout[0], self._timeout[0]), min(timeout[1], self._timeout[1]))
         session = _Session()
@@ -575,9 +575,8 @@ class ApiClient:
         body: Optional[Mapping[str, Any]],
     ) -> Any:
         headers = {"Accept": "application/json"}
-        if self._key:
-            # Per request, never a session default: video URLs live on another host.
-            headers["Authorization"] = f"Bearer {self._key}"
+        # Per request, never a session default: video URLs live on another host.
+        headers.update(self._auth_headers())
         started = time.monotonic()
         try:
             resp = self._session.request(
@@ -616,8 +615,20 @@ class ApiClient:
         except InvalidHeader:
             return None
 
+    def _has_credentials(self) -> bool:
+        """Whether anything to authenticate with is set (a provider with other credentials overrides this)."""
+        return bool(self._key)
+
+    def _auth_headers(self) -> Dict[str, str]:
+        """The headers that authenticate a call to the API (a provider signing its calls overrides this)."""
+        return {"Authorization": f"Bearer {self._key}"} if self._key else {}
+
+    def _secrets(self) -> List[Optional[str]]:
+        """What must never be printed (a provider with more secrets than its key overrides this)."""
+        return [self._key]
+
     def _redact(self, text: str) -> str:
-        return redact(text, [self._key])
+        return redact(text, self._secrets())
 
     def _unwrap(self, method: str, path: str, resp: requests.Response) -> Any:
         """What a successful answer holds; raise the mapped error otherwise."""
@@ -824,6 +835,11 @@ def _proxy_for(session: requests.Session, url: str, proxies: Optional[Dict[str, 
     """The proxy a request to ``url`` goes through: the configured ones, else the environment's."""
     merged = session.merge_environment_settings(url, proxies or {}, None, None, None)
     return select_proxy(url, {k: v for k, v in merged["proxies"].items() if v})
+
+
+def _setting(settings: Settings, name: str) -> Any:
+    """A setting by its ``Settings`` field, or a provider's by its ``Option`` key."""
+    return getattr(settings, name) if name in Settings.__dataclass_fields__ else settings.option(name)
 
 
 def _without_password(url: str) -> str:

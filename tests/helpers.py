@@ -7,7 +7,7 @@ import subprocess
 import sys
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
@@ -35,23 +35,29 @@ def leftovers(root: Path) -> List[Path]:
     return [p for p in root.rglob("*") if p.name.endswith((".part", ".tmp"))]
 
 
-# Shared-behaviour tests run against the simulator speaking each protocol ledger knows.
+# Shared-behaviour tests run against the simulator speaking the first two protocols ledger knew
+# (``both_protocols``), or every protocol it knows (``every_protocol``: the chaos test).
 PROTOCOLS = ("sora_hk", "openai")
 both_protocols = pytest.mark.parametrize("protocol", PROTOCOLS, indirect=True)
 
 
+def _registered() -> Tuple[str, ...]:
+    from ledger.providers import REGISTRY
+
+    return tuple(REGISTRY)
+
+
+every_protocol = pytest.mark.parametrize("protocol", _registered(), indirect=True)
+
+
 def api_env(sim: Any) -> Dict[str, str]:
     """The settings that point ledger at ``sim``, in the protocol it speaks."""
-    if sim.config.protocol == "openai":
-        return {"PROVIDER": "openai", "OPENAI_BASE_URL": sim.base_url, "OPENAI_API_KEY": sim.config.api_key or "sk-any"}
-    return {"PROVIDER": "sora_hk", "SORA_BASE_URL": sim.base_url}
+    settings = dict(sim.protocol.settings(sim))
+    if sim.config.protocol == "sora_hk" and not sim.config.api_key:
+        settings.pop("SORA_API_KEY")  # the key the test chose (work_env's) stays
+    return settings
 
 
 def job_price(sim: Any) -> int:
-    """What ``sim`` charges for one job with default parameters (and for ``create_external``'s task):
-    sora.hk's normal price; for /v1/videos sora-2, 4 s at 10 cents a second."""
-    if sim.config.protocol == "openai":
-        from ledger.sim import openai_videos
-
-        return openai_videos.price("sora-2", "1280x720", 4)
-    return int(sim.config.normal_price)
+    """What ``sim`` charges for one job with default parameters (and for ``create_external``'s task)."""
+    return int(sim.protocol.job_price(sim))

@@ -13,7 +13,7 @@ import threading
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ..settings import Option, Settings
-from . import openai_videos, sora_hk
+from . import hailuo, kling, openai_videos, seedance, sora_hk, wan
 from .base import Mapped, Mismatch, Provider, Registration, Request, Rules, TaskPage
 
 __all__ = ["DEFAULT", "Mapped", "Mismatch", "OPTIONS", "Provider", "ProviderPool", "REGISTRY", "RULES", "Request",
@@ -23,6 +23,10 @@ __all__ = ["DEFAULT", "Mapped", "Mismatch", "OPTIONS", "Provider", "ProviderPool
 REGISTRY: Mapping[str, Registration] = {r.name: r for r in (
     sora_hk.REGISTRATION,
     openai_videos.REGISTRATION,
+    seedance.REGISTRATION,
+    kling.REGISTRATION,
+    wan.REGISTRATION,
+    hailuo.REGISTRATION,
 )}
 DEFAULT = sora_hk.NAME
 RULES: Mapping[str, Rules] = {name: r.rules for name, r in REGISTRY.items()}

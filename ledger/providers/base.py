@@ -120,6 +120,9 @@ class Provider(Protocol):
     reports_cost: bool
     # Whether a task that ends failed costs nothing: what was booked for it is given back.
     bills_on_success: bool
+    # How long the API keeps a task and its video (seconds; None: long enough not to matter). A task
+    # it no longer knows past this is gone with its video: the job ends content_expired.
+    retention: Optional[float]
 
     def create(self, params: Mapping[str, Any], ref: str = "") -> RemoteTask:
         """Start one paid generation from stored ``params``; never re-sent after it may have
@@ -175,6 +178,7 @@ class Registration:
     tariff: Callable[[Any], Any]
     currency: str
     key_env: str
+    url_env: str
     options: Tuple[Any, ...] = ()
     storyboard_options: Optional[Mapping[str, Any]] = None
     sim: str = ""

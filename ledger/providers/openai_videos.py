@@ -173,6 +173,7 @@ class OpenAIVideos(ApiClient):
     balance_refusal = "insufficient_quota"
     reports_cost = False  # a video object carries no price: the price list is all there is
     bills_on_success = False
+    retention = None  # the video's own ``expires_at`` ends it (HTTP 410: content_expired)
     KEY_SETTING = "OPENAI_API_KEY"
     KEY_EXAMPLE = "sk-..."
     URL_SETTING = "OPENAI_BASE_URL"
@@ -410,4 +411,4 @@ def _note_unknown(word: str) -> None:
 
 REGISTRATION = Registration(
     name=NAME, rules=RULES, open=OpenAIVideos.open, base_url=lambda settings: settings.openai_base_url,
-    tariff=tariff, currency="USD", key_env="OPENAI_API_KEY", sim="openai_videos")
+    tariff=tariff, currency="USD", key_env="OPENAI_API_KEY", url_env="OPENAI_BASE_URL", sim="openai_videos")

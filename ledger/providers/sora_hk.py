@@ -82,6 +82,7 @@ class SoraHk:
     balance_refusal = "code 1012"
     reports_cost = True  # the create's answer carries ``cost`` in cents
     bills_on_success = False  # the create is billed; a failed task is not refunded that we know of
+    retention = None  # video URLs expire in 1.5-2.5 days, but polling the task signs a fresh one
 
     def __init__(self, client: SoraClient) -> None:
         self.client = client
@@ -154,4 +155,4 @@ def _fallback_tariff(settings: Settings) -> Any:
 
 REGISTRATION = Registration(
     name=NAME, rules=RULES, open=SoraHk.open, base_url=lambda settings: settings.base_url, tariff=_fallback_tariff,
-    currency="USD", key_env="SORA_API_KEY", sim="sora_hk")
+    currency="USD", key_env="SORA_API_KEY", url_env="SORA_BASE_URL", sim="sora_hk")

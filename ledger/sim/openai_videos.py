@@ -207,6 +207,12 @@ class OpenAIProtocol(SimProtocol):
         expires = int(completed + sim.config.url_ttl) if status == "completed" and completed is not None else None
         return view(task, status, progress, completed, expires, sim.config.status_words)
 
+    def settings(self, sim: Any) -> Dict[str, str]:
+        return {"PROVIDER": "openai", "OPENAI_BASE_URL": sim.base_url, "OPENAI_API_KEY": sim.config.api_key or "sk-any"}
+
+    def job_price(self, sim: Any) -> int:
+        return price("sora-2", "1280x720", 4)
+
     def error(self, kind: str, message: str, **details: Any) -> Reply:
         if kind == "no_route":
             return Reply(404, error(f"Invalid URL ({message})"))

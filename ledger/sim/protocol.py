@@ -84,6 +84,14 @@ class SimProtocol:
         a protocol that has such a route."""
         return self.error("no_route", f"GET {task_id}")
 
+    def settings(self, sim: Any) -> Dict[str, str]:
+        """The ledger settings that point at ``sim`` (``PROVIDER``, the base URL, the key)."""
+        raise NotImplementedError
+
+    def job_price(self, sim: Any) -> int:
+        """What ``sim`` bills one job of a storyboard segment that sets nothing but its prompt."""
+        raise NotImplementedError
+
     def retry_after(self, reply: Reply, seconds: Optional[Any]) -> Reply:
         """``reply`` with a ``Retry-After`` header when ``seconds`` is given."""
         if seconds is None:

@@ -127,18 +127,20 @@ class _Task:
     task_id: str
     seq: int
     prompt: str
-    is_pro: bool
-    duration: int
-    resolution: str
-    quality: str
-    remove_watermark: bool
-    image_url: str
-    cost: int
+    cost: int  # what the account was charged for it (so far: ``SimServer.adjust_charge``)
     outcome: str  # "ok", "policy" or "error"
     created_wall: datetime
     created_mono: float
-    model: str = ""  # openai: the model asked for
+    is_pro: bool = False
+    duration: int = 0
+    resolution: str = ""
+    quality: str = ""
+    remove_watermark: bool = False
+    image_url: str = ""
+    model: str = ""  # the model asked for
     size: str = ""  # openai: the size asked for
+    # Whatever else a protocol keeps of the request (a client reference, a seed, the body itself).
+    extra: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class _Video:
@@ -402,6 +404,18 @@ class SimServer:
 
     def current_balance(self) -> int:
         return self._current_balance()
+
+    def adjust_charge(self, task: _Task, cost: int) -> None:
+        """Bill ``task`` ``cost`` in all instead of what was charged at its create (an API that
+        bills what a finished task used, or nothing for a failed one)."""
+        with self._lock:
+            self._balance -= cost - task.cost
+            task.cost = cost
+
+    def find_task(self, predicate: Any) -> Optional[_Task]:
+        """The newest task ``predicate(task)`` is true of (a look-up by a client reference)."""
+        with self._lock:
+            return max((t for t in self._tasks.values() if predicate(t)), key=lambda t: t.seq, default=None)
 
     def get_task(self, task_id: str, *, poll: bool) -> Optional[_Task]:
         """A task by id (``poll``: count it as a poll of that task), None when unknown."""

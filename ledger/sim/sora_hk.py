@@ -141,6 +141,12 @@ class SoraHkProtocol(SimProtocol):
             del view["cost"]
         return view
 
+    def settings(self, sim: Any) -> Dict[str, str]:
+        return {"PROVIDER": "sora_hk", "SORA_BASE_URL": sim.base_url, "SORA_API_KEY": sim.config.api_key or "sora-any"}
+
+    def job_price(self, sim: Any) -> int:
+        return int(sim.config.normal_price)
+
     def error(self, kind: str, message: str, **details: Any) -> Reply:
         if kind == "no_route":
             return Reply(404, envelope(404, f"接口不存在 (no such endpoint: {message})"))

@@ -12,6 +12,7 @@ from sqlalchemy import exc as sa_exc
 from ..errors import (
     ApiError,
     AuthError,
+    ContentExpired,
     InsufficientBalance,
     Interrupted,
     InvalidTaskId,
@@ -82,7 +83,7 @@ def decide(step: Action, exc: BaseException, *, sent: bool) -> Verdict:
     if step is Action.RECONCILE:
         return Verdict.WAIT if isinstance(exc, (sa_exc.IntegrityError, RateLimited)) else Verdict.UNRESOLVED
     if step is Action.POLL:
-        if isinstance(exc, TaskNotFound):
+        if isinstance(exc, (TaskNotFound, ContentExpired)):  # gone on the service: nothing left to poll
             return Verdict.FAIL
         if isinstance(exc, TransientError):
             return Verdict.WAIT

@@ -312,10 +312,14 @@ def poll(ctx: StepContext, a: Active) -> Next:
     elapsed = _elapsed(job) - age
     try:
         task = listed[0] if listed is not None else api.get(task_id)
-    except TaskNotFound:
+    except TaskNotFound as exc:
         if elapsed < ctx.options.reconcile_grace:
             return Next(min(5.0, ctx.options.reconcile_grace))  # a service may not know a task it made a moment ago
         ctx.board.forget(api, task_id)
+        if api.retention is not None and elapsed > api.retention:
+            raise ContentExpired(f"{exc}: the {api.name} API keeps a task and its video {api.retention / 3600:g} h, "
+                                 f"and this one is {elapsed / 3600:.1f} h old; `ledger requeue --failed` generates it "
+                                 "again (and pays for it)", http_status=404) from exc
         raise
     if task.is_terminal:
         ctx.board.forget(api, task_id)
