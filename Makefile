@@ -29,16 +29,23 @@ test-fast: $(STAMP)
 # start `ledger sim` on a free port (SIM_PORT=N asks for that one and fails if it is taken), read the
 # address it printed, `ledger run`, show the output tree and `ledger status`, stop the simulator.
 # The demo talks only to the simulator it started: never to whatever else listens on some port.
-# `make demo PROTOCOL=openai`: the same through the OpenAI-compatible /v1/videos provider.
+# `make demo PROTOCOL=openai|seedance|kling|wan|hailuo`: the same through that provider (its demo
+# storyboard is docs/providers/storyboard_PROTOCOL.json; the demo keys are placeholders the
+# simulator accepts, and every provider's base URL points at the simulator).
 SIM_PORT ?= 0
 PROTOCOL ?= sora_hk
-DEMO_INPUT_sora_hk = examples
-DEMO_INPUT_openai = docs/providers
+DEMO_INPUT = $(if $(filter sora_hk,$(PROTOCOL)),examples,demo/input)
 DEMO_ENV = PROVIDER=$(PROTOCOL) SORA_API_KEY=sora-demo0000000000000000000000000000 \
-	OPENAI_API_KEY=sk-demo000000000000000000000000000000 NO_PROXY=127.0.0.1,localhost \
+	OPENAI_API_KEY=sk-demo000000000000000000000000000000 ARK_API_KEY=ark-demo000000000000000000000000 \
+	KLING_API_KEY=kling-demo00000000000000000000000 DASHSCOPE_API_KEY=sk-demo0000000000000000000000000 \
+	MINIMAX_API_KEY=minimax-demo000000000000000000000 NO_PROXY=127.0.0.1,localhost \
 	LEDGER_DATABASE_URL=sqlite:///demo/ledger.db OUTPUT_DIR=demo/output
+DEMO_URLS = SORA_BASE_URL=$$url OPENAI_BASE_URL=$$url ARK_BASE_URL=$$url KLING_BASE_URL=$$url \
+	DASHSCOPE_BASE_URL=$$url MINIMAX_BASE_URL=$$url
 demo: $(STAMP) bytecode
 	rm -rf demo && mkdir -p demo
+	if [ "$(PROTOCOL)" = openai ]; then mkdir -p demo/input && cp docs/providers/storyboard_gateway.json demo/input/; \
+	elif [ "$(PROTOCOL)" != sora_hk ]; then mkdir -p demo/input && cp docs/providers/storyboard_$(PROTOCOL).json demo/input/; fi
 	$(BIN)/ledger sim --port $(SIM_PORT) --gen-seconds 3 --protocol $(PROTOCOL) > demo/sim.log 2>&1 & echo $$! > demo/sim.pid; \
 	trap 'kill $$(cat demo/sim.pid) 2>/dev/null' EXIT; \
 	url=; for i in $$(seq 300); do \
@@ -48,9 +55,9 @@ demo: $(STAMP) bytecode
 	if [ -z "$$url" ]; then echo "make demo: the simulator did not start (demo/sim.log):" >&2; \
 		cat demo/sim.log >&2; exit 1; fi; \
 	echo "Simulator: $$url"; \
-	$(DEMO_ENV) SORA_BASE_URL=$$url OPENAI_BASE_URL=$$url $(BIN)/ledger run --input-dir $(DEMO_INPUT_$(PROTOCOL)) && \
+	$(DEMO_ENV) $(DEMO_URLS) $(BIN)/ledger run --input-dir $(DEMO_INPUT) && \
 	echo && echo "demo/output:" && find demo/output -type f | sort && echo && \
-	$(DEMO_ENV) SORA_BASE_URL=$$url OPENAI_BASE_URL=$$url $(BIN)/ledger status
+	$(DEMO_ENV) $(DEMO_URLS) $(BIN)/ledger status
 
 bench: $(STAMP) bytecode
 	$(BIN)/python bench/scan_bench.py

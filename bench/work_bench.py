@@ -23,7 +23,10 @@ a separate process, and prints, each beside its baseline from the same run:
      every job polled alone;
   8. scenario 6 against another server: the independent fake API (``tests/fake_api.py``, its own
      process) plain, 50 ms away, with progress held at 0 % for 80 % of the generation, and on an
-     account where another client creates 30 tasks a second — so the figure is not the simulator's.
+     account where another client creates 30 tasks a second — so the figure is not the simulator's;
+  9. scenario 1 on every protocol ledger speaks (the simulator speaking each in turn): API calls per
+     job by route, and efficiency — most of the newer APIs tell no progress, so their polls are
+     timed by the generation time learnt in the run.
 """
 from __future__ import annotations
 
@@ -54,7 +57,7 @@ from ledger.scan import scan  # noqa: E402
 from ledger.settings import load_settings  # noqa: E402
 from ledger.store import Store  # noqa: E402
 from ledger.pricing import known_prices  # noqa: E402
-from ledger.providers import ProviderPool  # noqa: E402
+from ledger.providers import REGISTRY, ProviderPool  # noqa: E402
 from ledger.work import Scheduler, WorkOptions, WorkSummary  # noqa: E402
 from ledger.work.board import BATCH_MIN  # noqa: E402
 
@@ -82,13 +85,17 @@ class Simulator:
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
 
     def env(self) -> Dict[str, str]:
-        if self.protocol == "openai":
-            return {"PROVIDER": "openai", "OPENAI_BASE_URL": self.base_url, "OPENAI_API_KEY": KEY}
-        return {"SORA_BASE_URL": self.base_url, "SORA_API_KEY": KEY}
+        return provider_env(self.protocol, self.base_url)
 
     def stats(self) -> Dict[str, Any]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_sim/stats", timeout=10) as answer:
             return json.loads(answer.read())
+
+
+def provider_env(protocol: str, base_url: str) -> Dict[str, str]:
+    """The settings that send ledger's jobs to ``protocol``'s API at ``base_url`` with the bench key."""
+    registration = REGISTRY[protocol]
+    return {"PROVIDER": protocol, registration.url_env: base_url, registration.key_env: KEY}
 
     def close(self) -> None:
         self.proc.terminate()
@@ -108,9 +115,7 @@ class FakeServer:
         self.base_url = self.proc.stdout.readline().strip()
 
     def env(self) -> Dict[str, str]:
-        if self.protocol == "openai":
-            return {"PROVIDER": "openai", "OPENAI_BASE_URL": self.base_url, "OPENAI_API_KEY": KEY}
-        return {"SORA_BASE_URL": self.base_url, "SORA_API_KEY": KEY}
+        return provider_env(self.protocol, self.base_url)
 
     def stats(self) -> Dict[str, Any]:
         with urllib.request.urlopen(self.base_url.rsplit("/v1", 1)[0] + "/_fake/stats", timeout=10) as answer:
@@ -230,7 +235,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--long-g", type=float, default=270.0, help="generation time of the polling scenario")
     parser.add_argument("--skip-long", action="store_true", help="skip the polling scenario (it takes G seconds)")
-    parser.add_argument("--only", default="12345678", help="which scenarios to run, e.g. 13")
+    parser.add_argument("--only", default="123456789", help="which scenarios to run, e.g. 13")
     parser.add_argument("--runs", type=int, default=3, help="runs of each process scenario (6, 8)")
     parser.add_argument("--batch-g", type=float, default=60.0, help="generation time of the batch-status scenario")
     parser.add_argument("--batch-n", type=int, default=256, help="jobs in the batch-status scenario")
@@ -267,6 +272,16 @@ def main() -> None:
             walls = sorted(run_cli(64, 16, 5.0, server=FakeServer(5.0, **options))[0] for _ in range(args.runs))
             print(f"   {label:27}: process wall {spread(walls)} s -> efficiency "
                   f"{spread([ideal / w for w in walls], 3)} from the process start")
+
+    if "9" in args.only:
+        ideal = 64 / 16 * 5.0
+        print("9. N=64 C=16 G=5s on every protocol (in-process scheduler, simulator in its own process)")
+        for protocol in REGISTRY:
+            summary, wall, usage, _ = run_worker(64, 16, 5.0, protocol=protocol)
+            calls = usage["calls"]
+            routes = ", ".join(f"{route} {n / 64:.2f}" for route, n in sorted(calls.items()))
+            print(f"   {protocol:8}: {sum(calls.values()) / 64:.2f} calls/job ({routes}); {summary.polls / 64:.1f} polls/job; "
+                  f"wall {wall:.2f} s -> efficiency {ideal / wall:.3f}")
 
     if "7" in args.only:
         n, g = 256, 10.0

@@ -6,12 +6,12 @@ import time
 
 import pytest
 
-from tests.helpers import api_env, both_protocols, leftovers, query, segments, spawn
+from tests.helpers import api_env, every_protocol, leftovers, query, segments, spawn
 from tests.integration.test_work import sha, videos
 
 
 @pytest.mark.slow
-@both_protocols
+@every_protocol
 def test_chaos_every_job_ends_with_a_reason_nothing_paid_twice(ws, make_sim, work_env, capsys):
     sim = make_sim(gen_seconds=0.5, fault_rate=0.10, create_latency=0.05)
     env = {**work_env, **api_env(sim), "MAX_CONCURRENT_TASKS": "16", "GEN_COUNT_PER_SEGMENT": "2",

@@ -127,7 +127,7 @@ def test_values_a_provider_cannot_take_are_rejected_at_scan_with_the_allowed_one
         "invalid: input/storyboard_o.json: /segments/2/model: model 'sora-2' is not a Pro model, but is_pro is true; "
         "drop one of the two",
         "invalid: input/storyboard_o.json: /segments/3/provider: unknown provider 'runway'; use one of 'sora_hk', "
-        "'openai'",
+        "'openai', 'seedance', 'kling', 'wan', 'hailuo'",
         "invalid: input/storyboard_s.json: /segments/0/duration_seconds: 8 is not allowed here; use one of 10, 15, 25",
         "invalid: input/storyboard_s.json: /segments/0/resolution: '1280x720' is not allowed here; use one of "
         "'horizontal', 'vertical'",

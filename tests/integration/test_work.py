@@ -221,7 +221,9 @@ def test_two_workers_on_one_ledger_never_take_the_same_job(ws, sim, work_env):
 
 def test_missing_key_is_a_configuration_error(ws, sim):
     ws.storyboard("storyboard_a.json", segments("x"))
-    result = ws.cli("run", "--no-progress", env={**api_env(sim)})
+    env = api_env(sim)
+    env.pop("SORA_API_KEY", None)
+    result = ws.cli("run", "--no-progress", env=env)
     assert result.exit_code == 3 and "SORA_API_KEY is not set" in result.output
     assert sim.stats()["creates_received"] == 0
 
