@@ -70,6 +70,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def provider_env(protocol: str, base_url: str) -> Dict[str, str]:
+    """The settings that send ledger's jobs to ``protocol``'s API at ``base_url`` with the bench key."""
+    registration = REGISTRY[protocol]
+    return {"PROVIDER": protocol, registration.url_env: base_url, registration.key_env: KEY}
+
+
 class Simulator:
     """``ledger sim`` in its own process, so it does not share the worker's interpreter."""
 
@@ -81,8 +87,8 @@ class Simulator:
              "--balance", str(10**9), "--protocol", protocol], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             text=True)
         assert self.proc.stdout is not None
-        self.proc.stdout.readline()  # "listening on ..." once it serves
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        # "Sora simulator listening on <base URL>" once it serves: the base URL is the protocol's own
+        self.base_url = self.proc.stdout.readline().strip().rsplit(" ", 1)[-1]
 
     def env(self) -> Dict[str, str]:
         return provider_env(self.protocol, self.base_url)
@@ -90,12 +96,6 @@ class Simulator:
     def stats(self) -> Dict[str, Any]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_sim/stats", timeout=10) as answer:
             return json.loads(answer.read())
-
-
-def provider_env(protocol: str, base_url: str) -> Dict[str, str]:
-    """The settings that send ledger's jobs to ``protocol``'s API at ``base_url`` with the bench key."""
-    registration = REGISTRY[protocol]
-    return {"PROVIDER": protocol, registration.url_env: base_url, registration.key_env: KEY}
 
     def close(self) -> None:
         self.proc.terminate()
@@ -275,13 +275,15 @@ def main() -> None:
 
     if "9" in args.only:
         ideal = 64 / 16 * 5.0
-        print("9. N=64 C=16 G=5s on every protocol (in-process scheduler, simulator in its own process)")
+        print("9. N=64 C=16 G=5s on every protocol (the simulator in its own process): in-process scheduler, then the CLI")
         for protocol in REGISTRY:
             summary, wall, usage, _ = run_worker(64, 16, 5.0, protocol=protocol)
             calls = usage["calls"]
             routes = ", ".join(f"{route} {n / 64:.2f}" for route, n in sorted(calls.items()))
+            walls = sorted(run_cli(64, 16, 5.0, protocol)[0] for _ in range(args.runs))
             print(f"   {protocol:8}: {sum(calls.values()) / 64:.2f} calls/job ({routes}); {summary.polls / 64:.1f} polls/job; "
-                  f"wall {wall:.2f} s -> efficiency {ideal / wall:.3f}")
+                  f"in-process wall {wall:.2f} s -> efficiency {ideal / wall:.3f}; as a process (`ledger work`, "
+                  f"{args.runs} runs) wall {spread(walls)} s -> {spread([ideal / w for w in walls], 3)}")
 
     if "7" in args.only:
         n, g = 256, 10.0

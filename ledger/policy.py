@@ -47,6 +47,10 @@ class PollPolicy:
     # A task without progress past the usual time of its kind is asked about this fraction of its
     # time so far later (a finish noticed within a tenth of its time, at growing intervals).
     overdue_fraction: float = 0.1
+    # Polls of a task whose API tells no progress, before any of its kind has finished in this run,
+    # come at this growth (the finish found within a third of the time; ``growth`` is for the few
+    # polls before progress shows).
+    blind_growth: float = 1.5
     jitter: float = 0.05
 
     @classmethod
@@ -95,18 +99,20 @@ class PollPolicy:
 
     def next_delay(self, elapsed: float, progress: int, last_delay: Optional[float] = None,
                    rng: Optional[random.Random] = None, earlier: Sequence[Reading] = (),
-                   typical: Optional[float] = None) -> float:
+                   typical: Optional[float] = None, blind: bool = False) -> float:
         """Seconds until the next poll of a task that has run ``elapsed`` seconds; ``earlier``: the
         readings before this one, oldest first; ``typical``: how long generations of its kind took
-        in this run (for a task that shows no progress: the API tells none, or it is queued)."""
+        in this run (for a task that shows no progress: the API tells none, or it is queued);
+        ``blind``: the API never tells progress (first poll straight at the usual time)."""
         floor = max(self.min_interval, self.floor_fraction * elapsed)
         total = self.estimated_total(elapsed, progress, earlier)
         if total is None:
-            delay = max(self.first_delay, self.min_interval) if last_delay is None else last_delay * self.growth
+            growth = self.blind_growth if blind else self.growth
+            delay = max(self.first_delay, self.min_interval) if last_delay is None else last_delay * growth
             spread = self.jitter
             if typical is not None:
                 usual = typical * (1.0 + self.finish_slack)
-                if elapsed < usual and delay >= usual - elapsed:
+                if elapsed < usual and (blind or delay >= usual - elapsed):
                     delay, spread = usual - elapsed, 0.0  # land just after the usual finish
                 elif elapsed >= usual:
                     delay = self.overdue_fraction * elapsed  # late: ask every tenth of the time so far

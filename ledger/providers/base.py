@@ -123,6 +123,9 @@ class Provider(Protocol):
     # How long the API keeps a task and its video (seconds; None: long enough not to matter). A task
     # it no longer knows past this is gone with its video: the job ends content_expired.
     retention: Optional[float]
+    # Whether a status answer tells the task's progress (%); without it, polls are timed by how long
+    # tasks of its kind took in this run, and by a finer ladder until one has finished.
+    tells_progress: bool
 
     def create(self, params: Mapping[str, Any], ref: str = "") -> RemoteTask:
         """Start one paid generation from stored ``params``; never re-sent after it may have

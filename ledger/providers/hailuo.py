@@ -323,6 +323,7 @@ class Hailuo(ApiClient):
     balance_refusal = "code 1008"
     reports_cost = False  # no answer carries a price: the price list is all there is
     bills_on_success = False  # [I] not documented: a failed task is taken as paid for
+    tells_progress = False  # status answers tell no progress
     retention = None  # the video URL is time-limited, but every poll signs a fresh one
     KEY_SETTING = "MINIMAX_API_KEY"
     KEY_EXAMPLE = "sk-api-..."

@@ -323,6 +323,7 @@ class KlingClient(ApiClient):
     balance_refusal = "codes 1100-1102: account in arrears or resource pack exhausted"
     reports_cost = False  # a task tells no price: the price list is all there is
     bills_on_success = False  # credits are taken at the create; a refund of a failed task is undocumented
+    tells_progress = False  # status answers tell no progress
     retention = RETENTION
     KEY_SETTING = API_KEY.env
     KEY_EXAMPLE = "..."

@@ -173,6 +173,7 @@ class OpenAIVideos(ApiClient):
     balance_refusal = "insufficient_quota"
     reports_cost = False  # a video object carries no price: the price list is all there is
     bills_on_success = False
+    tells_progress = True
     retention = None  # the video's own ``expires_at`` ends it (HTTP 410: content_expired)
     KEY_SETTING = "OPENAI_API_KEY"
     KEY_EXAMPLE = "sk-..."

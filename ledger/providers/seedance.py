@@ -305,6 +305,7 @@ class Seedance(ApiClient):
     balance_refusal = "AccountOverdueError"
     reports_cost = False  # the create answers only an id: the usage comes with the finished task
     bills_on_success = True
+    tells_progress = False  # status answers tell no progress
     retention: Optional[float] = RETENTION
     KEY_SETTING = "ARK_API_KEY"
     KEY_EXAMPLE = "your-ark-api-key"

@@ -82,6 +82,7 @@ class SoraHk:
     balance_refusal = "code 1012"
     reports_cost = True  # the create's answer carries ``cost`` in cents
     bills_on_success = False  # the create is billed; a failed task is not refunded that we know of
+    tells_progress = True
     retention = None  # video URLs expire in 1.5-2.5 days, but polling the task signs a fresh one
 
     def __init__(self, client: SoraClient) -> None:

@@ -340,6 +340,7 @@ class WanClient(ApiClient):
     reports_cost = False  # no answer carries a price: the price list is all there is
     # Whether a failed task is billed is not documented: what was booked for it stays booked.
     bills_on_success = False
+    tells_progress = False  # status answers tell no progress
     retention = RETENTION
     KEY_SETTING = "DASHSCOPE_API_KEY"
     KEY_EXAMPLE = "sk-..."

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import statistics
 import threading
 from dataclasses import dataclass, field
 from datetime import timedelta, timezone
@@ -74,10 +73,26 @@ class Durations:
             del seen[:-self.KEPT]
 
     def typical(self, kind: Any) -> Optional[float]:
-        """The median of the finishes' midpoints; None before one finished."""
+        """The time most finishes agree on: the middle of the earliest stretch that lies within the
+        most (last unfinished, done) spans — with tasks of one length, the span they all share; a
+        wide span (a first poll that found the task done) does not drag it down as a midpoint
+        would. None before one finished."""
         with self._lock:
-            seen = self._seen.get(kind)
-            return statistics.median((lo + hi) / 2 for lo, hi in seen) if seen else None
+            seen = list(self._seen.get(kind) or ())
+        if not seen:
+            return None
+        # Closed spans: at one moment, starts are counted before ends.
+        points = sorted([(lo, 0) for lo, _ in seen] + [(hi, 1) for _, hi in seen])
+        depth = best = 0
+        region = (seen[0][0], seen[0][1])
+        for i, (at, is_end) in enumerate(points):
+            if is_end:
+                depth -= 1
+                continue
+            depth += 1
+            if depth > best:
+                best, region = depth, (at, points[i + 1][0])
+        return (region[0] + region[1]) / 2
 
 
 class RunState:
@@ -346,7 +361,9 @@ def poll(ctx: StepContext, a: Active) -> Next:
         return _park_generating(ctx, a, elapsed)
     # The service's own "ask again after" is a lower bound, never a reason to ask sooner.
     typical = ctx.run.durations.typical(timing_kind(job))
-    a.last_delay = max(policy.next_delay(elapsed, task.progress, a.last_delay, earlier=a.readings, typical=typical),
+    blind = not getattr(api, "tells_progress", True)
+    a.last_delay = max(policy.next_delay(elapsed, task.progress, a.last_delay, earlier=a.readings, typical=typical,
+                                         blind=blind),
                        task.poll_after or 0.0)
     a.readings.append((elapsed, task.progress))
     return Next(max(0.0, a.last_delay - age))

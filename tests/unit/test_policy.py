@@ -122,3 +122,45 @@ def test_without_progress_the_usual_time_of_the_kind_times_the_polls(generation)
             polls += 1
         assert elapsed - generation <= lag_bound * generation, (typical, elapsed)
         assert polls <= 9
+
+
+@pytest.mark.parametrize("generation", [5.0, 270.0])
+def test_an_api_that_never_tells_progress_is_polled_on_a_finer_ladder_until_a_time_is_known(generation):
+    """Before any task of its kind finished, a task of an API without progress is polled at 1.5x
+    growing intervals (found within a third of its time), not 5x (a 5 s task found at 15.5 s); once
+    the usual time is known, its first poll goes straight there."""
+    policy = PollPolicy()
+    rng = random.Random(2)
+    lags = {}
+    for blind in (True, False):
+        elapsed, last, polls = 0.0, None, 0
+        while elapsed < generation:
+            last = policy.next_delay(elapsed, 0, last, rng, blind=blind)
+            elapsed += last
+            polls += 1
+        lags[blind] = elapsed - generation
+        if blind:
+            assert 0.0 < lags[blind] <= 0.55 * generation and polls <= 18, (elapsed, polls)
+    assert lags[True] < lags[False]  # the coarse ladder misses it by more (at 5 s: by 10 s)
+    first = policy.next_delay(0.0, 0, None, rng, typical=generation, blind=True)
+    assert first == pytest.approx(min(generation * 1.002, policy.max_interval))
+
+
+def test_the_usual_time_is_the_span_the_finishes_share_not_a_midpoint_dragged_down():
+    """Spans (last poll unfinished, poll that saw it done) of tasks that all took 5 s: wide spans
+    from a first poll that found the task done must not halve the estimate."""
+    from ledger.work.steps import Durations
+    durations = Durations()
+    assert durations.typical("k") is None
+    durations.record("k", 4.06, 6.6)
+    assert durations.typical("k") == pytest.approx(5.33)
+    for _ in range(5):
+        durations.record("k", 0.0, 5.34)  # polled first at the usual time: done
+    assert 4.06 <= durations.typical("k") <= 5.34
+    durations.record("k", 4.9, 5.1)
+    assert durations.typical("k") == pytest.approx(5.0)
+    # tasks of another length: the stretch most spans share wins
+    other = Durations()
+    for lo, hi in ((9.0, 11.0), (9.5, 10.5), (2.0, 3.0), (9.8, 10.9)):
+        other.record("k", lo, hi)
+    assert 9.8 <= other.typical("k") <= 10.5
