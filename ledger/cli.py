@@ -103,7 +103,8 @@ class LedgerGroup(click.Group):
     one-line cause; the traceback only with ``-vv``. Commands in ``LAZY`` are loaded when used:
     every other command would pay for importing them."""
 
-    LAZY = {"sim": ("ledger.sim.command", "sim")}
+    LAZY = {"sim": ("ledger.sim.command", "sim"), "workers": ("ledger.team_cli", "workers_command"),
+            "migrate": ("ledger.team_cli", "migrate_command"), "copy-ledger": ("ledger.team_cli", "copy_ledger_command")}
 
     def list_commands(self, ctx: click.Context) -> List[str]:
         return sorted([*super().list_commands(ctx), *self.LAZY])
@@ -368,12 +369,17 @@ def status_command(ctx: click.Context, as_json: bool, job: Optional[str], show_a
     prices = known_prices(store, settings)
     report = store.status(prices)
     chosen = pick_counts(store)
+    from .models import utcnow
+    from .team_cli import live_workers, worker_json
+
+    now, workers = utcnow(), live_workers(store)
     if as_json:
         data = report.to_json()
         for board in data["storyboards"]:
             board["picked_segments"], board["segments"] = chosen.get(board["path"], (0, 0))
         data["picked_segments"] = sum(p for p, _ in chosen.values())
         data["segments"] = sum(n for _, n in chosen.values())
+        data["workers"] = [worker_json(w, now) for w in workers]
         click.echo(_json_one_per_line(data, "storyboards"))
         return
     # Only the states in use (and the three everyone looks for) keep the table readable in 80 columns.
@@ -414,6 +420,9 @@ def status_command(ctx: click.Context, as_json: bool, job: Optional[str], show_a
                   f"for {plural(unpaid, 'job')} not yet paid for, at {described}.", markup=False)
     else:
         out.print(f"Spent {report.spent}; nothing left to pay for. Prices: {described}.", markup=False)
+    if workers:
+        held = ", ".join(f"{w.host}:{w.pid} holding {w.jobs_held}" for w in workers)
+        out.print(f"Workers: {len(workers)} live ({held}); `ledger workers` shows them and the API keys.", markup=False)
     if report.unresolved:
         out.print(f"{report.unresolved} job(s) are unresolved: a create went unanswered and the task list could not "
                   f"be read back far enough to tell whether it made a task. Nothing is sent again for them; "

@@ -148,6 +148,10 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
     if engine.dialect.name != "sqlite":
         with write_tx(engine) as conn:
+            if engine.dialect.name == "postgresql":
+                # Machines that start together migrate one after the other (the later ones find the
+                # schema current); the lock ends with the transaction.
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7472501)")
             command.upgrade(_alembic_config(conn), revision)
         return
     # Batch mode rebuilds a SQLite table (copy, drop, rename); with foreign keys enforced, dropping

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -96,6 +97,8 @@ class Job(Base):
         Index("ix_jobs_lease_owner", "lease_owner"),
         # A claim walks one state's jobs in id order and stops at its batch size.
         Index("ix_jobs_state_id", "state", "id"),
+        # Team mode: a key's generations in flight are counted at every write-ahead.
+        Index("ix_jobs_key_fp_state", "key_fp", "state"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -114,6 +117,9 @@ class Job(Base):
     api_base: Mapped[Optional[str]] = mapped_column(Text)
     # The job's entry in its provider's price list ("pro"/"normal"; "model@size:seconds").
     price_key: Mapped[str] = mapped_column(String(64), default="normal", server_default="normal")
+    # The API key the current attempt was created with, by its fingerprint (``ledger.keys``; never
+    # the key): polls and the download use that key. Recorded with the write-ahead.
+    key_fp: Mapped[Optional[str]] = mapped_column(String(16))
     target_dir: Mapped[str] = mapped_column(Text)
     # Whatever length the API chose; ids are checked before they are stored or used in a file name.
     remote_task_id: Mapped[Optional[str]] = mapped_column(Text, unique=True)
@@ -198,3 +204,41 @@ class Pick(Base):
 
 
 picks = Pick.__table__
+
+
+class ApiKeyRow(Base):
+    """An API key some worker was given (team mode), by its fingerprint: its limit of generations in
+    flight at once, its spend cap, and whether it is out of rotation (refused: 401, no balance) —
+    what every machine sharing the ledger goes by."""
+
+    __tablename__ = "api_keys"
+
+    fingerprint: Mapped[str] = mapped_column(String(16), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    shown: Mapped[str] = mapped_column(String(64))  # masked: ``sora-…abcd``
+    concurrency: Mapped[Optional[int]] = mapped_column(Integer)
+    max_spend: Mapped[Optional[int]] = mapped_column(Integer)  # minor units of the provider's currency
+    out_reason: Mapped[Optional[str]] = mapped_column(Text)
+    out_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Worker(Base):
+    """One ``ledger work`` process on some machine: when it started, its last heartbeat (every lease
+    renewal), the jobs it held then, and when it stopped (NULL: running, or died)."""
+
+    __tablename__ = "workers"
+
+    owner: Mapped[str] = mapped_column(String(255), primary_key=True)  # host:pid:start, as leases name it
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    concurrency: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    jobs_held: Mapped[int] = mapped_column(Integer, default=0)
+    lease_seconds: Mapped[float] = mapped_column(Float)
+    stopped_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+
+
+api_keys = ApiKeyRow.__table__
+workers = Worker.__table__

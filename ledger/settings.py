@@ -10,7 +10,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 
@@ -144,6 +144,16 @@ def provider_options() -> Tuple[Option, ...]:
     return OPTIONS
 
 
+def field_of(env: str) -> str:
+    """The ``Settings`` field, or a provider option's key, of the setting named ``env``."""
+    found = next((name for spec_env, name, _ in SPECS if spec_env == env), None)
+    if found is None:
+        found = next((o.key for o in provider_options() if o.env == env), None)
+    if found is None:
+        raise KeyError(env)
+    return found
+
+
 def provider_names() -> Tuple[str, ...]:
     """The providers ledger speaks, the default first."""
     from .providers import REGISTRY
@@ -224,9 +234,24 @@ class Settings:
 
     @property
     def api_keys(self) -> Tuple[str, ...]:
-        """Every key and secret set, to be masked wherever text is printed."""
-        secrets = [self.extra.get(o.key) for o in provider_options() if o.secret]
-        return tuple(key for key in (self.api_key, self.openai_api_key, *secrets) if key)
+        """Every key and secret set, to be masked wherever text is printed (the lists of keys of
+        team mode included)."""
+        secrets: List[Any] = []
+        for value in (self.extra.get(o.key) for o in provider_options() if o.secret):
+            if isinstance(value, (list, tuple)):  # (key, limit) pairs, or config.yaml's {key: ...} entries
+                secrets.extend(v[0] if isinstance(v, tuple) else v.get("key") if isinstance(v, dict) else v
+                               for v in value)
+            else:
+                secrets.append(value)
+        return tuple(str(key) for key in (self.api_key, self.openai_api_key, *secrets) if key)
+
+    def with_secret(self, env: str, value: str) -> "Settings":
+        """These settings with the key setting ``env`` (e.g. ``SORA_API_KEY``) set to ``value``: how a
+        client of one of several keys is opened."""
+        name = field_of(env)
+        if name in Settings.__dataclass_fields__:
+            return dataclasses.replace(self, **{name: value})
+        return dataclasses.replace(self, extra={**self.extra, name: value})
 
     def __repr__(self) -> str:  # the keys must never reach a log line through repr()
         from .redact import mask_key
@@ -237,7 +262,8 @@ class Settings:
                 return mask_key(value) if value else "(not set)"
             if name == "extra":
                 secret = {o.key for o in provider_options() if o.secret}
-                return repr({k: (mask_key(v) if k in secret and v else v) for k, v in value.items()})
+                return repr({k: ((mask_key(v) if isinstance(v, str) else f"({len(v)} keys)") if k in secret and v
+                                 else v) for k, v in value.items()})
             return repr(value)
 
         fields = ", ".join(f"{f.name}={shown(f.name)}" for f in dataclasses.fields(self) if f.repr)

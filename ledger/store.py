@@ -19,10 +19,11 @@ from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine, Row
 
 from .db import read_tx, write_tx
-from .models import events, jobs, meta, path_key, storyboards, utcnow
+from .models import api_keys, events, jobs, meta, path_key, storyboards, utcnow, workers
 from .outputs import existing_videos, supersede
 from .errors import LedgerError
 from .money import Money
+from .keys import KeyChoice
 from .leases import owner_is_dead
 from .states import ALL_STATES, CLAIMABLE, IN_FLIGHT, State, check_transition
 from .storyboard import JobSpec, ParsedStoryboard, SegmentSpec
@@ -31,6 +32,10 @@ if TYPE_CHECKING:  # for annotations: the price lists are the caller's
     from .pricing import Prices
 
 log = logging.getLogger(__name__)
+
+class NoFreeKey(LedgerError):
+    """Every key that could create this job is at its limit, over its cap or out of rotation."""
+
 
 class LeaseLost(LedgerError):
     """A guarded write found the job no longer as expected (another worker took it over, or a scan
@@ -46,6 +51,9 @@ class JobScope:
     paid_only: bool = False  # only jobs that already have (or may have) a remote task
     # (provider, API base URL) pairs out of reach this run: the jobs sent there are left alone.
     skip_apis: Sequence[Tuple[str, str]] = ()
+    # Team mode: the fingerprints of the keys this machine has (in rotation). A job created with
+    # another key is left to a machine that has it (None: every job, the keys are not checked).
+    own_keys: Optional[Sequence[str]] = None
 
     def apply(self, query):  # type: ignore[no-untyped-def]
         if self.storyboard_ids is not None:
@@ -57,6 +65,9 @@ class JobScope:
         for provider, base in self.skip_apis:  # a pending job goes where the settings say, not where it once went
             query = query.where(or_(jobs.c.provider != provider, jobs.c.api_base.is_(None), jobs.c.api_base != base,
                                     jobs.c.state == State.PENDING.value))
+        if self.own_keys is not None:
+            query = query.where(or_(jobs.c.state == State.PENDING.value, jobs.c.key_fp.is_(None),
+                                    jobs.c.key_fp.in_(list(self.own_keys))))
         return query
 
 
@@ -119,6 +130,7 @@ class JobRow:
     provider: str = "sora_hk"
     api_base: Optional[str] = None
     price_key: str = "normal"
+    key_fp: Optional[str] = None
 
     @classmethod
     def from_row(cls, row: Row) -> "JobRow":
@@ -312,7 +324,165 @@ def _diff_jobs(
     return new, changes
 
 
-class Store:
+
+# --- team mode: keys and workers ----------------------------------------------------------------------
+
+# A key's generations "in flight" at the API: from the write-ahead until the task is seen finished.
+_AT_THE_API = (State.SUBMITTING.value, State.SUBMITTED.value)
+_BILLED = tuple(s.value for s in (*IN_FLIGHT, State.DONE, State.FAILED))
+
+
+def _choose_key(conn: Connection, choice: KeyChoice) -> str:
+    """The key with the most room among ``choice``'s, counted in the ledger under a lock on the keys'
+    rows (PostgreSQL: ``FOR UPDATE``; SQLite: the write transaction is already the only one)."""
+    fps = [fp for fp, _, _ in choice.candidates]
+    rows = conn.execute(select(api_keys.c.fingerprint, api_keys.c.out_reason).where(api_keys.c.fingerprint.in_(fps))
+                        .order_by(api_keys.c.fingerprint).with_for_update()).all()
+    out = {fp for fp, reason in rows if reason}
+    busy = dict(conn.execute(select(jobs.c.key_fp, func.count()).where(jobs.c.key_fp.in_(fps))
+                             .where(jobs.c.state.in_(_AT_THE_API)).group_by(jobs.c.key_fp)).all())
+    capped = [fp for fp, _, cap in choice.candidates if cap is not None]
+    spent = dict(conn.execute(select(jobs.c.key_fp, func.coalesce(func.sum(jobs.c.cost_cents), 0))
+                              .where(jobs.c.key_fp.in_(capped)).where(jobs.c.state.in_(_BILLED))
+                              .group_by(jobs.c.key_fp)).all()) if capped else {}
+    best, room = None, (-1.0, 0)
+    for fp, limit, cap in choice.candidates:
+        if fp in out or (cap is not None and spent.get(fp, 0) + choice.price > cap):
+            continue
+        free = float("inf") if limit is None else limit - busy.get(fp, 0)
+        # the most room; between keys without a limit, the least busy (the first given on a tie)
+        if free > 0 and (free, -busy.get(fp, 0)) > room:
+            best, room = fp, (free, -busy.get(fp, 0))
+    if best is None:
+        raise NoFreeKey("every key is at its limit of generations at once, over its spend cap or out of rotation")
+    return best
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    fingerprint: str
+    provider: str
+    shown: str
+    concurrency: Optional[int]
+    max_spend: Optional[int]
+    out_reason: Optional[str]
+    out_at: Optional[datetime]
+    in_flight: int = 0
+    spent: int = 0
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    owner: str
+    host: str
+    pid: int
+    concurrency: int
+    started_at: datetime
+    heartbeat_at: datetime
+    jobs_held: int
+    lease_seconds: float
+    stopped_at: Optional[datetime]
+
+    def live(self, now: datetime) -> bool:
+        """Running and heard from within a lease period (a dead worker's leases lapse by then)."""
+        return self.stopped_at is None and (now - self.heartbeat_at).total_seconds() <= self.lease_seconds
+
+    def status(self, now: datetime) -> str:
+        if self.stopped_at is not None:
+            return "stopped"
+        return "live" if self.live(now) else "silent"
+
+
+class TeamQueries:
+    """The keys every machine goes by and the workers that run (mixed into ``Store``)."""
+
+    engine: Engine
+
+    def register_keys(self, keys: Iterable[Tuple[str, str, str, Optional[int], Optional[int]]]) -> None:
+        """Record this machine's keys ((fingerprint, provider, shown, limit, cap) each): a key given
+        again is back in rotation (a new run after a top-up), with the limit and cap it was given."""
+        now = utcnow()
+        for fp, provider, shown, limit, cap in keys:
+            values = {"provider": provider, "shown": shown, "concurrency": limit, "max_spend": cap,
+                      "out_reason": None, "out_at": None, "seen_at": now}
+            with write_tx(self.engine) as conn:
+                if not conn.execute(update(api_keys).where(api_keys.c.fingerprint == fp).values(**values)).rowcount:
+                    conn.execute(insert(api_keys).values(fingerprint=fp, **values))
+
+    def retire_key(self, fingerprint: str, reason: str) -> bool:
+        """Take a key out of rotation for every machine; True when this call did it (not another)."""
+        with write_tx(self.engine) as conn:
+            return bool(conn.execute(update(api_keys).where(api_keys.c.fingerprint == fingerprint)
+                                     .where(api_keys.c.out_reason.is_(None))
+                                     .values(out_reason=reason, out_at=utcnow())).rowcount)
+
+    def retired_keys(self, fingerprints: Iterable[str]) -> Dict[str, str]:
+        """Which of ``fingerprints`` are out of rotation, and why."""
+        wanted = list(fingerprints)
+        with read_tx(self.engine) as conn:
+            return {fp: why for fp, why in conn.execute(
+                select(api_keys.c.fingerprint, api_keys.c.out_reason).where(api_keys.c.fingerprint.in_(wanted))
+                .where(api_keys.c.out_reason.is_not(None)))}
+
+    def keys(self) -> List[KeyRow]:
+        """Every key recorded, with its generations in flight now and what its jobs cost."""
+        with read_tx(self.engine) as conn:
+            busy = dict(conn.execute(select(jobs.c.key_fp, func.count()).where(jobs.c.key_fp.is_not(None))
+                                     .where(jobs.c.state.in_(_AT_THE_API)).group_by(jobs.c.key_fp)).all())
+            spent = dict(conn.execute(select(jobs.c.key_fp, func.coalesce(func.sum(jobs.c.cost_cents), 0))
+                                      .where(jobs.c.key_fp.is_not(None)).where(jobs.c.state.in_(_BILLED))
+                                      .group_by(jobs.c.key_fp)).all())
+            rows = conn.execute(select(api_keys).order_by(api_keys.c.provider, api_keys.c.seen_at)).all()
+        return [KeyRow(r.fingerprint, r.provider, r.shown, r.concurrency, r.max_spend, r.out_reason, r.out_at,
+                       busy.get(r.fingerprint, 0), int(spent.get(r.fingerprint, 0))) for r in rows]
+
+    def worker_started(self, owner: str, host: str, pid: int, concurrency: int, lease_seconds: float) -> None:
+        now = utcnow()
+        values = {"host": host, "pid": pid, "concurrency": concurrency, "started_at": now, "heartbeat_at": now,
+                  "jobs_held": 0, "lease_seconds": lease_seconds, "stopped_at": None}
+        with write_tx(self.engine) as conn:
+            if not conn.execute(update(workers).where(workers.c.owner == owner).values(**values)).rowcount:
+                conn.execute(insert(workers).values(owner=owner, **values))
+
+    def heartbeat(self, owner: str, jobs_held: int) -> None:
+        with write_tx(self.engine) as conn:
+            conn.execute(update(workers).where(workers.c.owner == owner)
+                         .values(heartbeat_at=utcnow(), jobs_held=jobs_held))
+
+    def worker_stopped(self, owner: str) -> None:
+        with write_tx(self.engine) as conn:
+            conn.execute(update(workers).where(workers.c.owner == owner)
+                         .values(stopped_at=utcnow(), heartbeat_at=utcnow(), jobs_held=0))
+
+    def workers(self, *, since: Optional[datetime] = None) -> List[WorkerRow]:
+        """The workers recorded (those heard from after ``since``), newest first, with the jobs each
+        holds a lease on now."""
+        query = select(workers).order_by(workers.c.started_at.desc())
+        if since is not None:
+            query = query.where(workers.c.heartbeat_at >= since)
+        with read_tx(self.engine) as conn:
+            held = dict(conn.execute(select(jobs.c.lease_owner, func.count()).where(jobs.c.lease_owner.is_not(None))
+                                     .where(jobs.c.lease_expires_at >= utcnow()).group_by(jobs.c.lease_owner)).all())
+            rows = conn.execute(query).all()
+        return [WorkerRow(r.owner, r.host, r.pid, r.concurrency, r.started_at, r.heartbeat_at,
+                          held.get(r.owner, 0) if r.stopped_at is None else 0, r.lease_seconds, r.stopped_at)
+                for r in rows]
+
+    def held_elsewhere(self, owner: str, scope: "JobScope") -> Tuple[int, Optional[datetime]]:
+        """Unfinished jobs in ``scope`` another worker holds a live lease on, and when the first of
+        those leases ends: a worker that finds nothing to claim waits for them (it takes over a dead
+        worker's jobs when its leases lapse) rather than leaving them behind."""
+        now = utcnow()
+        query = scope.apply(select(func.count(), func.min(jobs.c.lease_expires_at)).select_from(jobs)
+                            .where(jobs.c.state.in_([s.value for s in CLAIMABLE]))
+                            .where(jobs.c.lease_owner.is_not(None)).where(jobs.c.lease_owner != owner)
+                            .where(jobs.c.lease_expires_at >= now))
+        with read_tx(self.engine) as conn:
+            count, first = conn.execute(query).one()
+        return int(count), first
+
+
+class Store(TeamQueries):
     """The ledger's queries over one engine."""
 
     def __init__(self, engine: Engine, cwd: Optional[Path] = None) -> None:
@@ -695,10 +865,12 @@ class Store:
             return conn.execute(stmt.values(lease_owner=None, lease_expires_at=None)).rowcount
 
     def transition(self, job_id: int, owner: str, old: State, new: State, detail: str, *,
-                   current: Optional[JobRow] = None, **values: Any) -> JobRow:
+                   current: Optional[JobRow] = None, key: Optional[KeyChoice] = None, **values: Any) -> JobRow:
         """Move one job ``old`` -> ``new`` (or update it in place when they are equal), only while
         ``owner`` holds its lease; records an event in the same transaction (for an update in place
-        only when there is a ``detail`` to record).
+        only when there is a ``detail`` to record). ``key``: a write-ahead that records the key the
+        create goes out with, chosen in the same transaction from the keys' counts in the ledger (so
+        no key's limit is passed by all machines together); ``NoFreeKey`` when none may take it.
 
         Returns the row as it now is: ``current`` with the changes applied when given (the caller's
         copy is known to be in step: only the lease holder writes), else read back."""
@@ -706,6 +878,8 @@ class Store:
             check_transition(old, new)
         now = utcnow()
         with write_tx(self.engine) as conn:
+            if key is not None:
+                values["key_fp"] = key.free_choice or _choose_key(conn, key)
             changed = conn.execute(_transition_update(tuple(sorted(values))), {
                 **values, "t_id": job_id, "t_old": old.value, "t_owner": owner, "state": new, "updated_at": now,
             }).rowcount
@@ -1201,3 +1375,4 @@ def pick_counts(store: Store) -> Dict[str, Tuple[int, int]]:
                           .outerjoin(chosen, chosen.c.storyboard_id == segments.c.storyboard_id)))
     with read_tx(store.engine) as conn:
         return {path: (int(picked), int(total)) for path, picked, total in conn.execute(query)}
+

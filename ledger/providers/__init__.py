@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+from ..keys import KeyChoice, KeyRing, fingerprint, key_entries, parse_key_list
 from ..settings import Option, Settings
 from . import hailuo, kling, openai_videos, seedance, sora_hk, wan
 from .base import Mapped, Mismatch, Provider, Registration, Request, Rules, TaskPage
@@ -30,7 +31,11 @@ REGISTRY: Mapping[str, Registration] = {r.name: r for r in (
 )}
 DEFAULT = sora_hk.NAME
 RULES: Mapping[str, Rules] = {name: r.rules for name, r in REGISTRY.items()}
-OPTIONS: Tuple[Option, ...] = tuple(option for r in REGISTRY.values() for option in r.options)
+# Team mode: every provider's key setting has a plural, KEY@LIMIT lists (SORA_API_KEYS=k1@2,k2@3),
+# and config.yaml may list keys: [{provider, key, concurrency, max_spend}] (``ledger.keys``).
+OPTIONS: Tuple[Option, ...] = tuple(option for r in REGISTRY.values() for option in r.options) + tuple(
+    Option(env=f"{r.key_env}S", key=f"{r.name}_keys", parse=parse_key_list, default=(), secret=True)
+    for r in REGISTRY.values()) + (Option(env="KEYS", key="keys", parse=key_entries, default=None, secret=True),)
 
 
 def provider_of(params: Mapping[str, Any]) -> str:
@@ -64,19 +69,36 @@ class ProviderPool:
     def __init__(self, settings: Settings, *, pool_size: Optional[int] = None) -> None:
         self.settings = settings
         self.pool_size = pool_size
+        self.keys = KeyRing.from_settings(settings)
         self._lock = threading.Lock()
-        self._open: Dict[Tuple[str, str], Provider] = {}
+        self._open: Dict[Tuple[str, str, Optional[str]], Provider] = {}
 
-    def get(self, provider: str, base_url: Optional[str] = None) -> Provider:
-        """The client of ``provider`` at ``base_url`` (default: its configured one)."""
-        key = (provider, (base_url or configured_base(self.settings, provider)).rstrip("/"))
+    def get(self, provider: str, base_url: Optional[str] = None, key_fp: Optional[str] = None) -> Provider:
+        """The client of ``provider`` at ``base_url`` (default: its configured one) with the key of
+        fingerprint ``key_fp`` (default: the provider's first key; team mode has several)."""
+        base = (base_url or configured_base(self.settings, provider)).rstrip("/")
+        secret = self.keys.secret(provider, key_fp) or self.keys.secret(provider, None)
+        cache = (provider, base, fingerprint(secret) if secret else None)
         with self._lock:
-            client = self._open.get(key)
+            client = self._open.get(cache)
             if client is None:
-                client = REGISTRY[provider].open(self.settings, base_url=key[1], pool_size=self.pool_size)
-                self._open[key] = client
+                settings = self.settings
+                if secret is not None:  # the key itself: one of several, or only in a KEYS list
+                    settings = settings.with_secret(REGISTRY[provider].key_env, secret)
+                client = REGISTRY[provider].open(settings, base_url=base, pool_size=self.pool_size)
+                client.key_fp = cache[2]  # type: ignore[attr-defined]
+                self._open[cache] = client
             return client
 
+
+    def key_choice(self, provider: str, price: int) -> KeyChoice:
+        """The keys a create of ``provider`` may go out with (team mode), in the order given."""
+        return KeyChoice([(k.fingerprint, k.limit, k.max_spend) for k in self.keys.of(provider)], price)
+
+    def own_keys(self) -> Optional[List[str]]:
+        """Team mode (a provider with several keys, or limits): the keys in rotation here, whose jobs
+        this machine may poll; None otherwise (a job of a key since replaced goes on with the new one)."""
+        return self.keys.own() if any(self.keys.several(name) for name in REGISTRY) else None
 
     def opened(self) -> List[Provider]:
         """Every client opened so far."""

@@ -113,6 +113,11 @@ class SimConfig:
     # openai: answer /content with a redirect to a signed URL on this host (e.g. "localhost", another
     # host name of the same server), like a relay in front of object storage; None serves it there.
     content_host: Optional[str] = None
+    # Team mode: the keys the account has, each with its limit of generations at once (None: no
+    # limit), instead of ``api_key``; a task belongs to the key that made it (another key's request
+    # does not see it), and a create past the key's limit is refused with a 429.
+    keys: Optional[Mapping[str, Optional[int]]] = None
+    broke_keys: Tuple[str, ...] = ()  # keys whose creates are refused for lack of balance
 
 
 @dataclass
@@ -141,6 +146,7 @@ class _Task:
     size: str = ""  # openai: the size asked for
     # Whatever else a protocol keeps of the request (a client reference, a seed, the body itself).
     extra: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    key: str = ""  # the key that made it (team mode)
 
 
 class _Video:
@@ -252,6 +258,7 @@ class SimServer:
         self.host = host
         self._requested_port = port
         self._lock = threading.Lock()
+        self._request = threading.local()  # the key of the request a handler thread answers
         self._rng = random.Random(self.config.seed)
         self._secret = os.urandom(16)
         self._video = _Video(self.config.video_bytes, self.config.seed)
@@ -263,6 +270,11 @@ class SimServer:
         self._stats: Dict[str, Any] = {
             "creates_received": 0,
             "tasks_created": 0,
+            # Team mode: the most generations each key had running at once, and creates refused
+            # because the key was at its limit.
+            "peak_running_by_key": {},
+            "key_limit_refusals": 0,
+            "tasks_by_key": {},
             "creates_per_prompt": {},
             "polls_per_task": {},
             "downloads_started": 0,
@@ -415,12 +427,13 @@ class SimServer:
     def find_task(self, predicate: Any) -> Optional[_Task]:
         """The newest task ``predicate(task)`` is true of (a look-up by a client reference)."""
         with self._lock:
-            return max((t for t in self._tasks.values() if predicate(t)), key=lambda t: t.seq, default=None)
+            return max((t for t in self._tasks.values() if predicate(t) and self._visible(t)), key=lambda t: t.seq,
+                       default=None)
 
     def get_task(self, task_id: str, *, poll: bool) -> Optional[_Task]:
         """A task by id (``poll``: count it as a poll of that task), None when unknown."""
         with self._lock:
-            task = self._tasks.get(task_id)
+            task = self._visible(self._tasks.get(task_id))
             if task is not None and poll:
                 polls = self._stats["polls_per_task"]
                 polls[task_id] = polls.get(task_id, 0) + 1
@@ -428,7 +441,8 @@ class SimServer:
 
     def tasks_newest_first(self) -> List[_Task]:
         with self._lock:
-            return sorted(self._tasks.values(), key=lambda task: task.seq, reverse=True)
+            return sorted((t for t in self._tasks.values() if self._visible(t)), key=lambda task: task.seq,
+                          reverse=True)
 
     def timeline(self, task: _Task) -> Tuple[str, int, float]:
         return self._timeline(task)
@@ -482,8 +496,9 @@ class SimServer:
 
     def _record_task(self, prompt: str, price: int, task_id: Optional[str], **fields: Any) -> Optional[_Task]:
         """Charge ``price`` and record a task (None when the balance is short)."""
+        key = self.request_key()
         with self._lock:
-            if self._balance < price:
+            if self._balance < price or (key and key in self.config.broke_keys):
                 return None
             self._balance -= price
             if POLICY_TRIGGER in prompt.lower():
@@ -496,6 +511,13 @@ class SimServer:
                          **fields)
             self._tasks[task.task_id] = task
             self._stats["tasks_created"] += 1
+            if self.config.keys is not None:
+                task.key = key
+                running = sum(1 for t in self._tasks.values() if t.key == key and self._running(t))
+                peaks = self._stats["peak_running_by_key"]
+                peaks[key] = max(peaks.get(key, 0), running)
+                by_key = self._stats["tasks_by_key"]
+                by_key[key] = by_key.get(key, 0) + 1
             per_prompt = self._stats["creates_per_prompt"]
             per_prompt[prompt] = per_prompt.get(prompt, 0) + 1
         log.debug("created task %s (%s)", task.task_id, outcome)
@@ -503,6 +525,32 @@ class SimServer:
 
     def _new_id(self) -> str:
         return self.protocol.new_id()
+
+    def _running(self, task: _Task) -> bool:
+        """Whether ``task``'s generation is still going (it holds one of its key's slots)."""
+        return time.monotonic() - task.created_mono < self._timeline(task)[2]
+
+    def request_key(self) -> str:
+        """The key of the request this thread answers ("" outside one)."""
+        return getattr(self._request, "key", "")
+
+    def _visible(self, task: Optional[_Task]) -> Optional[_Task]:
+        """Team mode: a task only its own key sees."""
+        if task is None or self.config.keys is None or task.key == self.request_key():
+            return task
+        return None
+
+    def key_at_limit(self) -> bool:
+        """Team mode: the request's key already runs as many generations as it may."""
+        if self.config.keys is None:
+            return False
+        key = self.request_key()
+        limit = self.config.keys.get(key)
+        with self._lock:
+            if limit is None or sum(1 for t in self._tasks.values() if t.key == key and self._running(t)) < limit:
+                return False
+            self._stats["key_limit_refusals"] += 1
+            return True
 
     def _timeline(self, task: _Task) -> Tuple[str, int, float]:
         """(status, progress, seconds from creation to the end) of a task now."""
@@ -638,9 +686,17 @@ class _Handler(BaseHTTPRequestHandler):
         if route == "file":
             self._file(arg, query, fault)
             return
-        denied = proto.authorise(self.headers, sim.config.api_key)
+        header = self.headers.get("Authorization", "")
+        sim._request.key = header[7:] if header.lower().startswith("bearer ") else header
+        if sim.config.keys is not None:  # team mode: any of the account's keys
+            denied = None if sim._request.key in sim.config.keys else proto.authorise(self.headers, "\0")
+        else:
+            denied = proto.authorise(self.headers, sim.config.api_key)
         if denied is not None:
             self._reply(denied)
+            return
+        if route == "create" and sim.key_at_limit():
+            self._reply(proto.error("rate_limited", "this key runs as many generations as it may at once"))
             return
         if route == "create":
             self._answer_create(body, lost=fault is not None and fault.kind == "lost_create",

@@ -11,6 +11,7 @@ import dataclasses
 import heapq
 import itertools
 import logging
+import os
 import queue
 import threading
 import time
@@ -19,7 +20,8 @@ from typing import Callable, Dict, List, Optional, Set, Tuple, TypeVar
 from sqlalchemy import exc as sa_exc
 
 from ..journal import Journal, journal_folder, orphaned
-from ..leases import owner_id
+from ..leases import hostname, owner_id
+from ..redact import mask_key
 from ..models import utcnow
 from ..policy import RateGate
 from ..pricing import Prices
@@ -124,6 +126,7 @@ class Scheduler:
 
     def run(self) -> WorkSummary:
         """Work until nothing claimable is left and nothing is in flight (or until stopped)."""
+        self._join()
         self._ledger(self.store.release_dead_owners, 0)
         self._replay_journals()
         ready, _ = self._ledger(lambda: self.store.pending_outlook(self.options.scope), (0, None))
@@ -204,7 +207,12 @@ class Scheduler:
         ids = scope.job_ids
         if self.options.limit is not None and len(self._claimed) >= self.options.limit:
             ids = sorted(self._claimed if ids is None else set(ids) & self._claimed)
-        return dataclasses.replace(scope, job_ids=ids, paid_only=self.run_state.no_submit)
+        return dataclasses.replace(scope, job_ids=ids, paid_only=self.run_state.no_submit,
+                                   own_keys=self._own_keys())
+
+    def _own_keys(self) -> Optional[List[str]]:
+        own = getattr(self.providers, "own_keys", None)
+        return own() if own is not None else None
 
     def _finished(self) -> bool:
         """Nothing to claim now: wait only for retries this run could still take, and for the jobs of
@@ -216,6 +224,11 @@ class Scheduler:
             return False
         if self._ledger(self.store.release_dead_owners, 0):
             return False
+        # Jobs other workers hold: wait while they do, and take over those of a worker that died
+        # (on another machine) once its leases lapse — a live worker never leaves them behind.
+        held, lapse = self._ledger(lambda: self.store.held_elsewhere(self.owner, self._scope()), (0, None))
+        if held and lapse is not None:
+            later = lapse if later is None else min(later, lapse)
         if later is None:
             return True
         wait = (later - utcnow()).total_seconds()
@@ -243,8 +256,10 @@ class Scheduler:
             return False
         self._last_claim = now
         scope = self._scope()
+        # A job this run still holds (its step may have just released it: its outcome is not
+        # collected yet) is not claimed again over it.
         rows = self._ledger(lambda: self.store.claim(self.owner, free, self.options.lease_seconds, scope,
-                                                     exclude=self._parked), [], writes=True)
+                                                     exclude=self._parked | set(self.active)), [], writes=True)
         if not rows:
             self._next_claim = now + 0.5
             return False
@@ -320,7 +335,8 @@ class Scheduler:
         if nxt.delay is not None:
             self._let_go(active)
             return
-        self.active.pop(active.job.id, None)
+        if self.active.get(active.job.id) is active:
+            self.active.pop(active.job.id)
         if nxt.outcome is Outcome.PARKED:
             self._parked.add(active.job.id)
 
@@ -332,7 +348,26 @@ class Scheduler:
             keep_in_journal(self.ctx, active)
         self._ledger(lambda: self.store.release(self.owner, [active.job.id]), 0)
 
+    def _join(self) -> None:
+        """Say who works (``ledger workers``) and which keys this machine brings (team mode)."""
+        self._ledger(lambda: self.store.worker_started(self.owner, hostname(), os.getpid(), self.options.concurrency,
+                                                       self.options.lease_seconds), None, writes=True)
+        keys = getattr(self.providers, "keys", None)
+        if keys is not None and self._own_keys() is not None:
+            self._ledger(lambda: self.store.register_keys(
+                (k.fingerprint, k.provider, mask_key(k.secret)[:64], k.limit, k.max_spend) for k in keys.all()), None)
+
+    def _heartbeat(self) -> None:
+        """Every lease renewal: the worker is alive; keys another machine took out of rotation are
+        out here too."""
+        self._ledger(lambda: self.store.heartbeat(self.owner, len(self.active)), None)
+        keys = getattr(self.providers, "keys", None)
+        own = self._own_keys()
+        if keys is not None and own:
+            keys.retired(self._ledger(lambda: self.store.retired_keys(own), {}))
+
     def _renew(self) -> None:
+        self._heartbeat()
         mine = list(self.active)
         held = self._ledger(lambda: self.store.renew(self.owner, mine, self.options.lease_seconds), set(mine))
         for job_id in set(mine) - held:
@@ -368,6 +403,7 @@ class Scheduler:
                 pass
         if not self.ctx.unrecorded:  # every task this run journaled reached the ledger after all
             self.ctx.journal.remove()
+        self._ledger(lambda: self.store.worker_stopped(self.owner), None)
         summary = self.summary
         summary.still_generating = self._ledger(lambda: self.store.count_in_flight(self.options.scope), 0)
         summary.pending_left = self._ledger(lambda: sum(self.store.pending_by_price(self.options.scope).values()), 0)

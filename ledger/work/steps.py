@@ -35,7 +35,7 @@ from ..policy import RateGate
 from ..pricing import Money, Prices, money
 from ..providers import Provider, ProviderPool
 from ..states import State
-from ..store import NO_VIDEO_KINDS, JobRow, LeaseLost, Store
+from ..store import NO_VIDEO_KINDS, JobRow, LeaseLost, NoFreeKey, Store
 from ..storyboard import ledger_path
 from .board import StatusBoard, slack
 from .budget import Budgets, Hold
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 URL_REFRESHES = 3  # fresh video URLs fetched for one download before it counts as a failed attempt
 LEDGER_RETRY = 5.0  # seconds before a step the database refused runs again
+KEY_WAIT = 0.5  # seconds between looks for a key with room (team mode: every key at its limit)
 PRICE_WAIT = 0.1  # seconds between looks at whether the first create's cost is known (--max-spend)
 
 
@@ -163,7 +164,9 @@ class StepContext:
 def api_of(ctx: StepContext, job: JobRow) -> Provider:
     """The API of a job: the one it was sent to (recorded with its write-ahead), else — a pending
     job, or one recorded before the ledger kept the base URL — its provider's configured one."""
-    return ctx.providers.get(job.provider, job.api_base if job.state is not State.PENDING else None)
+    if job.state is State.PENDING:
+        return ctx.providers.get(job.provider)
+    return ctx.providers.get(job.provider, job.api_base, job.key_fp)
 
 
 def attempt_ref(job: JobRow) -> str:
@@ -207,11 +210,19 @@ def submit(ctx: StepContext, a: Active) -> Next:
         ctx.store.release(ctx.owner, [job.id])
         return Next(outcome=Outcome.RELEASED)
     try:
-        _move(ctx, a, State.SUBMITTING, EventKind.NOTE, f"write-ahead: sending the create to {api.name} "
-              f"at {api.base_url}", show=False, reread=True, submitting_at=utcnow(), api_base=api.base_url)
+        try:
+            _move(ctx, a, State.SUBMITTING, EventKind.NOTE, f"write-ahead: sending the create to {api.name} "
+                  f"at {api.base_url}", show=False, reread=True, submitting_at=utcnow(), api_base=api.base_url,
+                  key=ctx.providers.key_choice(job.provider, a.reserved or price_of(ctx, job)))
+        except NoFreeKey:
+            _unreserve(ctx, a)
+            a.retry_note = "waiting for a key with room (its limit of generations at once)"
+            return Next(KEY_WAIT)
         if a.job.provider != job.provider:  # a scan moved the job to another provider after the claim
             api = api_of(ctx, dataclasses.replace(a.job, state=State.PENDING))
-            _move(ctx, a, State.SUBMITTING, EventKind.NOTE, "", api_base=api.base_url)
+            _move(ctx, a, State.SUBMITTING, EventKind.NOTE, "", api_base=api.base_url,
+                  key_fp=getattr(api, "key_fp", None))
+        api = api_of(ctx, a.job)  # with the key the write-ahead recorded
     except BaseException:
         _unreserve(ctx, a)
         raise
@@ -481,6 +492,16 @@ def settle(ctx: StepContext, a: Active, step: Action, exc: Exception) -> Next:
     if verdict is Verdict.RELEASE:
         ctx.store.release(ctx.owner, [job.id])
         return Next(outcome=Outcome.RELEASED)
+    if verdict in (Verdict.STOP_AUTH, Verdict.STOP_BALANCE) and _retire_key(ctx, job, verdict, exc):
+        # One of several keys was refused: it is out of rotation, the job goes on with another.
+        if job.state is State.SUBMITTING:
+            _move(ctx, a, State.PENDING, EventKind.NOTE, f"not created: {exc}", show=False, release=True)
+        else:
+            ctx.store.release(ctx.owner, [job.id])
+        _unreserve(ctx, a)
+        a.sent_at = a.answered_at = None
+        a.action = Action.SUBMIT
+        return Next(outcome=Outcome.RELEASED)
     if verdict in (Verdict.STOP_AUTH, Verdict.STOP_BALANCE):
         # The refused create was not made: the job waits, untouched, for a run with a key or money.
         if job.state is State.SUBMITTING:
@@ -723,6 +744,19 @@ def _reserve(ctx: StepContext, a: Active, api: Provider) -> Hold:
 def _unreserve(ctx: StepContext, a: Active) -> None:
     ctx.budget[currency_of(ctx, a.job)].release(a.reserved, a.kind, a)
     a.reserved = 0
+
+
+def _retire_key(ctx: StepContext, job: JobRow, verdict: Verdict, exc: Exception) -> bool:
+    """Team mode: take the refused key out of rotation (here and, through the ledger, everywhere);
+    True when the provider has another key to go on with."""
+    if not ctx.providers.keys.several(job.provider):
+        return False
+    api = api_of(ctx, job)
+    fp = getattr(api, "key_fp", None)
+    reason = ("refused (401): " if verdict is Verdict.STOP_AUTH else "no balance: ") + _first_line(exc)
+    if fp is not None:
+        ctx.store.retire_key(fp, reason[:500])
+    return ctx.providers.keys.retire(job.provider, fp, reason)
 
 
 def _balance_situation(ctx: StepContext, job: JobRow, exc: Exception) -> str:
