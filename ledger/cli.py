@@ -415,11 +415,14 @@ def status_command(ctx: click.Context, as_json: bool, job: Optional[str], show_a
     _render_providers(report)
     unpaid = report.counts["pending"] + report.counts["submitting"]
     described = prices.describe(report.providers or [settings.provider])
+    # Nothing spent yet is said in the currency the ledger's work is in (¥0.00 where only yuan is)
+    zero = (report.remaining.currencies or report.spent.currencies or [currency_of_provider(settings.provider)])[0]
+    spent_text = report.spent.text(zero)
     if unpaid:
-        out.print(f"Spent {report.spent}; estimated remaining {report.remaining} "
+        out.print(f"Spent {spent_text}; estimated remaining {report.remaining} "
                   f"for {plural(unpaid, 'job')} not yet paid for, at {described}.", markup=False)
     else:
-        out.print(f"Spent {report.spent}; nothing left to pay for. Prices: {described}.", markup=False)
+        out.print(f"Spent {spent_text}; nothing left to pay for. Prices: {described}.", markup=False)
     if workers:
         held = ", ".join(f"{w.host}:{w.pid} holding {w.jobs_held}" for w in workers)
         out.print(f"Workers: {len(workers)} live ({held}); `ledger workers` shows them and the API keys.", markup=False)
@@ -444,6 +447,13 @@ class MoneyType(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+def currency_of_provider(provider: str) -> str:
+    from .providers import REGISTRY
+
+    registration = REGISTRY.get(provider)
+    return registration.currency if registration is not None else "USD"
+
+
 def _spend_caps(given: Sequence[Tuple[int, Optional[str]]], currencies: Sequence[str]) -> Dict[str, int]:
     """``--max-spend``, one cap per currency: an amount that names no currency is in the one
     currency in play; when several are, each cap must name its own."""
@@ -453,7 +463,7 @@ def _spend_caps(given: Sequence[Tuple[int, Optional[str]]], currencies: Sequence
         if currency is None:
             if len(in_play) > 1:
                 raise UsageError(f"--max-spend {amount / 100:g}: several currencies are in play ({', '.join(in_play)}); "
-                                 f"give each cap its currency, e.g. --max-spend $5 --max-spend ¥50")
+                                 f"give each cap its currency, e.g. --max-spend '$5' --max-spend ¥50 (quoted: a shell reads $5 as a variable)")
             currency = in_play[0]
         if currency in caps:
             raise UsageError(f"--max-spend names {currency} twice ({money(caps[currency], currency)} and "
@@ -487,7 +497,7 @@ def work_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--storyboard", "pattern", metavar="PATTERN", help="Only storyboards whose path or name matches this glob."),
         click.option("--max-spend", type=MONEY, metavar="AMOUNT", multiple=True,
                      help="Never submit a job that would take this run's spend past AMOUNT: 5, 5.50, $5, ¥50, 50CNY, "
-                          "or cents/fen (500c). Several currencies in play: one cap each (--max-spend $5 --max-spend ¥50)."),
+                          "or cents/fen (500c). Several currencies in play: one cap each (--max-spend '$5' --max-spend ¥50)."),
         click.option("--no-progress", is_flag=True, help="Plain log lines instead of the live view."),
     ]):
         func = option(func)

@@ -70,6 +70,7 @@ _DIR_SYNC_UNSUPPORTED = frozenset({errno.EINVAL, getattr(errno, "ENOTSUP", errno
                                    getattr(errno, "EOPNOTSUPP", errno.EINVAL)})
 _SAFE_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
 _OPENAI_ID_PREFIX = "video_"
+_ARK_ID_HEAD = re.compile(r"^cgt-\d{8,14}-")
 # Redirects followed by hand for an authenticated download (see ``OriginAuth``).
 MAX_REDIRECTS = 5
 
@@ -135,8 +136,11 @@ def video_filename(segment_index: int, version: int, task_id: str) -> str:
     every token would be ``video_`` and two hex digits), so no id can add a path separator, ``..``,
     NUL or a control character to a file name; an id with no such character gives a short hash of itself.
     """
-    token = _SAFE_TOKEN.sub("", task_id[len(_OPENAI_ID_PREFIX):] if task_id.startswith(_OPENAI_ID_PREFIX)
-                            else task_id)[:8]
+    distinct = task_id[len(_OPENAI_ID_PREFIX):] if task_id.startswith(_OPENAI_ID_PREFIX) else task_id
+    # Ark's ids (cgt-<creation time>-<random>) differ only in their tail: two made in one second
+    # would share a token made of their head.
+    distinct = _ARK_ID_HEAD.sub("", distinct)
+    token = _SAFE_TOKEN.sub("", distinct)[:8]
     if not token:
         token = hashlib.sha256(task_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     return f"{segment_index}_v{version}_{token}.mp4"

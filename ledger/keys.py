@@ -164,6 +164,10 @@ class KeyRing:
     def all(self) -> List[ApiKey]:
         return [key for keys in self._by.values() for key in keys]
 
+    def configured(self, provider: str) -> bool:
+        """Whether ``provider`` was given any key (in rotation or not)."""
+        return bool(self._by.get(provider))
+
     def of(self, provider: str) -> List[ApiKey]:
         """``provider``'s keys still in rotation, in the order given."""
         with self._lock:

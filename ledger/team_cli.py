@@ -12,7 +12,7 @@ import click
 from rich.table import Table
 from sqlalchemy import func, insert, select, text
 
-from .cli import App, err, out
+from .cli import App, currency_of_provider, err, out
 from .db import describe_database, open_ledger, upgrade
 from .errors import UsageError
 from .models import api_keys, events, jobs, meta, picks, storyboards, utcnow
@@ -50,13 +50,6 @@ def live_workers(store: Store) -> List[WorkerRow]:
     return [w for w in store.workers(since=now - timedelta(days=1)) if w.live(now)]
 
 
-def _currency(provider: str) -> str:
-    from .providers import REGISTRY
-
-    registration = REGISTRY.get(provider)
-    return registration.currency if registration is not None else "USD"
-
-
 @click.command("workers")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @click.option("--all", "show_all", is_flag=True, help="Also the workers that stopped or fell silent (last 24 h).")
@@ -71,7 +64,7 @@ def workers_command(app: App, as_json: bool, show_all: bool) -> None:
     keys = store.keys()
     if as_json:
         click.echo(json.dumps({"workers": [worker_json(w, now) for w in shown],
-                               "keys": [key_json(k, _currency(k.provider)) for k in keys]}, ensure_ascii=False))
+                               "keys": [key_json(k, currency_of_provider(k.provider)) for k in keys]}, ensure_ascii=False))
         return
     if not shown:
         out.print("No live workers." + ("" if show_all else " (`ledger workers --all` lists the last day's.)"))
@@ -88,7 +81,7 @@ def workers_command(app: App, as_json: bool, show_all: bool) -> None:
         for column in ("provider", "key", "fingerprint", "at once", "in flight", "spent", "state"):
             table.add_column(column, no_wrap=True, justify="right" if column in ("at once", "in flight") else "left")
         for k in keys:
-            currency = _currency(k.provider)
+            currency = currency_of_provider(k.provider)
             spent = str(money(k.spent, currency)) + (f" of {money(k.max_spend, currency)}" if k.max_spend else "")
             table.add_row(k.provider, k.shown, k.fingerprint, str(k.concurrency or "-"), str(k.in_flight), spent,
                           "out" if k.out_reason else "in rotation")

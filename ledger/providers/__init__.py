@@ -91,8 +91,11 @@ class ProviderPool:
             return client
 
 
-    def key_choice(self, provider: str, price: int) -> KeyChoice:
-        """The keys a create of ``provider`` may go out with (team mode), in the order given."""
+    def key_choice(self, provider: str, price: int) -> Optional[KeyChoice]:
+        """The keys a create of ``provider`` may go out with (team mode), in the order given; None
+        when it has no key setting (Kling's access key and secret key sign their own tokens)."""
+        if not self.keys.configured(provider):
+            return None
         return KeyChoice([(k.fingerprint, k.limit, k.max_spend) for k in self.keys.of(provider)], price)
 
     def own_keys(self) -> Optional[List[str]]:

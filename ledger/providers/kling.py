@@ -23,7 +23,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Set, Tuple, Union
 from urllib.parse import quote
@@ -407,7 +407,10 @@ class KlingClient(ApiClient):
         time window is not needed): ``GET /videos/{kind}?external_task_id=`` (reading A), then
         ``GET /videos/{kind}/{ref}`` (reading B). "Not created" (``covered``) needs a form whose
         answer is unambiguous to say so: A's empty list (an API that ignores the filter answers
-        other tasks), or B's "no such task" once A proved not to be understood."""
+        other tasks). B's "no such task" alone is not: an API that does not take an external id in
+        the path says the same of any id. Then the account's task list is read back past the
+        create's time (each task shows its ``external_task_id``), and only a list read that far
+        proves that no task was made."""
         if not ref:
             return TaskSearch([], False, 0, "the create carried no external_task_id to look it up by")
         kind = kind_of(params)
@@ -417,10 +420,16 @@ class KlingClient(ApiClient):
         by_path = self._by_path(kind, ref)
         if by_path.task is not None:
             return TaskSearch([by_path.task], True, 2)
-        if by_query.absent or by_path.absent:
+        if by_query.absent:
             return TaskSearch([], True, 2)
-        return TaskSearch([], False, 2, f"neither look-up by external_task_id {ref} was understood: "
-                                        f"{by_query.unclear}; {by_path.unclear}")
+        scan, pages = self._by_scan(ref, since, skew_seconds)
+        if scan.task is not None:
+            return TaskSearch([scan.task], True, 2 + pages)
+        if scan.absent:
+            return TaskSearch([], True, 2 + pages)
+        path = by_path.unclear or "the task path answered that no such task exists (by task id or by external id?)"
+        return TaskSearch([], False, 2 + pages, f"no look-up by external_task_id {ref} was conclusive: "
+                                                f"{by_query.unclear}; {path}; {scan.unclear}")
 
     def same_request(self, task: RemoteTask, params: Mapping[str, Any]) -> bool:
         """A task found by the attempt's own ``external_task_id`` is that attempt's: nothing else
@@ -460,6 +469,35 @@ class KlingClient(ApiClient):
             return _Lookup(task=mine[0])
         return _Lookup(absent=True) if not items else \
             _Lookup(unclear=f"the filter was ignored (it answered {len(items)} other task(s))")
+
+    def _by_scan(self, ref: str, since: datetime, skew_seconds: float, max_pages: int = 200) -> Tuple[_Lookup, int]:
+        """The account's tasks, newest first, read back past ``since`` (less the clock skew): the one
+        that carries ``ref`` as its external id, or — read that far, every task there showing its
+        external id — that there is none. Returns the look-up and the pages read."""
+        start = (since if since.tzinfo else since.replace(tzinfo=timezone.utc)) - timedelta(seconds=skew_seconds)
+        cursor: Optional[str] = None
+        silent = 0
+        for pages in range(1, max_pages + 1):
+            try:
+                page = self.recent(cursor)
+            except _TROUBLE:
+                raise
+            except ApiError as exc:
+                return _Lookup(unclear=f"the task list could not be read ({exc})"), pages
+            mine = [task for task in page.tasks if _external_id(task) == ref]
+            if mine:
+                return _Lookup(task=mine[0]), pages
+            newer = [t for t in page.tasks if t.created_at is None or t.created_at >= start]
+            # a task made without a reference shows an empty task_info; one without it says nothing
+            silent += sum(1 for t in newer if not isinstance(t.raw.get("task_info"), Mapping))
+            older = any(t.created_at is not None and t.created_at < start for t in page.tasks)
+            if older or page.next_cursor is None:
+                if silent:
+                    return _Lookup(unclear=f"the task list shows {silent} task(s) from the create's time "
+                                           "without their external_task_id"), pages
+                return _Lookup(absent=True), pages
+            cursor = page.next_cursor
+        return _Lookup(unclear=f"the task list was not read back past the create's time in {max_pages} pages"), max_pages
 
     def _by_path(self, kind: str, ref: str) -> _Lookup:
         """Reading B: the external id in the task path."""

@@ -174,11 +174,13 @@ def test_when_neither_look_up_is_understood_the_job_waits_unresolved_and_is_neve
     sim.inject("create", "http_502_html")
     sim.inject("lookup", "envelope", count=100, code=1201, message="参数错误：external_task_id 不支持")
     sim.inject("task", "envelope", count=100, code=1201, message="参数错误：task_id 无效")
+    sim.inject("tasks", "envelope", count=100, code=1201, message="参数错误：pageNum 无效")  # no list either
     ws.storyboard("storyboard_k.json", segments("cannot be told"))
     ws.cli("run", "--no-progress", env={**work_env, "MAX_ATTEMPTS": "2"})
     rows = query(ws.root, "SELECT state, error_kind, error_message FROM jobs")
     assert [row[:2] for row in rows] == [("submitting", "unresolved")]
-    assert "neither look-up by external_task_id ledger-1-" in rows[0][2] and "was understood" in rows[0][2]
+    assert "no look-up by external_task_id ledger-1-" in rows[0][2] and "was conclusive" in rows[0][2]
+    assert "the task list could not be read" in rows[0][2]
     assert sim.stats()["creates_received"] == 1
 
 

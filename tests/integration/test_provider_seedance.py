@@ -107,7 +107,7 @@ def test_flex_halves_the_estimate_and_audio_changes_the_price_of_1_5_pro(ws, env
     assert query(ws.root, "SELECT price_key FROM jobs ORDER BY segment_index") == [
         (f"{NORMAL}@1248x704:5s:silent:default",), (f"{NORMAL}@1248x704:5s:silent:flex",),
         (f"{PRO}@1248x704:5s:silent:default",), (f"{PRO}@1248x704:5s:audio:default",)]
-    assert "estimated ¥9.58" in result.output  # 474 + 237 (half) + 82 + 165 (twice the silent rate) fen
+    assert "estimated ¥9.66" in result.output  # 478 + 239 (half) + 83 + 166 (twice the silent rate) fen
     cheaper = ws.cli("scan", env={**env, "SEEDANCE_PRICES": f"{NORMAL}=23"})
     assert "estimated ¥6.02" in cheaper.output  # the 2.0 jobs at half their rate: 237 + 118 + 82 + 165
 

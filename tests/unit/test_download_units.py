@@ -26,6 +26,9 @@ def test_a_uuid_task_id_keeps_its_usual_file_name() -> None:
     assert video_filename(1, 1, "task_0001") == "1_v1_task_000.mp4"
     # /v1/videos ids all start with "video_": the token is what follows
     assert video_filename(2, 1, "video_68d2f0a1c5e48190b1f3") == "2_v1_68d2f0a1.mp4"
+    # Ark ids (cgt-<time>-<random>) made in one second share their head: the tail tells them apart
+    assert video_filename(2, 1, "cgt-20250331175019-68d9t") == "2_v1_68d9t.mp4"
+    assert video_filename(2, 1, "cgt-20250331175019-x7q2k") != video_filename(2, 1, "cgt-20250331175019-68d9t")
 
 
 @pytest.mark.parametrize("task_id", ["../../x", "..", "a/b\\c", "ab\0cd", "x\ny\rz\x1b", "/etc/passwd",

@@ -51,3 +51,15 @@ def test_settings_never_show_the_keys_of_a_list(tmp_path: Path):
     with pytest.raises(ConfigError) as caught:
         load_settings(tmp_path, {"SORA_API_KEYS": f"{A}@-1"})
     assert A not in str(caught.value) and "SORA_API_KEYS=***" in str(caught.value)
+
+
+def test_config_yaml_lists_keys_with_limits_and_caps(tmp_path: Path):
+    (tmp_path / "config.yaml").write_text(
+        f"keys:\n  - {{provider: sora_hk, key: {A}, concurrency: 2, max_spend: $50}}\n"
+        f"  - {{provider: kling, key: {B}, concurrency: 5, max_spend: ¥300}}\n", encoding="utf-8")
+    ring = KeyRing.from_settings(load_settings(tmp_path, {}))
+    assert [(k.provider, k.secret, k.limit, k.max_spend) for k in ring.all()] == [
+        ("sora_hk", A, 2, 5000), ("kling", B, 5, 30000)]
+    (tmp_path / "config.yaml").write_text("keys: sora-just-a-string\n", encoding="utf-8")
+    with pytest.raises(ConfigError):
+        load_settings(tmp_path, {})

@@ -126,18 +126,18 @@ BUILT_IN = TokenTariff(seedance.DEFAULT_PRICES)
 
 
 @pytest.mark.parametrize("key, fen", [
-    # 1248 x 704 x 24 fps x 5 s / 1024 = 102,960 tokens
-    (f"{NORMAL}@1248x704:5s:silent:default", 474),  # x ¥46/M = ¥4.736
-    (f"{NORMAL}@1248x704:5s:silent:flex", 237),  # half: ¥2.368
-    (f"{NORMAL}@1248x704:5s:audio:default", 474),  # 2.0 prices audio alike
-    (f"{PRO}@1248x704:5s:audio:default", 165),  # ¥16/M: ¥1.647
-    (f"{PRO}@1248x704:5s:silent:default", 82),  # ¥8/M: ¥0.824
-    (f"{PRO}@1248x704:5s:silent:flex", 41),
-    ("doubao-seedance-2-0-fast-260128@1248x704:5s:silent:default", 381),  # ¥37/M
-    ("doubao-seedance-2-0-mini-260615@1248x704:5s:silent:default", 237),  # ¥23/M
-    ("doubao-seedance-2-5-260628@1248x704:30s:silent:default", 4324),  # 617,760 tokens x ¥70/M
-    (f"{NORMAL}@1920x1088:5s:silent:default", 1126),  # 244,800 tokens
-    (f"{NORMAL}@864x480:12s:silent:default", 537),  # 116,640 tokens
+    # 1248 x 704 x (24 fps x 5 s + the first frame) / 1024 = 103,818 tokens
+    (f"{NORMAL}@1248x704:5s:silent:default", 478),  # x ¥46/M = ¥4.776
+    (f"{NORMAL}@1248x704:5s:silent:flex", 239),  # half: ¥2.388
+    (f"{NORMAL}@1248x704:5s:audio:default", 478),  # 2.0 prices audio alike
+    (f"{PRO}@1248x704:5s:audio:default", 166),  # ¥16/M: ¥1.661
+    (f"{PRO}@1248x704:5s:silent:default", 83),  # ¥8/M: ¥0.831
+    (f"{PRO}@1248x704:5s:silent:flex", 42),
+    ("doubao-seedance-2-0-fast-260128@1248x704:5s:silent:default", 384),  # ¥37/M
+    ("doubao-seedance-2-0-mini-260615@1248x704:5s:silent:default", 239),  # ¥23/M
+    ("doubao-seedance-2-5-260628@1248x704:30s:silent:default", 4330),  # 618,618 tokens x ¥70/M
+    (f"{NORMAL}@1920x1088:5s:silent:default", 1135),  # 246,840 tokens: the facts' own example (121 frames)
+    (f"{NORMAL}@864x480:12s:silent:default", 538),  # 117,045 tokens
 ])
 def test_each_price_key_is_priced_by_its_tokens(key, fen):
     assert BUILT_IN.price(key) == fen
@@ -157,15 +157,15 @@ def test_flex_halves_and_audio_doubles_1_5_pro():
     plain, flex = mapped(), mapped(options={"service_tier": "flex"})
     assert BUILT_IN.price(flex.price_key) * 2 == BUILT_IN.price(plain.price_key)
     silent, audio = mapped(is_pro=True), mapped(is_pro=True, options={"generate_audio": True})
-    assert (BUILT_IN.price(silent.price_key), BUILT_IN.price(audio.price_key)) == (82, 165)
+    assert (BUILT_IN.price(silent.price_key), BUILT_IN.price(audio.price_key)) == (83, 166)
 
 
 def test_seedance_prices_override_the_built_in_rates(tmp_path):
     settings = load_settings(tmp_path, {"SEEDANCE_PRICES": f"{NORMAL}=50, {PRO}.silent=10"})
     prices = tariff(settings)
-    assert prices.price(f"{NORMAL}@1248x704:5s:silent:default") == 515  # 102,960 x ¥50/M
-    assert prices.price(f"{PRO}@1248x704:5s:silent:default") == 103
-    assert prices.price(f"{PRO}@1248x704:5s:audio:default") == 165  # untouched
+    assert prices.price(f"{NORMAL}@1248x704:5s:silent:default") == 519  # 103,818 x ¥50/M
+    assert prices.price(f"{PRO}@1248x704:5s:silent:default") == 104
+    assert prices.price(f"{PRO}@1248x704:5s:audio:default") == 166  # untouched
     assert "SEEDANCE_PRICES" in prices.describe() and prices.currency == "CNY"
     assert prices.cost(NORMAL, 103_818, False, "default") == 519  # usage tokens, half up
 
