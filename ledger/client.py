@@ -144,6 +144,9 @@ class TaskSearch:
     covered: bool
     pages: int
     reason: str = ""
+    # Looking again cannot settle it (the API has no list, the create carried nothing to find it
+    # by, its tasks are gone): the job is left unresolved at once rather than after MAX_ATTEMPTS.
+    final: bool = False
 
 
 def _nearest(tasks: Any, when: datetime) -> List[RemoteTask]:

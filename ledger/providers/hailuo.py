@@ -410,7 +410,7 @@ class Hailuo(ApiClient):
         """The v2 list, newest first, until it is older than the window, by prompt; a v1 create
         cannot be looked up at all."""
         if MODELS[params["model"]].api == "v1":
-            return TaskSearch([], False, 0, V1_NO_LIST)
+            return TaskSearch([], False, 0, V1_NO_LIST, final=True)
         return search_pages(lambda cursor: self.recent(cursor, LIST_LIMIT), str(params["prompt"]), since, until,
                             skew_seconds=skew_seconds)
 

@@ -412,7 +412,7 @@ class KlingClient(ApiClient):
         create's time (each task shows its ``external_task_id``), and only a list read that far
         proves that no task was made."""
         if not ref:
-            return TaskSearch([], False, 0, "the create carried no external_task_id to look it up by")
+            return TaskSearch([], False, 0, "the create carried no external_task_id to look it up by", final=True)
         kind = kind_of(params)
         by_query = self._by_query(kind, ref)
         if by_query.task is not None:

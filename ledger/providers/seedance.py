@@ -365,11 +365,12 @@ class Seedance(ApiClient):
         the candidates are the tasks of the request's kind whose seed is the one the create sent."""
         seed = seed_of(params, ref)
         if seed is None:
-            return TaskSearch([], False, 0, "the create was sent without a seed: the list cannot tell its task")
+            return TaskSearch([], False, 0, "the create was sent without a seed: the list cannot tell its task",
+                              final=True)
         window = _window(since, until, skew_seconds)
         if window[0] < datetime.now(timezone.utc) - timedelta(seconds=RETENTION):
             return TaskSearch([], False, 0, f"the create was sent more than {RETENTION / 3600:g} h ago, and the "
-                                            "API keeps tasks no longer: the list cannot show whether it made one")
+                                            "API keeps tasks no longer: the list cannot show whether it made one", final=True)
         lookup = SeedLookup(seed, window, lambda task: self.same_request(task, params), user_seed="seed" in params)
         return lookup.run(lambda cursor: self.recent(cursor, LIST_LIMIT))
 

@@ -302,7 +302,9 @@ def reconcile(ctx: StepContext, a: Active) -> Next:
         a.created, a.found, a.action = free[0], True, Action.RECORD
         return record(ctx, a)
     if not search.covered:
-        raise LookupIncomplete(f"cannot tell whether the unanswered create made a task: {search.reason}")
+        incomplete = LookupIncomplete(f"cannot tell whether the unanswered create made a task: {search.reason}")
+        incomplete.final = search.final
+        raise incomplete
     _move(ctx, a, State.PENDING, EventKind.NOTE,
           f"no task was created by the unanswered POST /create (read {search.pages} page(s) of the task list "
           "back past its time); submitting again")
@@ -618,7 +620,7 @@ def _unresolved(ctx: StepContext, a: Active, exc: Exception) -> Next:
     is left in ``submitting`` with the reason, for a later run — never sent again blindly."""
     a.tries += 1
     message = str(exc) if isinstance(exc, ApiError) else f"{type(exc).__name__}: {_first_line(exc)}"
-    if a.tries < ctx.options.retry.max_attempts:
+    if a.tries < ctx.options.retry.max_attempts and not getattr(exc, "final", False):
         delay = ctx.options.retry.delay(a.tries)
         a.retry_note = f"look-up failed; again in {delay:.0f} s"
         log.info("%s: task look-up failed (%s); asking again in %.0f s", a.job.label, message, delay)

@@ -135,12 +135,15 @@ def test_an_oldest_first_list_is_read_from_its_end_and_a_lost_create_is_still_fo
 
 
 def test_a_lost_v1_create_stays_unresolved_with_its_reason_and_is_never_sent_again(ws, sim, work_env):
-    env = {**work_env, "MAX_ATTEMPTS": "2"}
+    # Looking again cannot settle it: the job is left unresolved at its first look-up, not after
+    # MAX_ATTEMPTS growing pauses (with these, 30 + 60 + 120 + 240 s before the run could end).
+    env = {**work_env, "MAX_ATTEMPTS": "5", "RETRY_BASE_DELAY": "30"}
     ws.storyboard("storyboard_a.json", {"segments": [{"segment_index": 1, "prompt_text": "a v1 create, lost",
                                                       "model": V1}]})
     sim.inject("create", "lost_create")
-    result = ws.cli("run", "--no-progress", env=env)
-    assert result.exit_code == 0, result.output
+    run = spawn(ws.root, env, "run", "--no-progress")
+    out, errors = run.communicate(timeout=100)  # with the pauses above it would still be waiting
+    assert run.returncode == 0, (out, errors)
     assert query(ws.root, "SELECT state, error_kind, remote_task_id FROM jobs") == [("submitting", "unresolved", None)]
     assert "1 job(s) are unresolved" in ws.cli("status", env=env).output
     shown = json.loads(ws.cli("show", "1", "--json", env=env).output)
@@ -148,6 +151,7 @@ def test_a_lost_v1_create_stays_unresolved_with_its_reason_and_is_never_sent_aga
     again = ws.cli("work", "--no-progress", env=env)
     assert again.exit_code == 0, again.output
     assert sim.stats()["creates_received"] == 1 and sim.stats()["tasks_created"] == 1
+    assert query(ws.root, "SELECT count(*) FROM events WHERE detail LIKE 'unresolved:%'") == [(2,)]  # once a run
 
 
 def test_a_prompt_the_api_finds_sensitive_is_refused_at_the_create_with_its_words(ws, sim, work_env):

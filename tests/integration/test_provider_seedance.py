@@ -109,7 +109,7 @@ def test_flex_halves_the_estimate_and_audio_changes_the_price_of_1_5_pro(ws, env
         (f"{PRO}@1248x704:5s:silent:default",), (f"{PRO}@1248x704:5s:audio:default",)]
     assert "estimated ¥9.66" in result.output  # 478 + 239 (half) + 83 + 166 (twice the silent rate) fen
     cheaper = ws.cli("scan", env={**env, "SEEDANCE_PRICES": f"{NORMAL}=23"})
-    assert "estimated ¥6.02" in cheaper.output  # the 2.0 jobs at half their rate: 237 + 118 + 82 + 165
+    assert "estimated ¥6.07" in cheaper.output  # the 2.0 jobs at half their rate: 239 + 119 + 83 + 166
 
 
 def test_a_failed_generation_costs_nothing_and_keeps_the_apis_words(ws, sim, env):
