@@ -15,7 +15,7 @@ from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
-from sqlalchemy import bindparam, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine, Row
 
 from .db import read_tx, write_tx
@@ -836,10 +836,13 @@ class Store(TeamQueries):
         return {(provider, base) for provider, base in sent} | {(provider, None) for (provider,) in waiting}
 
     def count_in_flight(self, scope: "JobScope") -> int:
-        """Jobs in ``scope`` whose generation is paid for (or may be) and not yet downloaded."""
+        """Jobs in ``scope`` whose generation is paid for (or may be) and not yet downloaded; an
+        unresolved one (a lost create no look-up could settle) is not counted: it has no task."""
+        unresolved = and_(jobs.c.state == State.SUBMITTING.value, func.coalesce(jobs.c.error_kind, "") == "unresolved")
         with read_tx(self.engine) as conn:
             return conn.execute(scope.apply(select(func.count()).select_from(jobs)
-                                            .where(jobs.c.state.in_([s.value for s in IN_FLIGHT])))).scalar_one()
+                                            .where(jobs.c.state.in_([s.value for s in IN_FLIGHT]))
+                                            .where(~unresolved))).scalar_one()
 
     def renew(self, owner: str, ids: Iterable[int], lease_seconds: float) -> Set[int]:
         """Extend ``owner``'s leases on ``ids``; returns the ids it still holds."""
@@ -1163,7 +1166,7 @@ def _money_json(spent: Money, remaining: Money) -> Dict[str, Any]:
 # One section, appended, so the queries of the review/pick/export commands stay in this module
 # without touching the ones above. Functions take the ``Store`` they query.
 
-from sqlalchemy import and_, distinct  # noqa: E402 - kept with the section that uses them
+from sqlalchemy import distinct  # noqa: E402 - kept with the section that uses them
 
 from .errors import UsageError  # noqa: E402
 from .models import picks  # noqa: E402

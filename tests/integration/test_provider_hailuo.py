@@ -144,6 +144,7 @@ def test_a_lost_v1_create_stays_unresolved_with_its_reason_and_is_never_sent_aga
     run = spawn(ws.root, env, "run", "--no-progress")
     out, errors = run.communicate(timeout=100)  # with the pauses above it would still be waiting
     assert run.returncode == 0, (out, errors)
+    assert "still generating remotely" not in out  # an unresolved job has no task to collect
     assert query(ws.root, "SELECT state, error_kind, remote_task_id FROM jobs") == [("submitting", "unresolved", None)]
     assert "1 job(s) are unresolved" in ws.cli("status", env=env).output
     shown = json.loads(ws.cli("show", "1", "--json", env=env).output)
