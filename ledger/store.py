@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine, Row
 
 from .db import read_tx, write_tx
@@ -405,9 +406,13 @@ class TeamQueries:
         for fp, provider, shown, limit, cap in keys:
             values = {"provider": provider, "shown": shown, "concurrency": limit, "max_spend": cap,
                       "out_reason": None, "out_at": None, "seen_at": now}
-            with write_tx(self.engine) as conn:
-                if not conn.execute(update(api_keys).where(api_keys.c.fingerprint == fp).values(**values)).rowcount:
-                    conn.execute(insert(api_keys).values(fingerprint=fp, **values))
+            try:
+                with write_tx(self.engine) as conn:
+                    if not conn.execute(update(api_keys).where(api_keys.c.fingerprint == fp).values(**values)).rowcount:
+                        conn.execute(insert(api_keys).values(fingerprint=fp, **values))
+            except sa_exc.IntegrityError:  # another machine starting with the same key inserted it first
+                with write_tx(self.engine) as conn:
+                    conn.execute(update(api_keys).where(api_keys.c.fingerprint == fp).values(**values))
 
     def retire_key(self, fingerprint: str, reason: str) -> bool:
         """Take a key out of rotation for every machine; True when this call did it (not another)."""

@@ -329,6 +329,8 @@ class Scheduler:
             self._poll_finished_now()
             return
         active.running = False
+        if active.job.state not in (State.SUBMITTING, State.SUBMITTED, State.PENDING):
+            self._wake_key_waiters()  # its generation ended: its key has room again
         if nxt.delay is not None and not self.stopping:
             self._schedule(active, nxt.delay)
             return
@@ -339,6 +341,11 @@ class Scheduler:
             self.active.pop(active.job.id)
         if nxt.outcome is Outcome.PARKED:
             self._parked.add(active.job.id)
+
+    def _wake_key_waiters(self) -> None:
+        for waiting in self.active.values():
+            if waiting.waiting_for_key and not waiting.running:
+                self._schedule(waiting, 0.0)
 
     def _let_go(self, active: Active) -> None:
         """Release a job we still hold (the run is stopping): its state and task id stay; a created

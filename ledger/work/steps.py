@@ -46,7 +46,9 @@ log = logging.getLogger(__name__)
 
 URL_REFRESHES = 3  # fresh video URLs fetched for one download before it counts as a failed attempt
 LEDGER_RETRY = 5.0  # seconds before a step the database refused runs again
-KEY_WAIT = 0.5  # seconds between looks for a key with room (team mode: every key at its limit)
+# Seconds between looks for a key with room (team mode: every key at its limit). A generation of
+# this run that ends wakes the waiting jobs at once; this is for the slots other machines free.
+KEY_WAIT = 0.5
 PRICE_WAIT = 0.1  # seconds between looks at whether the first create's cost is known (--max-spend)
 
 
@@ -217,7 +219,9 @@ def submit(ctx: StepContext, a: Active) -> Next:
         except NoFreeKey:
             _unreserve(ctx, a)
             a.retry_note = "waiting for a key with room (its limit of generations at once)"
+            a.waiting_for_key = True
             return Next(KEY_WAIT)
+        a.waiting_for_key = False
         if a.job.provider != job.provider:  # a scan moved the job to another provider after the claim
             api = api_of(ctx, dataclasses.replace(a.job, state=State.PENDING))
             _move(ctx, a, State.SUBMITTING, EventKind.NOTE, "", api_base=api.base_url,

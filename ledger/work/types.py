@@ -139,6 +139,7 @@ class Active:
     # When the list read that showed this job's task finished began (a read made for another job's
     # poll): the next poll takes that read's answer instead of waiting for its own time.
     seen_finished_at: Optional[float] = None
+    waiting_for_key: bool = False  # every key it may use is at its limit (team mode): woken when one frees
 
 
 @dataclass(frozen=True)

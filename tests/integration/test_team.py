@@ -214,3 +214,40 @@ def test_keys_never_reach_the_ledger(ws, make_sim, work_env):
     with sqlite3.connect(ws.root / "ledger.db") as conn:
         shown = [s for (s,) in conn.execute("SELECT shown FROM api_keys")]
     assert shown and all("…" in s for s in shown)
+
+
+@pytest.mark.postgres
+def test_two_machines_registering_the_same_key_at_once_both_start(pg_url):
+    """Machine B inserts the key's row while machine A is between its look for the row and its own
+    insert (held there on purpose: B's transaction stays open until A waits on it). A must not
+    fail on the duplicate: it takes the row B made."""
+    import threading
+
+    import psycopg
+
+    from ledger.db import open_ledger
+    from ledger.store import Store
+
+    store = Store(open_ledger(pg_url))
+    fp = fingerprint(KEY_A)
+    other = psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://"))
+    other.execute("INSERT INTO api_keys (fingerprint, provider, shown, seen_at) VALUES (%s, 'sora_hk', 'B', now())",
+                  (fp,))  # not committed: A's UPDATE does not see it, A's INSERT waits for it
+    errors = []
+    thread = threading.Thread(target=lambda: _register(store, fp, errors))
+    thread.start()
+    wait_for(lambda: pg_query(pg_url, "SELECT count(*) FROM pg_locks WHERE NOT granted")[0][0] >= 1,
+             what="A waiting on B's row")
+    other.commit()
+    other.close()
+    thread.join(timeout=30)
+    assert errors == []
+    assert pg_query(pg_url, "SELECT provider, shown, concurrency FROM api_keys") == [("sora_hk", "sora-…aaaa", 2)]
+    store.engine.dispose()
+
+
+def _register(store, fp, errors) -> None:
+    try:
+        store.register_keys([(fp, "sora_hk", "sora-…aaaa", 2, None)])
+    except Exception as exc:  # noqa: BLE001 - the test reports it
+        errors.append(exc)
