@@ -251,3 +251,21 @@ def _register(store, fp, errors) -> None:
         store.register_keys([(fp, "sora_hk", "sora-…aaaa", 2, None)])
     except Exception as exc:  # noqa: BLE001 - the test reports it
         errors.append(exc)
+
+
+def test_a_key_with_a_spend_cap_stops_taking_creates_at_its_cap(ws, make_sim, work_env):
+    """config.yaml gives key A a cap of $0.60 (two generations at $0.30): the third and later go
+    with key B, and nothing waits for A."""
+    sim = make_sim(gen_seconds=0.1, api_key=None, keys={KEY_A: None, KEY_B: None})
+    (ws.root / "config.yaml").write_text(
+        f"keys:\n  - {{provider: sora_hk, key: {KEY_A}, max_spend: $0.60}}\n"
+        f"  - {{provider: sora_hk, key: {KEY_B}, concurrency: 1}}\n", encoding="utf-8")
+    env = {**work_env, "SORA_BASE_URL": sim.base_url, "SORA_API_KEY": "", "MAX_CONCURRENT_TASKS": "2"}
+    ws.storyboard("storyboard_cap.json", segments(*[f"capped shot {i}" for i in range(7)]))
+    result = ws.cli("run", "--no-progress", env=env)
+    assert result.exit_code == 0, result.output
+    assert query(ws.root, "SELECT state, count(*) FROM jobs GROUP BY state") == [("done", 7)]
+    assert sim.stats()["tasks_by_key"] == {KEY_A: 2, KEY_B: 5}
+    listed = json.loads(ws.cli("workers", "--json", env=env).output)["keys"]
+    assert {(k["fingerprint"], k["spent"], k["max_spend"]) for k in listed} == {
+        (fingerprint(KEY_A), "$0.60", "$0.60"), (fingerprint(KEY_B), "$1.50", None)}
