@@ -49,7 +49,8 @@ from . import quickstart, refs
 from .store import (PickRefused, clear_pick, job_by_key, pick_counts, pick_rows, record_pick, segment_pick,
                     storyboards_by_suffix, takes)
 from .storyboard import ledger_path
-from .pricing import Money, known_prices, money, parse_money, refresh_prices
+from .money import Money, money, parse_money
+from .pricing import known_prices, refresh_prices
 from .providers import DEFAULT as DEFAULT_PROVIDER
 from .providers import REGISTRY, ProviderPool, configured_base
 from .work import Scheduler, Stop, WorkOptions, WorkSummary, plan_work

@@ -341,6 +341,7 @@ class ApiClient:
     KEY_EXAMPLE = "sora-..."
     URL_SETTING = "SORA_BASE_URL"
     PREFLIGHT_CALL = "GET /balance"
+    API_TITLE = "the video API"  # "<base URL> does not look like <API_TITLE>"
     # The Settings fields holding this protocol's base URL and key.
     URL_FIELD = "base_url"
     KEY_FIELD = "api_key"
@@ -641,6 +642,27 @@ class ApiClient:
         """Make the pre-flight call once; ``_Busy`` when another try may do."""
         raise NotImplementedError
 
+    def _not_the_api(self, resp: requests.Response) -> ConfigError:
+        """The pre-flight's answer is not this API's: the base URL points elsewhere."""
+        kind = resp.headers.get("Content-Type", "no content type").split(";")[0]
+        return ConfigError(self._redact(
+            f"{self.base_url} does not look like {self.API_TITLE} ({self.PREFLIGHT_CALL} answered HTTP "
+            f"{resp.status_code}, {kind}: {_snippet(resp.text)!r}): check {self.URL_SETTING}"))
+
+    def _rate_limit_error(self, where: str, resp: requests.Response, detail: str, code: Optional[int] = None,
+                          *, say_which: bool = False) -> RateLimited:
+        """A rate (or concurrency) limit: every call to this API pauses for the answer's
+        Retry-After, else ``RATE_LIMIT_PAUSE``; the error says which. ``say_which``: the warning
+        names the limit too (an API whose one status answers for several limits)."""
+        retry_after = self._retry_after(resp)
+        pause = RATE_LIMIT_PAUSE if retry_after is None else retry_after
+        self.backoff.slow_down(pause)
+        log.warning("rate limited (%s); pausing every call to %s for %.1f s",
+                    self._redact(f"{where}, {detail}") if say_which else where, self.base_url, pause)
+        hint = f"retry after {retry_after:g} s" if retry_after is not None else "no Retry-After"
+        return RateLimited(self._redact(f"{where}, rate limited, {hint} ({detail})"), retry_after=retry_after,
+                           code=code, http_status=resp.status_code)
+
 
 class SoraClient(ApiClient):
     """The api.sora.hk v1 ("native") protocol: envelopes, codes 401/1001/1012, paged task lists."""
@@ -759,12 +781,6 @@ class SoraClient(ApiClient):
             raise self._not_the_api(resp)
         return cents
 
-    def _not_the_api(self, resp: requests.Response) -> ConfigError:
-        kind = resp.headers.get("Content-Type", "no content type").split(";")[0]
-        return ConfigError(self._redact(
-            f"{self.base_url} does not look like the video API (GET /balance answered HTTP {resp.status_code}, "
-            f"{kind}: {_snippet(resp.text)!r}): check SORA_BASE_URL"))
-
     def _unwrap(self, method: str, path: str, resp: requests.Response) -> Any:
         """The envelope's ``data`` of a successful answer; raise the mapped error otherwise."""
         status = resp.status_code
@@ -804,13 +820,7 @@ class SoraClient(ApiClient):
             return InsufficientBalance(self._redact(f"{where}, insufficient balance ({detail})"),
                                        code=code, http_status=status)
         if kind == 429:
-            retry_after = self._retry_after(resp)
-            pause = RATE_LIMIT_PAUSE if retry_after is None else retry_after
-            self.backoff.slow_down(pause)
-            log.warning("rate limited (%s); pausing every API call for %.1f s", where, pause)
-            hint = f"retry after {retry_after:g} s" if retry_after is not None else "no Retry-After"
-            return RateLimited(self._redact(f"{where}, rate limited, {hint} ({detail})"),
-                               retry_after=retry_after, code=code, http_status=status)
+            return self._rate_limit_error(where, resp, detail, code)
         if 500 <= kind < 600 or (malformed and 200 <= status < 300):
             maybe_created = method == "POST"
             suffix = "; the task may have been created" if maybe_created else ""

@@ -23,6 +23,15 @@ def money(amount: int, currency: str = "USD") -> str:
     return f"{sign}{symbol}{value}" if symbol else f"{sign}{value} {currency}"
 
 
+def rate(amount: float, currency: str = "USD") -> str:
+    """A price per unit in minor units, which may hold a fraction of one (a price per second):
+    ``$0.10``, ``¥0.625`` — two decimals, more (up to four) only when the rate has them."""
+    whole, _, fraction = f"{amount / 100:.4f}".partition(".")
+    value = f"{whole}.{fraction.rstrip('0').ljust(2, '0')}"
+    symbol = SIGNS.get(currency)
+    return f"{symbol}{value}" if symbol else f"{value} {currency}"
+
+
 class Money:
     """Amounts in minor units by currency: what a mix of providers costs (``$2.70 + ¥12.00``).
     Immutable; adds up with ``+`` (and ``sum``)."""

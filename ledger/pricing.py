@@ -10,13 +10,12 @@ base URL. The /v1/videos format has no price endpoint: its list is data with set
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Protocol, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Mapping, Optional, Protocol
 
 from .errors import ApiError
-from .money import CODES, Money, money, parse_money
+from .money import CODES, Money, money
 from .models import utcnow
 from .settings import Settings
 

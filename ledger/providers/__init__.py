@@ -10,7 +10,7 @@ simulator module under ``ledger/sim/``, and one line in ``REGISTRY`` below.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..keys import KeyChoice, KeyRing, fingerprint, key_entries, parse_key_list
 from ..settings import Option, Settings

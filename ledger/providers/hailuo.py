@@ -35,6 +35,7 @@ from ..client import (ApiClient, RemoteTask, TaskSearch, _Busy, _int_or_none, _s
                       search_pages, task_id_problem)
 from ..errors import (ApiError, AuthError, BadParameters, ConfigError, InsufficientBalance, InvalidTaskId,
                       RateLimited, RemoteTaskFailed, TaskNotFound, TransientError)
+from ..money import rate as money_rate
 from ..redact import mask_key
 from ..settings import Option, Settings, price_setting, secret_setting, url_setting
 from .base import Mapped, Mismatch, Registration, Request, TaskPage
@@ -104,7 +105,6 @@ ERRORS: Mapping[int, Type[ApiError]] = {
 }
 TASK_VERDICTS = frozenset({1026, 1027})
 NOT_FOUND = frozenset({2013, 404})
-RATE_LIMIT_PAUSE = 5.0  # seconds every call pauses after a limit answered without Retry-After
 LIST_LIMIT = 100  # the page size the list is read in
 V1_NO_LIST = "the MiniMax v1 API has no task list to look it up in"
 _LOOKUPS = ("/v2/query/video_generation/", "/v1/query/video_generation", "/v1/files/retrieve")
@@ -270,11 +270,6 @@ DEFAULT_PRICES: Mapping[str, float] = {
 BUILT_IN_PRICES = "the built-in price list; HAILUO_PRICES overrides it"
 
 
-def _yuan(fen: float) -> str:
-    """``¥0.50``, ``¥0.455``: two decimals, more only when a price has them."""
-    whole, _, fraction = f"{fen / 100:.4f}".partition(".")
-    return f"¥{whole}.{fraction.rstrip('0').ljust(2, '0')}"
-
 
 @dataclass(frozen=True)
 class HailuoTariff:
@@ -298,7 +293,8 @@ class HailuoTariff:
     def describe(self) -> str:
         """``hailuo MiniMax-H3-768P ¥0.50/s, …, MiniMax-Hailuo-2.3-768P-6s ¥2.00, … (from …)``."""
         # A per-video entry ends in its length ("-6s"); a per-second one in its resolution.
-        shown = (f"{entry} {_yuan(fen)}{'' if entry.endswith('s') else '/s'}" for entry, fen in self.table.items())
+        shown = (f"{entry} {money_rate(fen, CURRENCY)}{'' if entry.endswith('s') else '/s'}"
+                 for entry, fen in self.table.items())
         return f"{NAME} {', '.join(shown)} ({self.source})"
 
 
@@ -329,6 +325,7 @@ class Hailuo(ApiClient):
     KEY_EXAMPLE = "sk-api-..."
     URL_SETTING = "MINIMAX_BASE_URL"
     PREFLIGHT_CALL = "GET /v2/query/video_generation"
+    API_TITLE = "the MiniMax API"
     URL_FIELD = "minimax_base_url"
     KEY_FIELD = "minimax_api_key"
 
@@ -529,7 +526,7 @@ class Hailuo(ApiClient):
         if kind is RemoteTaskFailed:  # a refusal of the create, in the API's own words
             return RemoteTaskFailed(self._redact(said or detail))
         if kind is RateLimited:
-            return self._rate_limited(where, resp, code, detail)
+            return self._rate_limit_error(where, resp, detail, code)
         if kind is AuthError:
             shown = mask_key(self._key) if self._key else "(no key set)"
             return AuthError(self._redact(f"{where}, the API key {shown} was rejected ({detail})"), code=code,
@@ -543,14 +540,6 @@ class Hailuo(ApiClient):
                                   code=code, http_status=status)
         return ApiError(self._redact(f"{where} ({detail})"), code=code, http_status=status)
 
-    def _rate_limited(self, where: str, resp: requests.Response, code: Optional[int], detail: str) -> RateLimited:
-        retry_after = self._retry_after(resp)
-        pause = RATE_LIMIT_PAUSE if retry_after is None else retry_after
-        self.backoff.slow_down(pause)
-        log.warning("rate limited (%s); pausing every call to %s for %.1f s", where, self.base_url, pause)
-        hint = f"retry after {retry_after:g} s" if retry_after is not None else "no Retry-After"
-        return RateLimited(self._redact(f"{where}, rate limited, {hint} ({detail})"), retry_after=retry_after,
-                           code=code, http_status=resp.status_code)
 
     def _preflight_once(self, session: requests.Session, timeouts: Tuple[float, float]) -> Optional[int]:
         """``GET /v2/query/video_generation?page_size=1``: proves the URL, the key and the proxy
@@ -584,11 +573,6 @@ class Hailuo(ApiClient):
             raise self._not_the_api(resp)
         return None
 
-    def _not_the_api(self, resp: requests.Response) -> ConfigError:
-        kind = resp.headers.get("Content-Type", "no content type").split(";")[0]
-        return ConfigError(self._redact(
-            f"{self.base_url} does not look like the MiniMax API (GET /v2/query/video_generation answered HTTP "
-            f"{resp.status_code}, {kind}: {_snippet(resp.text)!r}): check {self.URL_SETTING}"))
 
 
 def _code(answer: Any) -> Optional[int]:

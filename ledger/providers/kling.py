@@ -31,10 +31,11 @@ from urllib.parse import quote
 import jwt
 import requests
 
-from ..client import (PREFLIGHT_PAUSE, PREFLIGHT_TIMEOUT, RATE_LIMIT_PAUSE, ApiClient, RemoteTask, TaskSearch, _Busy,
+from ..client import (PREFLIGHT_PAUSE, PREFLIGHT_TIMEOUT, ApiClient, RemoteTask, TaskSearch, _Busy,
                       _snippet, parse_timestamp, task_id_problem)
 from ..errors import (ApiError, AuthError, BadParameters, ConfigError, InsufficientBalance, InvalidTaskId,
                       RateLimited, RemoteTaskFailed, TaskNotFound, TransientError)
+from ..money import rate as money_rate
 from ..redact import mask_key
 from ..settings import Option, Settings, secret_setting, url_setting
 from .base import Mapped, Mismatch, Registration, Request, TaskPage
@@ -256,7 +257,7 @@ class PerSecond:
 
     def describe(self) -> str:
         """``kling std ¥0.60/s, pro ¥0.80/s, … (from …)``."""
-        rates = ", ".join(f"{tier} {_yuan(fen)}/s" for tier, fen in self.rates.items())
+        rates = ", ".join(f"{tier} {money_rate(fen, 'CNY')}/s" for tier, fen in self.rates.items())
         return f"{NAME} {rates} ({self.source})"
 
 
@@ -329,6 +330,7 @@ class KlingClient(ApiClient):
     KEY_EXAMPLE = "..."
     URL_SETTING = BASE_URL.env
     PREFLIGHT_CALL = f"GET {COSTS}"
+    API_TITLE = "the Kling API"
     URL_FIELD = BASE_URL.key
     KEY_FIELD = API_KEY.key
 
@@ -593,7 +595,7 @@ class KlingClient(ApiClient):
         if outcome == REFUSED:  # the API's own words, verbatim: they are the job's reason
             return RemoteTaskFailed(self._redact(message or detail))
         if outcome == RATE:
-            return self._rate_limited(where, resp, code, detail)
+            return self._rate_limit_error(where, resp, detail, code)
         if outcome == NOT_FOUND and method == "GET" and _TASK_PATH.match(path):
             return TaskNotFound(self._redact(f"{where}, the API does not know this task ({detail})"), code=code,
                                 http_status=status)
@@ -603,15 +605,6 @@ class KlingClient(ApiClient):
                                   code=code, http_status=status)
         return ApiError(self._redact(f"{where} ({detail})"), code=code, http_status=status)
 
-    def _rate_limited(self, where: str, resp: requests.Response, code: Optional[int], detail: str) -> RateLimited:
-        """A 1302 (rate) or 1303 (concurrency) limit: every call to this API pauses."""
-        retry_after = self._retry_after(resp)
-        pause = RATE_LIMIT_PAUSE if retry_after is None else retry_after
-        self.backoff.slow_down(pause)
-        log.warning("rate limited (%s); pausing every call to %s for %.1f s", where, self.base_url, pause)
-        hint = f"retry after {retry_after:g} s" if retry_after is not None else "no Retry-After"
-        return RateLimited(self._redact(f"{where}, rate limited, {hint} ({detail})"), retry_after=retry_after,
-                           code=code, http_status=resp.status_code)
 
     # --- credentials and the pre-flight -----------------------------------------------------------
 
@@ -673,11 +666,6 @@ class KlingClient(ApiClient):
             raise self._not_the_api(resp)
         return fen
 
-    def _not_the_api(self, resp: requests.Response) -> ConfigError:
-        kind = resp.headers.get("Content-Type", "no content type").split(";")[0]
-        return ConfigError(self._redact(
-            f"{self.base_url} does not look like the Kling API (GET {COSTS} answered HTTP {resp.status_code}, "
-            f"{kind}: {_snippet(resp.text)!r}): check {BASE_URL.env}"))
 
 
 def outcome_of(code: Optional[int], http_status: int) -> str:
@@ -750,11 +738,6 @@ def _int_or_none(value: Any) -> Optional[int]:
     except (TypeError, ValueError):
         return None
 
-
-def _yuan(fen: float) -> str:
-    """``¥0.60``, ``¥0.625``: two decimals, more only when a rate has them."""
-    whole, _, fraction = f"{fen / 100:.4f}".partition(".")
-    return f"¥{whole}.{fraction.rstrip('0').ljust(2, '0')}"
 
 
 def _note_unknown(word: str) -> str:

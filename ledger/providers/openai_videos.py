@@ -29,6 +29,7 @@ from ..client import (ApiClient, RemoteTask, TaskSearch, _Busy, _progress, _snip
 from ..download import DownloadResult, OriginAuth, download_file, origin_of
 from ..errors import (ApiError, AuthError, BadParameters, ConfigError, InsufficientBalance, InvalidTaskId,
                       RateLimited, TaskNotFound, TransientError)
+from ..money import rate as money_rate
 from ..redact import mask_key
 from ..settings import Settings
 from .base import Mapped, Mismatch, ModelRules, Registration, Request, TaskPage, choose_model
@@ -149,7 +150,7 @@ class PerSecond:
 
     def describe(self) -> str:
         """``openai sora-2 $0.10/s, sora-2-pro $0.30/s, … (from …)``."""
-        rates = ", ".join(f"{key} {_dollars(value)}/s" for key, value in self.table.items())
+        rates = ", ".join(f"{key} {money_rate(value, 'USD')}/s" for key, value in self.table.items())
         return f"openai {rates} ({self.source})"
 
 
@@ -179,6 +180,7 @@ class OpenAIVideos(ApiClient):
     KEY_EXAMPLE = "sk-..."
     URL_SETTING = "OPENAI_BASE_URL"
     PREFLIGHT_CALL = "GET /videos"
+    API_TITLE = "a /v1/videos API"
     URL_FIELD = "openai_base_url"
     KEY_FIELD = "openai_api_key"
 
@@ -322,13 +324,7 @@ class OpenAIVideos(ApiClient):
             shown = mask_key(self._key) if self._key else "(no key set)"
             return AuthError(self._redact(f"{where}, the API key {shown} was rejected ({detail})"), http_status=status)
         if status == 429 or code == "rate_limit_exceeded":
-            retry_after = self._retry_after(resp)
-            pause = 5.0 if retry_after is None else retry_after
-            self.backoff.slow_down(pause)
-            log.warning("rate limited (%s); pausing every call to %s for %.1f s", where, self.base_url, pause)
-            hint = f"retry after {retry_after:g} s" if retry_after is not None else "no Retry-After"
-            return RateLimited(self._redact(f"{where}, rate limited, {hint} ({detail})"), retry_after=retry_after,
-                               http_status=status)
+            return self._rate_limit_error(where, resp, detail)
         if status == 400 or (ok and kind == "invalid_request_error"):
             return BadParameters(self._redact(f"{where}, bad parameters ({detail})"), http_status=status)
         if status == 404 and method == "GET" and where.startswith("GET /videos/"):
@@ -371,17 +367,7 @@ class OpenAIVideos(ApiClient):
             raise self._not_the_api(resp)
         return None
 
-    def _not_the_api(self, resp: requests.Response) -> ConfigError:
-        kind = resp.headers.get("Content-Type", "no content type").split(";")[0]
-        return ConfigError(self._redact(
-            f"{self.base_url} does not look like a /v1/videos API (GET /videos answered HTTP {resp.status_code}, "
-            f"{kind}: {_snippet(resp.text)!r}): check {self.URL_SETTING}"))
 
-
-def _dollars(cents: float) -> str:
-    """``$0.10``, ``$0.125``: two decimals, more only when a rate has them."""
-    whole, _, fraction = f"{cents / 100:.4f}".partition(".")
-    return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"
 
 
 def _poll_after(resp: requests.Response) -> Optional[float]:

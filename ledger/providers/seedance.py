@@ -118,7 +118,6 @@ ERRORS: Mapping[Union[str, int], Type[ApiError]] = {
 }
 LIST_LIMIT = 500  # the largest page (and the highest page number) the list takes
 RETENTION = 24 * 3600.0  # task data and the video URL are kept 24 h
-RATE_LIMIT_PAUSE = 5.0
 MAX_SEED = 2 ** 31 - 1
 
 _unknown_words: Set[str] = set()
@@ -312,6 +311,7 @@ class Seedance(ApiClient):
     KEY_EXAMPLE = "your-ark-api-key"
     URL_SETTING = "ARK_BASE_URL"
     PREFLIGHT_CALL = f"GET {TASKS}"
+    API_TITLE = "the Ark API"
     URL_FIELD = "ark_base_url"
     KEY_FIELD = "ark_api_key"
     prices: TokenTariff = TokenTariff(DEFAULT_PRICES)
@@ -455,13 +455,7 @@ class Seedance(ApiClient):
 
     def _rate_limited(self, method: str, where: str, resp: requests.Response, code: str, message: str,
                       detail: str) -> ApiError:
-        retry_after = self._retry_after(resp)
-        pause = RATE_LIMIT_PAUSE if retry_after is None else retry_after
-        self.backoff.slow_down(pause)
-        log.warning("rate limited (%s); pausing every call to %s for %.1f s", where, self.base_url, pause)
-        hint = f"retry after {retry_after:g} s" if retry_after is not None else "no Retry-After"
-        return RateLimited(self._redact(f"{where}, rate limited, {hint} ({detail})"), retry_after=retry_after,
-                           http_status=resp.status_code)
+        return self._rate_limit_error(where, resp, detail)
 
     def _auth(self, method: str, where: str, resp: requests.Response, code: str, message: str, detail: str) -> ApiError:
         shown = mask_key(self._key) if self._key else "(no key set)"
@@ -516,11 +510,6 @@ class Seedance(ApiClient):
             raise self._not_the_api(resp)
         return None
 
-    def _not_the_api(self, resp: requests.Response) -> ConfigError:
-        kind = resp.headers.get("Content-Type", "no content type").split(";")[0]
-        return ConfigError(self._redact(
-            f"{self.base_url} does not look like the Ark API ({self.PREFLIGHT_CALL} answered HTTP {resp.status_code}, "
-            f"{kind}: {_snippet(resp.text)!r}): check {self.URL_SETTING}"))
 
 
 _Builder = Callable[[Seedance, str, str, requests.Response, str, str, str], ApiError]

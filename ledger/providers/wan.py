@@ -29,10 +29,11 @@ from urllib.parse import quote
 
 import requests
 
-from ..client import (RATE_LIMIT_PAUSE, SERVICE_TZ, ApiClient, RemoteTask, TaskSearch, _Busy, _int_or_none, _nearest,
+from ..client import (SERVICE_TZ, ApiClient, RemoteTask, TaskSearch, _Busy, _int_or_none, _nearest,
                       _snippet, _text_or_none, parse_timestamp, task_id_problem)
 from ..errors import (ApiError, AuthError, BadParameters, ConfigError, InsufficientBalance, InvalidTaskId,
                       RateLimited, RemoteTaskFailed, TaskNotFound, TransientError)
+from ..money import rate as money_rate
 from ..redact import mask_key
 from ..settings import Option, Settings, secret_setting, url_setting
 from .base import Mapped, Mismatch, ModelRules, Registration, Request, TaskPage, choose_model
@@ -290,7 +291,7 @@ class PerSecond:
 
     def describe(self) -> str:
         """``wan wan2.7@720P ¥0.60/s, … (the built-in price list; …)``."""
-        rates = ", ".join(f"{key} {_yuan(value)}/s" for key, value in self.table.items())
+        rates = ", ".join(f"{key} {money_rate(value, CURRENCY)}/s" for key, value in self.table.items())
         return f"{NAME} {rates} ({self.source})"
 
 
@@ -300,11 +301,6 @@ def tariff(settings: Settings) -> PerSecond:
     source = "the built-in price list with WAN_PRICES" if overrides else BUILT_IN_PRICES
     return PerSecond(MappingProxyType({**DEFAULT_PRICES, **overrides}), source)
 
-
-def _yuan(fen: float) -> str:
-    """``¥0.60``, ``¥0.045``: two decimals, more only when a rate has them."""
-    whole, _, fraction = f"{fen / 100:.4f}".partition(".")
-    return f"¥{whole}.{fraction.rstrip('0').ljust(2, '0')}"
 
 
 # --- the client --------------------------------------------------------------------------------------
@@ -346,6 +342,7 @@ class WanClient(ApiClient):
     KEY_EXAMPLE = "sk-..."
     URL_SETTING = "DASHSCOPE_BASE_URL"
     PREFLIGHT_CALL = "GET /tasks"
+    API_TITLE = "the DashScope API"
     URL_FIELD = "dashscope_base_url"
     KEY_FIELD = "dashscope_api_key"
 
@@ -554,7 +551,7 @@ class WanClient(ApiClient):
             shown = mask_key(self._key) if self._key else "(no key set)"
             return AuthError(self._redact(f"{where}, the API key {shown} was rejected ({detail})"), http_status=status)
         if kind is RateLimited:
-            return self._rate_limited(where, resp, detail)
+            return self._rate_limit_error(where, resp, detail, say_which=True)
         if kind is RemoteTaskFailed:  # the API's own words, verbatim: they are the job's reason
             return RemoteTaskFailed(self._redact(message or code))
         if kind is TransientError:
@@ -566,16 +563,6 @@ class WanClient(ApiClient):
             return ApiError(self._redact(f"{where} ({detail})"), http_status=status)
         return kind(self._redact(f"{where}, {said} ({detail})"), http_status=status)
 
-    def _rate_limited(self, where: str, resp: requests.Response, detail: str) -> RateLimited:
-        """A 429 (a rate or a concurrency limit) pauses every call to this endpoint."""
-        retry_after = self._retry_after(resp)
-        pause = RATE_LIMIT_PAUSE if retry_after is None else retry_after
-        self.backoff.slow_down(pause)
-        log.warning("rate limited (%s); pausing every call to %s for %.1f s", self._redact(f"{where}, {detail}"),
-                    self.base_url, pause)
-        hint = f"retry after {retry_after:g} s" if retry_after is not None else "no Retry-After"
-        return RateLimited(self._redact(f"{where}, rate limited, {hint} ({detail})"), retry_after=retry_after,
-                           http_status=resp.status_code)
 
     def _preflight_once(self, session: requests.Session, timeouts: Tuple[float, float]) -> Optional[int]:
         """``GET /tasks?page_size=1``: proves the URL, the key and the proxy without spending
@@ -608,11 +595,6 @@ class WanClient(ApiClient):
             raise self._not_the_api(resp)
         return None
 
-    def _not_the_api(self, resp: requests.Response) -> ConfigError:
-        kind = resp.headers.get("Content-Type", "no content type").split(";")[0]
-        return ConfigError(self._redact(
-            f"{self.base_url} does not look like the DashScope API (GET /tasks answered HTTP {resp.status_code}, "
-            f"{kind}: {_snippet(resp.text)!r}): check {self.URL_SETTING}"))
 
 
 # How the errors built alike describe themselves.

@@ -27,14 +27,13 @@ import re
 import socket
 import threading
 import time
-import uuid
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from . import protocol as protocols
 

@@ -39,7 +39,7 @@ def test_max_spend_holds_however_slow_the_create_answers_are(ws, case, concurren
         assert api.charged <= CAP, f"billed {api.charged} cents for a cap of {CAP} ({api.creates} creates)"
         # the cap is used, not merely respected: as many generations as it pays for were made
         assert api.creates == CAP // api.charge, (api.creates, out, err)
-        assert f"--max-spend $1.00 reached" in err
+        assert "--max-spend $1.00 reached" in err
         # the ledger books what was billed, one create per job, and every paid job was finished
         assert query(ws.root, "SELECT sum(spent_cents), count(*) FROM jobs WHERE remote_task_id IS NOT NULL") == [
             (api.charged, api.creates)]

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from ledger.live import (ConsoleHandler, LiveView, PathCell, PlainView, estimate_eta, make_view, shorten_path)
 from ledger.models import utcnow
-from ledger.pricing import Money, parse_money
+from ledger.money import Money, parse_money
 from ledger.states import State
 from ledger.work.types import Action, Active, EventKind, WorkOptions, WorkSummary
 from tests.terminal import replay
