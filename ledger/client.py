@@ -835,7 +835,6 @@ class SoraClient(ApiClient):
         return [item for item in items if isinstance(item, Mapping)]
 
 
-
 class _Busy(Exception):
     """The pre-flight reached the service, which is busy or failing for now: worth another try."""
 

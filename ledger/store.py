@@ -333,6 +333,20 @@ _AT_THE_API = (State.SUBMITTING.value, State.SUBMITTED.value)
 _BILLED = tuple(s.value for s in (*IN_FLIGHT, State.DONE, State.FAILED))
 
 
+def _in_flight_by_key(conn: Connection, fps: Optional[Sequence[str]] = None) -> Dict[str, int]:
+    """Each key's generations at the API now (``fps``: only these keys; None: every key)."""
+    query = select(jobs.c.key_fp, func.count()).where(jobs.c.state.in_(_AT_THE_API))
+    query = query.where(jobs.c.key_fp.in_(list(fps)) if fps is not None else jobs.c.key_fp.is_not(None))
+    return dict(conn.execute(query.group_by(jobs.c.key_fp)).all())
+
+
+def _spent_by_key(conn: Connection, fps: Optional[Sequence[str]] = None) -> Dict[str, int]:
+    """What each key's jobs cost (the booked cost of each one's latest attempt)."""
+    query = select(jobs.c.key_fp, func.coalesce(func.sum(jobs.c.cost_cents), 0)).where(jobs.c.state.in_(_BILLED))
+    query = query.where(jobs.c.key_fp.in_(list(fps)) if fps is not None else jobs.c.key_fp.is_not(None))
+    return {fp: int(spent) for fp, spent in conn.execute(query.group_by(jobs.c.key_fp)).all()}
+
+
 def _choose_key(conn: Connection, choice: KeyChoice) -> str:
     """The key with the most room among ``choice``'s, counted in the ledger under a lock on the keys'
     rows (PostgreSQL: ``FOR UPDATE``; SQLite: the write transaction is already the only one)."""
@@ -340,12 +354,9 @@ def _choose_key(conn: Connection, choice: KeyChoice) -> str:
     rows = conn.execute(select(api_keys.c.fingerprint, api_keys.c.out_reason).where(api_keys.c.fingerprint.in_(fps))
                         .order_by(api_keys.c.fingerprint).with_for_update()).all()
     out = {fp for fp, reason in rows if reason}
-    busy = dict(conn.execute(select(jobs.c.key_fp, func.count()).where(jobs.c.key_fp.in_(fps))
-                             .where(jobs.c.state.in_(_AT_THE_API)).group_by(jobs.c.key_fp)).all())
+    busy = _in_flight_by_key(conn, fps)
     capped = [fp for fp, _, cap in choice.candidates if cap is not None]
-    spent = dict(conn.execute(select(jobs.c.key_fp, func.coalesce(func.sum(jobs.c.cost_cents), 0))
-                              .where(jobs.c.key_fp.in_(capped)).where(jobs.c.state.in_(_BILLED))
-                              .group_by(jobs.c.key_fp)).all()) if capped else {}
+    spent = _spent_by_key(conn, capped) if capped else {}
     best, room = None, (-1.0, 0)
     for fp, limit, cap in choice.candidates:
         if fp in out or (cap is not None and spent.get(fp, 0) + choice.price > cap):
@@ -432,14 +443,10 @@ class TeamQueries:
     def keys(self) -> List[KeyRow]:
         """Every key recorded, with its generations in flight now and what its jobs cost."""
         with read_tx(self.engine) as conn:
-            busy = dict(conn.execute(select(jobs.c.key_fp, func.count()).where(jobs.c.key_fp.is_not(None))
-                                     .where(jobs.c.state.in_(_AT_THE_API)).group_by(jobs.c.key_fp)).all())
-            spent = dict(conn.execute(select(jobs.c.key_fp, func.coalesce(func.sum(jobs.c.cost_cents), 0))
-                                      .where(jobs.c.key_fp.is_not(None)).where(jobs.c.state.in_(_BILLED))
-                                      .group_by(jobs.c.key_fp)).all())
+            busy, spent = _in_flight_by_key(conn), _spent_by_key(conn)
             rows = conn.execute(select(api_keys).order_by(api_keys.c.provider, api_keys.c.seen_at)).all()
         return [KeyRow(r.fingerprint, r.provider, r.shown, r.concurrency, r.max_spend, r.out_reason, r.out_at,
-                       busy.get(r.fingerprint, 0), int(spent.get(r.fingerprint, 0))) for r in rows]
+                       busy.get(r.fingerprint, 0), spent.get(r.fingerprint, 0)) for r in rows]
 
     def worker_started(self, owner: str, host: str, pid: int, concurrency: int, lease_seconds: float) -> None:
         now = utcnow()

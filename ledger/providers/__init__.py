@@ -90,7 +90,6 @@ class ProviderPool:
                 self._open[cache] = client
             return client
 
-
     def key_choice(self, provider: str, price: int) -> Optional[KeyChoice]:
         """The keys a create of ``provider`` may go out with (team mode), in the order given; None
         when it has no key setting (Kling's access key and secret key sign their own tokens)."""

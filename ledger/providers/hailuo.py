@@ -270,7 +270,6 @@ DEFAULT_PRICES: Mapping[str, float] = {
 BUILT_IN_PRICES = "the built-in price list; HAILUO_PRICES overrides it"
 
 
-
 @dataclass(frozen=True)
 class HailuoTariff:
     """The price list: fen per second of H3 by resolution; fen per Hailuo 2.3 video by resolution
@@ -540,7 +539,6 @@ class Hailuo(ApiClient):
                                   code=code, http_status=status)
         return ApiError(self._redact(f"{where} ({detail})"), code=code, http_status=status)
 
-
     def _preflight_once(self, session: requests.Session, timeouts: Tuple[float, float]) -> Optional[int]:
         """``GET /v2/query/video_generation?page_size=1``: proves the URL, the key and the proxy
         without spending anything. There is no balance to report (None)."""
@@ -572,7 +570,6 @@ class Hailuo(ApiClient):
         if not isinstance(data.get("tasks"), list):
             raise self._not_the_api(resp)
         return None
-
 
 
 def _code(answer: Any) -> Optional[int]:

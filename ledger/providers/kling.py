@@ -605,7 +605,6 @@ class KlingClient(ApiClient):
                                   code=code, http_status=status)
         return ApiError(self._redact(f"{where} ({detail})"), code=code, http_status=status)
 
-
     # --- credentials and the pre-flight -----------------------------------------------------------
 
     def _has_credentials(self) -> bool:
@@ -665,7 +664,6 @@ class KlingClient(ApiClient):
         if fen is None:
             raise self._not_the_api(resp)
         return fen
-
 
 
 def outcome_of(code: Optional[int], http_status: int) -> str:
@@ -737,7 +735,6 @@ def _int_or_none(value: Any) -> Optional[int]:
         return int(value)
     except (TypeError, ValueError):
         return None
-
 
 
 def _note_unknown(word: str) -> str:

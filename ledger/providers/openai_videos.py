@@ -368,8 +368,6 @@ class OpenAIVideos(ApiClient):
         return None
 
 
-
-
 def _poll_after(resp: requests.Response) -> Optional[float]:
     """The ``openai-poll-after-ms`` header in seconds, when it is a positive number."""
     try:

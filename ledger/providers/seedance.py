@@ -511,7 +511,6 @@ class Seedance(ApiClient):
         return None
 
 
-
 _Builder = Callable[[Seedance, str, str, requests.Response, str, str, str], ApiError]
 # How each outcome of ``ERRORS`` is said (its message, and a 429's pause of every call).
 _BUILDERS: Mapping[Type[ApiError], _Builder] = {

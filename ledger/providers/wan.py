@@ -302,7 +302,6 @@ def tariff(settings: Settings) -> PerSecond:
     return PerSecond(MappingProxyType({**DEFAULT_PRICES, **overrides}), source)
 
 
-
 # --- the client --------------------------------------------------------------------------------------
 
 
@@ -563,7 +562,6 @@ class WanClient(ApiClient):
             return ApiError(self._redact(f"{where} ({detail})"), http_status=status)
         return kind(self._redact(f"{where}, {said} ({detail})"), http_status=status)
 
-
     def _preflight_once(self, session: requests.Session, timeouts: Tuple[float, float]) -> Optional[int]:
         """``GET /tasks?page_size=1``: proves the URL, the key and the proxy without spending
         anything. There is no balance to report (None)."""
@@ -594,7 +592,6 @@ class WanClient(ApiClient):
         if not isinstance(data.get("data"), list) and "total" not in data:
             raise self._not_the_api(resp)
         return None
-
 
 
 # How the errors built alike describe themselves.
