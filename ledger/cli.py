@@ -526,7 +526,8 @@ def _work(app: App, settings: Settings, store: Store, pool: ProviderPool, *, pat
             concurrency=settings.max_concurrent_tasks, limit=limit, scope=scope, max_spend=caps,
             poll=PollPolicy.from_settings(settings), retry=RetryPolicy.from_settings(settings),
             polls_per_second=settings.poll_max_per_second, lease_seconds=settings.lease_seconds,
-            reconcile_grace=settings.reconcile_grace_seconds, poll_timeout=settings.poll_timeout_seconds,
+            reconcile_grace=settings.reconcile_grace_seconds,
+            reconcile_skew=settings.reconcile_skew_seconds, poll_timeout=settings.poll_timeout_seconds,
             create_timeout=settings.connect_timeout + settings.read_timeout,
             database_patience=max(10.0, 4 * settings.busy_timeout), api_patience=settings.api_patience_seconds)
         worker = Scheduler(store, pool, options, prices, on_event=view.event, on_tick=view.tick)

@@ -16,6 +16,7 @@ short timeouts, so a wrong URL, key or proxy is one line within seconds, before 
 from __future__ import annotations
 
 import dataclasses
+import email.utils
 import logging
 import math
 import re
@@ -369,6 +370,7 @@ class ApiClient:
         # Since when no connection to the API could be made (None: the last call got through).
         self._unreachable_since: Optional[float] = None
         self.last_unreachable: str = ""
+        self._clock_offset = 0.0
         self._key = api_key
         self._timeout: Tuple[float, float] = (connect_timeout, read_timeout)
         # Given proxies describe the whole proxy setup: a scheme without one goes direct.
@@ -448,6 +450,7 @@ class ApiClient:
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         session.headers["User-Agent"] = self._session.headers["User-Agent"]
+        session.hooks["response"].append(self._note_clock)
         pause = PREFLIGHT_PAUSE
         for _ in range(PREFLIGHT_ATTEMPTS - 1):
             try:
@@ -525,6 +528,29 @@ class ApiClient:
             return {"http": None, "https": None}
         return dict(self._proxies)
 
+    def _note_clock(self, resp: requests.Response, *_args: Any, **_kwargs: Any) -> None:
+        """Read how far this machine's clock is from the API's off its ``Date`` header (whole
+        seconds: an offset under 2 s is not told apart from the header's rounding). Also a
+        ``requests`` response hook, for the pre-flight's own session."""
+        stamp = resp.headers.get("Date")
+        if not stamp:
+            return
+        try:
+            theirs = email.utils.parsedate_to_datetime(stamp)
+        except (TypeError, ValueError, IndexError):
+            return
+        if theirs is None or theirs.tzinfo is None:
+            return
+        # The answer was dated somewhere between sending and its headers arriving: compare with the middle.
+        now = datetime.now(timezone.utc) - resp.elapsed / 2
+        offset = (theirs - now).total_seconds()
+        self._clock_offset = 0.0 if abs(offset) < 2.0 else offset
+
+    def clock_offset(self) -> float:
+        """Seconds the API's clock is ahead of this machine's (negative: behind), as its last
+        dated answer showed; 0 when none did."""
+        return self._clock_offset
+
     def unreachable_for(self) -> float:
         """Seconds since calls stopped reaching the API at all (0 while they get through)."""
         since = self._unreachable_since
@@ -591,6 +617,7 @@ class ApiClient:
             raise self._transport_error(method, path, exc) from exc
         log.debug("%s %s -> HTTP %d in %.2f s", method, path, resp.status_code, time.monotonic() - started)
         self._unreachable_since = None
+        self._note_clock(resp)
         return self._unwrap(method, path, resp)
 
     def _transport_error(self, method: str, path: str, exc: requests.RequestException) -> ApiError:

@@ -209,6 +209,9 @@ class Settings:
     retry_base_delay: float = 30.0
     retry_max_delay: float = 30 * 60
     reconcile_grace_seconds: float = 30.0
+    # How far the API's task timestamps may be off this machine's clock when a lost create's task
+    # is looked for; widened by the offset the API's Date header shows (``ApiClient.clock_offset``).
+    reconcile_skew_seconds: float = 120.0
     lease_seconds: float = 120.0
     api_patience_seconds: float = 60.0
     price_normal_cents: int = 30
@@ -308,6 +311,7 @@ SPECS: Tuple[Tuple[str, str, Callable[[Any], Any]], ...] = (
     ("RETRY_BASE_DELAY", "retry_base_delay", _positive_float),
     ("RETRY_MAX_DELAY", "retry_max_delay", _positive_float),
     ("RECONCILE_GRACE_SECONDS", "reconcile_grace_seconds", _positive_float),
+    ("RECONCILE_SKEW_SECONDS", "reconcile_skew_seconds", _positive_float),
     ("LEASE_SECONDS", "lease_seconds", _positive_float),
     ("API_PATIENCE_SECONDS", "api_patience_seconds", _positive_float),
     ("PRICE_NORMAL_CENTS", "price_normal_cents", _int_at_least(0)),

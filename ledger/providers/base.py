@@ -154,6 +154,9 @@ class Provider(Protocol):
     def preflight(self) -> Optional[int]:
         """One cheap authenticated call before anything is spent: the balance when the API tells it."""
 
+    def clock_offset(self) -> float:
+        """Seconds the API's clock is ahead of this machine's, as its ``Date`` header shows (0: not known)."""
+
     def unreachable_for(self) -> float:
         """Seconds since calls stopped reaching the API (0 while they get through)."""
 

@@ -141,6 +141,9 @@ class SoraHk:
         """``GET /pricing``: the price list."""
         return self.client.pricing()
 
+    def clock_offset(self) -> float:
+        return self.client.clock_offset()
+
     def unreachable_for(self) -> float:
         return self.client.unreachable_for()
 

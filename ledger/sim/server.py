@@ -117,6 +117,9 @@ class SimConfig:
     # does not see it), and a create past the key's limit is refused with a 429.
     keys: Optional[Mapping[str, Optional[int]]] = None
     broke_keys: Tuple[str, ...] = ()  # keys whose creates are refused for lack of balance
+    # Seconds the service's clock runs ahead of this machine's (negative: behind): its task times
+    # and its Date header both show it.
+    clock_offset: float = 0.0
 
 
 @dataclass
@@ -506,7 +509,8 @@ class SimServer:
                 outcome = "error" if self._rng.random() < self.config.fail_rate else "ok"
             task = _Task(task_id=task_id if task_id is not None else self._new_id(), seq=len(self._tasks),
                          prompt=prompt, cost=price, outcome=outcome,
-                         created_wall=datetime.now(SIM_TZ).replace(microsecond=0), created_mono=time.monotonic(),
+                         created_wall=(datetime.now(SIM_TZ) + timedelta(seconds=self.config.clock_offset)
+                                       ).replace(microsecond=0), created_mono=time.monotonic(),
                          **fields)
             self._tasks[task.task_id] = task
             self._stats["tasks_created"] += 1
@@ -653,6 +657,11 @@ class _Handler(BaseHTTPRequestHandler):
         # Record the tunnel a client asked for (an https URL through this "proxy"), then refuse it.
         self.server.sim._record_connect(self.path)
         self._send(502, b"", "text/plain", close=True)
+
+    def date_time_string(self, timestamp: Optional[float] = None) -> str:
+        """The Date header, by the service's clock (``SimConfig.clock_offset``)."""
+        now = time.time() if timestamp is None else timestamp
+        return super().date_time_string(now + self.server.sim.config.clock_offset)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         log.debug("%s %s", self.address_string(), format % args)

@@ -297,8 +297,11 @@ def reconcile(ctx: StepContext, a: Active) -> Next:
     api = api_of(ctx, job)
     api.backoff.wait(ctx.run.abort)
     until = a.answered_at or since + timedelta(seconds=ctx.options.create_timeout)
+    # The window is in this machine's time, the API's task times in its own: a clock its Date
+    # header shows off widens the allowance by that much.
+    skew = ctx.options.reconcile_skew + abs(api.clock_offset())
     search = api.find_tasks(job.params, attempt_ref(job), since.replace(tzinfo=timezone.utc),
-                            until.replace(tzinfo=timezone.utc), skew_seconds=ctx.options.reconcile_skew)
+                            until.replace(tzinfo=timezone.utc), skew_seconds=skew)
     candidates = [t for t in search.tasks if api.same_request(t, job.params)]
     linked = ctx.store.linked_task_ids(t.task_id for t in candidates)
     free = [t for t in candidates if t.task_id not in linked]

@@ -344,3 +344,26 @@ def test_a_ledger_locked_for_good_stops_the_run_and_the_next_run_adopts_the_jour
     assert query(ws.root, "SELECT state, spent_cents FROM jobs") == [("done", 30)]
     assert any("journaled while the ledger was unavailable" in d for (d,) in query(ws.root, "SELECT detail FROM events"))
     assert not journal.exists()
+
+
+@both_protocols
+def test_a_lost_create_on_an_api_whose_clock_runs_ten_minutes_ahead_is_found_not_paid_again(ws, make_sim, work_env):
+    """The look-up's window is in this machine's time, the task's in the API's: with the fixed 120 s
+    allowance a task stamped 10 minutes "later" fell outside it and the job was sent again. The API's
+    Date header shows the offset, and the allowance widens by it."""
+    sim = make_sim(gen_seconds=0.3, clock_offset=600.0)
+    env = {**work_env, **api_env(sim), "RECONCILE_GRACE_SECONDS": "1"}
+    ws.storyboard("storyboard_a.json", segments("the create whose answer is lost, on a skewed API"))
+    sim.inject("create", "lost_create")
+    code, out, errors = finish(spawn(ws.root, env, "run", "--no-progress"))
+    assert code == 0, (out, errors)
+    assert sim.stats()["creates_per_prompt"]["the create whose answer is lost, on a skewed API"] == 1
+    assert query(ws.root, "SELECT state, spent_cents FROM jobs") == [("done", job_price(sim))]
+
+
+def test_reconcile_skew_is_a_setting(ws, make_sim, work_env):
+    """RECONCILE_SKEW_SECONDS widens the window by hand (an API whose answers carry no Date header)."""
+    from ledger.settings import load_settings
+
+    assert load_settings(ws.root, {}).reconcile_skew_seconds == 120.0
+    assert load_settings(ws.root, {"RECONCILE_SKEW_SECONDS": "900"}).reconcile_skew_seconds == 900.0
