@@ -105,7 +105,8 @@ class LedgerGroup(click.Group):
     every other command would pay for importing them."""
 
     LAZY = {"sim": ("ledger.sim.command", "sim"), "workers": ("ledger.team_cli", "workers_command"),
-            "migrate": ("ledger.team_cli", "migrate_command"), "copy-ledger": ("ledger.team_cli", "copy_ledger_command")}
+            "migrate": ("ledger.team_cli", "migrate_command"), "copy-ledger": ("ledger.team_cli", "copy_ledger_command"),
+            "check": ("ledger.check_cli", "check_command")}
 
     def list_commands(self, ctx: click.Context) -> List[str]:
         return sorted([*super().list_commands(ctx), *self.LAZY])

@@ -371,6 +371,7 @@ class ApiClient:
         self._unreachable_since: Optional[float] = None
         self.last_unreachable: str = ""
         self._clock_offset = 0.0
+        self._watchers: List[Callable[[requests.Response], None]] = []
         self._key = api_key
         self._timeout: Tuple[float, float] = (connect_timeout, read_timeout)
         # Given proxies describe the whole proxy setup: a scheme without one goes direct.
@@ -450,7 +451,7 @@ class ApiClient:
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         session.headers["User-Agent"] = self._session.headers["User-Agent"]
-        session.hooks["response"].append(self._note_clock)
+        session.hooks["response"].append(self._seen)
         pause = PREFLIGHT_PAUSE
         for _ in range(PREFLIGHT_ATTEMPTS - 1):
             try:
@@ -528,10 +529,19 @@ class ApiClient:
             return {"http": None, "https": None}
         return dict(self._proxies)
 
-    def _note_clock(self, resp: requests.Response, *_args: Any, **_kwargs: Any) -> None:
+    def watch(self, callback: Callable[[requests.Response], None]) -> None:
+        """Also hand every answer of the API to ``callback`` (``ledger check`` reads their shapes)."""
+        self._watchers.append(callback)
+
+    def _seen(self, resp: requests.Response, *_args: Any, **_kwargs: Any) -> None:
+        """An answer of the API (also a ``requests`` response hook, for the pre-flight's session)."""
+        self._note_clock(resp)
+        for callback in self._watchers:
+            callback(resp)
+
+    def _note_clock(self, resp: requests.Response) -> None:
         """Read how far this machine's clock is from the API's off its ``Date`` header (whole
-        seconds: an offset under 2 s is not told apart from the header's rounding). Also a
-        ``requests`` response hook, for the pre-flight's own session."""
+        seconds: an offset under 2 s is not told apart from the header's rounding)."""
         stamp = resp.headers.get("Date")
         if not stamp:
             return
@@ -617,7 +627,7 @@ class ApiClient:
             raise self._transport_error(method, path, exc) from exc
         log.debug("%s %s -> HTTP %d in %.2f s", method, path, resp.status_code, time.monotonic() - started)
         self._unreachable_since = None
-        self._note_clock(resp)
+        self._seen(resp)
         return self._unwrap(method, path, resp)
 
     def _transport_error(self, method: str, path: str, exc: requests.RequestException) -> ApiError:

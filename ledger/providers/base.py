@@ -157,6 +157,9 @@ class Provider(Protocol):
     def clock_offset(self) -> float:
         """Seconds the API's clock is ahead of this machine's, as its ``Date`` header shows (0: not known)."""
 
+    def watch(self, callback: Callable[[Any], None]) -> None:
+        """Also hand every HTTP answer of the API to ``callback`` (``ledger check``)."""
+
     def unreachable_for(self) -> float:
         """Seconds since calls stopped reaching the API (0 while they get through)."""
 

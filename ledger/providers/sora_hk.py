@@ -144,6 +144,9 @@ class SoraHk:
     def clock_offset(self) -> float:
         return self.client.clock_offset()
 
+    def watch(self, callback: Any) -> None:
+        self.client.watch(callback)
+
     def unreachable_for(self) -> float:
         return self.client.unreachable_for()
 
