@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from rich.text import Text
 from . import __version__
 from .db import database_trouble, driver_errors, open_ledger, require_ledger, sqlite_file, upgrade
 from .errors import (
+    AuthError,
     BudgetExhausted,
     ConfigError,
     DatabaseUnavailable,
@@ -667,7 +669,7 @@ def _preflight(settings: Settings, apis: Sequence[Tuple[str, str]], pool: Provid
         if (provider, base) in skip:
             continue
         try:
-            balance = found.balances[(provider, base)] = pool.get(provider, base).preflight()
+            balance = found.balances[(provider, base)] = _preflight_keys(pool, provider, base)
         except ConfigError as exc:
             if base == configured_base(settings, provider):
                 raise
@@ -678,6 +680,42 @@ def _preflight(settings: Settings, apis: Sequence[Tuple[str, str]], pool: Provid
         log.info("pre-flight: %s (%s) answers; balance %s", base, provider,
                  money(balance, REGISTRY[provider].currency) if balance is not None else "not told")
     return found
+
+
+def _preflight_keys(pool: ProviderPool, provider: str, base: str) -> Optional[int]:
+    """Pre-flight each of ``provider``'s keys in rotation (the balance of the first that answers).
+    A key the API refuses leaves the rotation with one masked line while another key is usable;
+    the run stops (``ConfigError``) only when none is, naming the setting each key came from."""
+    keys = pool.keys.of(provider)
+    if not keys:  # no key setting of its own (Kling's access key and secret key): as configured
+        return pool.get(provider, base).preflight()
+    balance: Optional[int] = None
+    usable = 0
+    refusals: List[str] = []
+    for key in keys:
+        try:
+            answer = pool.get(provider, base, key.fingerprint).preflight()
+        except ConfigError as exc:
+            said = _setting_named(str(exc), REGISTRY[provider].key_env, key.setting)
+            if not isinstance(exc.__cause__, AuthError) or len(keys) == 1:
+                raise ConfigError(said) from exc
+            refusals.append(f"{key.shown} from {key.setting}")
+            status = exc.__cause__.code or exc.__cause__.http_status
+            pool.keys.retire(provider, key.fingerprint, f"refused ({status}) by {base} at the pre-flight, "
+                                                         f"given in {key.setting}")
+            continue
+        balance = answer if usable == 0 else balance
+        usable += 1
+    if not usable:
+        raise ConfigError(f"every {provider} key is refused by {base}: {', '.join(refusals)}")
+    return balance
+
+
+def _setting_named(message: str, default_env: str, setting: str) -> str:
+    """A client's message names the provider's single-key setting; say the one the key came from."""
+    if not setting or setting == default_env:
+        return message
+    return re.sub(rf"\b{re.escape(default_env)}\b(?!S)", setting, message)
 
 
 def _dry_run(settings: Settings, store: Store, pool: ProviderPool, pattern: Optional[str], limit: Optional[int],

@@ -55,6 +55,8 @@ class ApiKey:
     secret: str = field(repr=False)
     limit: Optional[int] = None
     max_spend: Optional[int] = None
+    # Where it was given (``SORA_API_KEYS``, ``config.yaml keys``), for messages about it.
+    setting: str = field(default="", compare=False)
 
     @property
     def fingerprint(self) -> str:
@@ -117,7 +119,7 @@ def keys_from_config(entries: Any, currencies: Mapping[str, str]) -> List[ApiKey
             if currency not in (None, currencies[entry["provider"]]):
                 raise ConfigError(f"{where}: max_spend is in {currency}, the {entry['provider']} provider charges "
                                   f"in {currencies[entry['provider']]}")
-        keys.append(ApiKey(entry["provider"], str(entry["key"]).strip(), limit, cap))
+        keys.append(ApiKey(entry["provider"], str(entry["key"]).strip(), limit, cap, setting="config.yaml keys"))
     return keys
 
 
@@ -153,9 +155,9 @@ class KeyRing:
         for name, registration in REGISTRY.items():
             single = _setting(settings, field_of(registration.key_env))
             if single:
-                keys.append(ApiKey(name, str(single)))
+                keys.append(ApiKey(name, str(single), setting=registration.key_env))
             for secret, limit in settings.option(f"{name}_keys") or ():
-                keys.append(ApiKey(name, secret, limit))
+                keys.append(ApiKey(name, secret, limit, setting=f"{registration.key_env}S"))
         entries = settings.option("keys")
         if entries:
             keys.extend(keys_from_config(entries, {n: r.currency for n, r in REGISTRY.items()}))
@@ -205,6 +207,11 @@ class KeyRing:
                         f"{len(left)} other key(s) go on" if left else "no other key is left")
         return bool(left)
 
+    def out_reasons(self) -> Dict[str, str]:
+        """The keys out of rotation here (``fingerprint -> reason``)."""
+        with self._lock:
+            return dict(self._out)
+
     def retired(self, fps: Mapping[str, str]) -> None:
         """Keys another machine took out of rotation (``fingerprint -> reason``)."""
         with self._lock:
@@ -219,4 +226,4 @@ def _limits_of_repeats(keys: List[ApiKey]) -> List[ApiKey]:
         limit, cap = limits.get((key.provider, key.secret), (None, None))
         limits[(key.provider, key.secret)] = (limit if limit is not None else key.limit,
                                               cap if cap is not None else key.max_spend)
-    return [ApiKey(k.provider, k.secret, *limits[(k.provider, k.secret)]) for k in keys]
+    return [ApiKey(k.provider, k.secret, *limits[(k.provider, k.secret)], setting=k.setting) for k in keys]

@@ -363,6 +363,8 @@ class Scheduler:
         if keys is not None and self._own_keys() is not None:
             self._ledger(lambda: self.store.register_keys(
                 (k.fingerprint, k.provider, mask_key(k.secret)[:64], k.limit, k.max_spend) for k in keys.all()), None)
+            for fp, reason in keys.out_reasons().items():  # refused at this run's pre-flight: out for everyone
+                self._ledger(lambda fp=fp, reason=reason: self.store.retire_key(fp, reason[:500]), None)
 
     def _heartbeat(self) -> None:
         """Every lease renewal: the worker is alive; keys another machine took out of rotation are

@@ -269,3 +269,30 @@ def test_a_key_with_a_spend_cap_stops_taking_creates_at_its_cap(ws, make_sim, wo
     listed = json.loads(ws.cli("workers", "--json", env=env).output)["keys"]
     assert {(k["fingerprint"], k["spent"], k["max_spend"]) for k in listed} == {
         (fingerprint(KEY_A), "$0.60", "$0.60"), (fingerprint(KEY_B), "$1.50", None)}
+
+
+def test_a_refused_first_key_leaves_the_rotation_at_the_pre_flight_and_the_team_goes_on(ws, make_sim, work_env):
+    """`SORA_API_KEYS=BAD@2,GOOD@3`: the pre-flight used to try only the first key and stop the whole
+    run (exit 3, 0 of 6 made), naming SORA_API_KEY, which was not set. Every key is pre-flighted; the
+    refused one leaves rotation with one masked line and the good one makes all six."""
+    sim = make_sim(gen_seconds=0.1, api_key=None, keys={KEY_B: 3})
+    env = team_env(sim, work_env, f"{KEY_X}@2,{KEY_B}@3", MAX_CONCURRENT_TASKS="3")
+    ws.storyboard("storyboard_p.json", segments(*[f"pre-flight shot {i}" for i in range(6)]))
+    result = ws.cli("run", "--no-progress", env=env)
+    assert result.exit_code == 0, result.output
+    assert sim.stats()["tasks_by_key"] == {KEY_B: 6}
+    lines = [line for line in result.output.splitlines() if fingerprint(KEY_X) in line]
+    assert len(lines) == 1 and "SORA_API_KEYS" in lines[0] and "taken out of rotation" in lines[0], result.output
+    assert KEY_X not in result.output and KEY_X[5:] not in result.output
+
+
+def test_when_no_key_is_usable_the_message_names_the_setting_the_keys_came_from(ws, make_sim, work_env):
+    sim = make_sim(gen_seconds=0.1, api_key=None, keys={KEY_B: 3})
+    ws.storyboard("storyboard_p.json", segments("never made"))
+    result = ws.cli("run", "--no-progress", env=team_env(sim, work_env, f"{KEY_X}@2"))
+    assert result.exit_code == 3, result.output
+    assert "SORA_API_KEYS" in result.output and "SORA_API_KEY " not in result.output + " ", result.output
+    assert KEY_X not in result.output and sim.stats()["tasks_created"] == 0
+    result = ws.cli("run", "--no-progress", env=team_env(sim, work_env, f"{KEY_X}@2,{KEY_A}@1"))
+    assert result.exit_code == 3, result.output
+    assert "every sora_hk key is refused" in result.output and fingerprint(KEY_A) in result.output
