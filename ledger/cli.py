@@ -620,6 +620,14 @@ def _render_summary(s: WorkSummary) -> None:
     if s.still_generating:
         out.print(f"{plural(s.still_generating, 'job')} still generating remotely; their task ids are kept — "
                   f"run `ledger work` again to collect them (nothing is paid twice).", markup=False)
+    for count, fp, shown, why in s.waiting_for_keys:
+        key = f"{shown} (key {fp})" if shown else f"key {fp}"
+        if why:
+            out.print(f"{plural(count, 'paid job')} wait for {key}, out of rotation: {why}; they are collected "
+                      f"with that key only, once the API accepts it again.", markup=False)
+        else:
+            out.print(f"{plural(count, 'paid job')} wait for {key}, which is not given here; add it back "
+                      f"to collect them (no other key can see their tasks).", markup=False)
 
 
 def _raise_for(summary: WorkSummary) -> None:

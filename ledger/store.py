@@ -856,6 +856,20 @@ class Store(TeamQueries):
                                             .where(jobs.c.state.in_([s.value for s in IN_FLIGHT]))
                                             .where(~unresolved))).scalar_one()
 
+    def waiting_for_keys(self, scope: "JobScope", own: Sequence[str]) -> List[Tuple[int, str, str, Optional[str]]]:
+        """Paid jobs in ``scope`` that wait for a key this machine does not use — not given here
+        (``own``: the keys in rotation), or out of rotation — as (jobs, fingerprint, the key as
+        shown, why it is out) per key; an unresolved lost create is not counted: it has no task."""
+        unresolved = and_(jobs.c.state == State.SUBMITTING.value, func.coalesce(jobs.c.error_kind, "") == "unresolved")
+        query = (select(func.count(), jobs.c.key_fp, api_keys.c.shown, api_keys.c.out_reason)
+                 .select_from(jobs.outerjoin(api_keys, api_keys.c.fingerprint == jobs.c.key_fp))
+                 .where(jobs.c.state.in_([s.value for s in IN_FLIGHT])).where(~unresolved)
+                 .where(jobs.c.key_fp.is_not(None))
+                 .where(or_(jobs.c.key_fp.not_in(list(own)), api_keys.c.out_reason.is_not(None)))
+                 .group_by(jobs.c.key_fp, api_keys.c.shown, api_keys.c.out_reason).order_by(jobs.c.key_fp))
+        with read_tx(self.engine) as conn:
+            return [(int(n), fp, shown or "", why) for n, fp, shown, why in conn.execute(scope.apply(query)).all()]
+
     def renew(self, owner: str, ids: Iterable[int], lease_seconds: float) -> Set[int]:
         """Extend ``owner``'s leases on ``ids``; returns the ids it still holds."""
         ids = list(ids)

@@ -98,9 +98,10 @@ class ProviderPool:
         return KeyChoice([(k.fingerprint, k.limit, k.max_spend) for k in self.keys.of(provider)], price)
 
     def own_keys(self) -> Optional[List[str]]:
-        """Team mode (a provider with several keys, or limits): the keys in rotation here, whose jobs
-        this machine may poll; None otherwise (a job of a key since replaced goes on with the new one)."""
-        return self.keys.own() if any(self.keys.several(name) for name in REGISTRY) else None
+        """The keys in rotation here, whose jobs this machine may poll (None: no key is given — Kling's
+        access key and secret key). A job created with another key is never polled with one of
+        these: a reseller's key sees only its own tasks, and a 404 there would fail a paid job."""
+        return self.keys.own() if self.keys.all() else None
 
     def opened(self) -> List[Provider]:
         """Every client opened so far."""

@@ -414,7 +414,11 @@ class Scheduler:
             self.ctx.journal.remove()
         self._ledger(lambda: self.store.worker_stopped(self.owner), None)
         summary = self.summary
-        summary.still_generating = self._ledger(lambda: self.store.count_in_flight(self.options.scope), 0)
+        own = self._own_keys()
+        mine = dataclasses.replace(self.options.scope, own_keys=own)
+        summary.still_generating = self._ledger(lambda: self.store.count_in_flight(mine), 0)
+        if own is not None:
+            summary.waiting_for_keys = self._ledger(lambda: self.store.waiting_for_keys(self.options.scope, own), [])
         summary.pending_left = self._ledger(lambda: sum(self.store.pending_by_price(self.options.scope).values()), 0)
 
     def _replay_journals(self) -> None:

@@ -178,6 +178,8 @@ class WorkSummary:
     still_generating: int = 0
     pending_left: int = 0
     unresolved: int = 0  # lost creates whose look-up could not cover its time window
+    # Paid jobs left for a key this machine does not use: (jobs, fingerprint, key as shown, why it is out).
+    waiting_for_keys: List[Tuple[int, str, str, Optional[str]]] = field(default_factory=list)
     stopped: Optional[Stop] = None
     stop_detail: str = ""
     failures: List[Tuple[str, str, str]] = field(default_factory=list)

@@ -296,3 +296,31 @@ def test_when_no_key_is_usable_the_message_names_the_setting_the_keys_came_from(
     result = ws.cli("run", "--no-progress", env=team_env(sim, work_env, f"{KEY_X}@2,{KEY_A}@1"))
     assert result.exit_code == 3, result.output
     assert "every sora_hk key is refused" in result.output and fingerprint(KEY_A) in result.output
+
+
+def test_a_key_removed_between_runs_parks_its_paid_jobs_until_it_is_back(ws, make_sim, work_env):
+    """Run with keys A and B, stopped while B's generations run; run again with A only: B's tasks
+    used to be polled with A, answer 404 and fail as task_not_found (and `requeue` paid again).
+    They wait, untouched, and the run says so once; with B back they are collected, paid once."""
+    sim = make_sim(gen_seconds=2.5, api_key=None, keys={KEY_A: 2, KEY_B: 2})
+    ws.storyboard("storyboard_g.json", segments(*[f"gone key shot {i}" for i in range(4)]))
+    both = team_env(sim, work_env, f"{KEY_A}@2,{KEY_B}@2", MAX_CONCURRENT_TASKS="4")
+    assert ws.cli("scan", env=both).exit_code == 0
+    first = spawn(ws.root, both, "work", "--no-progress")
+    wait_or_tell(lambda: sim.stats()["tasks_created"] == 4, [first], "four creates")
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=60)
+    assert sim.stats()["tasks_by_key"] == {KEY_A: 2, KEY_B: 2}
+    only_a = {**team_env(sim, work_env, "", MAX_CONCURRENT_TASKS="4"), "SORA_API_KEY": KEY_A}  # one plain key
+    result = ws.cli("work", "--no-progress", env=only_a)
+    assert result.exit_code == 0, result.output
+    states = dict(query(ws.root, "SELECT key_fp, group_concat(state) FROM jobs GROUP BY key_fp"))
+    assert states == {fingerprint(KEY_A): "done,done", fingerprint(KEY_B): "submitted,submitted"}, result.output
+    waiting = [line for line in result.output.splitlines() if fingerprint(KEY_B) in line]
+    assert len(waiting) == 1 and "2 paid jobs wait for" in waiting[0] and "add it back" in waiting[0], result.output
+    assert "run `ledger work` again to collect" not in result.output
+    assert KEY_B not in result.output
+    result = ws.cli("work", "--no-progress", env=both)
+    assert result.exit_code == 0, result.output
+    assert query(ws.root, "SELECT state, count(*) FROM jobs GROUP BY state") == [("done", 4)]
+    assert sim.stats()["tasks_created"] == 4  # nothing paid twice
