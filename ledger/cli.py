@@ -469,6 +469,11 @@ def _spend_caps(given: Sequence[Tuple[int, Optional[str]]], currencies: Sequence
                 raise UsageError(f"--max-spend {amount / 100:g}: several currencies are in play ({', '.join(in_play)}); "
                                  f"give each cap its currency, e.g. --max-spend '$5' --max-spend ¥50 (quoted: a shell reads $5 as a variable)")
             currency = in_play[0]
+        elif currency not in in_play:
+            raise UsageError(f"--max-spend {money(amount, currency)}: no job of this run is priced in {currency} — "
+                             f"it would limit nothing; the run pays in {', '.join(in_play)}: give the cap in that "
+                             f"currency (a bare --max-spend {amount / 100:g} is in {in_play[0]})" if len(in_play) == 1
+                             else "currency")
         if currency in caps:
             raise UsageError(f"--max-spend names {currency} twice ({money(caps[currency], currency)} and "
                              f"{money(amount, currency)})")

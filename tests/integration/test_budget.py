@@ -44,3 +44,20 @@ def test_max_spend_holds_however_slow_the_create_answers_are(ws, case, concurren
         assert query(ws.root, "SELECT sum(spent_cents), count(*) FROM jobs WHERE remote_task_id IS NOT NULL") == [
             (api.charged, api.creates)]
         assert query(ws.root, "SELECT count(*) FROM jobs WHERE state = 'done'") == [(api.creates,)]
+
+
+@pytest.mark.parametrize("command", [("run",), ("run", "--dry-run"), ("work",)])
+def test_a_cap_in_a_currency_no_job_is_priced_in_is_refused_before_anything_is_paid(ws, command):
+    """On a run priced in dollars, `--max-spend ¥5` used to pay on without limit (and the dry run
+    said "--max-spend ¥1.00 covers it" for a $1.80 plan): a cap that limits nothing is exit 2."""
+    with FakeApi(gen_seconds=0.1, protocol="sora_hk", charge=30, listed=30) as api:
+        ws.storyboard("storyboard_a.json", segments(*[f"shot {i}" for i in range(6)]))
+        env = {**api.env(), "GEN_COUNT_PER_SEGMENT": "1", "POLL_MIN_INTERVAL": "0.05"}
+        if command == ("work",):
+            assert ws.cli("scan", env=env).exit_code == 0
+        proc = spawn(ws.root, env, *command, "--no-progress", "--max-spend", "¥5")
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2, (out, err)
+        assert api.creates == 0
+        (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+        assert "¥5.00" in line and "CNY" in line and "USD" in line and "limit nothing" in line, line
