@@ -47,7 +47,7 @@ from .settings import OUTPUT_MODES, Settings, load_settings
 from .states import ALL_STATES, State
 from .store import JobRow, JobScope, Store
 from . import export as exporting
-from . import quickstart, refs
+from . import destinations, quickstart, refs
 from .store import (PickRefused, clear_pick, job_by_key, pick_counts, pick_rows, record_pick, segment_pick,
                     storyboards_by_suffix, takes)
 from .storyboard import ledger_path
@@ -525,6 +525,10 @@ def _work(app: App, settings: Settings, store: Store, pool: ProviderPool, *, pat
     earlier = checked or Preflight({}, [])
     left_out = earlier.left_out + _preflight(settings, apis, pool, skip=earlier.checked).left_out
     scope = dataclasses.replace(scope, skip_apis=left_out)
+    moved, folders = destinations.follow_settings(settings, app.cwd, store, scope)
+    if moved:
+        log.info("%d job(s) without their video yet go to the output folder the settings give now", moved)
+    destinations.prove_writable(folders, destinations.output_root(settings, app.cwd))
     with make_view(err, plain=no_progress, stdout_is_terminal=out.is_terminal) as view:
         # GET /pricing of the sora.hk API new jobs go to, when any do.
         sora_api = (DEFAULT_PROVIDER, configured_base(settings, DEFAULT_PROVIDER))

@@ -754,6 +754,28 @@ class Store(TeamQueries):
 
     # work ----------------------------------------------------------------------------------
 
+    def unfinished_targets(self, scope: "JobScope") -> List[Tuple[int, str, int, str, State, Optional[str]]]:
+        """Jobs in ``scope`` without their video that no worker holds: (id, storyboard path,
+        segment, target folder, state, the storyboard's remembered output mode)."""
+        states = [State.PENDING.value, State.SUBMITTING.value, State.SUBMITTED.value, State.FAILED.value]
+        query = (select(jobs.c.id, storyboards.c.path, jobs.c.segment_index, jobs.c.target_dir, jobs.c.state,
+                        storyboards.c.output_mode)
+                 .join_from(jobs, storyboards, jobs.c.storyboard_id == storyboards.c.id)
+                 .where(jobs.c.state.in_(states), jobs.c.lease_owner.is_(None), jobs.c.video_path.is_(None)))
+        with read_tx(self.engine) as conn:
+            return [(r[0], r[1], r[2], r[3], State(r[4]), r[5]) for r in conn.execute(scope.apply(query)).all()]
+
+    def retarget(self, moves: Sequence[Tuple[int, State, str, str]]) -> int:
+        """Send jobs ((id, state, old folder, new folder) each) to another output folder; a job that
+        moved on meanwhile is left as it is. Returns how many moved."""
+        changes = [JobChange(job_id, state, state, {"target_dir": new}, f"output folder changed: {old} -> {new}")
+                   for job_id, state, old, new in moves]
+        moved = 0
+        for start in range(0, len(changes), CHUNK):
+            batch = changes[start:start + CHUNK]
+            moved += len(batch) - len(self._apply_changes_now(batch))
+        return moved
+
     def storyboard_ids(self, pattern: str) -> List[int]:
         """Ids of the storyboards whose stored path (or file name) matches the glob ``pattern``."""
         with read_tx(self.engine) as conn:
