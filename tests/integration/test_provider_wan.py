@@ -68,19 +68,20 @@ def test_a_run_makes_every_video_asynchronously_with_the_first_frame_and_wan_pri
     assert result.exit_code == 0, result.output
     assert_all_done_and_whole(ws, sim, 3)
     bodies = {t.prompt: t.extra["body"] for t in sim.tasks_newest_first()}
-    assert bodies["the lantern in the rain"] == {
-        "model": "wan2.7-i2v", "input": {"prompt": "the lantern in the rain", "img_url": IMAGE},
-        "parameters": {"size": "1280*720", "duration": 10, "watermark": False}}
+    assert bodies["the lantern in the rain"] == {  # wan2.7 speaks the media protocol: no img_url, no size
+        "model": "wan2.7-i2v", "input": {"prompt": "the lantern in the rain",
+                                         "media": [{"type": "first_frame", "url": IMAGE}]},
+        "parameters": {"resolution": "720P", "duration": 10, "watermark": False}}
     assert bodies["lanterns rising"] == {
         "model": "wan2.7-t2v", "input": {"prompt": "lanterns rising", "negative_prompt": "text"},
-        "parameters": {"size": "1080*1920", "duration": 5, "watermark": False, "seed": 7}}
+        "parameters": {"resolution": "1080P", "ratio": "9:16", "duration": 5, "watermark": False, "seed": 7}}
     # 720P x 5 s x 0.6 + 720P x 10 s x 0.6 + 1080P x 5 s x 1.0 yuan: booked in fen, as billed
     assert dict(query(ws.root, "SELECT segment_index, spent_cents FROM jobs")) == {1: 300, 2: 600, 3: 500}
     assert charged(sim) == 1400 and "paid ¥14.00 for 3 generations" in result.output
 
 
 def test_a_create_without_the_async_header_is_refused_and_costs_nothing(sim, wan_client):
-    body = {"model": "wan2.7-t2v", "input": {"prompt": "sync, please"}, "parameters": {"size": "1280*720"}}
+    body = {"model": "wan2.7-t2v", "input": {"prompt": "sync, please"}, "parameters": {"resolution": "720P"}}
     url = sim.base_url + "/services/aigc/video-generation/video-synthesis"
     refused = requests.post(url, json=body, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=5)
     assert refused.status_code == 403 and refused.json()["code"] == "AccessDenied"
@@ -281,7 +282,7 @@ def test_the_price_is_per_second_by_model_and_resolution(ws, sim, work_env):
 
 def test_values_a_wan_model_does_not_take_are_scan_errors_naming_the_allowed_ones(ws, sim, work_env):
     ws.storyboard("storyboard_w.json", {"defaults": {"provider": "wan"}, "segments": [
-        {"segment_index": 1, "prompt_text": "a", "duration_seconds": 8},
+        {"segment_index": 1, "prompt_text": "a", "duration_seconds": 16},
         {"segment_index": 2, "prompt_text": "b", "resolution": "832x480"},
         {"segment_index": 3, "prompt_text": "c", "model": "wan2.7-i2v"},
         {"segment_index": 4, "prompt_text": "d", "wan": {"resolution": "480P"}},
@@ -291,17 +292,19 @@ def test_values_a_wan_model_does_not_take_are_scan_errors_naming_the_allowed_one
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("invalid: ")]
     assert lines == [
-        "invalid: input/storyboard_w.json: /segments/0/duration_seconds: duration 8s is not offered by wan2.7-t2v on "
-        "the wan provider; use one of 5, 10",
+        "invalid: input/storyboard_w.json: /segments/0/duration_seconds: duration 16s is not offered by wan2.7-t2v on "
+        "the wan provider; use one of 2 to 15",
         "invalid: input/storyboard_w.json: /segments/1/resolution: resolution '832x480' is not offered by wan2.7-t2v "
-        "on the wan provider; use one of 'horizontal', 'vertical', '1280x720', '720x1280', '1920x1080', '1080x1920'",
+        "on the wan provider; use one of 'horizontal', 'vertical', '1280x720', '720x1280', '960x960', '1088x832', "
+        "'832x1088', '1920x1080', '1080x1920', '1440x1440', '1632x1248', '1248x1632'",
         "invalid: input/storyboard_w.json: /segments/2/model: model 'wan2.7-i2v' makes a video from a first frame: "
         "give the segment an image_url, or use a text-to-video model ('wan2.7-t2v')",
         "invalid: input/storyboard_w.json: /segments/3/wan: wan.resolution '480P' is not offered by wan2.7-t2v; use "
         "one of '720P', '1080P'",
         "invalid: input/storyboard_w.json: /segments/4/wan: unknown option 'fps' for the wan provider (it takes "
-        "'negative_prompt', 'prompt_extend', 'resolution', 'seed', 'watermark')",
+        "'negative_prompt', 'prompt_extend', 'ratio', 'resolution', 'seed', 'watermark')",
         "invalid: input/storyboard_w.json: /segments/5/model: model 'wan9' is not offered by the wan provider; use "
-        "one of 'wan2.7-t2v', 'wan2.7-i2v', 'wan3.0-video', 'happyhorse-1.1-t2v', 'happyhorse-1.1-i2v'",
+        "one of 'wan2.6-t2v', 'wan2.6-i2v', 'wan2.7-t2v', 'wan2.7-i2v', 'wan3.0-video', 'happyhorse-1.1-t2v', "
+        "'happyhorse-1.1-i2v'",
     ]
     assert query(ws.root, "SELECT count(*) FROM jobs") == [(0,)]
