@@ -491,6 +491,12 @@ class WanClient(ApiClient):
         then each task there whose prompt is not known yet asked for its ``orig_prompt``. Covered
         only when every page was read and every task there told its prompt."""
         model = str(params["model"])
+        if _aware(since) - timedelta(seconds=skew_seconds) < datetime.now(timezone.utc) - timedelta(seconds=RETENTION):
+            # The API has dropped what was made then: an empty window proves nothing, and sending
+            # again may pay twice. Asking later cannot change that.
+            return TaskSearch([], False, 0, f"the create was sent more than {RETENTION / 3600:g} h ago, and "
+                                            "DashScope keeps tasks no longer: the batch query cannot show whether it "
+                                            "made one", final=True)
         start, end = _query_window(since, until, skew_seconds)
         items, pages, reason = self._read_window(model, start, end)
         wanted = str(params["prompt"]).strip()

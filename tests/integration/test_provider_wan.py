@@ -132,6 +132,33 @@ def test_a_lost_create_stays_unresolved_when_tasks_do_not_tell_their_prompt(ws, 
     assert query(ws.root, "SELECT state, error_kind FROM jobs") == [("submitting", "unresolved")]
 
 
+def test_a_lost_create_looked_up_after_the_24_hours_dashscope_keeps_tasks_stays_unresolved_never_sent_again(
+        ws, make_sim, work_env, monkeypatch):
+    """The create's answer was lost and the look-up could not decide; the next look-up comes a day
+    later, when DashScope has dropped the task: its time window reads empty, which proves nothing."""
+    monkeypatch.setattr(PROTOCOL, "shows_orig_prompt", False)
+    sim = make_sim(gen_seconds=0.3)
+    env = {**work_env, **api_env(sim), "MAX_ATTEMPTS": "2"}
+    ws.storyboard("storyboard_a.json", segments("lost, then left for a day"))
+    sim.inject("create", "lost_create")
+    code, out, errors = finish(spawn(ws.root, env, "run", "--no-progress"))
+    assert code == 0, (out, errors)
+    assert query(ws.root, "SELECT state, error_kind FROM jobs") == [("submitting", "unresolved")]
+    monkeypatch.setattr(PROTOCOL, "shows_orig_prompt", True)
+    (made,) = sim.tasks_newest_first()
+    sim.forget(made.task_id)  # past its 24 h: the batch query no longer lists it
+    with closing(sqlite3.connect(ws.root / "ledger.db")) as ledger, ledger:
+        (was,) = ledger.execute("SELECT submitting_at FROM jobs").fetchone()
+        earlier = datetime.fromisoformat(was) - timedelta(hours=25)
+        ledger.execute("UPDATE jobs SET submitting_at = ?", (earlier.isoformat(sep=" "),))
+    code, out, errors = finish(spawn(ws.root, env, "work", "--no-progress"))
+    assert code == 0, (out, errors)
+    assert sim.stats()["creates_received"] == 1 and sim.stats()["tasks_created"] == 1  # never paid twice
+    ((state, kind, reason),) = query(ws.root, "SELECT state, error_kind, error_message FROM jobs")
+    assert (state, kind) == ("submitting", "unresolved"), reason
+    assert "more than 24 h ago" in reason and "DashScope keeps tasks no longer" in reason, reason
+
+
 def test_a_content_policy_refusal_ends_failed_with_the_apis_message_and_costs_nothing(ws, sim, work_env):
     ws.storyboard("storyboard_a.json", segments("[policy-reject] something the moderation refuses", "a calm sea"))
     result = ws.cli("run", "--no-progress", env=work_env)
