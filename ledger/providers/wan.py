@@ -533,18 +533,24 @@ class WanClient(ApiClient):
 
     def _read_window(self, model: str, start: datetime, end: datetime) -> Tuple[List[Mapping[str, Any]], int, str]:
         """Every entry of the batch query for ``model`` made from ``start`` to ``end``, the pages
-        read, and why the reading is incomplete ("" when it reached the end)."""
+        read, and why the reading is incomplete ("" when it reached the end). The zone of
+        ``start_time`` / ``end_time`` is not documented: the query asks from the start read as UTC
+        to the end read as China time, which holds the window whichever zone the API reads (the
+        entries outside it are left out by their ``gmt_create``)."""
         seen: Dict[str, Mapping[str, Any]] = {}
         for page_no in range(1, SEARCH_PAGES + 1):
-            items, more = self._page({"start_time": start.strftime(WINDOW_FORMAT),
-                                      "end_time": end.strftime(WINDOW_FORMAT), "model_name": model,
-                                      "page_no": page_no, "page_size": LIST_LIMIT})
+            data, items = self._page_answer({"start_time": start.astimezone(timezone.utc).strftime(WINDOW_FORMAT),
+                                             "end_time": end.astimezone(SERVICE_TZ).strftime(WINDOW_FORMAT),
+                                             "model_name": model, "page_no": page_no, "page_size": LIST_LIMIT})
             fresh = {task_id: item for task_id, item in _by_id(items).items() if task_id not in seen}
             if items and not fresh:
                 return list(seen.values()), page_no, (f"the batch query answered page {page_no} with the tasks of an "
                                                       "earlier page: it cannot be read to its end")
             seen.update(fresh)
-            if not more:
+            # The entries read so far, not the page size asked for, tell whether more follow: the
+            # API may answer fewer per page than asked.
+            total = _int_or_none(data.get("total"))
+            if not items or (total is not None and len(seen) >= total) or (total is None and not _more(data, items)):
                 return list(seen.values()), page_no, ""
         return list(seen.values()), SEARCH_PAGES, f"read {SEARCH_PAGES} pages of the batch query without its end"
 
@@ -566,16 +572,18 @@ class WanClient(ApiClient):
 
     def _page(self, query: Mapping[str, Any]) -> Tuple[List[Mapping[str, Any]], bool]:
         """One page of the batch query: its entries, and whether more pages follow."""
+        data, items = self._page_answer(query)
+        return items, _more(data, items)
+
+    def _page_answer(self, query: Mapping[str, Any]) -> Tuple[Mapping[str, Any], List[Mapping[str, Any]]]:
+        """One page of the batch query: the answer, and its entries."""
         data = self._call("GET", "/tasks", params=query)
         items = data.get("data")
         if items is None and "total" in data:
             items = []
         if not isinstance(items, list):
             raise TransientError(self._redact(f"GET /tasks: unexpected page shape: {_snippet(repr(dict(data)))}"))
-        entries = [item for item in items if isinstance(item, Mapping)]
-        total = _int_or_none(data.get("total"))
-        seen = (int(query["page_no"]) - 1) * int(query["page_size"]) + len(items)
-        return entries, seen < total if total is not None else len(items) >= int(query["page_size"])
+        return data, [item for item in items if isinstance(item, Mapping)]
 
     def _task(self, output: Mapping[str, Any], data: Mapping[str, Any]) -> RemoteTask:
         """A task as ``output`` (and the answer's ``usage``) describes it."""
@@ -698,6 +706,24 @@ def _error_kind(method: str, path: str, code: str, status: int) -> Optional[Type
     if kind is TaskNotFound and not (method == "GET" and path.startswith("/tasks/")):
         return None  # a 404 elsewhere is a wrong URL, not a task the API lost
     return kind
+
+
+def _more(data: Mapping[str, Any], items: List[Mapping[str, Any]]) -> bool:
+    """Whether pages follow a page of the batch query, by what the answer holds (not by what was
+    asked: the API may cap ``page_size``): ``total_page``, else ``total`` over the answer's own page
+    size (the entries of a full page when it tells none); an answer that tells neither is read
+    until a page comes back empty."""
+    if not items:
+        return False
+    page_no = _int_or_none(data.get("page_no")) or 1
+    pages = _int_or_none(data.get("total_page"))
+    if pages is not None:
+        return page_no < pages
+    total = _int_or_none(data.get("total"))
+    if total is None:
+        return True
+    size = max(_int_or_none(data.get("page_size")) or 0, len(items))
+    return (page_no - 1) * size + len(items) < total
 
 
 def _by_id(items: List[Mapping[str, Any]]) -> Dict[str, Mapping[str, Any]]:

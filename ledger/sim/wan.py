@@ -12,6 +12,10 @@ attribute switches it (a test sets it on ``PROTOCOL``):
 * ``shows_orig_prompt`` (True): ``GET /tasks/{id}`` tells the task's ``orig_prompt`` at every
   status. False: it never does, so a lost create cannot be told apart from the account's other tasks.
 * ``arrearage_status`` (400): the HTTP status of ``Arrearage``; 403 is the other reading.
+* ``page_cap`` (None): the most entries one page of the batch query holds, whatever ``page_size``
+  asked for (the answer's ``page_size`` and ``total_page`` say the capped size).
+* ``window_zone`` (None: China time): the zone the batch query reads ``start_time`` / ``end_time``
+  in (``timezone.utc`` is the other reading; the documentation names none).
 """
 from __future__ import annotations
 
@@ -225,6 +229,8 @@ class WanProtocol(SimProtocol):
     key_hint = "PROVIDER=wan, DASHSCOPE_BASE_URL={url} and DASHSCOPE_API_KEY={key}"
     shows_orig_prompt = True
     arrearage_status = 400
+    page_cap: Optional[int] = None
+    window_zone: Any = None
 
     def __init__(self) -> None:
         # The server gives ``route`` the method and path and ``authorise`` only the headers: the
@@ -285,8 +291,9 @@ class WanProtocol(SimProtocol):
         one = {name: values[0] for name, values in query.items() if values}
         try:
             page_no, page_size = int(one.get("page_no", "1")), int(one.get("page_size", "10"))
-            start = _window_time(one["start_time"], SIM_TZ) if "start_time" in one else None
-            end = _window_time(one["end_time"], SIM_TZ) if "end_time" in one else None
+            zone = self.window_zone or SIM_TZ
+            start = _window_time(one["start_time"], zone) if "start_time" in one else None
+            end = _window_time(one["end_time"], zone) if "end_time" in one else None
         except ValueError:
             return error("InvalidParameter", "page_no and page_size must be integers, start_time and end_time "
                                              "YYYYMMDDhhmmss")
@@ -296,6 +303,7 @@ class WanProtocol(SimProtocol):
                    if (start is None or task.created_wall >= start) and (end is None or task.created_wall <= end)
                    and one.get("model_name", task.model) == task.model]
         entries = [e for e in entries if one.get("status", e["status"]) == e["status"]]
+        page_size = min(page_size, self.page_cap or page_size)
         first = 0 if sim.config.list_ignores_page else (page_no - 1) * page_size
         return json_reply(200, {"request_id": str(uuid.uuid4()), "data": entries[first:first + page_size],
                                 "total": len(entries), "total_page": math.ceil(len(entries) / page_size),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from contextlib import closing
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Iterator
 
 import pytest
@@ -109,6 +109,30 @@ def test_a_lost_create_is_found_by_the_batch_query_and_the_tasks_orig_prompt(ws,
     assert query(ws.root, "SELECT state, remote_task_id, spent_cents FROM jobs") == [("done", mine, job_price(sim))]
     assert charged(sim) == 151 * job_price(sim)  # ours once, and the other client's
     assert any("found the lost create's task" in d for (d,) in query(ws.root, "SELECT detail FROM events"))
+
+
+@pytest.mark.parametrize("reading", [{"page_cap": 10}, {"window_zone": timezone.utc}], ids=["capped", "utc"])
+def test_a_lost_create_is_found_whatever_page_size_the_batch_query_answers_and_zone_it_reads(
+        ws, make_sim, work_env, monkeypatch, reading):
+    """Two facts the documentation leaves open: the batch query answers 10 per page though 100
+    were asked (it says so in page_size / total_page), or reads start_time / end_time as UTC."""
+    for name, value in reading.items():
+        monkeypatch.setattr(PROTOCOL, name, value)
+    sim = make_sim(gen_seconds=0.3)
+    env = {**work_env, **api_env(sim), "RECONCILE_GRACE_SECONDS": "1"}
+    ws.storyboard("storyboard_a.json", segments("lost under 40 newer tasks"))
+    sim.inject("create", "lost_create")
+    proc = spawn(ws.root, env, "run", "--no-progress")
+    deadline = time.monotonic() + 20
+    while not sim.stats()["tasks_created"]:
+        assert time.monotonic() < deadline, "the lost create never arrived"
+        time.sleep(0.02)
+    for i in range(40):  # newer: the create's task is on the batch query's last page
+        sim.create_external(f"another client's shot {i}")
+    code, out, errors = finish(proc)
+    assert code == 0, (out, errors)
+    assert sim.stats()["creates_per_prompt"]["lost under 40 newer tasks"] == 1  # found, not paid twice
+    assert query(ws.root, "SELECT state FROM jobs") == [("done",)]
 
 
 def test_a_lost_create_stays_unresolved_when_tasks_do_not_tell_their_prompt(ws, make_sim, work_env, monkeypatch):
