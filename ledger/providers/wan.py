@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import re
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -47,6 +48,10 @@ CREATE_PATH = "/services/aigc/video-generation/video-synthesis"
 ASYNC_HEADER = "X-DashScope-Async"  # "enable": required on the create; the create is refused without it
 RETENTION = 24 * 3600.0  # a task and its video URL expire 24 h after it was made
 LIST_LIMIT = 100  # [I] the largest page_size of the batch query
+# Task look-ups a search for a lost create sends a second: DashScope allows an account 20 task
+# queries a second (help.aliyun.com/zh/model-studio/manage-asynchronous-tasks); the rest is left
+# to the polls of the jobs in flight.
+LOOKUP_RATE = 15.0
 SEARCH_PAGES = 100  # batch query pages one look-up reads at most (10,000 tasks of one model in one window)
 WINDOW_FORMAT = "%Y%m%d%H%M%S"  # the batch query's start_time / end_time, in China time
 
@@ -391,25 +396,45 @@ def tariff(settings: Settings) -> PerSecond:
 
 
 class _Prompts:
-    """The prompt of each task id this client sent or was told (a task's prompt never changes), so
-    a look-up asks each task at most once. Bounded; safe to share between threads."""
+    """What each task id this client sent or was told says its prompt is (a task's prompt never
+    changes; ``SILENT``: the task does not tell it), so a run asks each task at most once however
+    many look-ups its window falls in. Bounded; safe to share between threads."""
 
     LIMIT = 20_000
+    SILENT = ""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._known: "OrderedDict[str, str]" = OrderedDict()
 
-    def learn(self, task_id: str, prompt: str) -> None:
+    def learn(self, task_id: str, prompt: Optional[str]) -> None:
         with self._lock:
-            self._known[task_id] = prompt
+            self._known[task_id] = self.SILENT if prompt is None else prompt
             self._known.move_to_end(task_id)
             if len(self._known) > self.LIMIT:
                 self._known.popitem(last=False)
 
     def get(self, task_id: str) -> Optional[str]:
+        """The prompt, ``SILENT``, or None when the task was never asked."""
         with self._lock:
             return self._known.get(task_id)
+
+
+class _Pace:
+    """At most ``rate`` calls a second, spaced evenly, across threads."""
+
+    def __init__(self, rate: float) -> None:
+        self._gap = 1.0 / rate
+        self._lock = threading.Lock()
+        self._next = 0.0
+
+    def wait(self) -> None:
+        with self._lock:
+            at = max(time.monotonic(), self._next)
+            self._next = at + self._gap
+        delay = at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
 
 
 class WanClient(ApiClient):
@@ -433,6 +458,7 @@ class WanClient(ApiClient):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._prompts = _Prompts()
+        self._lookup_pace = _Pace(LOOKUP_RATE)
 
     @classmethod
     def open(cls, settings: Settings, base_url: Optional[str] = None, pool_size: Optional[int] = None) -> "WanClient":
@@ -561,11 +587,13 @@ class WanClient(ApiClient):
             return None  # it cannot be asked (nor recorded), but it may be the create's
         known = self._prompts.get(task_id)
         if known is not None:
-            return dataclasses.replace(self._listed(item), prompt=known)
+            return dataclasses.replace(self._listed(item), prompt=known or None)
+        self._lookup_pace.wait()
         try:
             task = self.get(task_id)
         except TaskNotFound:
             return None
+        self._prompts.learn(task_id, task.prompt)
         return dataclasses.replace(task, raw=MappingProxyType({**item, **task.raw}))
 
     # --- answers -----------------------------------------------------------------------------------

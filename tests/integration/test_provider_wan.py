@@ -4,6 +4,8 @@ create found by the batch query and each task's orig_prompt (or left unresolved 
 tell it), the error codes, ids that expire after 24 h, and prices per second by resolution."""
 from __future__ import annotations
 
+import json
+import re
 import sqlite3
 import time
 from contextlib import closing
@@ -359,3 +361,39 @@ def test_values_a_wan_model_does_not_take_are_scan_errors_naming_the_allowed_one
         "'happyhorse-1.1-i2v'",
     ]
     assert query(ws.root, "SELECT count(*) FROM jobs") == [(0,)]
+
+
+def test_a_search_for_lost_creates_asks_each_task_once_per_run_and_under_dashscopes_20_queries_a_second(httpserver):
+    """A busy account: 40 other tasks in the window of two lost creates. Each is asked for its
+    prompt once (also the ones that do not tell it), and never more than 20 a second."""
+    from werkzeug.wrappers import Response
+
+    now = datetime.now(timezone.utc)
+    made = int((now - timedelta(seconds=5)).timestamp() * 1000)
+    ids = [f"0b0e3c52-0000-4000-8000-{i:012d}" for i in range(40)]
+    page = {"request_id": "r", "data": [{"task_id": t, "status": "SUCCEEDED", "model_name": "wan2.7-t2v",
+                                         "gmt_create": made} for t in ids],
+            "total": 40, "total_page": 1, "page_no": 1, "page_size": 100}
+    asked: list = []
+
+    def task(request):
+        asked.append(time.monotonic())
+        task_id = request.path.rsplit("/", 1)[1]
+        output = {"task_id": task_id, "task_status": "SUCCEEDED", "video_url": "https://example.com/v.mp4"}
+        if int(task_id[-1]) % 2:  # half of them do not tell their prompt
+            output["orig_prompt"] = f"someone else's {task_id}"
+        return Response(json.dumps({"request_id": "r", "output": output}), content_type="application/json")
+
+    httpserver.expect_request("/api/v1/tasks").respond_with_json(page)
+    httpserver.expect_request(re.compile(r"^/api/v1/tasks/.+$")).respond_with_handler(task)
+    client = WanClient(httpserver.url_for("/api/v1"), API_KEY, backoff_factor=0.001, connect_timeout=2.0,
+                       read_timeout=5.0)
+    try:
+        for prompt in ("the first lost create", "the second lost create"):
+            search = client.find_tasks(params_for(prompt), "", now - timedelta(seconds=10), now)
+            assert search.tasks == [] and not search.covered  # 20 of them cannot tell: it stays open
+    finally:
+        client.close()
+    assert len(asked) == 40  # once each, not once per look-up
+    busiest = max(sum(1 for t in asked if start <= t < start + 1.0) for start in asked)
+    assert busiest <= 20, f"{busiest} task queries in one second"
