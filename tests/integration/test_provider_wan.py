@@ -102,14 +102,14 @@ def test_a_lost_create_is_found_by_the_batch_query_and_the_tasks_orig_prompt(ws,
     while not sim.stats()["tasks_created"]:
         assert time.monotonic() < deadline, "the lost create never arrived"
         time.sleep(0.02)
-    for i in range(150):  # another client of the account, same model, same minute: two pages of candidates
+    for i in range(110):  # another client of the account, same model, same minute: two pages of candidates
         sim.create_external(f"another client's shot {i}")
     code, out, errors = finish(proc)
     assert code == 0, (out, errors)
     assert sim.stats()["creates_per_prompt"]["the create whose answer is lost"] == 1
     (mine,) = [t.task_id for t in sim.tasks_newest_first() if t.prompt == "the create whose answer is lost"]
     assert query(ws.root, "SELECT state, remote_task_id, spent_cents FROM jobs") == [("done", mine, job_price(sim))]
-    assert charged(sim) == 151 * job_price(sim)  # ours once, and the other client's
+    assert charged(sim) == 111 * job_price(sim)  # ours once, and the other client's
     assert any("found the lost create's task" in d for (d,) in query(ws.root, "SELECT detail FROM events"))
 
 
@@ -122,18 +122,18 @@ def test_a_lost_create_is_found_whatever_page_size_the_batch_query_answers_and_z
         monkeypatch.setattr(PROTOCOL, name, value)
     sim = make_sim(gen_seconds=0.3)
     env = {**work_env, **api_env(sim), "RECONCILE_GRACE_SECONDS": "1"}
-    ws.storyboard("storyboard_a.json", segments("lost under 40 newer tasks"))
+    ws.storyboard("storyboard_a.json", segments("lost under 25 newer tasks"))
     sim.inject("create", "lost_create")
     proc = spawn(ws.root, env, "run", "--no-progress")
     deadline = time.monotonic() + 20
     while not sim.stats()["tasks_created"]:
         assert time.monotonic() < deadline, "the lost create never arrived"
         time.sleep(0.02)
-    for i in range(40):  # newer: the create's task is on the batch query's last page
+    for i in range(25):  # newer: the create's task is on the batch query's last page
         sim.create_external(f"another client's shot {i}")
     code, out, errors = finish(proc)
     assert code == 0, (out, errors)
-    assert sim.stats()["creates_per_prompt"]["lost under 40 newer tasks"] == 1  # found, not paid twice
+    assert sim.stats()["creates_per_prompt"]["lost under 25 newer tasks"] == 1  # found, not paid twice
     assert query(ws.root, "SELECT state FROM jobs") == [("done",)]
 
 
