@@ -314,9 +314,10 @@ class WanProtocol(SimProtocol):
         status, _, ends_at = sim.timeline(task)
         created = int(task.created_wall.timestamp() * 1000)
         done = status in ("completed", "failed")
-        return {"task_id": task.task_id, "status": self._word(sim, status), "model_name": task.model,
-                "gmt_create": created, "end_time": created + int(ends_at * 1000) if done else None,
-                "region": "cn-beijing"}
+        return {"task_id": task.task_id, "request_id": task.task_id, "status": self._word(sim, status),
+                "model_name": task.model, "gmt_create": created, "start_time": created,
+                "end_time": created + int(ends_at * 1000) if done else None, "region": "cn-beijing",
+                "api_key_id": "1", "caller_uid": "1", "caller_parent_id": "1", "user_api_unique_key": "apikey:v1:1"}
 
     def view(self, sim: Any, task: Any, origin: str) -> Dict[str, Any]:
         from .server import GENERATION_FAILED_MESSAGE
@@ -335,7 +336,8 @@ class WanProtocol(SimProtocol):
             output["video_url"] = sim.signed_url(task.task_id, origin)
             if self.shows_orig_prompt:
                 output["actual_prompt"] = task.prompt
-            answer["usage"] = {"video_duration": task.duration, "video_count": 1}
+            answer["usage"] = {"video_duration": task.duration, "video_count": 1,
+                               "SR": int(str(task.resolution).rstrip("P") or 720)}
         elif status == "failed":
             output.update(code=FAILED_CODE, message=GENERATION_FAILED_MESSAGE)
         return answer
