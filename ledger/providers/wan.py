@@ -10,9 +10,17 @@ whose entries carry no prompt; errors are ``{"request_id", "code", "message"}`` 
 status. There is no client reference ("do not create duplicate tasks, poll instead"), no balance
 endpoint and no price in any answer: the prices are data (yuan per second by model and resolution).
 
+The create speaks one of two protocols by model (``MODELS``): wan2.6 the legacy one (``input.img_url``,
+``parameters.size``), wan2.7 / wan3.0 / HappyHorse the new one (``input.media``,
+``parameters.resolution`` + ``ratio``); ``tests/contracts/wan`` holds the documented exchanges and
+``tests/contracts/test_wan_sdk.py`` checks the requests against Alibaba's ``dashscope`` SDK.
+
 A create whose answer is lost is looked for in the batch query of its time window, and each task
-found there that could be it is asked for its ``orig_prompt``: a task that does not tell its prompt
-leaves the search open (the job stays unresolved, nothing is sent again).
+found there that could be it is asked for its ``orig_prompt`` (once per run, under the account's 20
+queries a second): a task that does not tell its prompt leaves the search open (the job stays
+unresolved, nothing is sent again), and so does a create sent longer ago than the 24 h DashScope
+keeps tasks. What the documentation leaves open is read both ways: the page size the batch query
+really answers, the zone of its window.
 """
 from __future__ import annotations
 
