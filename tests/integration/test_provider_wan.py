@@ -82,6 +82,22 @@ def test_a_run_makes_every_video_asynchronously_with_the_first_frame_and_wan_pri
     assert charged(sim) == 1400 and "paid ¥14.00 for 3 generations" in result.output
 
 
+def test_wan26_still_speaks_the_legacy_protocol_end_to_end(ws, sim, work_env):
+    ws.storyboard("storyboard_a.json", {"defaults": {"provider": "wan", "model": "wan2.6-t2v"}, "segments": [
+        {"segment_index": 1, "prompt_text": "a kite", "duration_seconds": 15, "resolution": "vertical"},
+        {"segment_index": 2, "prompt_text": "the kite lands", "image_url": IMAGE, "quality": "high"}]})
+    result = ws.cli("run", "--no-progress", env=work_env)
+    assert result.exit_code == 0, result.output
+    assert_all_done_and_whole(ws, sim, 2)
+    bodies = {t.prompt: t.extra["body"] for t in sim.tasks_newest_first()}
+    assert bodies == {
+        "a kite": {"model": "wan2.6-t2v", "input": {"prompt": "a kite"},
+                   "parameters": {"size": "720*1280", "duration": 15, "watermark": False}},
+        "the kite lands": {"model": "wan2.6-i2v", "input": {"prompt": "the kite lands", "img_url": IMAGE},
+                           "parameters": {"resolution": "1080P", "duration": 5, "watermark": False}}}
+    assert dict(query(ws.root, "SELECT segment_index, spent_cents FROM jobs")) == {1: 900, 2: 500}
+
+
 def test_a_create_without_the_async_header_is_refused_and_costs_nothing(sim, wan_client):
     body = {"model": "wan2.7-t2v", "input": {"prompt": "sync, please"}, "parameters": {"resolution": "720P"}}
     url = sim.base_url + "/services/aigc/video-generation/video-synthesis"
