@@ -139,8 +139,8 @@ SIZES_27 = ("'horizontal', 'vertical', '1280x720', '720x1280', '960x960', '1088x
     ({"model": "wan3.0-video", "is_pro": False}, [Mismatch("model", "model 'wan3.0-video' is the Pro model, but "
                                                                     "is_pro is false; drop one of the two")]),
     ({"model": "wan2.5-t2v"}, [Mismatch("model", "model 'wan2.5-t2v' is not offered by the wan provider; use one of "
-                                                 "'wan2.6-t2v', 'wan2.6-i2v', 'wan2.7-t2v', 'wan2.7-i2v', 'wan3.0-video', "
-                                                 "'happyhorse-1.1-t2v', 'happyhorse-1.1-i2v'")]),
+                                                 "'wan2.6-t2v', 'wan2.6-i2v', 'wan2.7-t2v', 'wan2.7-i2v', "
+                                                 "'wan3.0-video', 'happyhorse-1.1-t2v', 'happyhorse-1.1-i2v'")]),
     ({"duration": 16, "resolution": "640x480"}, [
         Mismatch("duration_seconds", "duration 16s is not offered by wan2.7-t2v on the wan provider; use one of 2 to "
                                      "15"),
@@ -168,8 +168,8 @@ def test_the_storyboard_block_is_checked_by_the_providers_schema(tmp_path: Path)
     problems = " | ".join(p.message for p in parsed.problems)
     assert not parsed.valid
     assert problems == ("-1 is less than the minimum of 0 | unknown option 'fps' for the wan provider (it takes "
-                        "'negative_prompt', 'prompt_extend', 'ratio', 'resolution', 'seed', 'watermark') | '4K' is not allowed "
-                        "here; use one of '480P', '720P', '1080P'")
+                        "'negative_prompt', 'prompt_extend', 'ratio', 'resolution', 'seed', 'watermark') | '4K' is not "
+                        "allowed here; use one of '480P', '720P', '1080P'")
 
 
 @pytest.mark.parametrize("key, fen", [
