@@ -10,9 +10,17 @@ whose entries carry no prompt; errors are ``{"request_id", "code", "message"}`` 
 status. There is no client reference ("do not create duplicate tasks, poll instead"), no balance
 endpoint and no price in any answer: the prices are data (yuan per second by model and resolution).
 
+The create speaks one of two protocols by model (``MODELS``): wan2.6 the legacy one (``input.img_url``,
+``parameters.size``), wan2.7 / wan3.0 / HappyHorse the new one (``input.media``,
+``parameters.resolution`` + ``ratio``); ``tests/contracts/wan`` holds the documented exchanges and
+``tests/contracts/test_wan_sdk.py`` checks the requests against Alibaba's ``dashscope`` SDK.
+
 A create whose answer is lost is looked for in the batch query of its time window, and each task
-found there that could be it is asked for its ``orig_prompt``: a task that does not tell its prompt
-leaves the search open (the job stays unresolved, nothing is sent again).
+found there that could be it is asked for its ``orig_prompt`` (once per run, under the account's 20
+queries a second): a task that does not tell its prompt leaves the search open (the job stays
+unresolved, nothing is sent again), and so does a create sent longer ago than the 24 h DashScope
+keeps tasks. What the documentation leaves open is read both ways: the page size the batch query
+really answers, the zone of its window.
 """
 from __future__ import annotations
 
@@ -20,6 +28,7 @@ import dataclasses
 import logging
 import re
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -47,25 +56,53 @@ CREATE_PATH = "/services/aigc/video-generation/video-synthesis"
 ASYNC_HEADER = "X-DashScope-Async"  # "enable": required on the create; the create is refused without it
 RETENTION = 24 * 3600.0  # a task and its video URL expire 24 h after it was made
 LIST_LIMIT = 100  # [I] the largest page_size of the batch query
+# Task look-ups a search for a lost create sends a second: DashScope allows an account 20 task
+# queries a second (help.aliyun.com/zh/model-studio/manage-asynchronous-tasks); the rest is left
+# to the polls of the jobs in flight.
+LOOKUP_RATE = 15.0
 SEARCH_PAGES = 100  # batch query pages one look-up reads at most (10,000 tasks of one model in one window)
 WINDOW_FORMAT = "%Y%m%d%H%M%S"  # the batch query's start_time / end_time, in China time
 
 # --- the models, as data ---------------------------------------------------------------------------
 
-# The API's WIDTH*HEIGHT of each resolution tier: (horizontal 16:9, vertical 9:16).
-SIZES: Mapping[str, Tuple[str, str]] = {"480P": ("832*480", "480*832"), "720P": ("1280*720", "720*1280"),
-                                        "1080P": ("1920*1080", "1080*1920")}
-ORIENTATIONS = ("horizontal", "vertical")
+# DashScope's video synthesis speaks two protocols on the same path, chosen by the model:
+# LEGACY (wan2.6 and older): the first frame is ``input.img_url``; a text-to-video request names its
+# ``parameters.size`` (``"1280*720"``), an image-to-video one its ``parameters.resolution`` tier (the
+# frame sets the aspect ratio). Sources: help.aliyun.com/zh/model-studio/text-to-video-api-reference
+# and image-to-video-api-reference (wan2.6, read 2026-12-07), the dashscope SDK's
+# ``VideoSynthesis.async_call(img_url=, size=, resolution=)`` (pypi:dashscope==2.0.2).
+# MEDIA (wan2.7, wan3.0, HappyHorse): the first frame is ``input.media: [{"type": "first_frame",
+# "url": …}]``, the size is ``parameters.resolution`` (``720P``…) plus, without a frame,
+# ``parameters.ratio``; ``img_url`` and ``size`` are not this protocol's. Sources:
+# alibabacloud.com/help/tc/model-studio/text-to-video-api-reference ("此介面為新版協議,僅支援wan2.7模型"),
+# platform.qianwenai.com/docs/api-reference/video-generation/wan27-image-to-video/create-task (the
+# wan2.7-i2v create: media + resolution, no ratio), docs.comfy.org …/wan/wan2-7-i2v (media types of
+# wan2.7 / wan3.0; HappyHorse's i2v takes its frame as media, not img_url), the SDK's
+# ``VideoSynthesis.MediaType.FIRST_FRAME`` and ``media=`` / ``resolution=`` / ``ratio=``.
+LEGACY, MEDIA = "legacy", "media"
+
+# The API's WIDTH*HEIGHT of each legacy tier and ratio (wan2.6-t2v's ``size`` list,
+# help.aliyun.com text-to-video-api-reference; 480P is only 16:9 and 9:16 there).
+LEGACY_SIZES: Mapping[Tuple[str, str], str] = {
+    ("480P", "16:9"): "832*480", ("480P", "9:16"): "480*832",
+    ("720P", "16:9"): "1280*720", ("720P", "9:16"): "720*1280", ("720P", "1:1"): "960*960",
+    ("720P", "4:3"): "1088*832", ("720P", "3:4"): "832*1088",
+    ("1080P", "16:9"): "1920*1080", ("1080P", "9:16"): "1080*1920", ("1080P", "1:1"): "1440*1440",
+    ("1080P", "4:3"): "1632*1248", ("1080P", "3:4"): "1248*1632",
+}
+TIERS = ("480P", "720P", "1080P")
+RATIOS = ("16:9", "9:16", "1:1", "4:3", "3:4")  # ``parameters.ratio`` of the media protocol
+ORIENTATIONS: Mapping[str, str] = {"horizontal": "16:9", "vertical": "9:16"}
 # The tier ``quality`` asks for when neither a size nor the block's ``resolution`` names one.
 QUALITY_TIERS: Mapping[str, str] = {"normal": "720P", "high": "1080P"}
-DURATIONS = (5, 10)  # [I] seconds, every model
 DEFAULT_DURATION = 5
 
 
 @dataclass(frozen=True)
 class Model:
     """One model: the price list it is in, whether it is the Pro one, its resolution tiers, the
-    model a request with a first frame (``image_url``) goes to, and whether it needs one."""
+    model a request with a first frame (``image_url``) goes to, whether it needs one, the protocol
+    it speaks and the seconds it takes."""
 
     name: str
     family: str
@@ -73,33 +110,45 @@ class Model:
     tiers: Tuple[str, ...]
     first_frame: str
     needs_image: bool = False
+    protocol: str = MEDIA
+    durations: Tuple[int, ...] = (5, 10)
 
 
-_ALL_TIERS = tuple(SIZES)
+_HD = ("720P", "1080P")
 MODELS: Mapping[str, Model] = {m.name: m for m in (
-    Model("wan2.7-t2v", "wan2.7", False, ("720P", "1080P"), first_frame="wan2.7-i2v"),
-    Model("wan2.7-i2v", "wan2.7", False, ("720P", "1080P"), first_frame="wan2.7-i2v", needs_image=True),
-    Model("wan3.0-video", "wan3.0", True, _ALL_TIERS, first_frame="wan3.0-video"),  # takes an image itself
+    # wan2.6, legacy: 720P / 1080P, 5, 10 or 15 s (help.aliyun.com text-to-video and image-to-video API
+    # references; gateways agree: docs.sinancode.com wan2-image-to-video, docs.gmicloud.ai wan2-6-i2v).
+    Model("wan2.6-t2v", "wan2.6", False, _HD, first_frame="wan2.6-i2v", protocol=LEGACY, durations=(5, 10, 15)),
+    Model("wan2.6-i2v", "wan2.6", False, _HD, first_frame="wan2.6-i2v", needs_image=True, protocol=LEGACY,
+          durations=(5, 10, 15)),
+    # wan2.7: 720P / 1080P, any whole 2 to 15 s (alibabacloud.com/help/en/model-studio/wan-image-to-video-guide,
+    # "video durations from 2 to 15 seconds in integer values"; the text-to-video API reference).
+    Model("wan2.7-t2v", "wan2.7", False, _HD, first_frame="wan2.7-i2v", durations=tuple(range(2, 16))),
+    Model("wan2.7-i2v", "wan2.7", False, _HD, first_frame="wan2.7-i2v", needs_image=True,
+          durations=tuple(range(2, 16))),
+    # [I] wan3.0's and HappyHorse 1.1's seconds are not in a source read: 5 and 10, as before. Their
+    # tiers are the price list's (ArcReel, /work/shared/video-apis-facts.md); their protocol is media
+    # (docs.comfy.org wan2-7-i2v: wan3.0-video's media types; HappyHorse i2v's frame "as a media item").
+    Model("wan3.0-video", "wan3.0", True, TIERS, first_frame="wan3.0-video"),  # takes a first frame itself
     # [I] HappyHorse 1.1's names follow Wan's t2v / i2v pattern.
-    Model("happyhorse-1.1-t2v", "happyhorse-1.1", False, _ALL_TIERS, first_frame="happyhorse-1.1-i2v"),
-    Model("happyhorse-1.1-i2v", "happyhorse-1.1", False, _ALL_TIERS, first_frame="happyhorse-1.1-i2v",
-          needs_image=True),
+    Model("happyhorse-1.1-t2v", "happyhorse-1.1", False, TIERS, first_frame="happyhorse-1.1-i2v"),
+    Model("happyhorse-1.1-i2v", "happyhorse-1.1", False, TIERS, first_frame="happyhorse-1.1-i2v", needs_image=True),
 )}
 NORMAL, PRO = "wan2.7-t2v", "wan3.0-video"
 FAMILIES = tuple(dict.fromkeys(m.family for m in MODELS.values()))
-# A storyboard size WIDTHxHEIGHT → (its tier, the API's WIDTH*HEIGHT).
+# A storyboard size WIDTHxHEIGHT → (its tier, its ratio): the legacy sizes, read the same for both protocols.
 STORYBOARD_SIZES: Mapping[str, Tuple[str, str]] = {
-    size.replace("*", "x"): (tier, size) for tier, pair in SIZES.items() for size in pair}
+    size.replace("*", "x"): pair for pair, size in LEGACY_SIZES.items()}
 
 
-def _resolutions(tiers: Tuple[str, ...]) -> Dict[str, str]:
-    """The storyboard ``resolution`` values a model takes → what is sent (a size for a size)."""
-    sizes = {shown: size for shown, (tier, size) in STORYBOARD_SIZES.items() if tier in tiers}
-    return {**{word: word for word in ORIENTATIONS}, **sizes}
+def _resolutions(model: Model) -> Dict[str, str]:
+    """The storyboard ``resolution`` values a model takes → the ratio they stand for."""
+    sizes = {shown: ratio for shown, (tier, ratio) in STORYBOARD_SIZES.items() if tier in model.tiers}
+    return {**ORIENTATIONS, **sizes}
 
 
 _CHOICES: Mapping[str, ModelRules] = {
-    m.name: ModelRules(m.name, m.pro, DURATIONS, DEFAULT_DURATION, _resolutions(m.tiers)) for m in MODELS.values()}
+    m.name: ModelRules(m.name, m.pro, m.durations, DEFAULT_DURATION, _resolutions(m)) for m in MODELS.values()}
 
 # Every status word of ``output.task_status`` (and of the batch query's ``status``). GONE: the task
 # id expired (or never existed): the task and its video are gone. An unknown word is not finished.
@@ -132,7 +181,10 @@ _unknown_lock = threading.Lock()
 
 STORYBOARD_OPTIONS: Mapping[str, Any] = {"properties": {
     "resolution": {"description": "The resolution tier (otherwise quality picks it: normal 720P, high 1080P).",
-                   "enum": list(SIZES)},
+                   "enum": list(TIERS)},
+    "ratio": {"description": "The aspect ratio of a video made without a first frame (otherwise the segment's "
+                             "resolution picks it: horizontal 16:9, vertical 9:16); a first frame sets its own.",
+              "enum": list(RATIOS)},
     "prompt_extend": {"description": "Let the API rewrite the prompt before generating.", "type": "boolean"},
     "seed": {"type": "integer", "minimum": 0, "maximum": 2147483647},
     "negative_prompt": {"description": "What the video must not show.", "type": "string", "maxLength": 500},
@@ -143,10 +195,12 @@ STORYBOARD_OPTIONS: Mapping[str, Any] = {"properties": {
 
 class WanRules:
     """Storyboard fields → a video-synthesis request: ``model`` / ``is_pro`` pick the model (an
-    ``image_url`` sends a text-to-video request to its image-to-video sibling, as ``img_url``, the
-    first frame), ``resolution`` the orientation or a size, ``quality`` (or the block's
-    ``resolution``) the tier, ``duration_seconds`` the seconds; the ``"wan"`` block adds
-    ``prompt_extend``, ``seed``, ``negative_prompt`` and ``watermark``."""
+    ``image_url`` sends a text-to-video request to its image-to-video sibling, with the first
+    frame), ``resolution`` the orientation or a size, ``quality`` (or the block's ``resolution``)
+    the tier, the block's ``ratio`` the aspect ratio, ``duration_seconds`` the seconds; the ``"wan"``
+    block adds ``prompt_extend``, ``seed``, ``negative_prompt`` and ``watermark``. The parameters
+    keep the tier (``resolution``), the ``ratio`` of a video without a first frame and, for the
+    legacy protocol, its ``size``: ``request_body`` writes them in the model's protocol."""
 
     name = NAME
 
@@ -156,18 +210,23 @@ class WanRules:
         if isinstance(chosen, Mismatch):
             return [chosen]
         model = MODELS[chosen[0]]
-        seconds = DEFAULT_DURATION if request.duration is None else request.duration
-        sized = _tier_and_size(model, request)
-        problems = [m for m in (_image_problem(model, request), _duration_problem(model, seconds),
-                                sized if isinstance(sized, Mismatch) else None) if m]
-        if problems or isinstance(sized, Mismatch):
-            return problems
         sent = MODELS[model.first_frame] if request.image_url else model
+        seconds = DEFAULT_DURATION if request.duration is None else request.duration
+        shaped = _tier_and_ratio(sent, request)
+        problems = [m for m in (_image_problem(model, request), _duration_problem(sent, seconds),
+                                shaped if isinstance(shaped, Mismatch) else None) if m]
+        if problems or isinstance(shaped, Mismatch):
+            return problems
+        tier, ratio = shaped
         params: Dict[str, Any] = {"provider": NAME, "model": sent.name, "prompt": request.prompt, "duration": seconds,
-                                  "resolution": sized[0], "size": sized[1], "is_pro": sent.pro,
-                                  "watermark": not request.remove_watermark, **_block_options(request.options)}
+                                  "resolution": tier, "is_pro": sent.pro, "watermark": not request.remove_watermark,
+                                  **_block_options(request.options)}
         if request.image_url:
             params["image_url"] = request.image_url
+        else:
+            params["ratio"] = ratio
+            if sent.protocol == LEGACY:
+                params["size"] = LEGACY_SIZES[(tier, ratio)]
         return Mapped(params, sent.pro, self.price_key(params))
 
     def price_key(self, params: Mapping[str, Any]) -> str:
@@ -186,22 +245,35 @@ def _image_problem(model: Model, request: Request) -> Optional[Mismatch]:
 
 
 def _duration_problem(model: Model, seconds: int) -> Optional[Mismatch]:
-    if seconds in DURATIONS:
+    if seconds in model.durations:
         return None
+    offered = (f"{model.durations[0]} to {model.durations[-1]}" if len(model.durations) > 3
+               else ", ".join(map(str, model.durations)))
     return Mismatch("duration_seconds", f"duration {seconds}s is not offered by {model.name} on the {NAME} provider; "
-                                        f"use one of {', '.join(map(str, DURATIONS))}")
+                                        f"use one of {offered}")
 
 
-def _tier_and_size(model: Model, request: Request) -> Union[Tuple[str, str], Mismatch]:
-    """(tier, WIDTH*HEIGHT): a size names both; an orientation takes the block's tier, else quality's."""
+def _tier_and_ratio(model: Model, request: Request) -> Union[Tuple[str, str], Mismatch]:
+    """(tier, ratio): a size names both; an orientation takes the block's tier, else quality's, and
+    the block's ratio, else its own. A first frame sets the ratio itself: the block cannot name one."""
     block = request.options.get("resolution")
-    block = block if block in SIZES else None  # a wrong value is the schema's error, reported already
+    block = block if block in TIERS else None  # a wrong value is the schema's error, reported already
+    block_ratio = request.options.get("ratio")
+    block_ratio = block_ratio if block_ratio in RATIOS else None
+    if block_ratio is not None and request.image_url:
+        return Mismatch(NAME, f"{NAME}.ratio {block_ratio!r}: the first frame (image_url) sets the ratio of "
+                              f"{model.name}'s video; drop {NAME}.ratio")
     if request.resolution in ORIENTATIONS:
         tier = block or QUALITY_TIERS.get(request.quality, QUALITY_TIERS["normal"])
         if tier not in model.tiers:
             return Mismatch(NAME, f"{NAME}.resolution {tier!r} is not offered by {model.name}; use one of "
                                   f"{', '.join(map(repr, model.tiers))}")
-        return tier, SIZES[tier][ORIENTATIONS.index(request.resolution)]
+        ratio = block_ratio or ORIENTATIONS[request.resolution]
+        if model.protocol == LEGACY and not request.image_url and (tier, ratio) not in LEGACY_SIZES:
+            ratios = [r for t, r in LEGACY_SIZES if t == tier]
+            return Mismatch(NAME, f"{NAME}.ratio {ratio!r} is not offered by {model.name} at {tier}; use one of "
+                                  f"{', '.join(map(repr, ratios))}")
+        return tier, ratio
     named = STORYBOARD_SIZES.get(request.resolution)
     if named is None or named[0] not in model.tiers:
         offered = ", ".join(map(repr, _CHOICES[model.name].resolutions))
@@ -210,6 +282,9 @@ def _tier_and_size(model: Model, request: Request) -> Union[Tuple[str, str], Mis
     if block is not None and block != named[0]:
         return Mismatch("resolution", f"resolution {request.resolution!r} is {named[0]}, but {NAME}.resolution is "
                                       f"{block}; drop one of the two")
+    if block_ratio is not None and block_ratio != named[1]:
+        return Mismatch("resolution", f"resolution {request.resolution!r} is {named[1]}, but {NAME}.ratio is "
+                                      f"{block_ratio}; drop one of the two")
     return named
 
 
@@ -221,23 +296,46 @@ def _block_options(options: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def request_body(params: Mapping[str, Any]) -> Dict[str, Any]:
-    """The JSON body of the create for stored parameters. The first frame is ``input.img_url``; the
-    negative prompt goes in ``input`` too, as in every copy of DashScope's video-synthesis format."""
+    """The JSON body of the create for stored parameters, in the model's protocol (``MODELS``): the
+    first frame is ``input.img_url`` (legacy) or a ``first_frame`` entry of ``input.media``; the
+    size is ``parameters.size`` (legacy, text) or the tier ``parameters.resolution`` with, without a
+    frame, ``parameters.ratio``. Parameters stored before the ratio was kept give it by their size.
+    The negative prompt goes in ``input``, as in every copy of DashScope's video-synthesis format."""
+    model = MODELS.get(str(params["model"]))
+    legacy = model is not None and model.protocol == LEGACY
+    image = params.get("image_url")
     given: Dict[str, Any] = {"prompt": params["prompt"]}
-    if params.get("image_url"):
-        given["img_url"] = params["image_url"]
+    parameters: Dict[str, Any] = {}
+    if legacy and image:
+        given["img_url"] = image
+        parameters["resolution"] = params["resolution"]
+    elif legacy:
+        parameters["size"] = params.get("size") or LEGACY_SIZES[(params["resolution"], params["ratio"])]
+    else:
+        if image:
+            given["media"] = [{"type": "first_frame", "url": image}]
+        parameters["resolution"] = params["resolution"]
+        if not image:
+            parameters["ratio"] = params.get("ratio") or _ratio_of_size(params.get("size"))
     if params.get("negative_prompt") is not None:
         given["negative_prompt"] = params["negative_prompt"]
-    parameters: Dict[str, Any] = {"size": params["size"], "duration": params["duration"],
-                                  "watermark": bool(params.get("watermark", False))}
+    parameters.update({"duration": params["duration"], "watermark": bool(params.get("watermark", False))})
     parameters.update({key: params[key] for key in ("prompt_extend", "seed") if key in params})
     return {"model": params["model"], "input": given, "parameters": parameters}
+
+
+def _ratio_of_size(size: Any) -> str:
+    """The ratio of a legacy WIDTH*HEIGHT (16:9 when it is none of the list's)."""
+    return next((ratio for (_, ratio), listed in LEGACY_SIZES.items() if listed == size), "16:9")
 
 
 # --- prices ----------------------------------------------------------------------------------------
 
 # Fen (CNY minor units) per second of video, by model family and tier: the public list.
+# wan2.7, wan3.0, HappyHorse 1.1: ArcReel's table (/work/shared/video-apis-facts.md). [I] wan2.6 at
+# wan2.7's rates (gateways list the two alike: runpod wan-2-6-i2v $0.10 / $0.15 per second, as for 2.7).
 DEFAULT_PRICES: Mapping[str, float] = {
+    "wan2.6@720P": 60, "wan2.6@1080P": 100,
     "wan2.7@720P": 60, "wan2.7@1080P": 100,
     "wan3.0@480P": 30, "wan3.0@720P": 60, "wan3.0@1080P": 120,
     "happyhorse-1.1@480P": 45, "happyhorse-1.1@720P": 90, "happyhorse-1.1@1080P": 120,
@@ -263,7 +361,7 @@ def _price_entry(entry: str) -> Tuple[str, float]:
     if not tiers:
         raise ValueError(f"unknown model {name!r}; use one of {', '.join(FAMILIES + tuple(MODELS))}")
     if tier not in tiers:
-        raise ValueError(f"{name} has no {tier}; use one of {', '.join(t for t in SIZES if t in tiers)}")
+        raise ValueError(f"{name} has no {tier}; use one of {', '.join(t for t in TIERS if t in tiers)}")
     return f"{name}@{tier}", fen
 
 
@@ -306,25 +404,45 @@ def tariff(settings: Settings) -> PerSecond:
 
 
 class _Prompts:
-    """The prompt of each task id this client sent or was told (a task's prompt never changes), so
-    a look-up asks each task at most once. Bounded; safe to share between threads."""
+    """What each task id this client sent or was told says its prompt is (a task's prompt never
+    changes; ``SILENT``: the task does not tell it), so a run asks each task at most once however
+    many look-ups its window falls in. Bounded; safe to share between threads."""
 
     LIMIT = 20_000
+    SILENT = ""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._known: "OrderedDict[str, str]" = OrderedDict()
 
-    def learn(self, task_id: str, prompt: str) -> None:
+    def learn(self, task_id: str, prompt: Optional[str]) -> None:
         with self._lock:
-            self._known[task_id] = prompt
+            self._known[task_id] = self.SILENT if prompt is None else prompt
             self._known.move_to_end(task_id)
             if len(self._known) > self.LIMIT:
                 self._known.popitem(last=False)
 
     def get(self, task_id: str) -> Optional[str]:
+        """The prompt, ``SILENT``, or None when the task was never asked."""
         with self._lock:
             return self._known.get(task_id)
+
+
+class _Pace:
+    """At most ``rate`` calls a second, spaced evenly, across threads."""
+
+    def __init__(self, rate: float) -> None:
+        self._gap = 1.0 / rate
+        self._lock = threading.Lock()
+        self._next = 0.0
+
+    def wait(self) -> None:
+        with self._lock:
+            at = max(time.monotonic(), self._next)
+            self._next = at + self._gap
+        delay = at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
 
 
 class WanClient(ApiClient):
@@ -348,6 +466,7 @@ class WanClient(ApiClient):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._prompts = _Prompts()
+        self._lookup_pace = _Pace(LOOKUP_RATE)
 
     @classmethod
     def open(cls, settings: Settings, base_url: Optional[str] = None, pool_size: Optional[int] = None) -> "WanClient":
@@ -406,6 +525,12 @@ class WanClient(ApiClient):
         then each task there whose prompt is not known yet asked for its ``orig_prompt``. Covered
         only when every page was read and every task there told its prompt."""
         model = str(params["model"])
+        if _aware(since) - timedelta(seconds=skew_seconds) < datetime.now(timezone.utc) - timedelta(seconds=RETENTION):
+            # The API has dropped what was made then: an empty window proves nothing, and sending
+            # again may pay twice. Asking later cannot change that.
+            return TaskSearch([], False, 0, f"the create was sent more than {RETENTION / 3600:g} h ago, and "
+                                            "DashScope keeps tasks no longer: the batch query cannot show whether it "
+                                            "made one", final=True)
         start, end = _query_window(since, until, skew_seconds)
         items, pages, reason = self._read_window(model, start, end)
         wanted = str(params["prompt"]).strip()
@@ -442,18 +567,24 @@ class WanClient(ApiClient):
 
     def _read_window(self, model: str, start: datetime, end: datetime) -> Tuple[List[Mapping[str, Any]], int, str]:
         """Every entry of the batch query for ``model`` made from ``start`` to ``end``, the pages
-        read, and why the reading is incomplete ("" when it reached the end)."""
+        read, and why the reading is incomplete ("" when it reached the end). The zone of
+        ``start_time`` / ``end_time`` is not documented: the query asks from the start read as UTC
+        to the end read as China time, which holds the window whichever zone the API reads (the
+        entries outside it are left out by their ``gmt_create``)."""
         seen: Dict[str, Mapping[str, Any]] = {}
         for page_no in range(1, SEARCH_PAGES + 1):
-            items, more = self._page({"start_time": start.strftime(WINDOW_FORMAT),
-                                      "end_time": end.strftime(WINDOW_FORMAT), "model_name": model,
-                                      "page_no": page_no, "page_size": LIST_LIMIT})
+            data, items = self._page_answer({"start_time": start.astimezone(timezone.utc).strftime(WINDOW_FORMAT),
+                                             "end_time": end.astimezone(SERVICE_TZ).strftime(WINDOW_FORMAT),
+                                             "model_name": model, "page_no": page_no, "page_size": LIST_LIMIT})
             fresh = {task_id: item for task_id, item in _by_id(items).items() if task_id not in seen}
             if items and not fresh:
                 return list(seen.values()), page_no, (f"the batch query answered page {page_no} with the tasks of an "
                                                       "earlier page: it cannot be read to its end")
             seen.update(fresh)
-            if not more:
+            # The entries read so far, not the page size asked for, tell whether more follow: the
+            # API may answer fewer per page than asked.
+            total = _int_or_none(data.get("total"))
+            if not items or (total is not None and len(seen) >= total) or (total is None and not _more(data, items)):
                 return list(seen.values()), page_no, ""
         return list(seen.values()), SEARCH_PAGES, f"read {SEARCH_PAGES} pages of the batch query without its end"
 
@@ -464,27 +595,31 @@ class WanClient(ApiClient):
             return None  # it cannot be asked (nor recorded), but it may be the create's
         known = self._prompts.get(task_id)
         if known is not None:
-            return dataclasses.replace(self._listed(item), prompt=known)
+            return dataclasses.replace(self._listed(item), prompt=known or None)
+        self._lookup_pace.wait()
         try:
             task = self.get(task_id)
         except TaskNotFound:
             return None
+        self._prompts.learn(task_id, task.prompt)
         return dataclasses.replace(task, raw=MappingProxyType({**item, **task.raw}))
 
     # --- answers -----------------------------------------------------------------------------------
 
     def _page(self, query: Mapping[str, Any]) -> Tuple[List[Mapping[str, Any]], bool]:
         """One page of the batch query: its entries, and whether more pages follow."""
+        data, items = self._page_answer(query)
+        return items, _more(data, items)
+
+    def _page_answer(self, query: Mapping[str, Any]) -> Tuple[Mapping[str, Any], List[Mapping[str, Any]]]:
+        """One page of the batch query: the answer, and its entries."""
         data = self._call("GET", "/tasks", params=query)
         items = data.get("data")
         if items is None and "total" in data:
             items = []
         if not isinstance(items, list):
             raise TransientError(self._redact(f"GET /tasks: unexpected page shape: {_snippet(repr(dict(data)))}"))
-        entries = [item for item in items if isinstance(item, Mapping)]
-        total = _int_or_none(data.get("total"))
-        seen = (int(query["page_no"]) - 1) * int(query["page_size"]) + len(items)
-        return entries, seen < total if total is not None else len(items) >= int(query["page_size"])
+        return data, [item for item in items if isinstance(item, Mapping)]
 
     def _task(self, output: Mapping[str, Any], data: Mapping[str, Any]) -> RemoteTask:
         """A task as ``output`` (and the answer's ``usage``) describes it."""
@@ -607,6 +742,24 @@ def _error_kind(method: str, path: str, code: str, status: int) -> Optional[Type
     if kind is TaskNotFound and not (method == "GET" and path.startswith("/tasks/")):
         return None  # a 404 elsewhere is a wrong URL, not a task the API lost
     return kind
+
+
+def _more(data: Mapping[str, Any], items: List[Mapping[str, Any]]) -> bool:
+    """Whether pages follow a page of the batch query, by what the answer holds (not by what was
+    asked: the API may cap ``page_size``): ``total_page``, else ``total`` over the answer's own page
+    size (the entries of a full page when it tells none); an answer that tells neither is read
+    until a page comes back empty."""
+    if not items:
+        return False
+    page_no = _int_or_none(data.get("page_no")) or 1
+    pages = _int_or_none(data.get("total_page"))
+    if pages is not None:
+        return page_no < pages
+    total = _int_or_none(data.get("total"))
+    if total is None:
+        return True
+    size = max(_int_or_none(data.get("page_size")) or 0, len(items))
+    return (page_no - 1) * size + len(items) < total
 
 
 def _by_id(items: List[Mapping[str, Any]]) -> Dict[str, Mapping[str, Any]]:

@@ -12,6 +12,10 @@ attribute switches it (a test sets it on ``PROTOCOL``):
 * ``shows_orig_prompt`` (True): ``GET /tasks/{id}`` tells the task's ``orig_prompt`` at every
   status. False: it never does, so a lost create cannot be told apart from the account's other tasks.
 * ``arrearage_status`` (400): the HTTP status of ``Arrearage``; 403 is the other reading.
+* ``page_cap`` (None): the most entries one page of the batch query holds, whatever ``page_size``
+  asked for (the answer's ``page_size`` and ``total_page`` say the capped size).
+* ``window_zone`` (None: China time): the zone the batch query reads ``start_time`` / ``end_time``
+  in (``timezone.utc`` is the other reading; the documentation names none).
 """
 from __future__ import annotations
 
@@ -29,26 +33,34 @@ NAME = "wan"
 BASE_PATH = "/api/v1"
 CREATE_PATH = BASE_PATH + "/services/aigc/video-generation/video-synthesis"
 ASYNC_HEADER = "X-DashScope-Async"
-# What each model takes: its price family, its sizes' tiers, and whether it wants, takes or refuses
-# a first frame (``input.img_url``).
-MODELS: Mapping[str, Tuple[str, Tuple[str, ...], str]] = {
-    "wan2.7-t2v": ("wan2.7", ("720P", "1080P"), "refuses"),
-    "wan2.7-i2v": ("wan2.7", ("720P", "1080P"), "wants"),
-    "wan3.0-video": ("wan3.0", ("480P", "720P", "1080P"), "takes"),
-    "happyhorse-1.1-t2v": ("happyhorse-1.1", ("480P", "720P", "1080P"), "refuses"),
-    "happyhorse-1.1-i2v": ("happyhorse-1.1", ("480P", "720P", "1080P"), "wants"),
+# What each model takes: its price family, its tiers, whether it wants, takes or refuses a first
+# frame, the protocol it speaks (``ledger.providers.wan``: "legacy" reads ``input.img_url`` and
+# ``parameters.size`` / ``resolution``; "media" reads ``input.media`` and ``parameters.resolution`` +
+# ``ratio`` and refuses the legacy fields) and its seconds.
+MODELS: Mapping[str, Tuple[str, Tuple[str, ...], str, str, Tuple[int, ...]]] = {
+    "wan2.6-t2v": ("wan2.6", ("720P", "1080P"), "refuses", "legacy", (5, 10, 15)),
+    "wan2.6-i2v": ("wan2.6", ("720P", "1080P"), "wants", "legacy", (5, 10, 15)),
+    "wan2.7-t2v": ("wan2.7", ("720P", "1080P"), "refuses", "media", tuple(range(2, 16))),
+    "wan2.7-i2v": ("wan2.7", ("720P", "1080P"), "wants", "media", tuple(range(2, 16))),
+    "wan3.0-video": ("wan3.0", ("480P", "720P", "1080P"), "takes", "media", (5, 10)),
+    "happyhorse-1.1-t2v": ("happyhorse-1.1", ("480P", "720P", "1080P"), "refuses", "media", (5, 10)),
+    "happyhorse-1.1-i2v": ("happyhorse-1.1", ("480P", "720P", "1080P"), "wants", "media", (5, 10)),
 }
 TIER_OF: Mapping[str, str] = {"832*480": "480P", "480*832": "480P", "1280*720": "720P", "720*1280": "720P",
-                              "1920*1080": "1080P", "1080*1920": "1080P"}
-DURATIONS = (5, 10)
+                              "960*960": "720P", "1088*832": "720P", "832*1088": "720P",
+                              "1920*1080": "1080P", "1080*1920": "1080P", "1440*1440": "1080P",
+                              "1632*1248": "1080P", "1248*1632": "1080P"}
+RATIOS = ("16:9", "9:16", "1:1", "4:3", "3:4")
+FRAME_TYPES = ("first_frame", "last_frame")
 # Fen per second, by family and tier (the public list).
 PRICES: Mapping[Tuple[str, str], int] = {
+    ("wan2.6", "720P"): 60, ("wan2.6", "1080P"): 100,
     ("wan2.7", "720P"): 60, ("wan2.7", "1080P"): 100,
     ("wan3.0", "480P"): 30, ("wan3.0", "720P"): 60, ("wan3.0", "1080P"): 120,
     ("happyhorse-1.1", "480P"): 45, ("happyhorse-1.1", "720P"): 90, ("happyhorse-1.1", "1080P"): 120,
 }
 # A body that is only a prompt (the server's ``create_external``) asks for this.
-DEFAULT_MODEL, DEFAULT_SIZE, DEFAULT_DURATION = "wan2.7-t2v", "1280*720", 5
+DEFAULT_MODEL, DEFAULT_RESOLUTION, DEFAULT_RATIO, DEFAULT_DURATION = "wan2.7-t2v", "720P", "16:9", 5
 STATUS_WORDS = {"pending": "PENDING", "processing": "RUNNING", "completed": "SUCCEEDED", "failed": "FAILED"}
 # The HTTP status each error code comes with.
 CODE_STATUS: Mapping[str, int] = {"InvalidApiKey": 401, "Arrearage": 400, "Throttling": 429,
@@ -84,7 +96,8 @@ def normalised(body: Any) -> Any:
     """A body that is only a prompt (``create_external``) as the create it stands for."""
     if isinstance(body, dict) and "input" not in body and "prompt" in body:
         return {"model": DEFAULT_MODEL, "input": {"prompt": body["prompt"]},
-                "parameters": {"size": DEFAULT_SIZE, "duration": DEFAULT_DURATION}}
+                "parameters": {"resolution": DEFAULT_RESOLUTION, "ratio": DEFAULT_RATIO,
+                               "duration": DEFAULT_DURATION}}
     return body
 
 
@@ -99,41 +112,104 @@ def validate(body: Any) -> Optional[str]:
     prompt = given.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         return "input.prompt is required"
-    problem = _image_problem(body["model"], model[2], given.get("img_url"))
     parameters = body.get("parameters", {})
-    return problem or (_parameters_problem(model[1], parameters) if isinstance(parameters, dict)
-                       else "parameters must be an object")
+    if not isinstance(parameters, dict):
+        return "parameters must be an object"
+    _, tiers, image, protocol, seconds = model
+    if protocol == "media":
+        problem = _media_problem(body["model"], image, given) or _media_size_problem(tiers, parameters)
+    else:
+        problem = _legacy_problem(body["model"], image, given, tiers, parameters)
+    return problem or _parameters_problem(seconds, parameters)
 
 
-def _image_problem(name: str, image: str, url: Any) -> Optional[str]:
+def first_frame(given: Mapping[str, Any]) -> Optional[str]:
+    """The first frame of a create's input, in either protocol."""
+    media = given.get("media")
+    if isinstance(media, list):
+        return next((str(m.get("url")) for m in media if isinstance(m, dict) and m.get("type") == "first_frame"), None)
+    return str(given["img_url"]) if given.get("img_url") is not None else None
+
+
+def _media_problem(name: str, image: str, given: Mapping[str, Any]) -> Optional[str]:
+    if "img_url" in given:
+        return f"input.img_url is not supported by {name}: give the first frame in input.media"
+    media = given.get("media")
+    if media is None:
+        return f"input.media with a first_frame is required by {name}" if image == "wants" else None
+    if image == "refuses":
+        return f"{name} does not take input.media (use its image-to-video model)"
+    if not isinstance(media, list) or not all(isinstance(m, dict) for m in media):
+        return "input.media must be a list of objects"
+    for item in media:
+        if item.get("type") not in FRAME_TYPES:
+            return f"input.media type {item.get('type')!r} is not supported; use one of {', '.join(FRAME_TYPES)}"
+        if not isinstance(item.get("url"), str) or urlsplit(item["url"]).scheme not in ("http", "https"):
+            return "input.media url must be an http(s) URL"
+    if first_frame(given) is None:
+        return "input.media needs a first_frame"
+    return None
+
+
+def _media_size_problem(tiers: Tuple[str, ...], parameters: Mapping[str, Any]) -> Optional[str]:
+    if "size" in parameters:
+        return "parameters.size is not supported by this model: use parameters.resolution and parameters.ratio"
+    resolution = parameters.get("resolution", DEFAULT_RESOLUTION)
+    if resolution not in tiers:
+        return f"parameters.resolution {resolution!r} is not supported; use one of {', '.join(tiers)}"
+    ratio = parameters.get("ratio", DEFAULT_RATIO)
+    if ratio not in RATIOS:
+        return f"parameters.ratio {ratio!r} is not supported; use one of {', '.join(RATIOS)}"
+    return None
+
+
+def _legacy_problem(name: str, image: str, given: Mapping[str, Any], tiers: Tuple[str, ...],
+                    parameters: Mapping[str, Any]) -> Optional[str]:
+    if "media" in given:
+        return f"input.media is not supported by {name}"
+    url = given.get("img_url")
     if url is None:
-        return f"input.img_url is required by {name}" if image == "wants" else None
+        if image == "wants":
+            return f"input.img_url is required by {name}"
+        size = parameters.get("size", "1280*720")
+        if TIER_OF.get(size) not in tiers:
+            sizes = [s for s, tier in TIER_OF.items() if tier in tiers]
+            return f"parameters.size {size!r} is not supported; use one of {', '.join(sizes)}"
+        return None
     if image == "refuses":
         return f"{name} does not take input.img_url (use its image-to-video model)"
     if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
         return "input.img_url must be an http(s) URL"
+    resolution = parameters.get("resolution", tiers[-1])
+    if resolution not in tiers:
+        return f"parameters.resolution {resolution!r} is not supported; use one of {', '.join(tiers)}"
     return None
 
 
-def _parameters_problem(tiers: Tuple[str, ...], parameters: Mapping[str, Any]) -> Optional[str]:
-    size = parameters.get("size", DEFAULT_SIZE)
-    if TIER_OF.get(size) not in tiers:
-        sizes = [s for s, tier in TIER_OF.items() if tier in tiers]
-        return f"parameters.size {size!r} is not supported; use one of {', '.join(sizes)}"
+def _parameters_problem(seconds: Tuple[int, ...], parameters: Mapping[str, Any]) -> Optional[str]:
     duration = parameters.get("duration", DEFAULT_DURATION)
-    if type(duration) is not int or duration not in DURATIONS:
-        return f"parameters.duration {duration!r} is not supported; use one of {', '.join(map(str, DURATIONS))}"
+    if type(duration) is not int or duration not in seconds:
+        return (f"parameters.duration {duration!r} is not supported; use {seconds[0]} to {seconds[-1]}"
+                if len(seconds) > 3 else
+                f"parameters.duration {duration!r} is not supported; use one of {', '.join(map(str, seconds))}")
     for name, kind in (("prompt_extend", bool), ("watermark", bool), ("seed", int)):
         if name in parameters and type(parameters[name]) is not kind:
             return f"parameters.{name} must be a {kind.__name__}"
     return None
 
 
+def tier(body: Mapping[str, Any]) -> str:
+    """The resolution tier a valid create asks for."""
+    parameters = body.get("parameters", {})
+    if "size" in parameters:
+        return TIER_OF[parameters["size"]]
+    return str(parameters.get("resolution") or MODELS[body["model"]][1][-1])
+
+
 def price(body: Mapping[str, Any]) -> int:
     """Fen for the video a valid create asks for."""
     parameters = body.get("parameters", {})
-    tier = TIER_OF[parameters.get("size", DEFAULT_SIZE)]
-    return PRICES[(MODELS[body["model"]][0], tier)] * int(parameters.get("duration", DEFAULT_DURATION))
+    return PRICES[(MODELS[body["model"]][0], tier(body))] * int(parameters.get("duration", DEFAULT_DURATION))
 
 
 def china_time(moment: datetime) -> str:
@@ -153,6 +229,8 @@ class WanProtocol(SimProtocol):
     key_hint = "PROVIDER=wan, DASHSCOPE_BASE_URL={url} and DASHSCOPE_API_KEY={key}"
     shows_orig_prompt = True
     arrearage_status = 400
+    page_cap: Optional[int] = None
+    window_zone: Any = None
 
     def __init__(self) -> None:
         # The server gives ``route`` the method and path and ``authorise`` only the headers: the
@@ -184,10 +262,10 @@ class WanProtocol(SimProtocol):
         given, parameters = body["input"], body.get("parameters", {})
         if POLICY_TRIGGER in given["prompt"].lower():  # input moderation: refused before anything is made
             return error("DataInspectionFailed", POLICY_MESSAGE), False
-        size = parameters.get("size", DEFAULT_SIZE)
-        task = sim.record_task(given["prompt"], price(body), task_id, model=body["model"], size=size,
-                               duration=int(parameters.get("duration", DEFAULT_DURATION)), resolution=TIER_OF[size],
-                               image_url=str(given.get("img_url") or ""), is_pro=body["model"] == "wan3.0-video",
+        task = sim.record_task(given["prompt"], price(body), task_id, model=body["model"],
+                               size=parameters.get("size") or parameters.get("ratio") or "",
+                               duration=int(parameters.get("duration", DEFAULT_DURATION)), resolution=tier(body),
+                               image_url=first_frame(given) or "", is_pro=body["model"] == "wan3.0-video",
                                extra={"body": body})
         if task is None:
             return error("Arrearage", "Access denied, please make sure your account is in good standing.",
@@ -213,8 +291,9 @@ class WanProtocol(SimProtocol):
         one = {name: values[0] for name, values in query.items() if values}
         try:
             page_no, page_size = int(one.get("page_no", "1")), int(one.get("page_size", "10"))
-            start = _window_time(one["start_time"], SIM_TZ) if "start_time" in one else None
-            end = _window_time(one["end_time"], SIM_TZ) if "end_time" in one else None
+            zone = self.window_zone or SIM_TZ
+            start = _window_time(one["start_time"], zone) if "start_time" in one else None
+            end = _window_time(one["end_time"], zone) if "end_time" in one else None
         except ValueError:
             return error("InvalidParameter", "page_no and page_size must be integers, start_time and end_time "
                                              "YYYYMMDDhhmmss")
@@ -224,6 +303,7 @@ class WanProtocol(SimProtocol):
                    if (start is None or task.created_wall >= start) and (end is None or task.created_wall <= end)
                    and one.get("model_name", task.model) == task.model]
         entries = [e for e in entries if one.get("status", e["status"]) == e["status"]]
+        page_size = min(page_size, self.page_cap or page_size)
         first = 0 if sim.config.list_ignores_page else (page_no - 1) * page_size
         return json_reply(200, {"request_id": str(uuid.uuid4()), "data": entries[first:first + page_size],
                                 "total": len(entries), "total_page": math.ceil(len(entries) / page_size),
@@ -234,9 +314,10 @@ class WanProtocol(SimProtocol):
         status, _, ends_at = sim.timeline(task)
         created = int(task.created_wall.timestamp() * 1000)
         done = status in ("completed", "failed")
-        return {"task_id": task.task_id, "status": self._word(sim, status), "model_name": task.model,
-                "gmt_create": created, "end_time": created + int(ends_at * 1000) if done else None,
-                "region": "cn-beijing"}
+        return {"task_id": task.task_id, "request_id": task.task_id, "status": self._word(sim, status),
+                "model_name": task.model, "gmt_create": created, "start_time": created,
+                "end_time": created + int(ends_at * 1000) if done else None, "region": "cn-beijing",
+                "api_key_id": "1", "caller_uid": "1", "caller_parent_id": "1", "user_api_unique_key": "apikey:v1:1"}
 
     def view(self, sim: Any, task: Any, origin: str) -> Dict[str, Any]:
         from .server import GENERATION_FAILED_MESSAGE
@@ -255,7 +336,8 @@ class WanProtocol(SimProtocol):
             output["video_url"] = sim.signed_url(task.task_id, origin)
             if self.shows_orig_prompt:
                 output["actual_prompt"] = task.prompt
-            answer["usage"] = {"video_duration": task.duration, "video_count": 1}
+            answer["usage"] = {"video_duration": task.duration, "video_count": 1,
+                               "SR": int(str(task.resolution).rstrip("P") or 720)}
         elif status == "failed":
             output.update(code=FAILED_CODE, message=GENERATION_FAILED_MESSAGE)
         return answer

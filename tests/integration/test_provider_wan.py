@@ -4,10 +4,12 @@ create found by the batch query and each task's orig_prompt (or left unresolved 
 tell it), the error codes, ids that expire after 24 h, and prices per second by resolution."""
 from __future__ import annotations
 
+import json
+import re
 import sqlite3
 import time
 from contextlib import closing
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Iterator
 
 import pytest
@@ -68,19 +70,36 @@ def test_a_run_makes_every_video_asynchronously_with_the_first_frame_and_wan_pri
     assert result.exit_code == 0, result.output
     assert_all_done_and_whole(ws, sim, 3)
     bodies = {t.prompt: t.extra["body"] for t in sim.tasks_newest_first()}
-    assert bodies["the lantern in the rain"] == {
-        "model": "wan2.7-i2v", "input": {"prompt": "the lantern in the rain", "img_url": IMAGE},
-        "parameters": {"size": "1280*720", "duration": 10, "watermark": False}}
+    assert bodies["the lantern in the rain"] == {  # wan2.7 speaks the media protocol: no img_url, no size
+        "model": "wan2.7-i2v", "input": {"prompt": "the lantern in the rain",
+                                         "media": [{"type": "first_frame", "url": IMAGE}]},
+        "parameters": {"resolution": "720P", "duration": 10, "watermark": False}}
     assert bodies["lanterns rising"] == {
         "model": "wan2.7-t2v", "input": {"prompt": "lanterns rising", "negative_prompt": "text"},
-        "parameters": {"size": "1080*1920", "duration": 5, "watermark": False, "seed": 7}}
+        "parameters": {"resolution": "1080P", "ratio": "9:16", "duration": 5, "watermark": False, "seed": 7}}
     # 720P x 5 s x 0.6 + 720P x 10 s x 0.6 + 1080P x 5 s x 1.0 yuan: booked in fen, as billed
     assert dict(query(ws.root, "SELECT segment_index, spent_cents FROM jobs")) == {1: 300, 2: 600, 3: 500}
     assert charged(sim) == 1400 and "paid ¥14.00 for 3 generations" in result.output
 
 
+def test_wan26_still_speaks_the_legacy_protocol_end_to_end(ws, sim, work_env):
+    ws.storyboard("storyboard_a.json", {"defaults": {"provider": "wan", "model": "wan2.6-t2v"}, "segments": [
+        {"segment_index": 1, "prompt_text": "a kite", "duration_seconds": 15, "resolution": "vertical"},
+        {"segment_index": 2, "prompt_text": "the kite lands", "image_url": IMAGE, "quality": "high"}]})
+    result = ws.cli("run", "--no-progress", env=work_env)
+    assert result.exit_code == 0, result.output
+    assert_all_done_and_whole(ws, sim, 2)
+    bodies = {t.prompt: t.extra["body"] for t in sim.tasks_newest_first()}
+    assert bodies == {
+        "a kite": {"model": "wan2.6-t2v", "input": {"prompt": "a kite"},
+                   "parameters": {"size": "720*1280", "duration": 15, "watermark": False}},
+        "the kite lands": {"model": "wan2.6-i2v", "input": {"prompt": "the kite lands", "img_url": IMAGE},
+                           "parameters": {"resolution": "1080P", "duration": 5, "watermark": False}}}
+    assert dict(query(ws.root, "SELECT segment_index, spent_cents FROM jobs")) == {1: 900, 2: 500}
+
+
 def test_a_create_without_the_async_header_is_refused_and_costs_nothing(sim, wan_client):
-    body = {"model": "wan2.7-t2v", "input": {"prompt": "sync, please"}, "parameters": {"size": "1280*720"}}
+    body = {"model": "wan2.7-t2v", "input": {"prompt": "sync, please"}, "parameters": {"resolution": "720P"}}
     url = sim.base_url + "/services/aigc/video-generation/video-synthesis"
     refused = requests.post(url, json=body, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=5)
     assert refused.status_code == 403 and refused.json()["code"] == "AccessDenied"
@@ -99,15 +118,39 @@ def test_a_lost_create_is_found_by_the_batch_query_and_the_tasks_orig_prompt(ws,
     while not sim.stats()["tasks_created"]:
         assert time.monotonic() < deadline, "the lost create never arrived"
         time.sleep(0.02)
-    for i in range(150):  # another client of the account, same model, same minute: two pages of candidates
+    for i in range(110):  # another client of the account, same model, same minute: two pages of candidates
         sim.create_external(f"another client's shot {i}")
     code, out, errors = finish(proc)
     assert code == 0, (out, errors)
     assert sim.stats()["creates_per_prompt"]["the create whose answer is lost"] == 1
     (mine,) = [t.task_id for t in sim.tasks_newest_first() if t.prompt == "the create whose answer is lost"]
     assert query(ws.root, "SELECT state, remote_task_id, spent_cents FROM jobs") == [("done", mine, job_price(sim))]
-    assert charged(sim) == 151 * job_price(sim)  # ours once, and the other client's
+    assert charged(sim) == 111 * job_price(sim)  # ours once, and the other client's
     assert any("found the lost create's task" in d for (d,) in query(ws.root, "SELECT detail FROM events"))
+
+
+@pytest.mark.parametrize("reading", [{"page_cap": 10}, {"window_zone": timezone.utc}], ids=["capped", "utc"])
+def test_a_lost_create_is_found_whatever_page_size_the_batch_query_answers_and_zone_it_reads(
+        ws, make_sim, work_env, monkeypatch, reading):
+    """Two facts the documentation leaves open: the batch query answers 10 per page though 100
+    were asked (it says so in page_size / total_page), or reads start_time / end_time as UTC."""
+    for name, value in reading.items():
+        monkeypatch.setattr(PROTOCOL, name, value)
+    sim = make_sim(gen_seconds=0.3)
+    env = {**work_env, **api_env(sim), "RECONCILE_GRACE_SECONDS": "1"}
+    ws.storyboard("storyboard_a.json", segments("lost under 25 newer tasks"))
+    sim.inject("create", "lost_create")
+    proc = spawn(ws.root, env, "run", "--no-progress")
+    deadline = time.monotonic() + 20
+    while not sim.stats()["tasks_created"]:
+        assert time.monotonic() < deadline, "the lost create never arrived"
+        time.sleep(0.02)
+    for i in range(25):  # newer: the create's task is on the batch query's last page
+        sim.create_external(f"another client's shot {i}")
+    code, out, errors = finish(proc)
+    assert code == 0, (out, errors)
+    assert sim.stats()["creates_per_prompt"]["lost under 25 newer tasks"] == 1  # found, not paid twice
+    assert query(ws.root, "SELECT state FROM jobs") == [("done",)]
 
 
 def test_a_lost_create_stays_unresolved_when_tasks_do_not_tell_their_prompt(ws, make_sim, work_env, monkeypatch):
@@ -129,6 +172,33 @@ def test_a_lost_create_stays_unresolved_when_tasks_do_not_tell_their_prompt(ws, 
     assert code == 0, (out, errors)
     assert sim.stats()["creates_received"] == 1 and sim.stats()["tasks_created"] == 1  # … and never pays twice
     assert query(ws.root, "SELECT state, error_kind FROM jobs") == [("submitting", "unresolved")]
+
+
+def test_a_lost_create_looked_up_after_the_24_hours_dashscope_keeps_tasks_stays_unresolved_never_sent_again(
+        ws, make_sim, work_env, monkeypatch):
+    """The create's answer was lost and the look-up could not decide; the next look-up comes a day
+    later, when DashScope has dropped the task: its time window reads empty, which proves nothing."""
+    monkeypatch.setattr(PROTOCOL, "shows_orig_prompt", False)
+    sim = make_sim(gen_seconds=0.3)
+    env = {**work_env, **api_env(sim), "MAX_ATTEMPTS": "2"}
+    ws.storyboard("storyboard_a.json", segments("lost, then left for a day"))
+    sim.inject("create", "lost_create")
+    code, out, errors = finish(spawn(ws.root, env, "run", "--no-progress"))
+    assert code == 0, (out, errors)
+    assert query(ws.root, "SELECT state, error_kind FROM jobs") == [("submitting", "unresolved")]
+    monkeypatch.setattr(PROTOCOL, "shows_orig_prompt", True)
+    (made,) = sim.tasks_newest_first()
+    sim.forget(made.task_id)  # past its 24 h: the batch query no longer lists it
+    with closing(sqlite3.connect(ws.root / "ledger.db")) as ledger, ledger:
+        (was,) = ledger.execute("SELECT submitting_at FROM jobs").fetchone()
+        earlier = datetime.fromisoformat(was) - timedelta(hours=25)
+        ledger.execute("UPDATE jobs SET submitting_at = ?", (earlier.isoformat(sep=" "),))
+    code, out, errors = finish(spawn(ws.root, env, "work", "--no-progress"))
+    assert code == 0, (out, errors)
+    assert sim.stats()["creates_received"] == 1 and sim.stats()["tasks_created"] == 1  # never paid twice
+    ((state, kind, reason),) = query(ws.root, "SELECT state, error_kind, error_message FROM jobs")
+    assert (state, kind) == ("submitting", "unresolved"), reason
+    assert "more than 24 h ago" in reason and "DashScope keeps tasks no longer" in reason, reason
 
 
 def test_a_content_policy_refusal_ends_failed_with_the_apis_message_and_costs_nothing(ws, sim, work_env):
@@ -281,7 +351,7 @@ def test_the_price_is_per_second_by_model_and_resolution(ws, sim, work_env):
 
 def test_values_a_wan_model_does_not_take_are_scan_errors_naming_the_allowed_ones(ws, sim, work_env):
     ws.storyboard("storyboard_w.json", {"defaults": {"provider": "wan"}, "segments": [
-        {"segment_index": 1, "prompt_text": "a", "duration_seconds": 8},
+        {"segment_index": 1, "prompt_text": "a", "duration_seconds": 16},
         {"segment_index": 2, "prompt_text": "b", "resolution": "832x480"},
         {"segment_index": 3, "prompt_text": "c", "model": "wan2.7-i2v"},
         {"segment_index": 4, "prompt_text": "d", "wan": {"resolution": "480P"}},
@@ -291,17 +361,55 @@ def test_values_a_wan_model_does_not_take_are_scan_errors_naming_the_allowed_one
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("invalid: ")]
     assert lines == [
-        "invalid: input/storyboard_w.json: /segments/0/duration_seconds: duration 8s is not offered by wan2.7-t2v on "
-        "the wan provider; use one of 5, 10",
+        "invalid: input/storyboard_w.json: /segments/0/duration_seconds: duration 16s is not offered by wan2.7-t2v on "
+        "the wan provider; use one of 2 to 15",
         "invalid: input/storyboard_w.json: /segments/1/resolution: resolution '832x480' is not offered by wan2.7-t2v "
-        "on the wan provider; use one of 'horizontal', 'vertical', '1280x720', '720x1280', '1920x1080', '1080x1920'",
+        "on the wan provider; use one of 'horizontal', 'vertical', '1280x720', '720x1280', '960x960', '1088x832', "
+        "'832x1088', '1920x1080', '1080x1920', '1440x1440', '1632x1248', '1248x1632'",
         "invalid: input/storyboard_w.json: /segments/2/model: model 'wan2.7-i2v' makes a video from a first frame: "
         "give the segment an image_url, or use a text-to-video model ('wan2.7-t2v')",
         "invalid: input/storyboard_w.json: /segments/3/wan: wan.resolution '480P' is not offered by wan2.7-t2v; use "
         "one of '720P', '1080P'",
         "invalid: input/storyboard_w.json: /segments/4/wan: unknown option 'fps' for the wan provider (it takes "
-        "'negative_prompt', 'prompt_extend', 'resolution', 'seed', 'watermark')",
+        "'negative_prompt', 'prompt_extend', 'ratio', 'resolution', 'seed', 'watermark')",
         "invalid: input/storyboard_w.json: /segments/5/model: model 'wan9' is not offered by the wan provider; use "
-        "one of 'wan2.7-t2v', 'wan2.7-i2v', 'wan3.0-video', 'happyhorse-1.1-t2v', 'happyhorse-1.1-i2v'",
+        "one of 'wan2.6-t2v', 'wan2.6-i2v', 'wan2.7-t2v', 'wan2.7-i2v', 'wan3.0-video', 'happyhorse-1.1-t2v', "
+        "'happyhorse-1.1-i2v'",
     ]
     assert query(ws.root, "SELECT count(*) FROM jobs") == [(0,)]
+
+
+def test_a_search_for_lost_creates_asks_each_task_once_per_run_and_under_dashscopes_20_queries_a_second(httpserver):
+    """A busy account: 40 other tasks in the window of two lost creates. Each is asked for its
+    prompt once (also the ones that do not tell it), and never more than 20 a second."""
+    from werkzeug.wrappers import Response
+
+    now = datetime.now(timezone.utc)
+    made = int((now - timedelta(seconds=5)).timestamp() * 1000)
+    ids = [f"0b0e3c52-0000-4000-8000-{i:012d}" for i in range(40)]
+    page = {"request_id": "r", "data": [{"task_id": t, "status": "SUCCEEDED", "model_name": "wan2.7-t2v",
+                                         "gmt_create": made} for t in ids],
+            "total": 40, "total_page": 1, "page_no": 1, "page_size": 100}
+    asked: list = []
+
+    def task(request):
+        asked.append(time.monotonic())
+        task_id = request.path.rsplit("/", 1)[1]
+        output = {"task_id": task_id, "task_status": "SUCCEEDED", "video_url": "https://example.com/v.mp4"}
+        if int(task_id[-1]) % 2:  # half of them do not tell their prompt
+            output["orig_prompt"] = f"someone else's {task_id}"
+        return Response(json.dumps({"request_id": "r", "output": output}), content_type="application/json")
+
+    httpserver.expect_request("/api/v1/tasks").respond_with_json(page)
+    httpserver.expect_request(re.compile(r"^/api/v1/tasks/.+$")).respond_with_handler(task)
+    client = WanClient(httpserver.url_for("/api/v1"), API_KEY, backoff_factor=0.001, connect_timeout=2.0,
+                       read_timeout=5.0)
+    try:
+        for prompt in ("the first lost create", "the second lost create"):
+            search = client.find_tasks(params_for(prompt), "", now - timedelta(seconds=10), now)
+            assert search.tasks == [] and not search.covered  # 20 of them cannot tell: it stays open
+    finally:
+        client.close()
+    assert len(asked) == 40  # once each, not once per look-up
+    busiest = max(sum(1 for t in asked if start <= t < start + 1.0) for start in asked)
+    assert busiest <= 20, f"{busiest} task queries in one second"

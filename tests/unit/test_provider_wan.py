@@ -10,7 +10,8 @@ import pytest
 from ledger.errors import (AuthError, BadParameters, ConfigError, InsufficientBalance, RateLimited, RemoteTaskFailed,
                            TaskNotFound, TransientError)
 from ledger.providers.base import Mapped, Mismatch, Request
-from ledger.providers.wan import (DEFAULT_PRICES, MODELS, RULES, SIZES, STATUSES, _error_kind, _status, request_body,
+from ledger.providers.wan import (DEFAULT_PRICES, LEGACY, LEGACY_SIZES, MODELS, RULES, STATUSES, _error_kind, _status,
+                                  request_body,
                                   tariff)
 from ledger.settings import Settings, load_settings
 
@@ -30,13 +31,14 @@ def request(prompt: str = "a fox", **fields) -> Request:
                    image_url=fields.get("image_url"), options=fields.get("options", {}))
 
 
-def test_a_prompt_alone_is_a_five_second_720p_wan27_video_without_watermark():
+def test_a_prompt_alone_is_a_five_second_720p_16_9_wan27_video_without_watermark():
     result = mapped()
     assert result.params == {"provider": "wan", "model": "wan2.7-t2v", "prompt": "a fox", "duration": 5,
-                             "resolution": "720P", "size": "1280*720", "is_pro": False, "watermark": False}
+                             "resolution": "720P", "ratio": "16:9", "is_pro": False, "watermark": False}
     assert (result.is_pro, result.price_key) == (False, "wan2.7-t2v@720P:5")
     assert request_body(result.params) == {"model": "wan2.7-t2v", "input": {"prompt": "a fox"},
-                                           "parameters": {"size": "1280*720", "duration": 5, "watermark": False}}
+                                           "parameters": {"resolution": "720P", "ratio": "16:9", "duration": 5,
+                                                          "watermark": False}}
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -44,19 +46,31 @@ def test_every_model_takes_each_of_its_tiers_orientations_and_durations(name):
     model = MODELS[name]
     image = IMAGE if model.needs_image else None
     for tier in model.tiers:
-        for orientation, size in zip(("horizontal", "vertical"), SIZES[tier]):
-            for seconds in (5, 10):
+        for orientation, ratio in (("horizontal", "16:9"), ("vertical", "9:16")):
+            for seconds in model.durations:
                 params = mapped(model=name, image_url=image, resolution=orientation, duration=seconds,
                                 options={"resolution": tier}).params
-                assert (params["model"], params["resolution"], params["size"], params["duration"]) == (
-                    name, tier, size, seconds)
-                shown = size.replace("*", "x")  # the storyboard's spelling of the same size
-                assert mapped(model=name, image_url=image, resolution=shown, duration=seconds).params["size"] == size
+                assert (params["model"], params["resolution"], params["duration"]) == (name, tier, seconds)
+                assert params.get("ratio") == (None if image else ratio)
+                shown = LEGACY_SIZES[(tier, ratio)].replace("*", "x")  # a storyboard size names tier and ratio
+                again = mapped(model=name, image_url=image, resolution=shown, duration=seconds).params
+                assert (again["resolution"], again.get("ratio")) == (tier, None if image else ratio)
 
 
-def test_quality_picks_the_tier_and_is_pro_the_pro_model():
-    assert mapped(quality="high").params["size"] == "1920*1080"
-    assert mapped(quality="high", resolution="vertical").params["size"] == "1080*1920"
+def test_wan27_takes_every_whole_second_from_2_to_15_and_wan26_5_10_or_15():
+    assert [mapped(duration=s).params["duration"] for s in range(2, 16)] == list(range(2, 16))
+    assert [mapped(model="wan2.6-t2v", duration=s).params["duration"] for s in (5, 10, 15)] == [5, 10, 15]
+    assert RULES.map(request(model="wan2.6-t2v", duration=7)) == [Mismatch(
+        "duration_seconds", "duration 7s is not offered by wan2.6-t2v on the wan provider; use one of 5, 10, 15")]
+
+
+def test_quality_picks_the_tier_the_block_the_ratio_and_is_pro_the_pro_model():
+    assert request_body(mapped(quality="high").params)["parameters"]["resolution"] == "1080P"
+    assert request_body(mapped(quality="high", resolution="vertical").params)["parameters"]["ratio"] == "9:16"
+    for ratio in ("16:9", "9:16", "1:1", "4:3", "3:4"):
+        assert request_body(mapped(options={"ratio": ratio}).params)["parameters"]["ratio"] == ratio
+    assert request_body(mapped(resolution="960x960").params)["parameters"] == {
+        "resolution": "720P", "ratio": "1:1", "duration": 5, "watermark": False}
     pro = mapped(is_pro=True)
     assert (pro.params["model"], pro.is_pro, pro.price_key) == ("wan3.0-video", True, "wan3.0-video@720P:5")
 
@@ -64,10 +78,29 @@ def test_quality_picks_the_tier_and_is_pro_the_pro_model():
 @pytest.mark.parametrize("model, sent", [(None, "wan2.7-i2v"), ("wan2.7-t2v", "wan2.7-i2v"),
                                          ("wan2.7-i2v", "wan2.7-i2v"), ("happyhorse-1.1-t2v", "happyhorse-1.1-i2v"),
                                          ("wan3.0-video", "wan3.0-video")])
-def test_an_image_url_is_the_first_frame_of_the_image_to_video_model(model, sent):
+def test_an_image_url_is_the_media_first_frame_of_the_new_protocols_image_to_video_model(model, sent):
     result = mapped(model=model, image_url=IMAGE)
     assert result.params["model"] == sent and result.params["image_url"] == IMAGE
-    assert request_body(result.params)["input"] == {"prompt": "a fox", "img_url": IMAGE}
+    body = request_body(result.params)
+    assert body["input"] == {"prompt": "a fox", "media": [{"type": "first_frame", "url": IMAGE}]}
+    assert body["parameters"] == {"resolution": "720P", "duration": 5, "watermark": False}  # the frame sets the ratio
+
+
+def test_wan26_speaks_the_legacy_protocol_img_url_and_size():
+    assert MODELS["wan2.6-t2v"].protocol == MODELS["wan2.6-i2v"].protocol == LEGACY
+    text = request_body(mapped(model="wan2.6-t2v", resolution="vertical", quality="high").params)
+    assert text == {"model": "wan2.6-t2v", "input": {"prompt": "a fox"},
+                    "parameters": {"size": "1080*1920", "duration": 5, "watermark": False}}
+    framed = request_body(mapped(model="wan2.6-t2v", image_url=IMAGE).params)
+    assert framed == {"model": "wan2.6-i2v", "input": {"prompt": "a fox", "img_url": IMAGE},
+                      "parameters": {"resolution": "720P", "duration": 5, "watermark": False}}
+
+
+def test_parameters_stored_before_the_ratio_was_kept_are_sent_in_the_new_protocol():
+    stored = {"provider": "wan", "model": "wan2.7-t2v", "prompt": "old", "duration": 5, "resolution": "1080P",
+              "size": "1080*1920", "is_pro": False, "watermark": False}
+    assert request_body(stored)["parameters"] == {"resolution": "1080P", "ratio": "9:16", "duration": 5,
+                                                  "watermark": False}
 
 
 def test_the_wan_block_adds_its_options_and_the_segment_says_the_watermark():
@@ -75,35 +108,44 @@ def test_the_wan_block_adds_its_options_and_the_segment_says_the_watermark():
                              "resolution": "1080P"})
     assert request_body(result.params) == {
         "model": "wan2.7-t2v", "input": {"prompt": "a fox", "negative_prompt": "text"},
-        "parameters": {"size": "1920*1080", "duration": 5, "watermark": True, "prompt_extend": True, "seed": 42}}
+        "parameters": {"resolution": "1080P", "ratio": "16:9", "duration": 5, "watermark": True,
+                       "prompt_extend": True, "seed": 42}}
     assert mapped(remove_watermark=False).params["watermark"] is True
 
 
+SIZES_27 = ("'horizontal', 'vertical', '1280x720', '720x1280', '960x960', '1088x832', '832x1088', '1920x1080', "
+            "'1080x1920', '1440x1440', '1632x1248', '1248x1632'")
+
+
 @pytest.mark.parametrize("fields, expected", [
-    ({"duration": 8}, [Mismatch("duration_seconds", "duration 8s is not offered by wan2.7-t2v on the wan provider; "
-                                                    "use one of 5, 10")]),
+    ({"duration": 1}, [Mismatch("duration_seconds", "duration 1s is not offered by wan2.7-t2v on the wan provider; "
+                                                    "use one of 2 to 15")]),
     ({"resolution": "832x480"}, [Mismatch("resolution", "resolution '832x480' is not offered by wan2.7-t2v on the wan "
-                                                        "provider; use one of 'horizontal', 'vertical', '1280x720', "
-                                                        "'720x1280', '1920x1080', '1080x1920'")]),
+                                                        f"provider; use one of {SIZES_27}")]),
     ({"resolution": "square"}, [Mismatch("resolution", "resolution 'square' is not offered by wan2.7-t2v on the wan "
-                                                       "provider; use one of 'horizontal', 'vertical', '1280x720', "
-                                                       "'720x1280', '1920x1080', '1080x1920'")]),
+                                                       f"provider; use one of {SIZES_27}")]),
     ({"options": {"resolution": "480P"}}, [Mismatch("wan", "wan.resolution '480P' is not offered by wan2.7-t2v; use "
                                                            "one of '720P', '1080P'")]),
     ({"resolution": "1920x1080", "options": {"resolution": "720P"}},
      [Mismatch("resolution", "resolution '1920x1080' is 1080P, but wan.resolution is 720P; drop one of the two")]),
+    ({"resolution": "1920x1080", "options": {"ratio": "1:1"}},
+     [Mismatch("resolution", "resolution '1920x1080' is 16:9, but wan.ratio is 1:1; drop one of the two")]),
+    ({"image_url": IMAGE, "options": {"ratio": "1:1"}},
+     [Mismatch("wan", "wan.ratio '1:1': the first frame (image_url) sets the ratio of wan2.7-i2v's video; drop "
+                      "wan.ratio")]),
     ({"model": "happyhorse-1.1-i2v"}, [Mismatch("model", "model 'happyhorse-1.1-i2v' makes a video from a first "
                                                          "frame: give the segment an image_url, or use a text-to-video "
                                                          "model ('wan2.7-t2v')")]),
     ({"model": "wan3.0-video", "is_pro": False}, [Mismatch("model", "model 'wan3.0-video' is the Pro model, but "
                                                                     "is_pro is false; drop one of the two")]),
-    ({"model": "wan2.6-t2v"}, [Mismatch("model", "model 'wan2.6-t2v' is not offered by the wan provider; use one of "
-                                                 "'wan2.7-t2v', 'wan2.7-i2v', 'wan3.0-video', 'happyhorse-1.1-t2v', "
-                                                 "'happyhorse-1.1-i2v'")]),
-    ({"duration": 15, "resolution": "640x480"}, [
-        Mismatch("duration_seconds", "duration 15s is not offered by wan2.7-t2v on the wan provider; use one of 5, 10"),
+    ({"model": "wan2.5-t2v"}, [Mismatch("model", "model 'wan2.5-t2v' is not offered by the wan provider; use one of "
+                                                 "'wan2.6-t2v', 'wan2.6-i2v', 'wan2.7-t2v', 'wan2.7-i2v', "
+                                                 "'wan3.0-video', 'happyhorse-1.1-t2v', 'happyhorse-1.1-i2v'")]),
+    ({"duration": 16, "resolution": "640x480"}, [
+        Mismatch("duration_seconds", "duration 16s is not offered by wan2.7-t2v on the wan provider; use one of 2 to "
+                                     "15"),
         Mismatch("resolution", "resolution '640x480' is not offered by wan2.7-t2v on the wan provider; use one of "
-                               "'horizontal', 'vertical', '1280x720', '720x1280', '1920x1080', '1080x1920'")]),
+                               f"{SIZES_27}")]),
 ])
 def test_values_a_model_does_not_take_are_mismatches_naming_the_allowed_ones(fields, expected):
     assert RULES.map(request(**fields)) == expected
@@ -126,8 +168,8 @@ def test_the_storyboard_block_is_checked_by_the_providers_schema(tmp_path: Path)
     problems = " | ".join(p.message for p in parsed.problems)
     assert not parsed.valid
     assert problems == ("-1 is less than the minimum of 0 | unknown option 'fps' for the wan provider (it takes "
-                        "'negative_prompt', 'prompt_extend', 'resolution', 'seed', 'watermark') | '4K' is not allowed "
-                        "here; use one of '480P', '720P', '1080P'")
+                        "'negative_prompt', 'prompt_extend', 'ratio', 'resolution', 'seed', 'watermark') | '4K' is not "
+                        "allowed here; use one of '480P', '720P', '1080P'")
 
 
 @pytest.mark.parametrize("key, fen", [
