@@ -18,7 +18,10 @@ beside its baseline from the same run:
   3. team keys: 2 workers x concurrency 8 with two keys (SORA_API_KEYS=KEY_A@2,KEY_B@3) against a
      simulator that refuses a key's create past its limit, N=40, G=2 s: wall, ideal (N/5*G: at most
      5 generations at once), efficiency, the most generations each key ran at once and the creates
-     the simulator refused for a key at its limit (goal: peaks within 2 and 3, no refusals).
+     the simulator refused for a key at its limit (goal: peaks within 2 and 3, no refusals);
+  4. `ledger status` while 4 workers x concurrency 16 work N=600, G=2 s on PostgreSQL: the wall time
+     of each `ledger status` process (median and worst of 5), beside the same command on the same
+     ledger with no worker running.
 """
 from __future__ import annotations
 
@@ -234,9 +237,43 @@ def scenario_3(verbose: bool) -> None:
         print(f"   worker logs: {', '.join(map(str, run.logs))}")
 
 
+def timed_status(root: Path, env: Mapping[str, str]) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "ledger", "status"], cwd=root, env=env, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def scenario_4() -> None:
+    n, g, workers = 600, 2.0, 4
+    print(f"4. `ledger status` while {workers} workers x concurrency 16 work N={n}, G={g:.0f}s on PostgreSQL")
+    sim = Simulator(g)
+    root = bench_project(n, "ledger-team-bench-")
+    try:
+        with pg_database() as db:
+            env = {**{k: v for k, v in os.environ.items() if k != "LEDGER_DATABASE_URL"}, **sim.env(),
+                   "GEN_COUNT_PER_SEGMENT": "1", "LEDGER_DATABASE_URL": db}
+            subprocess.run([sys.executable, "-m", "ledger", "scan"], cwd=root, env=env, check=True, capture_output=True)
+            idle = sorted(timed_status(root, env) for _ in range(5))
+            procs = [subprocess.Popen([sys.executable, "-m", "ledger", "work", "--concurrency", "16", "--no-progress"],
+                                      cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                     for _ in range(workers)]
+            time.sleep(3.0)  # the workers are claiming, creating and polling
+            busy = sorted(timed_status(root, env) for _ in range(5))
+            for proc in procs:
+                proc.wait()
+            (done,), = query(db, root, "SELECT count(*) FROM jobs WHERE state = 'done'")
+    finally:
+        sim.close()
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"   baseline, no worker running   : median {idle[2]:.2f} s, worst {idle[-1]:.2f} s")
+    print(f"   {workers} workers running      : median {busy[2]:.2f} s, worst {busy[-1]:.2f} s "
+          f"({busy[2] / idle[2]:.2f}x the baseline); {done}/{n} done, worker exits "
+          f"{','.join(str(p.returncode) for p in procs)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="123", help="which scenarios to run, e.g. 12")
+    parser.add_argument("--only", default="1234", help="which scenarios to run, e.g. 12")
     parser.add_argument("--n", type=int, default=600, help="jobs in scenario 1")
     parser.add_argument("--verbose", action="store_true", help="run the workers with -v (logs kept in temp dirs)")
     args = parser.parse_args()
@@ -248,6 +285,8 @@ def main() -> None:
         scenario_2(args.verbose)
     if "3" in args.only:
         scenario_3(args.verbose)
+    if "4" in args.only:
+        scenario_4()
 
 
 if __name__ == "__main__":
