@@ -590,8 +590,13 @@ def _board_table(boards: Dict[str, BoardTally]) -> Table:
     for _, title in columns:
         table.add_column(title, justify="right", no_wrap=True)
     table.add_column("paid", justify="right", no_wrap=True)
+    # A storyboard paid for in earlier runs (an interrupted one) shows what it cost in all.
+    earlier = any(b.total and b.total != b.spent for b in boards.values())
+    if earlier:
+        table.add_column("in all", justify="right", no_wrap=True)
     for (path, board), cell in zip(boards.items(), PathCell.column(list(boards))):
-        table.add_row(cell, *(str(getattr(board, name) or "-") for name, _ in columns), str(board.spent))
+        table.add_row(cell, *(str(getattr(board, name) or "-") for name, _ in columns), str(board.spent),
+                      *([str(board.total or board.spent)] if earlier else []))
     return table
 
 
@@ -613,7 +618,8 @@ def _render_summary(s: WorkSummary) -> None:
                        (s.collected, "paid earlier and collected")])
     paid = f"paid {s.spent} for {plural(s.creates, 'generation')}" if s.creates else "nothing paid"
     head = f"Stopped after {_seconds(s.seconds)}" if s.stopped else f"Finished in {_seconds(s.seconds)}"
-    out.print(f"{head}: {happened or 'no job to work on'}; {paid}.", markup=False)
+    idle = "nothing finished yet" if s.stopped or s.still_generating or s.pending_left else "no job to work on"
+    out.print(f"{head}: {happened or idle}; {paid}.", markup=False)
     if s.boards:
         out.print(_board_table(s.boards))
     folder = _videos_folder(s.boards)
@@ -974,16 +980,27 @@ def run_command(app: App, input_dir: Optional[Path], output_mode: Optional[str],
     store = _scan_store(app, settings, dry_run)
     report = scan(settings, app.cwd, store, dry_run=dry_run, requeue_changed=requeue_changed)
     _render_scan(report, settings, store, app.cwd, pending=False)
-    if dry_run:
-        job_ids, requeued = _retry_preview(store, retry_failed, app.cwd)
-        _dry_run(settings, store, pool, pattern, limit,
-                 extra=report.outcome.to_generate if job_ids is None else requeued, max_spend=max_spend,
-                 balances=preflight.balances, job_ids=job_ids)
-    else:
-        _raise_for(_work(app, settings, store, pool, pattern=pattern, limit=limit, max_spend=max_spend,
-                         no_progress=no_progress, job_ids=_retry(store, retry_failed, app.cwd), checked=preflight))
+    try:
+        if dry_run:
+            job_ids, requeued = _retry_preview(store, retry_failed, app.cwd)
+            _dry_run(settings, store, pool, pattern, limit,
+                     extra=report.outcome.to_generate if job_ids is None else requeued, max_spend=max_spend,
+                     balances=preflight.balances, job_ids=job_ids)
+        else:
+            _raise_for(_work(app, settings, store, pool, pattern=pattern, limit=limit, max_spend=max_spend,
+                             no_progress=no_progress, job_ids=_retry(store, retry_failed, app.cwd), checked=preflight))
+    finally:
+        _repeat_invalid(report)
     if report.problems:
-        raise InputError(f"{len(report.invalid_files)} storyboard file(s) are invalid (listed above)")
+        raise InputError(f"{len(report.invalid_files)} storyboard file(s) are invalid and were skipped (listed above)")
+
+
+def _repeat_invalid(report: ScanReport) -> None:
+    """The storyboards the scan skipped as invalid, once more after the run: its lines scrolled away."""
+    for path in report.invalid_files:
+        found = [p for p in report.problems if p.path == path]
+        more = f" (and {plural(len(found) - 1, 'other problem')})" if len(found) > 1 else ""
+        out.print(f"skipped as invalid: {found[0]}{more}", markup=False, soft_wrap=True)
 
 
 @cli.group("db")

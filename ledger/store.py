@@ -754,6 +754,21 @@ class Store(TeamQueries):
 
     # work ----------------------------------------------------------------------------------
 
+    def spent_by_storyboard(self, paths: Sequence[str]) -> Dict[str, List[Tuple[str, int]]]:
+        """What the jobs of each storyboard of ``paths`` cost so far, every run counted, per provider."""
+        spent: Dict[str, List[Tuple[str, int]]] = {}
+        wanted = list(paths)
+        with read_tx(self.engine) as conn:
+            for start in range(0, len(wanted), CHUNK):
+                rows = conn.execute(
+                    select(storyboards.c.path, jobs.c.provider, func.coalesce(func.sum(jobs.c.spent_cents), 0))
+                    .join_from(jobs, storyboards, jobs.c.storyboard_id == storyboards.c.id)
+                    .where(storyboards.c.path.in_(wanted[start:start + CHUNK]))
+                    .group_by(storyboards.c.path, jobs.c.provider))
+                for path, provider, cents in rows:
+                    spent.setdefault(path, []).append((provider, int(cents)))
+        return spent
+
     def unfinished_targets(self, scope: "JobScope") -> List[Tuple[int, str, int, str, State, Optional[str]]]:
         """Jobs in ``scope`` without their video that no worker holds: (id, storyboard path,
         segment, target folder, state, the storyboard's remembered output mode)."""

@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional, Set, Tuple, TypeVar
 from sqlalchemy import exc as sa_exc
 
 from ..journal import Journal, journal_folder, orphaned
+from ..money import Money
 from ..leases import hostname, owner_id
 from ..redact import mask_key
 from ..models import utcnow
@@ -420,6 +421,10 @@ class Scheduler:
         if own is not None:
             summary.waiting_for_keys = self._ledger(lambda: self.store.waiting_for_keys(self.options.scope, own), [])
         summary.pending_left = self._ledger(lambda: sum(self.store.pending_by_price(self.options.scope).values()), 0)
+        totals = self._ledger(lambda: self.store.spent_by_storyboard(list(summary.boards)), {})
+        for path, board in summary.boards.items():
+            board.total = sum((Money.of(cents, self.ctx.prices.currency(provider))
+                               for provider, cents in totals.get(path, ())), Money())
 
     def _replay_journals(self) -> None:
         """Adopt the tasks that workers which are gone kept in their journals because the ledger was

@@ -161,6 +161,7 @@ class BoardTally:
     collected: int = 0
     unresolved: int = 0
     spent: Money = field(default_factory=Money)
+    total: Money = field(default_factory=Money)  # what its jobs cost, every run counted
     folder: str = ""  # the storyboard's output folder (the parent of its Segment_i folders)
 
 
