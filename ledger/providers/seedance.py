@@ -70,21 +70,32 @@ class SeedanceModel(ModelRules):
     ``sizes`` are the output resolutions it renders."""
 
     sizes: Tuple[str, ...] = ("480p", "720p", "1080p")
+    # The ratios it takes with a first frame (None: the same as without one).
+    first_frame_ratios: Optional[Tuple[str, ...]] = None
 
 
 def _seconds(low: int, high: int) -> Tuple[int, ...]:
     return tuple(range(low, high + 1))
 
 
-# Durations and sizes per model are not all documented (inferred; Ark takes 2-12 s on 1.0, ArcReel
-# lists 30 s and 480p/720p for 2.5).
+# What each model takes. Volcengine's own model pages were not readable here (read 2026-12-07); the
+# sources are gateways that pass Ark's API through, named per model:
 MODELS: Mapping[str, SeedanceModel] = {
+    # 2.0: 4-15 s; 480p/720p/1080p (and 4k, not offered here); 16:9 4:3 1:1 3:4 9:16 21:9 adaptive
+    # (docs.phanedge.cloud/doubao/doubao-seedance-2-0, aivideoapi.ai seedance-2, apidoc.3hei.com seedance).
     NORMAL: SeedanceModel(NORMAL, pro=False, durations=_seconds(4, 15), default_duration=5, resolutions=_RATIO_OF),
+    # 1.5 pro: 4-12 s, 480p/720p/1080p, with or without audio (ArcReel lib/config/registry.py; one gateway,
+    # senseaudio.cn, lists 2-12 s and 720p/1080p only: the narrower durations are kept).
     PRO: SeedanceModel(PRO, pro=True, durations=_seconds(4, 12), default_duration=5, resolutions=_RATIO_OF),
+    # 2.0 fast: 4-15 s. 1080p is disputed: phanedge, tokenlab, qingbo and aivideoapi say 480p/720p only,
+    # no official page was read, so 1080p is left to the API to refuse (InvalidParameter, one line).
     FAST: SeedanceModel(FAST, pro=False, durations=_seconds(4, 15), default_duration=5, resolutions=_RATIO_OF),
+    # 2.0 mini: 4-15 s; the same gateways say 480p/720p only: 1080p left to the API, as for fast.
     MINI: SeedanceModel(MINI, pro=False, durations=_seconds(4, 15), default_duration=5, resolutions=_RATIO_OF),
+    # 2.5: 4-30 s, 480p/720p (ArcReel registry.py); with a first frame only ratio adaptive (HTTP 400
+    # otherwise: a reseller's live tests of 2026-08-28, /work/shared/video-apis-facts.md).
     V25: SeedanceModel(V25, pro=False, durations=_seconds(4, 30), default_duration=5, resolutions=_RATIO_OF,
-                       sizes=("480p", "720p")),
+                       sizes=("480p", "720p"), first_frame_ratios=("adaptive",)),
 }
 # Yuan per million output tokens (ArcReel's registry); ``MODEL.silent`` is the rate without audio
 # where it differs. SEEDANCE_PRICES overrides any of them.
@@ -105,8 +116,8 @@ ERRORS: Mapping[Union[str, int], Type[ApiError]] = {
     "RateLimitExceeded": RateLimited,  # .EndpointRPMExceeded, .EndpointTPMExceeded: also the concurrency cap
     "QuotaExceeded": RateLimited,
     "ServerOverloaded": RateLimited,
-    "InputTextSensitiveContentDetected": RemoteTaskFailed,  # refused at create: nothing was made
-    "InputImageSensitiveContentDetected": RemoteTaskFailed,
+    # Content-policy refusals (InputTextRiskDetection, InputImageSensitiveContentDetected, …) are
+    # not listed one by one: ``_refusal`` takes every code of both families.
     "InvalidParameter": BadParameters,
     "MissingParameter": BadParameters,
     "ModelNotOpen": BadParameters,
@@ -142,7 +153,7 @@ class SeedanceRules:
         name, model = chosen
         assert isinstance(model, SeedanceModel)
         seconds = model.default_duration if request.duration is None else request.duration
-        ratio = model.resolutions.get(request.resolution)
+        ratio = _first_frame_ratio(model, request) or model.resolutions.get(request.resolution)
         size = request.options.get("resolution") or QUALITY.get(request.quality, request.quality)
         problems = [*_duration_problems(name, model, seconds), *_ratio_problems(name, model, request, ratio),
                     *_size_problems(name, model, request, size)]
@@ -165,7 +176,20 @@ def _duration_problems(name: str, model: SeedanceModel, seconds: int) -> List[Mi
                                          f"use one of {_listed(model.durations)}")]
 
 
+def _first_frame_ratio(model: SeedanceModel, request: Request) -> Optional[str]:
+    """The ratio sent with a first frame to a model that takes only some (2.5: adaptive) when the
+    storyboard leaves it at its default ``horizontal`` or names one of them; None otherwise."""
+    if not request.image_url or model.first_frame_ratios is None:
+        return None
+    wanted = "adaptive" if request.resolution == "horizontal" else _RATIO_OF.get(request.resolution)
+    return wanted if wanted in model.first_frame_ratios else None
+
+
 def _ratio_problems(name: str, model: SeedanceModel, request: Request, ratio: Optional[str]) -> List[Mismatch]:
+    if request.image_url and model.first_frame_ratios is not None and ratio not in model.first_frame_ratios:
+        return [Mismatch("resolution", f"resolution {request.resolution!r} is not offered by {name} with a first "
+                                       f"frame (image_url): it takes only {', '.join(map(repr, model.first_frame_ratios))}"
+                                       ", the ratio of the frame; drop resolution or set 'adaptive'")]
     if ratio is None:
         offered = ", ".join(f"{key!r}" + (f" ({value})" if key != value else "") for key, value in model.resolutions.items())
         return [Mismatch("resolution", f"resolution {request.resolution!r} is not offered by {name} on the {NAME} "
@@ -445,7 +469,7 @@ class Seedance(ApiClient):
         detail = "; ".join(p for p in parts if p) or f"unexpected body: {_snippet(resp.text)!r}"
         if status == 404 and method == "GET" and path.startswith(TASKS + "/"):
             return TaskNotFound(self._redact(f"{where}, the API does not know this task ({detail})"), http_status=status)
-        kind = ERRORS.get(code) or ERRORS.get(code.split(".")[0]) or ERRORS.get(status)
+        kind = ERRORS.get(code) or ERRORS.get(code.split(".")[0]) or _refusal(code) or ERRORS.get(status)
         if kind is None and (status >= 500 or 200 <= status < 300):  # a garbled answer, or a server in trouble
             kind = TransientError
         build = _BUILDERS.get(kind) if kind is not None else None
@@ -517,6 +541,16 @@ _BUILDERS: Mapping[Type[ApiError], _Builder] = {
     AuthError: Seedance._auth, InsufficientBalance: Seedance._overdue, RateLimited: Seedance._rate_limited,
     RemoteTaskFailed: Seedance._refused, BadParameters: Seedance._bad, TransientError: Seedance._transient,
 }
+
+
+def _refusal(code: str) -> Optional[Type[ApiError]]:
+    """A content-policy refusal: Ark's error-code table (HTTP 400) has the risk checks
+    (``InputTextRiskDetection``, ``InputImageRiskDetection``, ``Output…RiskDetection``) beside the
+    ``*SensitiveContentDetected*`` family (``InputImageSensitiveContentDetected.PrivacyInformation``,
+    ``OutputVideoSensitiveContentDetected``, …): nothing was made, and sending it again is refused
+    again, so it ends the job in the API's words, like a task that failed the check."""
+    family = code.split(".")[0]
+    return RemoteTaskFailed if family.endswith(("SensitiveContentDetected", "RiskDetection")) else None
 
 
 def _failure(data: Mapping[str, Any], word: str) -> str:

@@ -250,6 +250,45 @@ def test_each_refusal_ends_its_job_as_the_error_table_says(ws, sim, env):
     assert (billed(sim), spent(ws), sim.stats()["tasks_created"]) == (0, 0, 0)
 
 
+def test_the_risk_checks_and_every_sensitive_content_code_are_refusals_in_the_apis_words(ws, sim, env):
+    """Ark's error table: InputTextRiskDetection, InputImageRiskDetection and the
+    *SensitiveContentDetected* family (HTTP 400) refuse the content: the job ends refused
+    (remote_failed) with the API's message, never as bad parameters."""
+    env = {**env, "MAX_CONCURRENT_TASKS": "1"}
+    codes = {"InputTextRiskDetection": "The request could not be processed because the input text includes "
+                                       "sensitive content that violates ContentSecurityDetection.",
+             "InputImageRiskDetection": "The request could not be processed because the input image includes "
+                                        "sensitive content that violates ContentSecurityDetection.",
+             "OutputVideoSensitiveContentDetected": "The request failed because the output video may contain "
+                                                    "sensitive information."}
+    ws.storyboard("storyboard_a.json", segments(*codes))
+    for code, message in codes.items():
+        sim.inject("create", "envelope", code=code, message=message)
+    result = ws.cli("run", "--no-progress", env=env)
+    assert result.exit_code == 1, result.output
+    rows = query(ws.root, "SELECT state, error_kind, error_message FROM jobs ORDER BY segment_index")
+    assert rows == [("failed", "remote_failed", f"{message} ({code})") for code, message in codes.items()]
+    assert (billed(sim), spent(ws), sim.stats()["tasks_created"]) == (0, 0, 0)
+
+
+def test_2_5_with_a_first_frame_sends_adaptive_and_a_refused_1080p_on_fast_is_one_line(ws, sim, env):
+    """2.5 takes only ratio adaptive with a first frame (the storyboard's default becomes it);
+    whether 2.0 fast renders 1080p is disputed, so the client sends it and reports the API's answer."""
+    env = {**env, "MAX_CONCURRENT_TASKS": "1"}
+    ws.storyboard("storyboard_a.json", {"segments": [
+        {"segment_index": 1, "prompt_text": "framed on 2.5", "model": "doubao-seedance-2-5-260628",
+         "image_url": "https://example.com/first-frame.png"},
+        {"segment_index": 2, "prompt_text": "fast in 1080p", "model": "doubao-seedance-2-0-fast-260128",
+         "quality": "high"}]})
+    result = ws.cli("run", "--no-progress", env=env)
+    assert result.exit_code == 1, result.output
+    rows = query(ws.root, "SELECT state, error_kind, error_message FROM jobs ORDER BY segment_index")
+    assert rows[0][:2] == ("done", None) and rows[1][:2] == ("failed", "bad_parameters")
+    assert sim.find_task(lambda t: t.image_url).extra["ratio"] == "adaptive"
+    assert "\n" not in rows[1][2] and "resolution" in rows[1][2] and "InvalidParameter" in rows[1][2], rows[1][2]
+    assert sim.stats()["tasks_created"] == 1
+
+
 def test_a_rejected_key_is_one_line_exit_3_and_never_printed(ws, sim, work_env):
     ws.storyboard("storyboard_a.json", segments("one"))
     wrong = "ark-Wr0ngWr0ngWr0ngWr0ng0123456789"

@@ -77,6 +77,24 @@ def test_the_storyboards_words_map_to_ratio_resolution_model_and_watermark():
     assert mapped(remove_watermark=False, options={"watermark": False}).params["watermark"] is False
 
 
+def test_2_5_with_a_first_frame_sends_adaptive_and_names_any_other_ratio_at_scan():
+    v25, image = "doubao-seedance-2-5-260628", "https://example.com/first.png"
+    assert mapped(model=v25, is_pro=None, image_url=image).params["ratio"] == "adaptive"  # the default resolution
+    assert mapped(model=v25, is_pro=None, image_url=image, resolution="adaptive").params["ratio"] == "adaptive"
+    assert mapped(model=v25, is_pro=None).params["ratio"] == "16:9"  # without a frame any ratio
+    for word in ("vertical", "16:9"):
+        assert problems(model=v25, is_pro=None, image_url=image, resolution=word) == [(
+            "resolution", f"resolution {word!r} is not offered by {v25} with a first frame (image_url): it takes only "
+                          "'adaptive', the ratio of the frame; drop resolution or set 'adaptive'")]
+    assert mapped(image_url=image).params["ratio"] == "16:9"  # 2.0 takes any ratio with a frame
+
+
+def test_1080p_on_2_0_fast_and_mini_is_left_to_the_api():
+    """Disputed (gateways say 480p/720p only; no official page read): sent, and the API decides."""
+    for name in (seedance.FAST, seedance.MINI):
+        assert mapped(model=name, is_pro=None, quality="high").params["resolution"] == "1080p"
+
+
 def test_the_seedance_block_sets_audio_tier_seed_and_camera():
     job = mapped(options={"generate_audio": True, "service_tier": "flex", "seed": 42, "camera_fixed": True})
     assert {k: job.params[k] for k in ("generate_audio", "service_tier", "seed", "camera_fixed")} == {
@@ -227,6 +245,12 @@ def answer(status: int, code: str = "", message: str = "the API says so", body: 
     (429, "ServerOverloaded", RateLimited),
     (400, "InputTextSensitiveContentDetected", RemoteTaskFailed),
     (400, "InputImageSensitiveContentDetected.PrivacyInformation", RemoteTaskFailed),
+    (400, "InputTextRiskDetection", RemoteTaskFailed),
+    (400, "InputImageRiskDetection", RemoteTaskFailed),
+    (400, "OutputVideoSensitiveContentDetected", RemoteTaskFailed),
+    (400, "OutputVideoSensitiveContentDetected.PolicyViolation", RemoteTaskFailed),
+    (400, "InputVideoSensitiveContentDetected.PrivacyInformation", RemoteTaskFailed),
+    (400, "SensitiveContentDetected.Violence", RemoteTaskFailed),
     (400, "InvalidParameter", BadParameters),
     (404, "ModelNotOpen", BadParameters),
     (500, "InternalServiceError", TransientError),
