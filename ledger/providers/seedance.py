@@ -641,15 +641,18 @@ class SeedLookup:
                 self.found[task.task_id] = task
 
     def _verdict(self, pages: int) -> TaskSearch:
+        """What the covered window shows. The undecided verdicts are ``final``: the same list read
+        again shows the same tasks the same way, so the job is parked at once for a later run
+        instead of reading it again with growing pauses."""
         found = list(self.found.values())
         if self.user_seed and len(found) > 1:
             return TaskSearch([], False, pages, f"{len(found)} tasks of that time have the storyboard's seed {self.seed}: "
-                                                "the list cannot tell which one the create made")
+                                                "the list cannot tell which one the create made", final=True)
         if found and not (self.user_seed and self.unknown):
             return TaskSearch(found, True, pages)
         if self.unknown:
             return TaskSearch([], False, pages, f"the list shows {self.unknown} task(s) of that time without their "
-                                                "seed: any of them may be the create's")
+                                                "seed: any of them may be the create's", final=True)
         return TaskSearch([], True, pages)
 
 

@@ -165,6 +165,20 @@ def test_a_list_without_seeds_leaves_a_lost_create_unresolved_never_sent_again(w
     assert sim.stats()["creates_per_prompt"]["lost, and the list hides seeds"] == 1  # … and never pays twice
 
 
+def test_a_list_without_seeds_parks_the_job_on_the_first_look_up_pass(ws, sim, env):
+    """Reading the same list again cannot decide what it could not: the job is parked after one
+    pass of the look-up, not after MAX_ATTEMPTS passes with growing pauses (~7.5 min before)."""
+    sim.protocol = SeedanceProtocol(list_shows_seed=False)
+    ws.storyboard("storyboard_a.json", segments("lost, and the list hides seeds"))
+    sim.inject("create", "lost_create")
+    result = ws.cli("run", "--no-progress", env=env)
+    assert result.exit_code == 0, result.output
+    assert query(ws.root, "SELECT state, error_kind, attempts FROM jobs") == [("submitting", "unresolved", 0)]
+    lists = [route for route, _ in sim.request_times() if route == "tasks"]
+    assert len(lists) == 2, sim.request_times()  # the pre-flight's, and one pass of the look-up
+    assert sim.stats()["creates_per_prompt"]["lost, and the list hides seeds"] == 1
+
+
 def test_a_seed_set_in_the_storyboard_cannot_tell_a_lost_create_from_another_task_with_it(ws, sim, env):
     """The storyboard's seed is shared by every request made with it: after a lost answer, another
     task of that time with the same seed makes the look-up ambiguous, and the job waits unresolved."""

@@ -311,6 +311,7 @@ def test_the_derived_seed_finds_its_task_and_stops_past_the_window():
 def test_a_list_without_seeds_cannot_prove_anything():
     found, _ = lookup([listed(None, 1), listed(None, -10)])
     assert (found.tasks, found.covered) == ([], False) and "without their seed" in found.reason
+    assert found.final  # reading it again shows the same: parked at once
 
 
 def test_nothing_with_the_seed_in_a_covered_window_means_not_created():
@@ -320,7 +321,7 @@ def test_nothing_with_the_seed_in_a_covered_window_means_not_created():
 
 def test_a_storyboard_seed_two_tasks_share_is_left_unresolved():
     found, _ = lookup([listed(42, 1), listed(42, 0, number=1)], seed=42, user_seed=True)
-    assert (found.tasks, found.covered) == ([], False) and "seed 42" in found.reason
+    assert (found.tasks, found.covered, found.final) == ([], False, True) and "seed 42" in found.reason
     one, _ = lookup([listed(42, 1), listed(3, 0)], seed=42, user_seed=True)
     assert len(one.tasks) == 1 and one.covered
 
