@@ -6,8 +6,11 @@ the ``seed``, unix timestamps and no progress; the list pages by ``page_num``/``
 shows no prompt; errors are ``{"error": {"code", "message", "param", "type"}}`` with an HTTP
 status. Billing as Ark bills: only successful tasks, by the tokens of their frames (24 fps plus
 the first frame, 121 for 5 s). A task is charged its estimate when made and settled when first
-seen finished: to its usage when it succeeded, to nothing when it failed. Tasks are kept
-``retention`` seconds (24 h; a test lowers it), then answer 404 and leave the list.
+seen finished: to its usage when it succeeded, to nothing when it failed. Task records are kept
+``retention`` seconds (7 days: BytePlus's list "only the last 7 days"), then answer 404 and leave the
+list; a video ``video_retention`` seconds after it was made (24 h): past that the task still
+answers succeeded, with its URL refused (403, as an expired signature) — or, with
+``clears_url=True``, with no URL at all. Tests lower both.
 
 Where the facts are open, ``SeedanceProtocol`` takes the other reading: ``list_shows_seed=False``
 (list items without their seed), ``newest_first=False`` (the list oldest first) and
@@ -142,12 +145,15 @@ class SeedanceProtocol(SimProtocol):
     name = NAME
     base_path = BASE
     key_hint = "PROVIDER=seedance, ARK_BASE_URL={url} and ARK_API_KEY={key}"
-    retention = 24 * 3600.0  # seconds a task is kept; a test lowers it
+    retention = 7 * 86400.0  # seconds a task record is kept; a test lowers it
+    video_retention = 86400.0  # seconds a finished task's video is kept; a test lowers it
 
-    def __init__(self, *, list_shows_seed: bool = True, newest_first: bool = True, policy: str = "output") -> None:
+    def __init__(self, *, list_shows_seed: bool = True, newest_first: bool = True, policy: str = "output",
+                 clears_url: bool = False) -> None:
         self.list_shows_seed = list_shows_seed
         self.newest_first = newest_first
         self.policy = policy
+        self.clears_url = clears_url
         self._random = random.Random()
 
     def new_id(self) -> str:
@@ -243,7 +249,11 @@ class SeedanceProtocol(SimProtocol):
         }
         if status == "completed":
             count = tokens(task.resolution, extra["ratio"], task.duration)
-            view["content"] = {"video_url": sim.signed_url(task.task_id, origin)}
+            made = task.created_wall.timestamp() + ends_at
+            expires = int(made + self.video_retention)
+            gone = time.time() >= expires
+            view["content"] = {"video_url": "" if gone and self.clears_url else
+                               sim.signed_url(task.task_id, origin, expires)}
             view["usage"] = {"completion_tokens": count, "total_tokens": count}
         elif status == "failed":
             view["error"] = self._failure(task)

@@ -358,6 +358,39 @@ def test_a_task_the_api_forgot_after_24_hours_ends_content_expired_and_requeue_g
     assert_all_done_and_whole(ws, sim, 1)
 
 
+@pytest.mark.parametrize("clears_url", [False, True], ids=["url-refused", "url-cleared"])
+def test_a_video_past_24_hours_of_a_task_still_listed_ends_content_expired_and_requeue_generates_it(
+        ws, make_sim, work_env, clears_url):
+    """Ark keeps task records 7 days but the video 24 h: a task read back after that still answers
+    succeeded, with a URL refused for ever (403) or none. The job ends content_expired at once, and
+    `requeue --failed` generates it again instead of downloading the dead URL again."""
+    sim = make_sim(gen_seconds=1.0)
+    env = {**work_env, **api_env(sim)}
+    ws.storyboard("storyboard_a.json", segments("left for a day and a bit"))
+    assert ws.cli("run", "--no-progress", env={**env, "POLL_TIMEOUT_SECONDS": "0.2"}).exit_code == 0
+    assert query(ws.root, "SELECT state FROM jobs") == [("submitted",)]
+    with closing(sqlite3.connect(ws.root / "ledger.db")) as conn, conn:
+        (was,) = conn.execute("SELECT submitted_at FROM jobs").fetchone()
+        earlier = datetime.fromisoformat(was) - timedelta(hours=25)
+        conn.execute("UPDATE jobs SET submitted_at = ?", (earlier.isoformat(sep=" "),))
+    sim.protocol = SeedanceProtocol(clears_url=clears_url)
+    sim.protocol.video_retention = 0.0  # the record is kept, its video is not
+    time.sleep(1.0)  # the task finishes (gen_seconds) on the service
+    result = ws.cli("work", "--no-progress", env=env)
+    assert result.exit_code == 1, result.output
+    ((state, kind, message),) = query(ws.root, "SELECT state, error_kind, error_message FROM jobs")
+    assert (state, kind) == ("failed", "content_expired"), message
+    assert "keeps a task and its video 24 h" in message and "`ledger requeue --failed` generates it again" in message
+    assert "\n" not in message
+    requeued = ws.cli("requeue", "--failed", env=env)
+    assert "1 to generate again" in requeued.output, requeued.output
+    assert query(ws.root, "SELECT state, remote_task_id FROM jobs") == [("pending", None)]
+    sim.protocol = SeedanceProtocol()
+    assert ws.cli("work", "--no-progress", env=env).exit_code == 0
+    assert sim.stats()["tasks_created"] == 2  # the one whose video expired, and the one paid again on purpose
+    assert_all_done_and_whole(ws, sim, 1)
+
+
 # --- the storyboard, checked at scan time ------------------------------------------------------------
 
 
