@@ -113,6 +113,10 @@ STATUSES: Mapping[str, str] = {
 ERRORS: Mapping[Union[str, int], Type[ApiError]] = {
     "AuthenticationError": AuthError,
     "AccountOverdueError": InsufficientBalance,
+    "OperationDenied.ServiceOverdue": InsufficientBalance,
+    # The account's own "safe experience" spending limit paused the model: nothing is made until
+    # the user lifts it, so it stops submitting like an overdue balance.
+    "SetLimitExceeded": InsufficientBalance,
     "RateLimitExceeded": RateLimited,  # .EndpointRPMExceeded, .EndpointTPMExceeded: also the concurrency cap
     "QuotaExceeded": RateLimited,
     "ServerOverloaded": RateLimited,
@@ -160,7 +164,7 @@ class SeedanceRules:
         ratio = _first_frame_ratio(model, request) or model.resolutions.get(request.resolution)
         size = request.options.get("resolution") or QUALITY.get(request.quality, request.quality)
         problems = [*_duration_problems(name, model, seconds), *_ratio_problems(name, model, request, ratio),
-                    *_size_problems(name, model, request, size)]
+                    *_size_problems(name, model, request, size), *_last_frame_problems(request)]
         if problems:
             return problems
         params = _params(request, name, model, seconds, str(ratio), size)
@@ -204,6 +208,12 @@ def _ratio_problems(name: str, model: SeedanceModel, request: Request, ratio: Op
     return []
 
 
+def _last_frame_problems(request: Request) -> List[Mismatch]:
+    if request.options.get("last_frame_url") and not request.image_url:
+        return [Mismatch(NAME, f"{NAME}.last_frame_url needs a first frame: set image_url too")]
+    return []
+
+
 def _size_problems(name: str, model: SeedanceModel, request: Request, size: str) -> List[Mismatch]:
     if size in model.sizes:
         return []
@@ -228,6 +238,8 @@ def _params(request: Request, name: str, model: SeedanceModel, seconds: int, rat
         params["seed"] = int(options["seed"])
     if request.image_url:
         params["image_url"] = request.image_url
+    if options.get("last_frame_url"):
+        params["last_frame_url"] = str(options["last_frame_url"])
     return params
 
 
@@ -266,6 +278,8 @@ def request_body(params: Mapping[str, Any], seed: Optional[int]) -> Dict[str, An
     content: List[Dict[str, Any]] = [{"type": "text", "text": params["prompt"]}]
     if params.get("image_url"):
         content.append({"type": "image_url", "image_url": {"url": params["image_url"]}, "role": "first_frame"})
+    if params.get("last_frame_url"):
+        content.append({"type": "image_url", "image_url": {"url": params["last_frame_url"]}, "role": "last_frame"})
     body: Dict[str, Any] = {"model": params["model"], "content": content}
     for key in ("resolution", "ratio", "duration", "generate_audio", "service_tier", "camera_fixed", "watermark"):
         body[key] = params[key]
@@ -492,8 +506,9 @@ class Seedance(ApiClient):
 
     def _overdue(self, method: str, where: str, resp: requests.Response, code: str, message: str,
                  detail: str) -> ApiError:
-        return InsufficientBalance(self._redact(f"{where}, the account cannot pay ({detail})"),
-                                   http_status=resp.status_code)
+        why = "the account's own inference limit paused the model (raise it on the model's activation page)" \
+            if code == "SetLimitExceeded" else "the account cannot pay"
+        return InsufficientBalance(self._redact(f"{where}, {why} ({detail})"), http_status=resp.status_code)
 
     def _refused(self, method: str, where: str, resp: requests.Response, code: str, message: str,
                  detail: str) -> ApiError:
@@ -682,6 +697,8 @@ STORYBOARD_OPTIONS: Mapping[str, Any] = {"properties": {
                   "type": "boolean"},
     "resolution": {"description": "The output resolution, over quality (normal 720p, high 1080p).", "type": "string",
                    "enum": ["480p", "720p", "1080p"]},
+    "last_frame_url": {"description": "http(s) URL of the last frame: the video goes from image_url to it.",
+                       "type": "string", "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^\\s/]+"},
 }}
 
 REGISTRATION = Registration(

@@ -126,11 +126,13 @@ def validate(body: Any) -> Optional[Tuple[str, str, str]]:
 
 def _image_problem(body: Mapping[str, Any]) -> Optional[Tuple[str, str, str]]:
     images = [item for item in body["content"] if isinstance(item, dict) and item.get("type") == "image_url"]
+    roles = [item.get("role", "first_frame") for item in images]
     for item in images:
         url = (item.get("image_url") or {}).get("url") if isinstance(item.get("image_url"), dict) else None
         if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https") or \
-                item.get("role", "first_frame") != "first_frame" or len(images) > 1:
-            return "InvalidParameter", "content", "One first_frame image_url with an http(s) url is taken."
+                roles not in ([], ["first_frame"], ["first_frame", "last_frame"]):
+            return "InvalidParameter", "content", "A first_frame image_url (and a last_frame one) with an http(s) " \
+                                                  "url is taken."
     if body.get("ratio") == "adaptive" and not images:
         return "InvalidParameter", "ratio", "The ratio adaptive is only supported with an image."
     if images and body["model"] in ADAPTIVE_ONLY and body.get("ratio", "adaptive") != "adaptive":

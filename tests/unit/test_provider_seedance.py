@@ -89,6 +89,15 @@ def test_2_5_with_a_first_frame_sends_adaptive_and_names_any_other_ratio_at_scan
     assert mapped(image_url=image).params["ratio"] == "16:9"  # 2.0 takes any ratio with a frame
 
 
+def test_a_last_frame_follows_the_first_in_the_content_and_needs_it():
+    job = mapped(image_url="https://example.com/a.png", options={"last_frame_url": "https://example.com/z.png"})
+    assert request_body(job.params, 1)["content"][1:] == [
+        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}, "role": "first_frame"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/z.png"}, "role": "last_frame"}]
+    assert problems(options={"last_frame_url": "https://example.com/z.png"}) == [
+        ("seedance", "seedance.last_frame_url needs a first frame: set image_url too")]
+
+
 def test_1080p_on_2_0_fast_and_mini_is_left_to_the_api():
     """Disputed (gateways say 480p/720p only; no official page read): sent, and the API decides."""
     for name in (seedance.FAST, seedance.MINI):
@@ -133,7 +142,8 @@ def test_every_value_that_is_wrong_is_named_at_once():
 
 def test_the_block_is_declared_as_json_schema_properties():
     properties = seedance.REGISTRATION.storyboard_options["properties"]
-    assert sorted(properties) == ["camera_fixed", "generate_audio", "resolution", "seed", "service_tier", "watermark"]
+    assert sorted(properties) == ["camera_fixed", "generate_audio", "last_frame_url", "resolution", "seed",
+                                  "service_tier", "watermark"]
     assert properties["service_tier"]["enum"] == ["default", "flex"]
     assert properties["resolution"]["enum"] == ["480p", "720p", "1080p"]
 
@@ -240,6 +250,8 @@ def answer(status: int, code: str = "", message: str = "the API says so", body: 
 @pytest.mark.parametrize("status, code, kind", [
     (401, "AuthenticationError", AuthError),
     (403, "AccountOverdueError", InsufficientBalance),
+    (403, "OperationDenied.ServiceOverdue", InsufficientBalance),
+    (429, "SetLimitExceeded", InsufficientBalance),
     (429, "RateLimitExceeded.EndpointRPMExceeded", RateLimited),
     (429, "QuotaExceeded", RateLimited),
     (429, "ServerOverloaded", RateLimited),
