@@ -171,6 +171,8 @@ class SeedanceProtocol(SimProtocol):
         return None, ""
 
     def create(self, sim: Any, body: Any, task_id: Optional[str]) -> Tuple[Reply, bool]:
+        if isinstance(body, dict):  # the official SDK sends every keyword not given as null: not set
+            body = {key: value for key, value in body.items() if value is not None}
         problem = validate(body) or self._refusal(body)
         if problem:
             code, param, message = problem
