@@ -72,36 +72,40 @@ class SeedanceModel(ModelRules):
     sizes: Tuple[str, ...] = ("480p", "720p", "1080p")
     # The ratios it takes with a first frame (None: the same as without one).
     first_frame_ratios: Optional[Tuple[str, ...]] = None
+    # The service tiers it takes: ``flex`` is offline inference (half price).
+    tiers: Tuple[str, ...] = ("default",)
+
+
+FLEX = "flex"  # the offline service tier: half price
 
 
 def _seconds(low: int, high: int) -> Tuple[int, ...]:
     return tuple(range(low, high + 1))
 
 
-# What each model takes. Volcengine's own model pages were not readable here (read 2026-12-07); the
-# sources are gateways that pass Ark's API through, named per model:
+# What each model takes, from the model-capabilities table of ByteDance's own Seedance tutorial
+# (BytePlus ModelArk, the same models as Ark's doubao-* ones; read 2026-12-07:
+# https://ai.byteplus.com/ark/region:ap-southeast-1/docs/ModelArk/video-generation-tutorial#e7b4c498):
+# durations, output resolutions (4k not offered here), ratios 21:9 16:9 4:3 1:1 3:4 9:16 (and adaptive
+# with an image: Ark's create-task page, 82379/1520757), and "offline inference" (service_tier flex)
+# on 1.5 pro only. Gateways agree on 2.0 fast and mini at 480p/720p (docs.phanedge.cloud).
 MODELS: Mapping[str, SeedanceModel] = {
-    # 2.0: 4-15 s; 480p/720p/1080p (and 4k, not offered here); 16:9 4:3 1:1 3:4 9:16 21:9 adaptive
-    # (docs.phanedge.cloud/doubao/doubao-seedance-2-0, aivideoapi.ai seedance-2, apidoc.3hei.com seedance).
     NORMAL: SeedanceModel(NORMAL, pro=False, durations=_seconds(4, 15), default_duration=5, resolutions=_RATIO_OF),
-    # 1.5 pro: 4-12 s, 480p/720p/1080p, with or without audio (ArcReel lib/config/registry.py; one gateway,
-    # senseaudio.cn, lists 2-12 s and 720p/1080p only: the narrower durations are kept).
-    PRO: SeedanceModel(PRO, pro=True, durations=_seconds(4, 12), default_duration=5, resolutions=_RATIO_OF),
-    # 2.0 fast: 4-15 s. 1080p is disputed: phanedge, tokenlab, qingbo and aivideoapi say 480p/720p only,
-    # no official page was read, so 1080p is left to the API to refuse (InvalidParameter, one line).
-    FAST: SeedanceModel(FAST, pro=False, durations=_seconds(4, 15), default_duration=5, resolutions=_RATIO_OF),
-    # 2.0 mini: 4-15 s; the same gateways say 480p/720p only: 1080p left to the API, as for fast.
-    MINI: SeedanceModel(MINI, pro=False, durations=_seconds(4, 15), default_duration=5, resolutions=_RATIO_OF),
-    # 2.5: 4-30 s, 480p/720p (ArcReel registry.py); with a first frame only ratio adaptive (HTTP 400
-    # otherwise: a reseller's live tests of 2026-08-28, /work/shared/video-apis-facts.md).
+    PRO: SeedanceModel(PRO, pro=True, durations=_seconds(4, 12), default_duration=5, resolutions=_RATIO_OF,
+                       tiers=("default", FLEX)),
+    FAST: SeedanceModel(FAST, pro=False, durations=_seconds(4, 15), default_duration=5, resolutions=_RATIO_OF,
+                        sizes=("480p", "720p")),
+    MINI: SeedanceModel(MINI, pro=False, durations=_seconds(4, 15), default_duration=5, resolutions=_RATIO_OF,
+                        sizes=("480p", "720p")),
+    # 2.5 with a first frame: ratio adaptive only (HTTP 400 otherwise: a reseller's live tests of
+    # 2026-08-28, /work/shared/video-apis-facts.md; the tutorial's own 2.5 example sends adaptive).
     V25: SeedanceModel(V25, pro=False, durations=_seconds(4, 30), default_duration=5, resolutions=_RATIO_OF,
-                       sizes=("480p", "720p"), first_frame_ratios=("adaptive",)),
+                       first_frame_ratios=("adaptive",)),
 }
 # Yuan per million output tokens (ArcReel's registry); ``MODEL.silent`` is the rate without audio
 # where it differs. SEEDANCE_PRICES overrides any of them.
 DEFAULT_PRICES: Mapping[str, float] = {NORMAL: 46.0, PRO: 16.0, f"{PRO}.silent": 8.0, FAST: 37.0, MINI: 23.0,
                                        V25: 70.0}
-FLEX = "flex"  # the offline service tier: half price
 
 # Every status word of the API, as the ledger's four. An unknown word is "not finished".
 STATUSES: Mapping[str, str] = {
@@ -166,7 +170,8 @@ class SeedanceRules:
         ratio = _first_frame_ratio(model, request) or model.resolutions.get(request.resolution)
         size = request.options.get("resolution") or QUALITY.get(request.quality, request.quality)
         problems = [*_duration_problems(name, model, seconds), *_ratio_problems(name, model, request, ratio),
-                    *_size_problems(name, model, request, size), *_last_frame_problems(request)]
+                    *_size_problems(name, model, request, size), *_tier_problems(name, model, request),
+                    *_last_frame_problems(request)]
         if problems:
             return problems
         params = _params(request, name, model, seconds, str(ratio), size)
@@ -208,6 +213,15 @@ def _ratio_problems(name: str, model: SeedanceModel, request: Request, ratio: Op
         return [Mismatch("resolution", "resolution 'adaptive' takes the ratio of the first frame: it needs an "
                                        "image_url; without one use 'horizontal', 'vertical' or a ratio such as '16:9'")]
     return []
+
+
+def _tier_problems(name: str, model: SeedanceModel, request: Request) -> List[Mismatch]:
+    tier = str(request.options.get("service_tier", "default"))
+    if tier in model.tiers or tier not in ("default", FLEX):  # an unknown word is the schema's to name
+        return []
+    offering = [other for other, rules in MODELS.items() if tier in rules.tiers]
+    return [Mismatch(NAME, f"{NAME}.service_tier {tier!r} (offline inference) is not offered by {name}; "
+                           f"use 'default', or a model that offers it: {', '.join(offering)}")]
 
 
 def _last_frame_problems(request: Request) -> List[Mismatch]:

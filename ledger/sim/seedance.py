@@ -31,15 +31,16 @@ from .protocol import Reply, SimProtocol, json_reply
 NAME = "seedance"
 BASE = "/api/v3"
 TASKS = f"{BASE}/contents/generations/tasks"
-# What each model takes: durations in seconds and output resolutions. Fast and mini refuse 1080p
-# as the gateways say (the client leaves that disputed point to the API, so a run shows its answer).
+# What each model takes: durations in seconds and output resolutions (the model-capabilities table
+# of ByteDance's Seedance tutorial), and the models that take service_tier flex (offline inference).
 MODELS: Mapping[str, Tuple[range, Tuple[str, ...]]] = {
     "doubao-seedance-2-0-260128": (range(4, 16), ("480p", "720p", "1080p")),
     "doubao-seedance-1-5-pro-251215": (range(4, 13), ("480p", "720p", "1080p")),
     "doubao-seedance-2-0-fast-260128": (range(4, 16), ("480p", "720p")),
     "doubao-seedance-2-0-mini-260615": (range(4, 16), ("480p", "720p")),
-    "doubao-seedance-2-5-260628": (range(4, 31), ("480p", "720p")),
+    "doubao-seedance-2-5-260628": (range(4, 31), ("480p", "720p", "1080p")),
 }
+FLEX_MODELS = ("doubao-seedance-1-5-pro-251215",)
 ADAPTIVE_ONLY = ("doubao-seedance-2-5-260628",)  # with a first frame, ratio adaptive only
 # Fen per million output tokens: (with audio, without audio).
 PRICES: Mapping[str, Tuple[int, int]] = {
@@ -115,7 +116,7 @@ def validate(body: Any) -> Optional[Tuple[str, str, str]]:
         return "InvalidParameter", "content", "The content must hold one non-empty text item."
     durations, sizes = MODELS[body["model"]]
     checks = (("duration", lambda v: type(v) is int and v in durations), ("resolution", lambda v: v in sizes),
-              ("ratio", lambda v: v in RATIOS), ("service_tier", lambda v: v in ("default", "flex")),
+              ("ratio", lambda v: v in RATIOS), ("service_tier", lambda v: v == "default" or (v == "flex" and body["model"] in FLEX_MODELS)),
               ("seed", lambda v: type(v) is int and -1 <= v <= 2 ** 32 - 1))
     checks += tuple((name, lambda v: isinstance(v, bool)) for name in ("generate_audio", "camera_fixed", "watermark"))
     for name, ok in checks:

@@ -98,17 +98,24 @@ def test_a_last_frame_follows_the_first_in_the_content_and_needs_it():
         ("seedance", "seedance.last_frame_url needs a first frame: set image_url too")]
 
 
-def test_1080p_on_2_0_fast_and_mini_is_left_to_the_api():
-    """Disputed (gateways say 480p/720p only; no official page read): sent, and the API decides."""
+def test_the_official_capability_table_decides_1080p_and_flex():
+    """ByteDance's Seedance tutorial: 2.0 fast and mini render 480p/720p, 2.5 up to 1080p, and
+    only 1.5 pro takes offline inference (service_tier flex)."""
     for name in (seedance.FAST, seedance.MINI):
-        assert mapped(model=name, is_pro=None, quality="high").params["resolution"] == "1080p"
+        assert problems(model=name, is_pro=None, quality="high") == [
+            ("quality", f"quality 'high' (1080p) is not offered by {name}; use one of 480p, 720p")]
+    assert mapped(model=seedance.V25, is_pro=None, quality="high").params["resolution"] == "1080p"
+    assert mapped(is_pro=True, options={"service_tier": "flex"}).params["service_tier"] == "flex"
+    assert problems(options={"service_tier": "flex"}) == [
+        ("seedance", f"seedance.service_tier 'flex' (offline inference) is not offered by {NORMAL}; use 'default', "
+                     f"or a model that offers it: {PRO}")]
 
 
 def test_the_seedance_block_sets_audio_tier_seed_and_camera():
-    job = mapped(options={"generate_audio": True, "service_tier": "flex", "seed": 42, "camera_fixed": True})
+    job = mapped(is_pro=True, options={"generate_audio": True, "service_tier": "flex", "seed": 42, "camera_fixed": True})
     assert {k: job.params[k] for k in ("generate_audio", "service_tier", "seed", "camera_fixed")} == {
         "generate_audio": True, "service_tier": "flex", "seed": 42, "camera_fixed": True}
-    assert job.price_key == f"{NORMAL}@1248x704:5s:audio:flex"
+    assert job.price_key == f"{PRO}@1248x704:5s:audio:flex"
     assert request_body(job.params, seedance.seed_of(job.params, "ledger-1-1"))["seed"] == 42
 
 
@@ -122,10 +129,10 @@ def test_the_seedance_block_sets_audio_tier_seed_and_camera():
      "'9:16', '21:9', 'adaptive'"),
     ({"resolution": "adaptive"}, "resolution", "resolution 'adaptive' takes the ratio of the first frame: it needs "
      "an image_url"),
-    ({"model": "doubao-seedance-2-5-260628", "is_pro": None, "quality": "high"}, "quality",
-     "quality 'high' (1080p) is not offered by doubao-seedance-2-5-260628; use one of 480p, 720p"),
-    ({"model": "doubao-seedance-2-5-260628", "is_pro": None, "options": {"resolution": "1080p"}}, "seedance",
-     "seedance.resolution '1080p' is not offered by doubao-seedance-2-5-260628; use one of 480p, 720p"),
+    ({"model": "doubao-seedance-2-0-fast-260128", "is_pro": None, "quality": "high"}, "quality",
+     "quality 'high' (1080p) is not offered by doubao-seedance-2-0-fast-260128; use one of 480p, 720p"),
+    ({"model": "doubao-seedance-2-0-mini-260615", "is_pro": None, "options": {"resolution": "1080p"}}, "seedance",
+     "seedance.resolution '1080p' is not offered by doubao-seedance-2-0-mini-260615; use one of 480p, 720p"),
     ({"model": "seedance-3", "is_pro": None}, "model", "model 'seedance-3' is not offered by the seedance provider; "
      "use one of 'doubao-seedance-2-0-260128', 'doubao-seedance-1-5-pro-251215'"),
     ({"model": NORMAL, "is_pro": True}, "model", f"model '{NORMAL}' is not a Pro model, but is_pro is true"),
@@ -136,7 +143,8 @@ def test_values_a_model_does_not_offer_are_named_with_the_allowed_ones(fields, k
 
 
 def test_every_value_that_is_wrong_is_named_at_once():
-    found = problems(duration=40, resolution="square", quality="high", model="doubao-seedance-2-5-260628", is_pro=None)
+    found = problems(duration=40, resolution="square", quality="high", model="doubao-seedance-2-0-fast-260128",
+                     is_pro=None)
     assert [k for k, _ in found] == ["duration_seconds", "resolution", "quality"]
 
 
@@ -174,7 +182,8 @@ def test_each_price_key_is_priced_by_its_tokens(key, fen):
 def test_the_price_key_holds_everything_the_price_depends_on():
     keys = {mapped(**fields).price_key for fields in (
         {}, {"duration": 6}, {"resolution": "vertical"}, {"resolution": "1:1"}, {"quality": "high"},
-        {"options": {"service_tier": "flex"}}, {"is_pro": True}, {"is_pro": True, "options": {"generate_audio": True}})}
+        {"is_pro": True, "options": {"service_tier": "flex"}}, {"is_pro": True},
+        {"is_pro": True, "options": {"generate_audio": True}})}
     assert len(keys) == 8
     # adaptive is priced as the largest picture of its resolution (21:9 at 720p): never below the bill
     adaptive = mapped(resolution="adaptive", image_url="https://example.com/a.png")
@@ -182,8 +191,8 @@ def test_the_price_key_holds_everything_the_price_depends_on():
 
 
 def test_flex_halves_and_audio_doubles_1_5_pro():
-    plain, flex = mapped(), mapped(options={"service_tier": "flex"})
-    assert BUILT_IN.price(flex.price_key) * 2 == BUILT_IN.price(plain.price_key)
+    plain, flex = mapped(is_pro=True), mapped(is_pro=True, options={"service_tier": "flex"})
+    assert (BUILT_IN.price(plain.price_key), BUILT_IN.price(flex.price_key)) == (83, 42)  # half, rounded up
     silent, audio = mapped(is_pro=True), mapped(is_pro=True, options={"generate_audio": True})
     assert (BUILT_IN.price(silent.price_key), BUILT_IN.price(audio.price_key)) == (83, 166)
 
