@@ -6,7 +6,7 @@ API reference): ``Authorization: Bearer $ARK_API_KEY``; ``POST /contents/generat
 ``queued|running|succeeded|failed|expired|cancelled``, ``content.video_url``, ``usage.completion_tokens``,
 no progress); ``GET …/tasks?page_num&page_size`` lists the account's tasks with their ``seed`` but
 without their prompt; errors are ``{"error": {"code", "message", "param", "type"}}`` with an HTTP
-status; task data and the video URL are kept 24 h; there is no balance endpoint. A job is billed
+status; the video is kept 24 h (the task record up to 7 days); there is no balance endpoint. A job is billed
 by the output tokens of a successful task only (CNY per million tokens; ``service_tier: flex`` is
 half price).
 
@@ -70,27 +70,42 @@ class SeedanceModel(ModelRules):
     ``sizes`` are the output resolutions it renders."""
 
     sizes: Tuple[str, ...] = ("480p", "720p", "1080p")
+    # The ratios it takes with a first frame (None: the same as without one).
+    first_frame_ratios: Optional[Tuple[str, ...]] = None
+    # The service tiers it takes: ``flex`` is offline inference (half price).
+    tiers: Tuple[str, ...] = ("default",)
+
+
+FLEX = "flex"  # the offline service tier: half price
 
 
 def _seconds(low: int, high: int) -> Tuple[int, ...]:
     return tuple(range(low, high + 1))
 
 
-# Durations and sizes per model are not all documented (inferred; Ark takes 2-12 s on 1.0, ArcReel
-# lists 30 s and 480p/720p for 2.5).
+# What each model takes, from the model-capabilities table of ByteDance's own Seedance tutorial
+# (BytePlus ModelArk, the same models as Ark's doubao-* ones; read 2026-12-07:
+# https://ai.byteplus.com/ark/region:ap-southeast-1/docs/ModelArk/video-generation-tutorial#e7b4c498):
+# durations, output resolutions (4k not offered here), ratios 21:9 16:9 4:3 1:1 3:4 9:16 (and adaptive
+# with an image: Ark's create-task page, 82379/1520757), and "offline inference" (service_tier flex)
+# on 1.5 pro only. Gateways agree on 2.0 fast and mini at 480p/720p (docs.phanedge.cloud).
 MODELS: Mapping[str, SeedanceModel] = {
     NORMAL: SeedanceModel(NORMAL, pro=False, durations=_seconds(4, 15), default_duration=5, resolutions=_RATIO_OF),
-    PRO: SeedanceModel(PRO, pro=True, durations=_seconds(4, 12), default_duration=5, resolutions=_RATIO_OF),
-    FAST: SeedanceModel(FAST, pro=False, durations=_seconds(4, 15), default_duration=5, resolutions=_RATIO_OF),
-    MINI: SeedanceModel(MINI, pro=False, durations=_seconds(4, 15), default_duration=5, resolutions=_RATIO_OF),
+    PRO: SeedanceModel(PRO, pro=True, durations=_seconds(4, 12), default_duration=5, resolutions=_RATIO_OF,
+                       tiers=("default", FLEX)),
+    FAST: SeedanceModel(FAST, pro=False, durations=_seconds(4, 15), default_duration=5, resolutions=_RATIO_OF,
+                        sizes=("480p", "720p")),
+    MINI: SeedanceModel(MINI, pro=False, durations=_seconds(4, 15), default_duration=5, resolutions=_RATIO_OF,
+                        sizes=("480p", "720p")),
+    # 2.5 with a first frame: ratio adaptive only (HTTP 400 otherwise: a reseller's live tests of
+    # 2026-08-28, /work/shared/video-apis-facts.md; the tutorial's own 2.5 example sends adaptive).
     V25: SeedanceModel(V25, pro=False, durations=_seconds(4, 30), default_duration=5, resolutions=_RATIO_OF,
-                       sizes=("480p", "720p")),
+                       first_frame_ratios=("adaptive",)),
 }
 # Yuan per million output tokens (ArcReel's registry); ``MODEL.silent`` is the rate without audio
 # where it differs. SEEDANCE_PRICES overrides any of them.
 DEFAULT_PRICES: Mapping[str, float] = {NORMAL: 46.0, PRO: 16.0, f"{PRO}.silent": 8.0, FAST: 37.0, MINI: 23.0,
                                        V25: 70.0}
-FLEX = "flex"  # the offline service tier: half price
 
 # Every status word of the API, as the ledger's four. An unknown word is "not finished".
 STATUSES: Mapping[str, str] = {
@@ -102,11 +117,15 @@ STATUSES: Mapping[str, str] = {
 ERRORS: Mapping[Union[str, int], Type[ApiError]] = {
     "AuthenticationError": AuthError,
     "AccountOverdueError": InsufficientBalance,
+    "OperationDenied.ServiceOverdue": InsufficientBalance,
+    # The account's own "safe experience" spending limit paused the model: nothing is made until
+    # the user lifts it, so it stops submitting like an overdue balance.
+    "SetLimitExceeded": InsufficientBalance,
     "RateLimitExceeded": RateLimited,  # .EndpointRPMExceeded, .EndpointTPMExceeded: also the concurrency cap
     "QuotaExceeded": RateLimited,
     "ServerOverloaded": RateLimited,
-    "InputTextSensitiveContentDetected": RemoteTaskFailed,  # refused at create: nothing was made
-    "InputImageSensitiveContentDetected": RemoteTaskFailed,
+    # Content-policy refusals (InputTextRiskDetection, InputImageSensitiveContentDetected, …) are
+    # not listed one by one: ``_refusal`` takes every code of both families.
     "InvalidParameter": BadParameters,
     "MissingParameter": BadParameters,
     "ModelNotOpen": BadParameters,
@@ -117,7 +136,13 @@ ERRORS: Mapping[Union[str, int], Type[ApiError]] = {
     429: RateLimited,
 }
 LIST_LIMIT = 500  # the largest page (and the highest page number) the list takes
-RETENTION = 24 * 3600.0  # task data and the video URL are kept 24 h
+# The video is kept 24 h (its URL is signed with X-Tos-Expires=86400); past that a job's video is
+# gone (content_expired, regenerated by requeue) even where the task is still listed. Ark's pages
+# disagree on the task record: the get and list references say the last 7 days can be queried, the
+# video-generation guide says task data (status, URL) is cleared after 24 h (volcengine.com/docs/82379
+# 1521309, 1521675, 1366799). A lost create's look-up keeps to the shorter reading: an empty window
+# read past it would send the create again.
+RETENTION = 24 * 3600.0
 MAX_SEED = 2 ** 31 - 1
 
 _unknown_words: Set[str] = set()
@@ -142,10 +167,11 @@ class SeedanceRules:
         name, model = chosen
         assert isinstance(model, SeedanceModel)
         seconds = model.default_duration if request.duration is None else request.duration
-        ratio = model.resolutions.get(request.resolution)
+        ratio = _first_frame_ratio(model, request) or model.resolutions.get(request.resolution)
         size = request.options.get("resolution") or QUALITY.get(request.quality, request.quality)
         problems = [*_duration_problems(name, model, seconds), *_ratio_problems(name, model, request, ratio),
-                    *_size_problems(name, model, request, size)]
+                    *_size_problems(name, model, request, size), *_tier_problems(name, model, request),
+                    *_last_frame_problems(request)]
         if problems:
             return problems
         params = _params(request, name, model, seconds, str(ratio), size)
@@ -165,7 +191,20 @@ def _duration_problems(name: str, model: SeedanceModel, seconds: int) -> List[Mi
                                          f"use one of {_listed(model.durations)}")]
 
 
+def _first_frame_ratio(model: SeedanceModel, request: Request) -> Optional[str]:
+    """The ratio sent with a first frame to a model that takes only some (2.5: adaptive) when the
+    storyboard leaves it at its default ``horizontal`` or names one of them; None otherwise."""
+    if not request.image_url or model.first_frame_ratios is None:
+        return None
+    wanted = "adaptive" if request.resolution == "horizontal" else _RATIO_OF.get(request.resolution)
+    return wanted if wanted in model.first_frame_ratios else None
+
+
 def _ratio_problems(name: str, model: SeedanceModel, request: Request, ratio: Optional[str]) -> List[Mismatch]:
+    if request.image_url and model.first_frame_ratios is not None and ratio not in model.first_frame_ratios:
+        return [Mismatch("resolution", f"resolution {request.resolution!r} is not offered by {name} with a first "
+                                       f"frame (image_url): it takes only {', '.join(map(repr, model.first_frame_ratios))}"
+                                       ", the ratio of the frame; drop resolution or set 'adaptive'")]
     if ratio is None:
         offered = ", ".join(f"{key!r}" + (f" ({value})" if key != value else "") for key, value in model.resolutions.items())
         return [Mismatch("resolution", f"resolution {request.resolution!r} is not offered by {name} on the {NAME} "
@@ -173,6 +212,21 @@ def _ratio_problems(name: str, model: SeedanceModel, request: Request, ratio: Op
     if ratio == "adaptive" and not request.image_url:
         return [Mismatch("resolution", "resolution 'adaptive' takes the ratio of the first frame: it needs an "
                                        "image_url; without one use 'horizontal', 'vertical' or a ratio such as '16:9'")]
+    return []
+
+
+def _tier_problems(name: str, model: SeedanceModel, request: Request) -> List[Mismatch]:
+    tier = str(request.options.get("service_tier", "default"))
+    if tier in model.tiers or tier not in ("default", FLEX):  # an unknown word is the schema's to name
+        return []
+    offering = [other for other, rules in MODELS.items() if tier in rules.tiers]
+    return [Mismatch(NAME, f"{NAME}.service_tier {tier!r} (offline inference) is not offered by {name}; "
+                           f"use 'default', or a model that offers it: {', '.join(offering)}")]
+
+
+def _last_frame_problems(request: Request) -> List[Mismatch]:
+    if request.options.get("last_frame_url") and not request.image_url:
+        return [Mismatch(NAME, f"{NAME}.last_frame_url needs a first frame: set image_url too")]
     return []
 
 
@@ -200,6 +254,8 @@ def _params(request: Request, name: str, model: SeedanceModel, seconds: int, rat
         params["seed"] = int(options["seed"])
     if request.image_url:
         params["image_url"] = request.image_url
+    if options.get("last_frame_url"):
+        params["last_frame_url"] = str(options["last_frame_url"])
     return params
 
 
@@ -238,6 +294,8 @@ def request_body(params: Mapping[str, Any], seed: Optional[int]) -> Dict[str, An
     content: List[Dict[str, Any]] = [{"type": "text", "text": params["prompt"]}]
     if params.get("image_url"):
         content.append({"type": "image_url", "image_url": {"url": params["image_url"]}, "role": "first_frame"})
+    if params.get("last_frame_url"):
+        content.append({"type": "image_url", "image_url": {"url": params["last_frame_url"]}, "role": "last_frame"})
     body: Dict[str, Any] = {"model": params["model"], "content": content}
     for key in ("resolution", "ratio", "duration", "generate_audio", "service_tier", "camera_fixed", "watermark"):
         body[key] = params[key]
@@ -445,7 +503,7 @@ class Seedance(ApiClient):
         detail = "; ".join(p for p in parts if p) or f"unexpected body: {_snippet(resp.text)!r}"
         if status == 404 and method == "GET" and path.startswith(TASKS + "/"):
             return TaskNotFound(self._redact(f"{where}, the API does not know this task ({detail})"), http_status=status)
-        kind = ERRORS.get(code) or ERRORS.get(code.split(".")[0]) or ERRORS.get(status)
+        kind = ERRORS.get(code) or ERRORS.get(code.split(".")[0]) or _refusal(code) or ERRORS.get(status)
         if kind is None and (status >= 500 or 200 <= status < 300):  # a garbled answer, or a server in trouble
             kind = TransientError
         build = _BUILDERS.get(kind) if kind is not None else None
@@ -464,8 +522,9 @@ class Seedance(ApiClient):
 
     def _overdue(self, method: str, where: str, resp: requests.Response, code: str, message: str,
                  detail: str) -> ApiError:
-        return InsufficientBalance(self._redact(f"{where}, the account cannot pay ({detail})"),
-                                   http_status=resp.status_code)
+        why = "the account's own inference limit paused the model (raise it on the model's activation page)" \
+            if code == "SetLimitExceeded" else "the account cannot pay"
+        return InsufficientBalance(self._redact(f"{where}, {why} ({detail})"), http_status=resp.status_code)
 
     def _refused(self, method: str, where: str, resp: requests.Response, code: str, message: str,
                  detail: str) -> ApiError:
@@ -517,6 +576,16 @@ _BUILDERS: Mapping[Type[ApiError], _Builder] = {
     AuthError: Seedance._auth, InsufficientBalance: Seedance._overdue, RateLimited: Seedance._rate_limited,
     RemoteTaskFailed: Seedance._refused, BadParameters: Seedance._bad, TransientError: Seedance._transient,
 }
+
+
+def _refusal(code: str) -> Optional[Type[ApiError]]:
+    """A content-policy refusal: Ark's error-code table (HTTP 400) has the risk checks
+    (``InputTextRiskDetection``, ``InputImageRiskDetection``, ``Output…RiskDetection``) beside the
+    ``*SensitiveContentDetected*`` family (``InputImageSensitiveContentDetected.PrivacyInformation``,
+    ``OutputVideoSensitiveContentDetected``, …): nothing was made, and sending it again is refused
+    again, so it ends the job in the API's words, like a task that failed the check."""
+    family = code.split(".")[0]
+    return RemoteTaskFailed if family.endswith(("SensitiveContentDetected", "RiskDetection")) else None
 
 
 def _failure(data: Mapping[str, Any], word: str) -> str:
@@ -607,15 +676,18 @@ class SeedLookup:
                 self.found[task.task_id] = task
 
     def _verdict(self, pages: int) -> TaskSearch:
+        """What the covered window shows. The undecided verdicts are ``final``: the same list read
+        again shows the same tasks the same way, so the job is parked at once for a later run
+        instead of reading it again with growing pauses."""
         found = list(self.found.values())
         if self.user_seed and len(found) > 1:
             return TaskSearch([], False, pages, f"{len(found)} tasks of that time have the storyboard's seed {self.seed}: "
-                                                "the list cannot tell which one the create made")
+                                                "the list cannot tell which one the create made", final=True)
         if found and not (self.user_seed and self.unknown):
             return TaskSearch(found, True, pages)
         if self.unknown:
             return TaskSearch([], False, pages, f"the list shows {self.unknown} task(s) of that time without their "
-                                                "seed: any of them may be the create's")
+                                                "seed: any of them may be the create's", final=True)
         return TaskSearch([], True, pages)
 
 
@@ -641,6 +713,8 @@ STORYBOARD_OPTIONS: Mapping[str, Any] = {"properties": {
                   "type": "boolean"},
     "resolution": {"description": "The output resolution, over quality (normal 720p, high 1080p).", "type": "string",
                    "enum": ["480p", "720p", "1080p"]},
+    "last_frame_url": {"description": "http(s) URL of the last frame: the video goes from image_url to it.",
+                       "type": "string", "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^\\s/]+"},
 }}
 
 REGISTRATION = Registration(

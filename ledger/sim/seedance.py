@@ -6,8 +6,11 @@ the ``seed``, unix timestamps and no progress; the list pages by ``page_num``/``
 shows no prompt; errors are ``{"error": {"code", "message", "param", "type"}}`` with an HTTP
 status. Billing as Ark bills: only successful tasks, by the tokens of their frames (24 fps plus
 the first frame, 121 for 5 s). A task is charged its estimate when made and settled when first
-seen finished: to its usage when it succeeded, to nothing when it failed. Tasks are kept
-``retention`` seconds (24 h; a test lowers it), then answer 404 and leave the list.
+seen finished: to its usage when it succeeded, to nothing when it failed. Task records are kept
+``retention`` seconds (7 days: BytePlus's list "only the last 7 days"), then answer 404 and leave the
+list; a video ``video_retention`` seconds after it was made (24 h): past that the task still
+answers succeeded, with its URL refused (403, as an expired signature) — or, with
+``clears_url=True``, with no URL at all. Tests lower both.
 
 Where the facts are open, ``SeedanceProtocol`` takes the other reading: ``list_shows_seed=False``
 (list items without their seed), ``newest_first=False`` (the list oldest first) and
@@ -28,14 +31,17 @@ from .protocol import Reply, SimProtocol, json_reply
 NAME = "seedance"
 BASE = "/api/v3"
 TASKS = f"{BASE}/contents/generations/tasks"
-# What each model takes: durations in seconds and output resolutions.
+# What each model takes: durations in seconds and output resolutions (the model-capabilities table
+# of ByteDance's Seedance tutorial), and the models that take service_tier flex (offline inference).
 MODELS: Mapping[str, Tuple[range, Tuple[str, ...]]] = {
     "doubao-seedance-2-0-260128": (range(4, 16), ("480p", "720p", "1080p")),
     "doubao-seedance-1-5-pro-251215": (range(4, 13), ("480p", "720p", "1080p")),
-    "doubao-seedance-2-0-fast-260128": (range(4, 16), ("480p", "720p", "1080p")),
-    "doubao-seedance-2-0-mini-260615": (range(4, 16), ("480p", "720p", "1080p")),
-    "doubao-seedance-2-5-260628": (range(4, 31), ("480p", "720p")),
+    "doubao-seedance-2-0-fast-260128": (range(4, 16), ("480p", "720p")),
+    "doubao-seedance-2-0-mini-260615": (range(4, 16), ("480p", "720p")),
+    "doubao-seedance-2-5-260628": (range(4, 31), ("480p", "720p", "1080p")),
 }
+FLEX_MODELS = ("doubao-seedance-1-5-pro-251215",)
+ADAPTIVE_ONLY = ("doubao-seedance-2-5-260628",)  # with a first frame, ratio adaptive only
 # Fen per million output tokens: (with audio, without audio).
 PRICES: Mapping[str, Tuple[int, int]] = {
     "doubao-seedance-2-0-260128": (4600, 4600), "doubao-seedance-1-5-pro-251215": (1600, 800),
@@ -110,7 +116,7 @@ def validate(body: Any) -> Optional[Tuple[str, str, str]]:
         return "InvalidParameter", "content", "The content must hold one non-empty text item."
     durations, sizes = MODELS[body["model"]]
     checks = (("duration", lambda v: type(v) is int and v in durations), ("resolution", lambda v: v in sizes),
-              ("ratio", lambda v: v in RATIOS), ("service_tier", lambda v: v in ("default", "flex")),
+              ("ratio", lambda v: v in RATIOS), ("service_tier", lambda v: v == "default" or (v == "flex" and body["model"] in FLEX_MODELS)),
               ("seed", lambda v: type(v) is int and -1 <= v <= 2 ** 32 - 1))
     checks += tuple((name, lambda v: isinstance(v, bool)) for name in ("generate_audio", "camera_fixed", "watermark"))
     for name, ok in checks:
@@ -121,13 +127,18 @@ def validate(body: Any) -> Optional[Tuple[str, str, str]]:
 
 def _image_problem(body: Mapping[str, Any]) -> Optional[Tuple[str, str, str]]:
     images = [item for item in body["content"] if isinstance(item, dict) and item.get("type") == "image_url"]
+    roles = [item.get("role", "first_frame") for item in images]
     for item in images:
         url = (item.get("image_url") or {}).get("url") if isinstance(item.get("image_url"), dict) else None
         if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https") or \
-                item.get("role", "first_frame") != "first_frame" or len(images) > 1:
-            return "InvalidParameter", "content", "One first_frame image_url with an http(s) url is taken."
+                roles not in ([], ["first_frame"], ["first_frame", "last_frame"]):
+            return "InvalidParameter", "content", "A first_frame image_url (and a last_frame one) with an http(s) " \
+                                                  "url is taken."
     if body.get("ratio") == "adaptive" and not images:
         return "InvalidParameter", "ratio", "The ratio adaptive is only supported with an image."
+    if images and body["model"] in ADAPTIVE_ONLY and body.get("ratio", "adaptive") != "adaptive":
+        return "InvalidParameter", "ratio", f"The parameter `ratio` specified in the request is not valid: " \
+                                            f"{body['model']} with a first frame supports only adaptive."
     return None
 
 
@@ -137,12 +148,15 @@ class SeedanceProtocol(SimProtocol):
     name = NAME
     base_path = BASE
     key_hint = "PROVIDER=seedance, ARK_BASE_URL={url} and ARK_API_KEY={key}"
-    retention = 24 * 3600.0  # seconds a task is kept; a test lowers it
+    retention = 7 * 86400.0  # seconds a task record is kept; a test lowers it
+    video_retention = 86400.0  # seconds a finished task's video is kept; a test lowers it
 
-    def __init__(self, *, list_shows_seed: bool = True, newest_first: bool = True, policy: str = "output") -> None:
+    def __init__(self, *, list_shows_seed: bool = True, newest_first: bool = True, policy: str = "output",
+                 clears_url: bool = False) -> None:
         self.list_shows_seed = list_shows_seed
         self.newest_first = newest_first
         self.policy = policy
+        self.clears_url = clears_url
         self._random = random.Random()
 
     def new_id(self) -> str:
@@ -158,6 +172,8 @@ class SeedanceProtocol(SimProtocol):
         return None, ""
 
     def create(self, sim: Any, body: Any, task_id: Optional[str]) -> Tuple[Reply, bool]:
+        if isinstance(body, dict):  # the official SDK sends every keyword not given as null: not set
+            body = {key: value for key, value in body.items() if value is not None}
         problem = validate(body) or self._refusal(body)
         if problem:
             code, param, message = problem
@@ -238,7 +254,11 @@ class SeedanceProtocol(SimProtocol):
         }
         if status == "completed":
             count = tokens(task.resolution, extra["ratio"], task.duration)
-            view["content"] = {"video_url": sim.signed_url(task.task_id, origin)}
+            made = task.created_wall.timestamp() + ends_at
+            expires = int(made + self.video_retention)
+            gone = time.time() >= expires
+            view["content"] = {"video_url": "" if gone and self.clears_url else
+                               sim.signed_url(task.task_id, origin, expires)}
             view["usage"] = {"completion_tokens": count, "total_tokens": count}
         elif status == "failed":
             view["error"] = self._failure(task)

@@ -449,8 +449,10 @@ class SimServer:
     def timeline(self, task: _Task) -> Tuple[str, int, float]:
         return self._timeline(task)
 
-    def signed_url(self, task_id: str, origin: str) -> str:
-        return self._signed_url(task_id, origin)
+    def signed_url(self, task_id: str, origin: str, expires: Optional[int] = None) -> str:
+        """A video URL; ``expires`` (unix seconds) for one signed once, as a service that keeps
+        the video a fixed time signs it (default: signed afresh, valid ``url_ttl``)."""
+        return self._signed_url(task_id, origin, expires)
 
     # --- internals used by the handler ------------------------------------------------------------
 
@@ -570,9 +572,9 @@ class SimServer:
             status, progress = "processing", max(1, min(99, int(100 * elapsed / gen)))
         return status, progress, ends_at
 
-    def _signed_url(self, task_id: str, origin: str) -> str:
+    def _signed_url(self, task_id: str, origin: str, expires: Optional[int] = None) -> str:
         # Signed afresh at every poll, as object storage URLs are: re-polling yields a live URL.
-        expires = int(time.time() + self.config.url_ttl)
+        expires = int(time.time() + self.config.url_ttl) if expires is None else expires
         return f"{origin}/files/{quote(task_id, safe='')}.mp4?expires={expires}&sig={self._signature(task_id, expires)}"
 
     def _signature(self, task_id: str, expires: int) -> str:

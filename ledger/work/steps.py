@@ -352,12 +352,13 @@ def poll(ctx: StepContext, a: Active) -> Next:
             return Next(min(5.0, ctx.options.reconcile_grace))  # a service may not know a task it made a moment ago
         ctx.board.forget(api, task_id)
         if api.retention is not None and elapsed > api.retention:
-            raise ContentExpired(f"{exc}: the {api.name} API keeps a task and its video {api.retention / 3600:g} h, "
-                                 f"and this one is {elapsed / 3600:.1f} h old; `ledger requeue --failed` generates it "
-                                 "again (and pays for it)", http_status=404) from exc
+            raise _video_gone(api, exc, elapsed, 404) from exc
         raise
     if task.is_terminal:
         ctx.board.forget(api, task_id)
+    if task.is_completed and not task.video_url and api.retention is not None and elapsed > api.retention:
+        # Still listed, but its video was cleared (Ark keeps task records 7 days, videos 24 h).
+        raise _video_gone(api, f"task {task_id} is done but shows no video any more", elapsed, None)
     if task.is_completed and task.video_url:
         if job.state is State.SUBMITTED:
             ctx.run.durations.record(timing_kind(job), a.readings[-1][0] if a.readings else 0.0, elapsed)
@@ -574,6 +575,13 @@ def settle(ctx: StepContext, a: Active, step: Action, exc: Exception) -> Next:
             _unreserve(ctx, a)
         return _fail(ctx, a, exc, **extra)
     if verdict is Verdict.FRESH_URL:
+        elapsed = _elapsed(job)
+        api = api_of(ctx, job)
+        if api.retention is not None and elapsed > api.retention:
+            # Refused past the API's retention: the video is gone, and a fresh URL (the task may
+            # still be listed) is refused the same way; only generating it again gives a video.
+            _unreserve(ctx, a)
+            return _fail(ctx, a, _video_gone(api, _message(exc), elapsed, getattr(exc, "http_status", None)))
         a.url_refreshes += 1
         if a.url_refreshes > URL_REFRESHES:
             if isinstance(exc, ContentExpired):  # gone for good: paying again is the only way to a video
@@ -782,6 +790,14 @@ def _balance_situation(ctx: StepContext, job: JobRow, exc: Exception) -> str:
     return (f"the API refused a new generation for lack of balance ({why}): {balance}, one generation costs "
             f"{money(price_of(ctx, job), currency_of(ctx, job))}; generations already paid for were finished. "
             "Top up, then run `ledger work` again")
+
+
+def _video_gone(api: Any, reason: Any, elapsed: float, http_status: Optional[int]) -> ContentExpired:
+    """The job's video is past the time ``api`` keeps it: the job ends ``content_expired``, which
+    ``ledger requeue --failed`` generates again instead of downloading again."""
+    return ContentExpired(f"{reason}: the {api.name} API keeps a task and its video {api.retention / 3600:g} h, "
+                          f"and this one is {elapsed / 3600:.1f} h old; `ledger requeue --failed` generates it again "
+                          "(and pays for it)", http_status=http_status)
 
 
 def _elapsed(job: JobRow) -> float:

@@ -77,7 +77,7 @@ def test_a_storyboard_runs_to_done_files_and_each_job_costs_its_usage(ws, sim, e
         {"segment_index": 1, "prompt_text": "a harbour at dawn", "duration_seconds": 5},
         {"segment_index": 2, "prompt_text": "she turns to the camera", "duration_seconds": 8,
          "image_url": "https://example.com/first-frame.png", "resolution": "vertical"},
-        {"segment_index": 3, "prompt_text": "rain on the window", "duration_seconds": 10,
+        {"segment_index": 3, "prompt_text": "rain on the window", "duration_seconds": 10, "is_pro": True,
          "seedance": {"service_tier": "flex", "camera_fixed": True}}]})
     result = ws.cli("run", "--no-progress", env=env)
     assert result.exit_code == 0, result.output
@@ -85,11 +85,11 @@ def test_a_storyboard_runs_to_done_files_and_each_job_costs_its_usage(ws, sim, e
     # each job is booked what the API billed by its usage (121 frames for 5 s, not the 120 estimated)
     usage = [fen(NORMAL, tokens("720p", "16:9", 5), False, "default"),
              fen(NORMAL, tokens("720p", "9:16", 8), False, "default"),
-             fen(NORMAL, tokens("720p", "16:9", 10), False, "flex")]
+             fen(PRO, tokens("720p", "16:9", 10), False, "flex")]
     assert query(ws.root, "SELECT cost_cents FROM jobs ORDER BY segment_index") == [(c,) for c in usage]
-    assert usage == [478, 762, 476]  # estimated 474, 758 and 474
+    assert usage == [478, 762, 83]  # estimated 474, 758 and 83
     assert spent(ws) == billed(sim) == sum(usage)
-    assert "paid ¥17.16 for 3 generations" in result.output
+    assert "paid ¥13.23 for 3 generations" in result.output
     framed = sim.find_task(lambda t: t.image_url)
     assert (framed.image_url, framed.duration, framed.extra["ratio"]) == ("https://example.com/first-frame.png", 8, "9:16")
     seeds = [t["seed"] for t in sim.tasks()]
@@ -99,17 +99,17 @@ def test_a_storyboard_runs_to_done_files_and_each_job_costs_its_usage(ws, sim, e
 def test_flex_halves_the_estimate_and_audio_changes_the_price_of_1_5_pro(ws, env):
     ws.storyboard("storyboard_prices.json", {"defaults": {"provider": "seedance"}, "segments": [
         {"segment_index": 1, "prompt_text": "plain"},
-        {"segment_index": 2, "prompt_text": "offline", "seedance": {"service_tier": "flex"}},
+        {"segment_index": 2, "prompt_text": "offline", "is_pro": True, "seedance": {"service_tier": "flex"}},
         {"segment_index": 3, "prompt_text": "pro, silent", "is_pro": True},
         {"segment_index": 4, "prompt_text": "pro, with sound", "is_pro": True, "seedance": {"generate_audio": True}}]})
     result = ws.cli("scan", env=env)
     assert result.exit_code == 0, result.output
     assert query(ws.root, "SELECT price_key FROM jobs ORDER BY segment_index") == [
-        (f"{NORMAL}@1248x704:5s:silent:default",), (f"{NORMAL}@1248x704:5s:silent:flex",),
+        (f"{NORMAL}@1248x704:5s:silent:default",), (f"{PRO}@1248x704:5s:silent:flex",),
         (f"{PRO}@1248x704:5s:silent:default",), (f"{PRO}@1248x704:5s:audio:default",)]
-    assert "estimated ¥9.66" in result.output  # 478 + 239 (half) + 83 + 166 (twice the silent rate) fen
+    assert "estimated ¥7.69" in result.output  # 478 + 42 (half of 83) + 83 + 166 (twice the silent rate) fen
     cheaper = ws.cli("scan", env={**env, "SEEDANCE_PRICES": f"{NORMAL}=23"})
-    assert "estimated ¥6.07" in cheaper.output  # the 2.0 jobs at half their rate: 239 + 119 + 83 + 166
+    assert "estimated ¥5.30" in cheaper.output  # the 2.0 job at half its rate: 239 + 42 + 83 + 166
 
 
 def test_a_failed_generation_costs_nothing_and_keeps_the_apis_words(ws, sim, env):
@@ -163,6 +163,20 @@ def test_a_list_without_seeds_leaves_a_lost_create_unresolved_never_sent_again(w
     assert "without their seed" in ws.cli("show", "1", env=env).output
     assert ws.cli("work", "--no-progress", env=env).exit_code == 0  # a later run asks again …
     assert sim.stats()["creates_per_prompt"]["lost, and the list hides seeds"] == 1  # … and never pays twice
+
+
+def test_a_list_without_seeds_parks_the_job_on_the_first_look_up_pass(ws, sim, env):
+    """Reading the same list again cannot decide what it could not: the job is parked after one
+    pass of the look-up, not after MAX_ATTEMPTS passes with growing pauses (~7.5 min before)."""
+    sim.protocol = SeedanceProtocol(list_shows_seed=False)
+    ws.storyboard("storyboard_a.json", segments("lost, and the list hides seeds"))
+    sim.inject("create", "lost_create")
+    result = ws.cli("run", "--no-progress", env=env)
+    assert result.exit_code == 0, result.output
+    assert query(ws.root, "SELECT state, error_kind, attempts FROM jobs") == [("submitting", "unresolved", 0)]
+    lists = [route for route, _ in sim.request_times() if route == "tasks"]
+    assert len(lists) == 2, sim.request_times()  # the pre-flight's, and one pass of the look-up
+    assert sim.stats()["creates_per_prompt"]["lost, and the list hides seeds"] == 1
 
 
 def test_a_seed_set_in_the_storyboard_cannot_tell_a_lost_create_from_another_task_with_it(ws, sim, env):
@@ -250,6 +264,40 @@ def test_each_refusal_ends_its_job_as_the_error_table_says(ws, sim, env):
     assert (billed(sim), spent(ws), sim.stats()["tasks_created"]) == (0, 0, 0)
 
 
+def test_the_risk_checks_and_every_sensitive_content_code_are_refusals_in_the_apis_words(ws, sim, env):
+    """Ark's error table: InputTextRiskDetection, InputImageRiskDetection and the
+    *SensitiveContentDetected* family (HTTP 400) refuse the content: the job ends refused
+    (remote_failed) with the API's message, never as bad parameters."""
+    env = {**env, "MAX_CONCURRENT_TASKS": "1"}
+    codes = {"InputTextRiskDetection": "The request could not be processed because the input text includes "
+                                       "sensitive content that violates ContentSecurityDetection.",
+             "InputImageRiskDetection": "The request could not be processed because the input image includes "
+                                        "sensitive content that violates ContentSecurityDetection.",
+             "OutputVideoSensitiveContentDetected": "The request failed because the output video may contain "
+                                                    "sensitive information."}
+    ws.storyboard("storyboard_a.json", segments(*codes))
+    for code, message in codes.items():
+        sim.inject("create", "envelope", code=code, message=message)
+    result = ws.cli("run", "--no-progress", env=env)
+    assert result.exit_code == 1, result.output
+    rows = query(ws.root, "SELECT state, error_kind, error_message FROM jobs ORDER BY segment_index")
+    assert rows == [("failed", "remote_failed", f"{message} ({code})") for code, message in codes.items()]
+    assert (billed(sim), spent(ws), sim.stats()["tasks_created"]) == (0, 0, 0)
+
+
+def test_2_5_with_a_first_frame_sends_adaptive_and_renders_1080p(ws, sim, env):
+    """2.5 takes only ratio adaptive with a first frame (the storyboard's default becomes it, which
+    the simulator, like Ark, insists on), and renders 1080p (ByteDance's capability table)."""
+    ws.storyboard("storyboard_a.json", {"segments": [
+        {"segment_index": 1, "prompt_text": "framed on 2.5", "model": "doubao-seedance-2-5-260628",
+         "image_url": "https://example.com/first-frame.png", "quality": "high"}]})
+    result = ws.cli("run", "--no-progress", env=env)
+    assert result.exit_code == 0, result.output
+    assert query(ws.root, "SELECT state FROM jobs") == [("done",)]
+    made = sim.find_task(lambda t: t.image_url)
+    assert (made.extra["ratio"], made.resolution) == ("adaptive", "1080p")
+
+
 def test_a_rejected_key_is_one_line_exit_3_and_never_printed(ws, sim, work_env):
     ws.storyboard("storyboard_a.json", segments("one"))
     wrong = "ark-Wr0ngWr0ngWr0ngWr0ng0123456789"
@@ -305,6 +353,39 @@ def test_a_task_the_api_forgot_after_24_hours_ends_content_expired_and_requeue_g
     assert_all_done_and_whole(ws, sim, 1)
 
 
+@pytest.mark.parametrize("clears_url", [False, True], ids=["url-refused", "url-cleared"])
+def test_a_video_past_24_hours_of_a_task_still_listed_ends_content_expired_and_requeue_generates_it(
+        ws, make_sim, work_env, clears_url):
+    """Ark keeps task records 7 days but the video 24 h: a task read back after that still answers
+    succeeded, with a URL refused for ever (403) or none. The job ends content_expired at once, and
+    `requeue --failed` generates it again instead of downloading the dead URL again."""
+    sim = make_sim(gen_seconds=1.0)
+    env = {**work_env, **api_env(sim)}
+    ws.storyboard("storyboard_a.json", segments("left for a day and a bit"))
+    assert ws.cli("run", "--no-progress", env={**env, "POLL_TIMEOUT_SECONDS": "0.2"}).exit_code == 0
+    assert query(ws.root, "SELECT state FROM jobs") == [("submitted",)]
+    with closing(sqlite3.connect(ws.root / "ledger.db")) as conn, conn:
+        (was,) = conn.execute("SELECT submitted_at FROM jobs").fetchone()
+        earlier = datetime.fromisoformat(was) - timedelta(hours=25)
+        conn.execute("UPDATE jobs SET submitted_at = ?", (earlier.isoformat(sep=" "),))
+    sim.protocol = SeedanceProtocol(clears_url=clears_url)
+    sim.protocol.video_retention = 0.0  # the record is kept, its video is not
+    time.sleep(1.0)  # the task finishes (gen_seconds) on the service
+    result = ws.cli("work", "--no-progress", env=env)
+    assert result.exit_code == 1, result.output
+    ((state, kind, message),) = query(ws.root, "SELECT state, error_kind, error_message FROM jobs")
+    assert (state, kind) == ("failed", "content_expired"), message
+    assert "keeps a task and its video 24 h" in message and "`ledger requeue --failed` generates it again" in message
+    assert "\n" not in message
+    requeued = ws.cli("requeue", "--failed", env=env)
+    assert "1 to generate again" in requeued.output, requeued.output
+    assert query(ws.root, "SELECT state, remote_task_id FROM jobs") == [("pending", None)]
+    sim.protocol = SeedanceProtocol()
+    assert ws.cli("work", "--no-progress", env=env).exit_code == 0
+    assert sim.stats()["tasks_created"] == 2  # the one whose video expired, and the one paid again on purpose
+    assert_all_done_and_whole(ws, sim, 1)
+
+
 # --- the storyboard, checked at scan time ------------------------------------------------------------
 
 
@@ -312,9 +393,10 @@ def test_values_seedance_does_not_take_are_scan_errors_naming_the_allowed_ones(w
     ws.storyboard("storyboard_a.json", {"defaults": {"provider": "seedance"}, "segments": [
         {"segment_index": 1, "prompt_text": "a", "duration_seconds": 20},
         {"segment_index": 2, "prompt_text": "b", "resolution": "adaptive"},
-        {"segment_index": 3, "prompt_text": "c", "model": "doubao-seedance-2-5-260628", "quality": "high"},
+        {"segment_index": 3, "prompt_text": "c", "model": "doubao-seedance-2-0-fast-260128", "quality": "high"},
         {"segment_index": 4, "prompt_text": "d", "seedance": {"sead": 1}},
-        {"segment_index": 5, "prompt_text": "e", "seedance": {"service_tier": "batch"}}]})
+        {"segment_index": 5, "prompt_text": "e", "seedance": {"service_tier": "batch"}},
+        {"segment_index": 6, "prompt_text": "f", "seedance": {"service_tier": "flex"}}]})
     result = ws.cli("scan", env=env)
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("invalid: ")]
@@ -324,12 +406,15 @@ def test_values_seedance_does_not_take_are_scan_errors_naming_the_allowed_ones(w
         "invalid: input/storyboard_a.json: /segments/1/resolution: resolution 'adaptive' takes the ratio of the first "
         "frame: it needs an image_url; without one use 'horizontal', 'vertical' or a ratio such as '16:9'",
         "invalid: input/storyboard_a.json: /segments/2/quality: quality 'high' (1080p) is not offered by "
-        "doubao-seedance-2-5-260628; use one of 480p, 720p",
+        "doubao-seedance-2-0-fast-260128; use one of 480p, 720p",
         "invalid: input/storyboard_a.json: /segments/3/seedance: unknown option 'sead' for the seedance provider; "
-        "did you mean 'seed'? (it takes 'camera_fixed', 'generate_audio', 'resolution', 'seed', 'service_tier', "
-        "'watermark')",
+        "did you mean 'seed'? (it takes 'camera_fixed', 'generate_audio', 'last_frame_url', 'resolution', 'seed', "
+        "'service_tier', 'watermark')",
         "invalid: input/storyboard_a.json: /segments/4/seedance/service_tier: 'batch' is not allowed here; use one "
         "of 'default', 'flex'",
+        "invalid: input/storyboard_a.json: /segments/5/seedance: seedance.service_tier 'flex' (offline inference) is "
+        "not offered by doubao-seedance-2-0-260128; use 'default', or a model that offers it: "
+        "doubao-seedance-1-5-pro-251215",
     ]
     assert query(ws.root, "SELECT count(*) FROM jobs") == [(0,)]
 

@@ -77,11 +77,45 @@ def test_the_storyboards_words_map_to_ratio_resolution_model_and_watermark():
     assert mapped(remove_watermark=False, options={"watermark": False}).params["watermark"] is False
 
 
+def test_2_5_with_a_first_frame_sends_adaptive_and_names_any_other_ratio_at_scan():
+    v25, image = "doubao-seedance-2-5-260628", "https://example.com/first.png"
+    assert mapped(model=v25, is_pro=None, image_url=image).params["ratio"] == "adaptive"  # the default resolution
+    assert mapped(model=v25, is_pro=None, image_url=image, resolution="adaptive").params["ratio"] == "adaptive"
+    assert mapped(model=v25, is_pro=None).params["ratio"] == "16:9"  # without a frame any ratio
+    for word in ("vertical", "16:9"):
+        assert problems(model=v25, is_pro=None, image_url=image, resolution=word) == [(
+            "resolution", f"resolution {word!r} is not offered by {v25} with a first frame (image_url): it takes only "
+                          "'adaptive', the ratio of the frame; drop resolution or set 'adaptive'")]
+    assert mapped(image_url=image).params["ratio"] == "16:9"  # 2.0 takes any ratio with a frame
+
+
+def test_a_last_frame_follows_the_first_in_the_content_and_needs_it():
+    job = mapped(image_url="https://example.com/a.png", options={"last_frame_url": "https://example.com/z.png"})
+    assert request_body(job.params, 1)["content"][1:] == [
+        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}, "role": "first_frame"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/z.png"}, "role": "last_frame"}]
+    assert problems(options={"last_frame_url": "https://example.com/z.png"}) == [
+        ("seedance", "seedance.last_frame_url needs a first frame: set image_url too")]
+
+
+def test_the_official_capability_table_decides_1080p_and_flex():
+    """ByteDance's Seedance tutorial: 2.0 fast and mini render 480p/720p, 2.5 up to 1080p, and
+    only 1.5 pro takes offline inference (service_tier flex)."""
+    for name in (seedance.FAST, seedance.MINI):
+        assert problems(model=name, is_pro=None, quality="high") == [
+            ("quality", f"quality 'high' (1080p) is not offered by {name}; use one of 480p, 720p")]
+    assert mapped(model=seedance.V25, is_pro=None, quality="high").params["resolution"] == "1080p"
+    assert mapped(is_pro=True, options={"service_tier": "flex"}).params["service_tier"] == "flex"
+    assert problems(options={"service_tier": "flex"}) == [
+        ("seedance", f"seedance.service_tier 'flex' (offline inference) is not offered by {NORMAL}; use 'default', "
+                     f"or a model that offers it: {PRO}")]
+
+
 def test_the_seedance_block_sets_audio_tier_seed_and_camera():
-    job = mapped(options={"generate_audio": True, "service_tier": "flex", "seed": 42, "camera_fixed": True})
+    job = mapped(is_pro=True, options={"generate_audio": True, "service_tier": "flex", "seed": 42, "camera_fixed": True})
     assert {k: job.params[k] for k in ("generate_audio", "service_tier", "seed", "camera_fixed")} == {
         "generate_audio": True, "service_tier": "flex", "seed": 42, "camera_fixed": True}
-    assert job.price_key == f"{NORMAL}@1248x704:5s:audio:flex"
+    assert job.price_key == f"{PRO}@1248x704:5s:audio:flex"
     assert request_body(job.params, seedance.seed_of(job.params, "ledger-1-1"))["seed"] == 42
 
 
@@ -95,10 +129,10 @@ def test_the_seedance_block_sets_audio_tier_seed_and_camera():
      "'9:16', '21:9', 'adaptive'"),
     ({"resolution": "adaptive"}, "resolution", "resolution 'adaptive' takes the ratio of the first frame: it needs "
      "an image_url"),
-    ({"model": "doubao-seedance-2-5-260628", "is_pro": None, "quality": "high"}, "quality",
-     "quality 'high' (1080p) is not offered by doubao-seedance-2-5-260628; use one of 480p, 720p"),
-    ({"model": "doubao-seedance-2-5-260628", "is_pro": None, "options": {"resolution": "1080p"}}, "seedance",
-     "seedance.resolution '1080p' is not offered by doubao-seedance-2-5-260628; use one of 480p, 720p"),
+    ({"model": "doubao-seedance-2-0-fast-260128", "is_pro": None, "quality": "high"}, "quality",
+     "quality 'high' (1080p) is not offered by doubao-seedance-2-0-fast-260128; use one of 480p, 720p"),
+    ({"model": "doubao-seedance-2-0-mini-260615", "is_pro": None, "options": {"resolution": "1080p"}}, "seedance",
+     "seedance.resolution '1080p' is not offered by doubao-seedance-2-0-mini-260615; use one of 480p, 720p"),
     ({"model": "seedance-3", "is_pro": None}, "model", "model 'seedance-3' is not offered by the seedance provider; "
      "use one of 'doubao-seedance-2-0-260128', 'doubao-seedance-1-5-pro-251215'"),
     ({"model": NORMAL, "is_pro": True}, "model", f"model '{NORMAL}' is not a Pro model, but is_pro is true"),
@@ -109,13 +143,15 @@ def test_values_a_model_does_not_offer_are_named_with_the_allowed_ones(fields, k
 
 
 def test_every_value_that_is_wrong_is_named_at_once():
-    found = problems(duration=40, resolution="square", quality="high", model="doubao-seedance-2-5-260628", is_pro=None)
+    found = problems(duration=40, resolution="square", quality="high", model="doubao-seedance-2-0-fast-260128",
+                     is_pro=None)
     assert [k for k, _ in found] == ["duration_seconds", "resolution", "quality"]
 
 
 def test_the_block_is_declared_as_json_schema_properties():
     properties = seedance.REGISTRATION.storyboard_options["properties"]
-    assert sorted(properties) == ["camera_fixed", "generate_audio", "resolution", "seed", "service_tier", "watermark"]
+    assert sorted(properties) == ["camera_fixed", "generate_audio", "last_frame_url", "resolution", "seed",
+                                  "service_tier", "watermark"]
     assert properties["service_tier"]["enum"] == ["default", "flex"]
     assert properties["resolution"]["enum"] == ["480p", "720p", "1080p"]
 
@@ -146,7 +182,8 @@ def test_each_price_key_is_priced_by_its_tokens(key, fen):
 def test_the_price_key_holds_everything_the_price_depends_on():
     keys = {mapped(**fields).price_key for fields in (
         {}, {"duration": 6}, {"resolution": "vertical"}, {"resolution": "1:1"}, {"quality": "high"},
-        {"options": {"service_tier": "flex"}}, {"is_pro": True}, {"is_pro": True, "options": {"generate_audio": True}})}
+        {"is_pro": True, "options": {"service_tier": "flex"}}, {"is_pro": True},
+        {"is_pro": True, "options": {"generate_audio": True}})}
     assert len(keys) == 8
     # adaptive is priced as the largest picture of its resolution (21:9 at 720p): never below the bill
     adaptive = mapped(resolution="adaptive", image_url="https://example.com/a.png")
@@ -154,8 +191,8 @@ def test_the_price_key_holds_everything_the_price_depends_on():
 
 
 def test_flex_halves_and_audio_doubles_1_5_pro():
-    plain, flex = mapped(), mapped(options={"service_tier": "flex"})
-    assert BUILT_IN.price(flex.price_key) * 2 == BUILT_IN.price(plain.price_key)
+    plain, flex = mapped(is_pro=True), mapped(is_pro=True, options={"service_tier": "flex"})
+    assert (BUILT_IN.price(plain.price_key), BUILT_IN.price(flex.price_key)) == (83, 42)  # half, rounded up
     silent, audio = mapped(is_pro=True), mapped(is_pro=True, options={"generate_audio": True})
     assert (BUILT_IN.price(silent.price_key), BUILT_IN.price(audio.price_key)) == (83, 166)
 
@@ -222,11 +259,19 @@ def answer(status: int, code: str = "", message: str = "the API says so", body: 
 @pytest.mark.parametrize("status, code, kind", [
     (401, "AuthenticationError", AuthError),
     (403, "AccountOverdueError", InsufficientBalance),
+    (403, "OperationDenied.ServiceOverdue", InsufficientBalance),
+    (429, "SetLimitExceeded", InsufficientBalance),
     (429, "RateLimitExceeded.EndpointRPMExceeded", RateLimited),
     (429, "QuotaExceeded", RateLimited),
     (429, "ServerOverloaded", RateLimited),
     (400, "InputTextSensitiveContentDetected", RemoteTaskFailed),
     (400, "InputImageSensitiveContentDetected.PrivacyInformation", RemoteTaskFailed),
+    (400, "InputTextRiskDetection", RemoteTaskFailed),
+    (400, "InputImageRiskDetection", RemoteTaskFailed),
+    (400, "OutputVideoSensitiveContentDetected", RemoteTaskFailed),
+    (400, "OutputVideoSensitiveContentDetected.PolicyViolation", RemoteTaskFailed),
+    (400, "InputVideoSensitiveContentDetected.PrivacyInformation", RemoteTaskFailed),
+    (400, "SensitiveContentDetected.Violence", RemoteTaskFailed),
     (400, "InvalidParameter", BadParameters),
     (404, "ModelNotOpen", BadParameters),
     (500, "InternalServiceError", TransientError),
@@ -287,6 +332,7 @@ def test_the_derived_seed_finds_its_task_and_stops_past_the_window():
 def test_a_list_without_seeds_cannot_prove_anything():
     found, _ = lookup([listed(None, 1), listed(None, -10)])
     assert (found.tasks, found.covered) == ([], False) and "without their seed" in found.reason
+    assert found.final  # reading it again shows the same: parked at once
 
 
 def test_nothing_with_the_seed_in_a_covered_window_means_not_created():
@@ -296,7 +342,7 @@ def test_nothing_with_the_seed_in_a_covered_window_means_not_created():
 
 def test_a_storyboard_seed_two_tasks_share_is_left_unresolved():
     found, _ = lookup([listed(42, 1), listed(42, 0, number=1)], seed=42, user_seed=True)
-    assert (found.tasks, found.covered) == ([], False) and "seed 42" in found.reason
+    assert (found.tasks, found.covered, found.final) == ([], False, True) and "seed 42" in found.reason
     one, _ = lookup([listed(42, 1), listed(3, 0)], seed=42, user_seed=True)
     assert len(one.tasks) == 1 and one.covered
 
