@@ -639,7 +639,7 @@ class ApiClient:
         if never_sent:
             if self._unreachable_since is None:
                 self._unreachable_since = time.monotonic()
-            self.last_unreachable = self._redact(f"cannot reach {self.base_url}: {detail}")
+            self.last_unreachable = self._redact(f"cannot reach {self.base_url}: {plain_cause(exc, detail)}")
         maybe_created = method == "POST" and not never_sent
         what = "timed out" if isinstance(exc, requests.Timeout) else "connection failed"
         message = f"{method} {path}: {what} ({detail})"
@@ -878,6 +878,18 @@ class _Busy(Exception):
     def __init__(self, message: str, *, wait: Optional[float] = None) -> None:
         super().__init__(message)
         self.wait = wait
+
+
+_OS_CAUSE = re.compile(r"\[Errno -?\d+\] ([^\]\)'\"]+)")
+
+
+def plain_cause(exc: requests.RequestException, detail: str) -> str:
+    """What a user can act on in a connection failure: "connection refused", "timed out", "Name
+    or service not known" — not urllib3's whole repr."""
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    found = _OS_CAUSE.findall(detail)
+    return found[-1].strip().rstrip(".").lower() if found else detail
 
 
 def _proxy_for(session: requests.Session, url: str, proxies: Optional[Dict[str, Optional[str]]]) -> Optional[str]:

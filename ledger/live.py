@@ -28,7 +28,7 @@ from rich.text import Text
 from .models import utcnow
 from .states import State
 from .store import JobRow
-from .work.types import MILESTONES, Action, Active, EventKind, WorkSummary
+from .work.types import MILESTONES, Action, Active, EventKind, Stop, WorkSummary
 
 ELLIPSIS = "…"
 MIN_PATH_CELLS = 16  # a path column narrower than this says nothing; the table gives way elsewhere
@@ -279,6 +279,19 @@ class PlainView:
 
 
 _COUNTDOWN = re.compile(r"\bin \d+ s$")
+OUTAGE_SHOWN_AFTER = 3.0  # seconds without any answer from an API before the view says so
+
+
+def _outage(worker: Any) -> Tuple[float, float]:
+    """How long the API new jobs go to has not answered at all, and how long the run waits for it."""
+    providers = getattr(worker, "providers", None)
+    if providers is None or not hasattr(providers, "outage"):
+        return 0.0, 0.0
+    return providers.outage()[0], float(getattr(worker.options, "api_patience", 0.0))
+
+
+def _first_clause(text: str) -> str:
+    return text.split("; ")[0]
 
 
 class LiveView:
@@ -402,7 +415,13 @@ class LiveView:
         if final:
             return line
         if worker.stopping:
+            stop = worker.summary.stopped
+            if stop is not None and stop is not Stop.INTERRUPTED:  # not the user's Ctrl+C: say what stopped it
+                return line + f" · stopping: {_first_clause(worker.summary.stop_detail)}"
             return line + " · stopping (Ctrl+C again aborts downloads)"
+        out_for, patience = _outage(worker)
+        if out_for >= OUTAGE_SHOWN_AFTER:
+            return line + f" · API unreachable for {out_for:.0f} s — retrying (gives up after {patience:.0f} s)"
         paused = self._paused_for(worker)
         text, until = self.notice
         if paused > 0.5:

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 CLAIM_GATHER = 0.005  # seconds
 DOWNLOAD_YIELD = 0.25  # seconds a due download may wait for creates being sent
+OUTAGE_TOLD_AFTER = 3.0  # seconds without any answer from the API before the run says so (once per outage)
 T = TypeVar("T")
 
 
@@ -75,6 +76,7 @@ class Scheduler:
                  journal_dir: Optional[str] = None) -> None:
         self.store = store
         self.providers = providers
+        self._outage_told = False
         self.options = options
         self.owner = owner_id()
         self.run_state = RunState()
@@ -182,7 +184,16 @@ class Scheduler:
         else:
             out_for, why = self.providers.outage()
             if out_for > self.options.api_patience:
-                self.run_state.halt(Stop.UNREACHABLE, f"{why} (for {out_for:.0f} s); nothing was lost")
+                kept = self._ledger(lambda: self.store.count_in_flight(self.options.scope), 0)
+                self.run_state.halt(Stop.UNREACHABLE, f"{why}, for {out_for:.0f} s; nothing was lost"
+                                    + (f": {kept} paid job(s) keep their task ids" if kept else "")
+                                    + " — run `ledger work` again once it answers")
+            elif out_for >= OUTAGE_TOLD_AFTER and not self._outage_told:
+                self._outage_told = True
+                log.warning("%s — retrying; gives up after %.0f s (API_PATIENCE_SECONDS)", why,
+                            self.options.api_patience)
+            elif out_for == 0.0:
+                self._outage_told = False
 
     def _wait_time(self) -> float:
         """How long the loop may sleep: until the next step falls due, or a free slot may be

@@ -312,3 +312,32 @@ def test_a_key_refused_mid_run_is_one_line_not_one_per_job(ws, make_sim, work_en
     assert (out + errors).count("was rejected") == 1, (out, errors)
     assert set(states(ws).values()) == {"pending"} and sim.stats()["tasks_created"] == 0
     assert sim.stats()["creates_received"] >= 2  # several creates met the refusal at once
+
+
+def test_an_outage_is_shown_while_it_lasts_and_ends_in_one_plain_line(ws, make_sim, work_env, unused_port):
+    """Before: the live view showed nothing for the whole patience, then "stopping (Ctrl+C again
+    aborts downloads)" though nobody pressed Ctrl+C, then urllib3's repr of the failure."""
+    import threading
+
+    from tests.terminal import run_in_terminal
+
+    sim = make_sim(port=unused_port, gen_seconds=3.0)
+    env = {**work_env, "SORA_BASE_URL": sim.base_url, "API_PATIENCE_SECONDS": "8", "CONNECT_TIMEOUT": "1"}
+    ws.storyboard("storyboard_a.json", segments("one", "two"))
+    done = {}
+    runner = threading.Thread(target=lambda: done.update(result=run_in_terminal(ws.root, env, "run", columns=120)))
+    runner.start()
+    deadline = time.monotonic() + 20
+    while sim.stats()["tasks_created"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sim.stop()
+    runner.join(timeout=90)
+    code, written = done["result"]
+    assert code == 3, written
+    assert re.search(r"API unreachable for \d+ s — retrying \(gives up after 8 s\)", written), written
+    assert "Ctrl+C again" not in written
+    (line,) = [l for l in written.splitlines() if "error:" in l]
+    line = line[line.index("error:"):]
+    assert f"cannot reach http://127.0.0.1:{unused_port}/v1: connection refused" in line, line
+    assert "2 paid job(s) keep their task ids" in line and "run `ledger work` again" in line, line
+    assert "HTTPConnection" not in written and "Errno" not in written
