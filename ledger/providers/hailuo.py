@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
 import threading
 from dataclasses import dataclass
 from datetime import datetime
@@ -84,6 +85,9 @@ STATUSES: Mapping[str, str] = {
     "running": "processing", "processing": "processing",
     "succeeded": "completed", "success": "completed",
     "failed": "failed", "fail": "failed", "cancelled": "failed",
+    # v2 only: a task not run within its time on the service ends ``expired`` (MiniMax-AI/cli
+    # src/types/api.ts VideoV2Task.status); it never finishes, so it is a failure, not a wait.
+    "expired": "failed",
 }
 
 # ``base_resp.status_code`` → the outcome. MiniMax's own codes are all ≥ 1000, so the HTTP statuses
@@ -99,14 +103,31 @@ ERRORS: Mapping[int, Type[ApiError]] = {
     1013: TransientError,  # internal service error
     1026: RemoteTaskFailed,  # the input is sensitive: refused, nothing created
     1027: RemoteTaskFailed,  # the output is sensitive: the task failed
+    1024: TransientError,  # internal error
+    1033: TransientError,  # system error
     2013: BadParameters,
+    2038: AuthError,  # the account has not completed real-name verification: no key of it can create
+    2049: AuthError,  # invalid API key (MiniMax-AI/cli skill/references/h3-video.md, with 1004)
     401: AuthError,
+    402: InsufficientBalance,  # v2 answers 1008 with HTTP 402
+    403: AuthError,
     429: RateLimited,
+}
+# Account errors: a key of this account cannot create until its owner acts on the platform. Said
+# in one line, like a refused key. 2038: minimax-mcp 0.0.19 minimax_mcp/client.py maps it to
+# "should complete real-name verification on the open-platform".
+ACCOUNT_ERRORS: Mapping[int, str] = {
+    2038: "its MiniMax account has not completed real-name verification: complete it at "
+          "https://platform.minimaxi.com/user-center/basic-information",
 }
 TASK_VERDICTS = frozenset({1026, 1027})
 NOT_FOUND = frozenset({2013, 404})
 LIST_LIMIT = 100  # the page size the list is read in
+# The list's array: ``{"items": [task, ...], "total": N}`` (MiniMax's own CLI, MiniMax-AI/cli
+# src/commands/video/task-list.ts, reads ``response.items``; no source shows another name).
+LIST_FIELD = "items"
 V1_NO_LIST = "the MiniMax v1 API has no task list to look it up in"
+_ENVELOPE_CODE = re.compile(r"\((\d{3,5})\)\s*$")  # "invalid params (2013)"
 _LOOKUPS = ("/v2/query/video_generation/", "/v1/query/video_generation", "/v1/files/retrieve")
 
 _unknown_words: Set[str] = set()
@@ -455,7 +476,7 @@ class Hailuo(ApiClient):
         """One page of the v2 list as the API orders it, and the total it tells."""
         path = "/v2/query/video_generation"
         data = self._call("GET", path, params={"page_num": page, "page_size": size})
-        items = data.get("tasks")
+        items = data.get(LIST_FIELD)
         if not isinstance(items, list):
             raise TransientError(self._redact(f"GET {path}: unexpected page shape: {_snippet(repr(data))}"))
         tasks = [self._task(item, data) for item in items if isinstance(item, Mapping)]
@@ -484,7 +505,7 @@ class Hailuo(ApiClient):
         if status is None:
             _note_unknown(word)
             status = word or "unknown"
-        message = str(data.get("error_message") or (base.get("status_msg") if code in TASK_VERDICTS else "") or "")
+        message = _failure(data, word) or str((base.get("status_msg") if code in TASK_VERDICTS else "") or "")
         content = data.get("content")
         url = content.get("url") if isinstance(content, Mapping) and status == "completed" else None
         return RemoteTask(
@@ -502,12 +523,11 @@ class Hailuo(ApiClient):
             payload = resp.json()
         except ValueError:
             payload = None
-        base = payload.get("base_resp") if isinstance(payload, Mapping) else None
         code = _code(payload)
         ok = 200 <= resp.status_code < 300 and isinstance(payload, Mapping)
         if ok and (code in (None, 0) or (code in TASK_VERDICTS and _is_lookup(method, path))):
             return payload
-        said = str(base.get("status_msg") or "").strip() if isinstance(base, Mapping) else ""
+        said = _said(payload)
         detail = f"code {code}: {_snippet(said)}" if code is not None else f"unexpected body: {_snippet(resp.text)!r}"
         error = self._error_for(method, path, resp, code, detail, said)
         log.debug("%s", error)
@@ -528,6 +548,9 @@ class Hailuo(ApiClient):
             return self._rate_limit_error(where, resp, detail, code)
         if kind is AuthError:
             shown = mask_key(self._key) if self._key else "(no key set)"
+            if code in ACCOUNT_ERRORS:
+                return AuthError(self._redact(f"{where}, the API key {shown} cannot create: {ACCOUNT_ERRORS[code]} "
+                                              f"({detail})"), code=code, http_status=status)
             return AuthError(self._redact(f"{where}, the API key {shown} was rejected ({detail})"), code=code,
                              http_status=status)
         if kind in (InsufficientBalance, BadParameters):
@@ -553,6 +576,8 @@ class Hailuo(ApiClient):
         try:
             data = self._unwrap("GET", path, resp)
         except AuthError as exc:
+            if exc.code in ACCOUNT_ERRORS:
+                raise ConfigError(str(exc)) from exc
             raise ConfigError(self._redact(f"the API key {mask_key(self._key or '')} was rejected "
                                            f"(code {exc.code or exc.http_status}): check {self.KEY_SETTING}")) from exc
         except RateLimited as exc:
@@ -567,15 +592,47 @@ class Hailuo(ApiClient):
             if exc.code is None:
                 raise self._not_the_api(resp) from exc
             raise ConfigError(self._redact(f"the pre-flight call failed: {exc}")) from exc
-        if not isinstance(data.get("tasks"), list):
+        if not isinstance(data.get(LIST_FIELD), list):
             raise self._not_the_api(resp)
         return None
 
 
 def _code(answer: Any) -> Optional[int]:
-    """An answer's ``base_resp.status_code`` (None: it has none)."""
-    base = answer.get("base_resp") if isinstance(answer, Mapping) else None
-    return _int_or_none(base.get("status_code")) if isinstance(base, Mapping) else None
+    """An answer's code: v1's ``base_resp.status_code``, or the code v2's error envelope
+    (``{"type": "error", "error": {"type", "message": "... (2013)", "http_code"}}``) ends its
+    message with (None: it has neither)."""
+    if not isinstance(answer, Mapping):
+        return None
+    base = answer.get("base_resp")
+    if isinstance(base, Mapping):
+        return _int_or_none(base.get("status_code"))
+    error = answer.get("error")
+    if not isinstance(error, Mapping):
+        return None
+    found = _ENVELOPE_CODE.search(str(error.get("message") or ""))
+    return int(found.group(1)) if found else _int_or_none(error.get("code"))
+
+
+def _said(answer: Any) -> str:
+    """What an error answer says in words: ``base_resp.status_msg`` or v2's ``error.message``."""
+    if not isinstance(answer, Mapping):
+        return ""
+    for name, field in (("base_resp", "status_msg"), ("error", "message")):
+        part = answer.get(name)
+        if isinstance(part, Mapping) and str(part.get(field) or "").strip():
+            return str(part[field]).strip()
+    return ""
+
+
+def _failure(data: Mapping[str, Any], word: str) -> str:
+    """A failed v2 task's reason — its ``error{code, message}`` as MiniMax's CLI shows it
+    (``code: message``) — or what its status word alone says; "" when neither tells."""
+    error = data.get("error") if isinstance(data.get("error"), Mapping) else {}
+    message, code = str(error.get("message") or "").strip(), str(error.get("code") or "").strip()
+    if message or code:
+        return f"{code}: {message}" if message and code else message or f"code {code}"
+    return {"expired": "the task expired on the service before it finished (status expired)",
+            "cancelled": "the task was cancelled on the service (status cancelled)"}.get(word, "")
 
 
 def _is_lookup(method: str, path: str) -> bool:

@@ -196,7 +196,7 @@ class HailuoProtocol(SimProtocol):
         tasks = tasks if self.newest_first else tasks[::-1]
         first = 0 if sim.config.list_ignores_page else (page - 1) * size
         views = [self._v2(sim, task, origin) for task in tasks[first:first + size]]
-        return reply(0, "success", tasks=views, total=len(tasks))
+        return reply(0, "success", items=views, total=len(tasks))
 
     def _retrieve(self, sim: Any, file_id: str, origin: str) -> Reply:
         task = sim.find_task(lambda t: t.extra.get("file_id") == file_id)
@@ -225,8 +225,8 @@ class HailuoProtocol(SimProtocol):
             view["prompt"] = task.prompt
         if status == "completed":
             view["content"] = {"url": sim.signed_url(task.task_id, origin)}
-        if status == "failed":
-            view["error_message"] = self._failure(task)
+        if status == "failed":  # a failed task says why in error{code, message}, the code a string
+            view["error"] = {"code": "1027" if task.outcome == "policy" else "1000", "message": self._failure(task)}
         return view
 
     def _v1(self, sim: Any, task: Any) -> Dict[str, Any]:

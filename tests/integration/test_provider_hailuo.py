@@ -168,14 +168,14 @@ def test_a_prompt_the_api_finds_sensitive_is_refused_at_the_create_with_its_word
 @pytest.mark.parametrize("model", ["MiniMax-H3", V1])
 def test_a_video_the_api_finds_sensitive_fails_with_its_words_and_stays_paid(ws, sim, work_env, monkeypatch, model):
     """1027 (output sensitive): the task was made and billed, then failed — said in the v2 task's
-    error_message, or in the v1 query's base_resp."""
+    error{code, message}, or in the v1 query's base_resp."""
     monkeypatch.setattr(PROTOCOL, "policy_check", "output")
     ws.storyboard("storyboard_a.json", {"segments": [{"segment_index": 1, "prompt_text": "[policy-reject] x",
                                                       "model": model}]})
     result = ws.cli("run", "--no-progress", env=work_env)
     assert result.exit_code == 1, result.output
-    assert query(ws.root, "SELECT state, error_kind, error_message FROM jobs") == [
-        ("failed", "remote_failed", OUTPUT_SENSITIVE)]
+    said = OUTPUT_SENSITIVE if model == V1 else f"1027: {OUTPUT_SENSITIVE}"
+    assert query(ws.root, "SELECT state, error_kind, error_message FROM jobs") == [("failed", "remote_failed", said)]
     assert OUTPUT_SENSITIVE in result.output
     assert query(ws.root, "SELECT sum(spent_cents) FROM jobs") == [(charged(sim),)] and charged(sim) > 0
 

@@ -233,8 +233,8 @@ def test_a_sensitive_verdict_in_a_query_is_the_tasks_failure_not_an_error_of_the
     payload = client()._unwrap("GET", "/v1/query/video_generation", answer(data))
     task = client()._task(payload, payload)
     assert task.is_failed and task.error_msg == "生成视频涉及敏感内容"
-    v2 = client()._task({"id": "8", "status": "failed", "error_message": "视频生成失败"}, base(0, "success"))
-    assert v2.is_failed and v2.error_msg == "视频生成失败"
+    v2 = client()._task({"id": "8", "status": "failed", "error": {"code": "1027", "message": "视频生成失败"}}, {})
+    assert v2.is_failed and v2.error_msg == "1027: 视频生成失败"
 
 
 @pytest.mark.parametrize("resp, raised", [
