@@ -2,8 +2,9 @@
 
 Every answer carries ``base_resp: {status_code, status_msg}``, errors included, in an HTTP 200
 (only a server error is a 5xx). v2: ``POST /v2/video_generation`` (a ``content`` list), ``GET
-/v2/query/video_generation/{id}`` (``{"task": {...}}``, the video in ``content.url``) and the list
-``GET /v2/query/video_generation?page_num&page_size``. v1: ``POST /v1/video_generation``, ``GET
+/v2/query/video_generation/{id}`` (``{"task": {...}}``, the video in ``content.url``, a failure's
+reason in ``error{code, message}``) and the list ``GET /v2/query/video_generation?page_num&page_size``
+(``{"items": [...], "total": N}``). v1: ``POST /v1/video_generation``, ``GET
 /v1/query/video_generation?task_id=`` (a ``file_id`` once done) and ``GET
 /v1/files/retrieve?file_id=`` (the ``download_url``); v1 tasks are in no list. Each version knows
 only its own tasks: asked about the other's, it answers 2013.
@@ -11,7 +12,9 @@ only its own tasks: asked about the other's, it answers 2013.
 Where the documentation is silent the simulator follows one reading, and a class attribute offers
 the other (tests switch them): ``shows_prompt`` (task objects carry their prompt; False: they do
 not), ``newest_first`` (the list's order), ``policy_check`` ("input": "[policy-reject]" is refused
-at the create with 1026 and nothing is made; "output": the task is made, billed and fails with 1027).
+at the create with 1026 and nothing is made; "output": the task is made, billed and fails with 1027),
+``failure_status`` (how a v2 task that fails for no policy reason ends: "failed" with ``error{code,
+message}``, or "expired", the status of a task not run in its time, with no error object).
 """
 from __future__ import annotations
 
@@ -122,6 +125,7 @@ class HailuoProtocol(SimProtocol):
     shows_prompt = True
     newest_first = True
     policy_check = "input"
+    failure_status = "failed"
 
     def new_id(self) -> str:
         return _new_number()
@@ -225,7 +229,9 @@ class HailuoProtocol(SimProtocol):
             view["prompt"] = task.prompt
         if status == "completed":
             view["content"] = {"url": sim.signed_url(task.task_id, origin)}
-        if status == "failed":  # a failed task says why in error{code, message}, the code a string
+        if status == "failed" and task.outcome == "error" and self.failure_status == "expired":
+            view["status"] = "expired"  # not run in its time: the status says it all, no error object
+        elif status == "failed":  # a failed task says why in error{code, message}, the code a string
             view["error"] = {"code": "1027" if task.outcome == "policy" else "1000", "message": self._failure(task)}
         return view
 

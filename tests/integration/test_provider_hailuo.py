@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ledger.sim.hailuo import INPUT_SENSITIVE, OUTPUT_SENSITIVE, PROTOCOL
+from ledger.sim.server import GENERATION_FAILED_MESSAGE
 from tests.helpers import api_env, job_price, query, segments, spawn
 from tests.integration.conftest import API_KEY
 from tests.integration.test_work import assert_all_done_and_whole, assert_every_job_paid_once
@@ -320,3 +321,43 @@ def test_the_demo_storyboard_is_valid_with_the_default_settings(ws, sim, work_en
     assert len(segments_) == 3 and any(s.get("image_url") for s in segments_)
     assert len({s.get("duration_seconds") for s in segments_}) == 3
     assert_all_done_and_whole(ws, sim, 3)
+
+
+def test_an_account_without_real_name_verification_stops_submitting_in_one_line(ws, sim, work_env):
+    """2038 (real-name verification required) is the account's, not the job's: like a refused key,
+    the run stops at the first create, says so in one line without the key, and nothing is made."""
+    ws.storyboard("storyboard_a.json", segments("one", "two"))
+    sim.inject("create", "envelope", code=2038, message="real-name verification required")
+    result = ws.cli("run", "--no-progress", env={**work_env, "MAX_CONCURRENT_TASKS": "1"})
+    assert result.exit_code == 3, result.output
+    said = [line for line in result.output.splitlines() if "real-name verification" in line]
+    assert len(said) == 1 and "platform.minimaxi.com" in said[0], result.output
+    assert API_KEY not in result.output and API_KEY[8:] not in result.output
+    assert query(ws.root, "SELECT state FROM jobs") == [("pending",), ("pending",)]
+    assert sim.stats()["creates_received"] == 1 and sim.stats()["tasks_created"] == 0
+
+
+def test_a_failed_v2_task_keeps_its_error_code_and_message_as_the_jobs_error(ws, make_sim, work_env):
+    sim = make_sim(fail_rate=1.0)
+    env = {**work_env, **api_env(sim)}
+    ws.storyboard("storyboard_a.json", segments("one"))
+    result = ws.cli("run", "--no-progress", env=env)
+    assert result.exit_code == 1, result.output
+    assert query(ws.root, "SELECT state, error_kind, error_message FROM jobs") == [
+        ("failed", "remote_failed", f"1000: {GENERATION_FAILED_MESSAGE}")]
+
+
+def test_an_expired_v2_task_fails_with_its_reason_and_is_not_polled_on(ws, make_sim, work_env, monkeypatch):
+    """``expired`` is a final status: the job fails at once with that reason (it was polled until
+    the poll timeout while the word was unknown)."""
+    monkeypatch.setattr(PROTOCOL, "failure_status", "expired")
+    sim = make_sim(fail_rate=1.0)
+    env = {**work_env, **api_env(sim), "POLL_TIMEOUT_SECONDS": "600"}
+    ws.storyboard("storyboard_a.json", segments("one"))
+    started = time.monotonic()
+    result = ws.cli("run", "--no-progress", env=env)
+    assert result.exit_code == 1, result.output
+    assert time.monotonic() - started < 60
+    assert query(ws.root, "SELECT state, error_kind, error_message FROM jobs") == [
+        ("failed", "remote_failed", "the task expired on the service before it finished (status expired)")]
+    assert "unknown status" not in result.output
