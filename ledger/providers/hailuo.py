@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 
 NAME = "hailuo"
 CURRENCY = "CNY"
+# MiniMax bills a generation when its create is accepted (a queued task cancelled with DELETE
+# /v2/video_generation/{id} is not billed: platform.minimaxi.com video-generation-v2 docs), so an
+# unanswered create may have been paid for.
+BILLS_AT_CREATE = True
 H3, HAILUO, HAILUO_FAST = "MiniMax-H3", "MiniMax-Hailuo-2.3", "MiniMax-Hailuo-2.3-Fast"
 
 
@@ -686,4 +690,4 @@ OPTIONS: Tuple[Option, ...] = (
 REGISTRATION = Registration(
     name=NAME, rules=RULES, open=Hailuo.open, base_url=lambda settings: settings.option("minimax_base_url"),
     tariff=tariff, currency=CURRENCY, key_env="MINIMAX_API_KEY", url_env="MINIMAX_BASE_URL", options=OPTIONS,
-    storyboard_options=STORYBOARD_OPTIONS, sim=NAME)
+    storyboard_options=STORYBOARD_OPTIONS, sim=NAME, bills_at_create=BILLS_AT_CREATE)
