@@ -50,6 +50,8 @@ CURRENCY = "CNY"
 # unanswered create may have been paid for.
 BILLS_AT_CREATE = True
 H3, HAILUO, HAILUO_FAST = "MiniMax-H3", "MiniMax-Hailuo-2.3", "MiniMax-Hailuo-2.3-Fast"
+HAILUO_02 = "MiniMax-Hailuo-02"
+ADAPTIVE = "adaptive"  # the v2 ratio of a video made from a first frame: the frame's own shape
 
 
 @dataclass(frozen=True)
@@ -69,14 +71,23 @@ class Model:
     per_second: bool = False  # priced per second of video (else per video of each length)
 
 
-_V1_DURATIONS = {"768P": (6, 10), "1080P": (6,)}  # 1080P is offered for 6 s only
+# v1: 768P for 6 or 10 s, 1080P for 6 s only (minimax-mcp 0.0.19 minimax_mcp/server.py, generate_video:
+# "duration ... Values can be 6 and 10", "resolution ... ["768P", "1080P"]"; rawgenai's copy of the
+# platform's video-generation page: 1080P only at 6 s).
+_V1_DURATIONS = {"768P": (6, 10), "1080P": (6,)}
+_H3_SECONDS = tuple(range(4, 16))  # "an integer from 4 to 15 seconds" (MiniMax-AI/cli src/video/v2.ts)
 MODELS: Mapping[str, Model] = {
-    # [I] the model name of H3 is not in the facts: MiniMax-H3 is what its API examples send.
-    H3: Model(H3, "v2", {"768P": tuple(range(4, 16)), "2K": tuple(range(4, 16))}, 6, "768P", "2K",
-              ratios=("16:9", "9:16", "1:1"), per_second=True),
+    # v2 (platform.minimaxi.com video-generation-v2-create): model "MiniMax-H3", resolution 768P or
+    # 2K, 4-15 s; ratio 16:9, 9:16, 1:1, 4:3, 3:4 or 21:9 from text (a text-only create must name
+    # one), "adaptive" with a first frame: the frame's shape (MiniMax-AI/cli src/video/v2.ts
+    # VIDEO_V2_RATIOS and buildVideoV2Request). MiniMax's CLI sends 2K only; the API docs list both.
+    H3: Model(H3, "v2", {"768P": _H3_SECONDS, "2K": _H3_SECONDS}, 6, "768P", "2K",
+              ratios=("16:9", "9:16", "1:1", "4:3", "3:4", "21:9"), per_second=True),
     HAILUO: Model(HAILUO, "v1", _V1_DURATIONS, 6, "768P", "1080P"),
     # [I] image-to-video only, as the adapters that call it say.
     HAILUO_FAST: Model(HAILUO_FAST, "v1", _V1_DURATIONS, 6, "768P", "1080P", needs_image=True),
+    # The model before 2.3, on v1 with the same lengths (minimax-mcp 0.0.19 server.py generate_video).
+    HAILUO_02: Model(HAILUO_02, "v1", _V1_DURATIONS, 6, "768P", "1080P"),
 }
 DEFAULT_MODEL = H3
 # The storyboard's orientation, as the v2 ratio.
@@ -215,6 +226,8 @@ def _ratio(model: Model, request: Request) -> Optional[str]:
     None for a v1 model, which takes none (its block ``ratio`` is reported by ``_option_problems``)."""
     if not model.ratios:
         return None
+    if request.image_url:
+        return ADAPTIVE
     wanted = request.resolution
     return request.options.get("ratio") or ORIENTATIONS.get(wanted) or \
         (wanted if wanted in model.ratios else ORIENTATIONS["horizontal"])
@@ -222,8 +235,10 @@ def _ratio(model: Model, request: Request) -> Optional[str]:
 
 def _shapes(model: Model, request: Request) -> List[str]:
     """The neutral ``resolution`` values ``model`` takes for ``request``."""
-    if model.ratios:
+    if model.ratios and not request.image_url:
         return [*ORIENTATIONS, *model.ratios, *model.durations]
+    if model.ratios:  # from a first frame, the frame's shape
+        return [*ORIENTATIONS, *model.durations]
     # From text a v1 model makes 16:9; from a first frame, the frame's shape.
     shapes = ["horizontal", "vertical"] if request.image_url else ["horizontal"]
     return [*shapes, *model.durations]
@@ -245,6 +260,9 @@ def _option_problems(model: Model, request: Request) -> List[Mismatch]:
     if "ratio" in request.options:
         if not model.ratios:
             problems.append(Mismatch(NAME, f"{NAME}.ratio is not taken by {model.name} (a v1 model); drop it"))
+        elif request.image_url:
+            problems.append(Mismatch(NAME, f"{NAME}.ratio is not taken by {model.name} with a first frame (the "
+                                           f"video takes the frame's shape); drop it"))
         elif request.options["ratio"] not in model.ratios:
             problems.append(Mismatch(NAME, f"{NAME}.ratio {request.options['ratio']!r} is not offered by "
                                            f"{model.name}; use one of {_offered(model.ratios)}"))
@@ -259,8 +277,9 @@ RULES = HailuoRules()
 
 STORYBOARD_OPTIONS: Mapping[str, Any] = {"properties": {
     "resolution": {"type": "string", "description": "The model's own resolution: MiniMax-H3 768P or 2K; "
-                                                    "MiniMax-Hailuo-2.3(-Fast) 768P or 1080P (6 s only)."},
-    "ratio": {"type": "string", "description": "MiniMax-H3 only: 16:9, 9:16 or 1:1."},
+                                                    "MiniMax-Hailuo-2.3(-Fast) and -02 768P or 1080P (6 s only)."},
+    "ratio": {"type": "string", "description": "MiniMax-H3 from text only: 16:9, 9:16, 1:1, 4:3, 3:4 or 21:9 "
+                                               "(from a first frame the video takes the frame's shape)."},
     "prompt_optimizer": {"type": "boolean", "description": "v1 models only: let MiniMax rewrite the prompt "
                                                            "(the API's default: true)."},
 }}
@@ -286,10 +305,11 @@ def request_body(params: Mapping[str, Any]) -> Dict[str, Any]:
 # --- money ---------------------------------------------------------------------------------------
 
 # Fen: per second for a per-second model (MODEL-RESOLUTION), per video otherwise
-# (MODEL-RESOLUTION-SECONDSs). [I] Fast costs what Hailuo 2.3 costs: its own prices are not in the facts.
+# (MODEL-RESOLUTION-SECONDSs). [I] Fast and 02 cost what Hailuo 2.3 costs: their own prices are in
+# no source read (HAILUO_PRICES sets them).
 DEFAULT_PRICES: Mapping[str, float] = {
     f"{H3}-768P": 50.0, f"{H3}-2K": 80.0,
-    **{f"{name}-{key}": fen for name in (HAILUO, HAILUO_FAST)
+    **{f"{name}-{key}": fen for name in (HAILUO, HAILUO_FAST, HAILUO_02)
        for key, fen in (("768P-6s", 200.0), ("768P-10s", 400.0), ("1080P-6s", 350.0))},
 }
 BUILT_IN_PRICES = "the built-in price list; HAILUO_PRICES overrides it"
@@ -439,8 +459,10 @@ class Hailuo(ApiClient):
         """Model, duration, resolution and ratio of a listed task must be the request's; fields it
         omits do not count against it (a task wrongly ruled out would be paid for twice)."""
         raw, body = task.raw, request_body(params)
+        # An adaptive ratio is answered as the ratio the frame gave: any ratio may be the create's.
+        keys = ("model", "duration", "resolution") + (() if body.get("ratio") == ADAPTIVE else ("ratio",))
         return not any(raw.get(key) not in (None, "") and key in body and str(raw[key]) != str(body[key])
-                       for key in ("model", "duration", "resolution", "ratio"))
+                       for key in keys)
 
     def balance(self) -> Optional[int]:
         """MiniMax has no balance endpoint."""

@@ -30,9 +30,11 @@ NAME = "hailuo"
 V2_MODELS: Mapping[str, Mapping[str, Tuple[int, ...]]] = {"MiniMax-H3": {"768P": tuple(range(4, 16)),
                                                                         "2K": tuple(range(4, 16))}}
 _V1 = {"768P": (6, 10), "1080P": (6,)}
-V1_MODELS: Mapping[str, Mapping[str, Tuple[int, ...]]] = {"MiniMax-Hailuo-2.3": _V1, "MiniMax-Hailuo-2.3-Fast": _V1}
+V1_MODELS: Mapping[str, Mapping[str, Tuple[int, ...]]] = {"MiniMax-Hailuo-2.3": _V1, "MiniMax-Hailuo-2.3-Fast": _V1,
+                                                          "MiniMax-Hailuo-02": _V1}
 IMAGE_ONLY = frozenset({"MiniMax-Hailuo-2.3-Fast"})
-RATIOS = ("16:9", "9:16", "1:1")
+RATIOS = ("16:9", "9:16", "1:1", "4:3", "3:4", "21:9")
+ADAPTIVE = "adaptive"  # the frame's shape: with a first frame, and only then
 # What the account is charged, in fen: H3 per second, Hailuo 2.3 per video.
 PER_SECOND = {"768P": 50, "2K": 80}
 PER_VIDEO = {("768P", 6): 200, ("768P", 10): 400, ("1080P", 6): 350}
@@ -84,10 +86,12 @@ def validate_v2(body: Mapping[str, Any]) -> Optional[str]:
         if isinstance(item, dict) and item.get("type") == "image_url" and (
                 item.get("role") != "first_frame" or not _is_url((item.get("image_url") or {}).get("url"))):
             return "an image_url item must have role first_frame and an http(s) image_url.url"
+    framed = any(isinstance(item, dict) and item.get("type") == "image_url" for item in items)
     resolution = str(body.get("resolution", "768P"))
+    # From text a ratio must be named and cannot be adaptive; from a frame it is adaptive (the default).
     return (_choice(body, "resolution", V2_MODELS[model], "768P")
             or _choice(body, "duration", V2_MODELS[model].get(resolution, ()), 6)
-            or _choice(body, "ratio", RATIOS, "16:9"))
+            or _choice(body, "ratio", (*RATIOS, ADAPTIVE) if framed else RATIOS, ADAPTIVE))
 
 
 def validate_v1(body: Mapping[str, Any]) -> Optional[str]:
@@ -108,6 +112,12 @@ def validate_v1(body: Mapping[str, Any]) -> Optional[str]:
     resolution = str(body.get("resolution", "768P"))
     return (_choice(body, "resolution", V1_MODELS[model], "768P")
             or _choice(body, "duration", V1_MODELS[model].get(resolution, ()), 6))
+
+
+def _shown_ratio(body: Mapping[str, Any]) -> str:
+    """The ratio a task shows: the one asked for, or for ``adaptive`` the frame's (the sample video's, 16:9)."""
+    ratio = str(body.get("ratio") or ADAPTIVE)
+    return "16:9" if ratio == ADAPTIVE else ratio
 
 
 def _new_number() -> str:
@@ -162,7 +172,7 @@ class HailuoProtocol(SimProtocol):
         duration = int(body.get("duration", 6))
         task = sim.record_task(prompt, price(model, resolution, duration), task_id, model=model, duration=duration,
                                resolution=resolution, image_url=image, is_pro=resolution in ("2K", "1080P"),
-                               extra={"api": api, "ratio": body.get("ratio", "16:9"), "file_id": _new_number()})
+                               extra={"api": api, "ratio": _shown_ratio(body), "file_id": _new_number()})
         if task is None:
             return reply(1008, "insufficient balance"), False
         return reply(0, "success", task_id=task.task_id), True

@@ -60,8 +60,9 @@ def test_a_storyboard_runs_to_done_files_on_both_minimax_apis_billed_to_the_fen(
     made = {t["task_id"]: t for t in sim.tasks()}
     rows = query(ws.root, "SELECT segment_index, remote_task_id, price_key FROM jobs ORDER BY segment_index")
     assert [key for _, _, key in rows] == ["MiniMax-H3@768P:6", "MiniMax-H3@2K:10", f"{V1}@768P:10", f"{V1}@1080P:6"]
+    # From a first frame H3 is sent ratio "adaptive" and the task shows the frame's shape.
     assert {k: made[rows[1][1]][k] for k in ("model", "duration", "resolution", "ratio")} == {
-        "model": "MiniMax-H3", "duration": 10, "resolution": "2K", "ratio": "9:16"}
+        "model": "MiniMax-H3", "duration": 10, "resolution": "2K", "ratio": "16:9"}
     assert made[rows[3][1]]["status"] == "Success" and made[rows[3][1]]["video_height"] == 1080  # a v1 task
     routes = sim.stats()["requests_by_route"]
     assert routes["create"] == 4 and routes["file"] == 4 and routes["query"] >= 2 and routes["retrieve"] == 2
@@ -124,7 +125,8 @@ def test_an_oldest_first_list_is_read_from_its_end_and_a_lost_create_is_still_fo
     the create's task."""
     monkeypatch.setattr(PROTOCOL, "newest_first", False)
     for i in range(150):  # two pages of the account's tasks, made long before ours
-        made = sim.create_external("", body={"model": "MiniMax-H3", "content": [{"type": "text", "text": f"old {i}"}]})
+        made = sim.create_external("", body={"model": "MiniMax-H3", "ratio": "16:9",
+                                          "content": [{"type": "text", "text": f"old {i}"}]})
         sim.get_task(made, poll=False).created_wall -= timedelta(hours=1)
     ws.storyboard("storyboard_a.json", segments("the lost create, on the last page"))
     sim.inject("create", "lost_create")
