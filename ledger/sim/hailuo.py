@@ -1,7 +1,8 @@
 """The simulator's MiniMax protocol (``ledger sim --protocol hailuo``): Hailuo v1 and H3 v2.
 
-Every answer carries ``base_resp: {status_code, status_msg}``, errors included, in an HTTP 200
-(only a server error is a 5xx). v2: ``POST /v2/video_generation`` (a ``content`` list), ``GET
+v1's answers carry ``base_resp: {status_code, status_msg}``, errors included, in an HTTP 200 (only
+a server error is a 5xx); v2's carry none, and v2 says an error in its own envelope with an HTTP
+status (``v2_error``) — except the faults tests inject, which come in the v1 form on every route. v2: ``POST /v2/video_generation`` (a ``content`` list), ``GET
 /v2/query/video_generation/{id}`` (``{"task": {...}}``, the video in ``content.url``, a failure's
 reason in ``error{code, message}``) and the list ``GET /v2/query/video_generation?page_num&page_size``
 (``{"items": [...], "total": N}``). v1: ``POST /v1/video_generation``, ``GET
@@ -51,6 +52,22 @@ _FILE = re.compile(r"^/files/([^/]+)\.mp4$")
 def reply(code: int, message: str, status: int = 200, **fields: Any) -> Reply:
     """An answer of this API: ``fields`` and its ``base_resp``."""
     return json_reply(status, {**fields, "base_resp": {"status_code": code, "status_msg": message}})
+
+
+# v2 says an error in an envelope with an HTTP status, its code at the end of the message
+# (platform.minimaxi.com video-generation-v2-create, error examples).
+V2_ERRORS: Mapping[int, Tuple[int, str]] = {
+    2013: (400, "bad_request_error"), 1004: (401, "authorized_error"), 1008: (402, "insufficient_balance_error"),
+    1026: (422, "unprocessable_entity_error"), 1002: (429, "rate_limit_error"), 1000: (500, "server_error"),
+}
+
+
+def v2_error(code: int, message: str) -> Reply:
+    """A v2 error: ``{"type": "error", "error": {"type", "message": "... (code)", "http_code"}, "request_id"}``."""
+    status, kind = V2_ERRORS.get(code, (400, "bad_request_error"))
+    return json_reply(status, {"type": "error", "error": {"type": kind, "message": f"{message} ({code})",
+                                                          "http_code": str(status)},
+                               "request_id": f"{random.getrandbits(128):032x}"})
 
 
 def price(model: str, resolution: str, duration: int) -> int:
@@ -160,21 +177,24 @@ class HailuoProtocol(SimProtocol):
         if not isinstance(body, dict):
             return reply(2013, "invalid params, the body must be a JSON object"), False
         api = "v2" if "content" in body else "v1"
+        refuse = v2_error if api == "v2" else reply
         problem = validate_v2(body) if api == "v2" else validate_v1(body)
         if problem:
-            return reply(2013, f"invalid params, {problem}"), False
+            return refuse(2013, f"invalid params, {problem}"), False
         prompt, image = self._prompt_and_image(body, api)
         from .server import POLICY_TRIGGER
 
         if POLICY_TRIGGER in prompt.lower() and self.policy_check == "input":
-            return reply(1026, INPUT_SENSITIVE), False
+            return refuse(1026, INPUT_SENSITIVE), False
         model, resolution = str(body["model"]), str(body.get("resolution", "768P"))
         duration = int(body.get("duration", 6))
         task = sim.record_task(prompt, price(model, resolution, duration), task_id, model=model, duration=duration,
                                resolution=resolution, image_url=image, is_pro=resolution in ("2K", "1080P"),
                                extra={"api": api, "ratio": _shown_ratio(body), "file_id": _new_number()})
         if task is None:
-            return reply(1008, "insufficient balance"), False
+            return refuse(1008, "insufficient balance"), False
+        if api == "v2":  # v2's answers carry no base_resp
+            return json_reply(200, {"task_id": task.task_id}), True
         return reply(0, "success", task_id=task.task_id), True
 
     @staticmethod
@@ -194,23 +214,25 @@ class HailuoProtocol(SimProtocol):
         task = sim.get_task(arg, poll=True)
         api = "v2" if route == "task" else "v1"
         if task is None or task.extra.get("api") != api:
-            return reply(2013, f"invalid params, task {arg} not found")
+            # v2: "a task_id outside this window returns invalid task_id" (the v2 query page)
+            return v2_error(2013, "invalid task_id") if api == "v2" else reply(2013, f"invalid params, task {arg} "
+                                                                                    f"not found")
         if api == "v1":
             return json_reply(200, self._v1(sim, task))
-        return reply(0, "success", task=self._v2(sim, task, origin))
+        return json_reply(200, {"task": self._v2(sim, task, origin)})
 
     def _list(self, sim: Any, query: Mapping[str, List[str]], origin: str) -> Reply:
         try:
             page, size = int(query.get("page_num", ["1"])[0]), int(query.get("page_size", ["10"])[0])
         except ValueError:
-            return reply(2013, "invalid params, page_num and page_size must be integers")
+            return v2_error(2013, "invalid params, page_num and page_size must be integers")
         if page < 1 or not 1 <= size <= 100:
-            return reply(2013, "invalid params, page_num >= 1 and 1 <= page_size <= 100")
+            return v2_error(2013, "invalid params, page_num >= 1 and 1 <= page_size <= 100")
         tasks = [t for t in sim.tasks_newest_first() if t.extra.get("api") == "v2"]
         tasks = tasks if self.newest_first else tasks[::-1]
         first = 0 if sim.config.list_ignores_page else (page - 1) * size
         views = [self._v2(sim, task, origin) for task in tasks[first:first + size]]
-        return reply(0, "success", items=views, total=len(tasks))
+        return json_reply(200, {"items": views, "total": len(tasks)})
 
     def _retrieve(self, sim: Any, file_id: str, origin: str) -> Reply:
         task = sim.find_task(lambda t: t.extra.get("file_id") == file_id)
@@ -233,7 +255,11 @@ class HailuoProtocol(SimProtocol):
             "id": task.task_id, "model": task.model, "status": self._word(sim, V2_WORDS[status]),
             "created_at": created, "updated_at": created + round(ends_at) if ended else created,
             "duration": task.duration, "resolution": task.resolution, "ratio": task.extra.get("ratio"),
-            "task_type": "generation",
+            "task_type": "generation", "modality": "video",
+            # seconds billed, known once the video is made (MiniMax-AI/cli src/types/api.ts VideoV2Task.usage)
+            "usage": {"total_seconds": task.duration if status == "completed" else 0, "input_seconds": 0,
+                      "output_seconds": task.duration if status == "completed" else 0,
+                      "input_image_count": 1 if task.image_url else 0},
         }
         if self.shows_prompt:
             view["prompt"] = task.prompt
