@@ -25,7 +25,7 @@ import math
 import re
 import threading
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Type, Union
 from urllib.parse import quote
@@ -142,6 +142,9 @@ LIST_LIMIT = 100  # the page size the list is read in
 # src/commands/video/task-list.ts, reads ``response.items``; no source shows another name).
 LIST_FIELD = "items"
 V1_NO_LIST = "the MiniMax v1 API has no task list to look it up in"
+# "Only tasks from the last 7 days can be queried ... a task_id outside this window returns invalid
+# task_id" (platform.minimaxi.com video-generation-v2-query).
+RETENTION = 7 * 86400.0
 _ENVELOPE_CODE = re.compile(r"\((\d{3,5})\)\s*$")  # "invalid params (2013)"
 _LOOKUPS = ("/v2/query/video_generation/", "/v1/query/video_generation", "/v1/files/retrieve")
 
@@ -364,7 +367,7 @@ class Hailuo(ApiClient):
     reports_cost = False  # no answer carries a price: the price list is all there is
     bills_on_success = False  # [I] not documented: a failed task is taken as paid for
     tells_progress = False  # status answers tell no progress
-    retention = None  # the video URL is time-limited, but every poll signs a fresh one
+    retention = RETENTION  # the video URL is time-limited, but every poll within the 7 days signs a fresh one
     KEY_SETTING = "MINIMAX_API_KEY"
     KEY_EXAMPLE = "sk-api-..."
     URL_SETTING = "MINIMAX_BASE_URL"
@@ -452,6 +455,12 @@ class Hailuo(ApiClient):
         cannot be looked up at all."""
         if MODELS[params["model"]].api == "v1":
             return TaskSearch([], False, 0, V1_NO_LIST, final=True)
+        if _aware(since) - timedelta(seconds=skew_seconds) < datetime.now(timezone.utc) - timedelta(seconds=RETENTION):
+            # v2 holds the last 7 days only: a list without the create then proves nothing, and
+            # sending again may pay twice. Asking later cannot change that.
+            return TaskSearch([], False, 0, f"the create was sent more than {RETENTION / 86400:g} days ago, and the "
+                                            "MiniMax v2 API keeps tasks no longer: its list cannot show whether it "
+                                            "made one", final=True)
         return search_pages(lambda cursor: self.recent(cursor, LIST_LIMIT), str(params["prompt"]), since, until,
                             skew_seconds=skew_seconds)
 
@@ -621,6 +630,10 @@ class Hailuo(ApiClient):
         if not isinstance(data.get(LIST_FIELD), list):
             raise self._not_the_api(resp)
         return None
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
 
 
 def _code(answer: Any) -> Optional[int]:

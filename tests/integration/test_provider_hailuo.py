@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
+from ledger.providers import RULES, Request
+from ledger.providers.hailuo import Hailuo
 from ledger.sim.hailuo import INPUT_SENSITIVE, OUTPUT_SENSITIVE, PROTOCOL
 from ledger.sim.server import GENERATION_FAILED_MESSAGE
 from tests.helpers import api_env, job_price, query, segments, spawn
@@ -367,3 +369,22 @@ def test_an_expired_v2_task_fails_with_its_reason_and_is_not_polled_on(ws, make_
     assert query(ws.root, "SELECT state, error_kind, error_message FROM jobs") == [
         ("failed", "remote_failed", "the task expired on the service before it finished (status expired)")]
     assert "unknown status" not in result.output
+
+
+def test_a_lost_v2_create_older_than_the_apis_7_days_stays_unresolved_without_reading_the_list(sim):
+    """v2 keeps a task 7 days: past that an empty list proves nothing, so the look-up says so at
+    once (final: never sent again) instead of reading the list and concluding 'not created'."""
+    client = Hailuo(sim.base_url, API_KEY)
+    try:
+        params = RULES["hailuo"].map(Request(prompt="made long ago", model=None, is_pro=False, duration=None,
+                                             resolution="horizontal", quality="normal", remove_watermark=True,
+                                             image_url=None)).params
+        old = datetime.now(timezone.utc) - timedelta(days=8)
+        search = client.find_tasks(params, "ledger-1-1", old, old + timedelta(seconds=5))
+        assert (search.covered, search.final, search.pages) == (False, True, 0)
+        assert "more than 7 days ago" in search.reason
+        assert sim.stats()["requests_by_route"].get("tasks", 0) == 0
+        recent = client.find_tasks(params, "ledger-1-1", datetime.now(timezone.utc) - timedelta(minutes=1))
+        assert recent.covered and sim.stats()["requests_by_route"]["tasks"] == 1
+    finally:
+        client.close()
