@@ -1,21 +1,28 @@
-"""MiniMax Hailuo (海螺): the v2 API of MiniMax-H3 and the v1 API of MiniMax-Hailuo-2.3.
+"""MiniMax Hailuo (海螺): the v2 API of MiniMax-H3 and the v1 API of MiniMax-Hailuo-2.3 / 2.3-Fast / 02.
 
-Facts this module is built on (``/work/shared/video-apis-facts.md``, "MiniMax"): every answer
-carries ``base_resp: {status_code, status_msg}``, usually inside an HTTP 200; ``Authorization:
-Bearer``; the base URL (``https://api.minimaxi.com``, international ``https://api.minimax.io``)
-has no version: paths carry ``/v1/...`` or ``/v2/...``.
+Sources (read 2026-12-07; the contract fixtures in ``tests/contracts/hailuo`` hold the exchanges):
+MiniMax's API reference (platform.minimaxi.com / platform.minimax.io: video-generation-v2-create,
+-v2-query, -v2-list, errorcode), MiniMax's own CLI (github MiniMax-AI/cli: src/video/v2.ts,
+src/types/api.ts, src/commands/video/task-list.ts) and MCP server (``minimax-mcp`` 0.0.19 on PyPI).
+``Authorization: Bearer``; the base URL (``https://api.minimaxi.com``, international
+``https://api.minimax.io``) has no version: paths carry ``/v1/...`` or ``/v2/...``.
 
-* v2 (H3): ``POST /v2/video_generation`` with a ``content`` list, ``GET
-  /v2/query/video_generation/{id}`` (the video in ``task.content.url``), and a task list ``GET
-  /v2/query/video_generation?page_num&page_size`` — what batch status and the search for a lost
-  create read.
-* v1 (Hailuo 2.3): ``POST /v1/video_generation``, ``GET /v1/query/video_generation?task_id=``
-  (a ``file_id`` once done), then ``GET /v1/files/retrieve?file_id=`` for the download URL. There
-  is no v1 task list: a lost v1 create cannot be looked up, and its job stays unresolved.
+* v2 (H3): ``POST /v2/video_generation`` with a ``content`` list (answer ``{task_id}``), ``GET
+  /v2/query/video_generation/{id}`` (``{"task": {...}}``: status ``queued|running|succeeded|failed|
+  cancelled|expired``, the video in ``content.url``, a failure's reason in ``error{code, message}``),
+  and the task list ``GET /v2/query/video_generation?page_num&page_size`` answering ``{"items":
+  [...], "total": N}`` — what the pre-flight, batch status and the search for a lost create read.
+  Tasks are kept 7 days. v2 answers carry no ``base_resp``; an error comes in an envelope with its
+  HTTP status, ``{"type": "error", "error": {"type", "message": "... (2013)", "http_code"}}``.
+* v1 (Hailuo): ``POST /v1/video_generation``, ``GET /v1/query/video_generation?task_id=`` (a
+  ``file_id`` once done), then ``GET /v1/files/retrieve?file_id=`` for the download URL; every
+  answer carries ``base_resp: {status_code, status_msg}``, usually inside an HTTP 200. There is no
+  v1 task list: a lost v1 create cannot be looked up, and its job stays unresolved.
 
-No create takes a client reference, nor is there a balance or price endpoint. Where the facts are
-inferred ([I]) the client works under both readings: the list may or may not show prompts (then a
-lost create stays unresolved), and may be newest or oldest first (it is read newest first either way).
+No create takes a client reference, nor is there a balance or price endpoint; a generation is
+billed when its create is accepted. Where the facts are inferred ([I]) the client works under both
+readings: the list may or may not show prompts (then a lost create stays unresolved), and may be
+newest or oldest first (it is read newest first either way).
 """
 from __future__ import annotations
 
@@ -653,13 +660,14 @@ def _code(answer: Any) -> Optional[int]:
 
 
 def _said(answer: Any) -> str:
-    """What an error answer says in words: ``base_resp.status_msg`` or v2's ``error.message``."""
+    """What an error answer says in words: ``base_resp.status_msg``, or v2's ``error.message``
+    without the code it ends with (the code is shown on its own)."""
     if not isinstance(answer, Mapping):
         return ""
     for name, field in (("base_resp", "status_msg"), ("error", "message")):
         part = answer.get(name)
         if isinstance(part, Mapping) and str(part.get(field) or "").strip():
-            return str(part[field]).strip()
+            return _ENVELOPE_CODE.sub("", str(part[field])).strip() if name == "error" else str(part[field]).strip()
     return ""
 
 

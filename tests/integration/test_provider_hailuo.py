@@ -165,12 +165,12 @@ def test_a_lost_v1_create_stays_unresolved_with_its_reason_and_is_never_sent_aga
 
 def test_a_prompt_the_api_finds_sensitive_is_refused_at_the_create_with_its_words(ws, sim, work_env):
     """1026 (input sensitive): nothing is made or billed; the job ends failed with the API's message
-    (v2's envelope ends it with the code)."""
+    (without the code v2's envelope ends it with)."""
     ws.storyboard("storyboard_a.json", segments("[policy-reject] a forbidden scene", "a fine scene"))
     result = ws.cli("run", "--no-progress", env=work_env)
     assert result.exit_code == 1, result.output
     assert query(ws.root, "SELECT segment_index, state, error_kind, error_message FROM jobs ORDER BY 1") == [
-        (1, "failed", "remote_failed", f"{INPUT_SENSITIVE} (1026)"), (2, "done", None, None)]
+        (1, "failed", "remote_failed", INPUT_SENSITIVE), (2, "done", None, None)]
     assert sim.stats()["tasks_created"] == 1 and charged(sim) == job_price(sim)
 
 

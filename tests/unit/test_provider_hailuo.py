@@ -298,3 +298,11 @@ def test_a_listed_task_matches_a_request_unless_a_field_it_shows_differs():
     assert hailuo.same_request(RemoteTask("2", "pending", 0, "a fox", None, None, None, None, None, raw={}), params)
     other = RemoteTask("3", "pending", 0, "a fox", None, None, None, None, None, raw={"duration": 6})
     assert not hailuo.same_request(other, params)
+
+
+def test_a_v2_error_envelope_is_read_for_its_code_and_words_once():
+    envelope = {"type": "error", "error": {"type": "insufficient_balance_error", "message": "insufficient balance (1008)",
+                                           "http_code": "402"}, "request_id": "0217"}
+    with pytest.raises(InsufficientBalance) as info:
+        client()._unwrap("POST", "/v2/video_generation", answer(envelope, 402))
+    assert info.value.code == 1008 and "code 1008: insufficient balance)" in str(info.value)
