@@ -52,9 +52,9 @@ log = logging.getLogger(__name__)
 
 NAME = "hailuo"
 CURRENCY = "CNY"
-# MiniMax bills a generation when its create is accepted (a queued task cancelled with DELETE
-# /v2/video_generation/{id} is not billed: platform.minimaxi.com video-generation-v2 docs), so an
-# unanswered create may have been paid for.
+# MiniMax bills a generation when its create is accepted — the create is what answers 1008 when the
+# balance cannot pay, and only a queued task cancelled with DELETE /v2/video_generation/{id} goes
+# unbilled ([I] a copy of the v2 reference) — so an unanswered create may have been paid for.
 BILLS_AT_CREATE = True
 H3, HAILUO, HAILUO_FAST = "MiniMax-H3", "MiniMax-Hailuo-2.3", "MiniMax-Hailuo-2.3-Fast"
 HAILUO_02 = "MiniMax-Hailuo-02"
@@ -78,9 +78,9 @@ class Model:
     per_second: bool = False  # priced per second of video (else per video of each length)
 
 
-# v1: 768P for 6 or 10 s, 1080P for 6 s only (minimax-mcp 0.0.19 minimax_mcp/server.py, generate_video:
-# "duration ... Values can be 6 and 10", "resolution ... ["768P", "1080P"]"; rawgenai's copy of the
-# platform's video-generation page: 1080P only at 6 s).
+# v1: 6 or 10 s, 768P or 1080P (minimax-mcp 0.0.19 minimax_mcp/server.py, generate_video: "duration
+# ... Values can be 6 and 10", "resolution ... ["768P", "1080P"]"); [I] 1080P for 6 s only, as
+# third-party notes on the same tool say (the docstring does not pair them).
 _V1_DURATIONS = {"768P": (6, 10), "1080P": (6,)}
 _H3_SECONDS = tuple(range(4, 16))  # "an integer from 4 to 15 seconds" (MiniMax-AI/cli src/video/v2.ts)
 MODELS: Mapping[str, Model] = {

@@ -2,13 +2,13 @@
 
 v1's answers carry ``base_resp: {status_code, status_msg}``, errors included, in an HTTP 200 (only
 a server error is a 5xx); v2's carry none, and v2 says an error in its own envelope with an HTTP
-status (``v2_error``) — except the faults tests inject, which come in the v1 form on every route. v2: ``POST /v2/video_generation`` (a ``content`` list), ``GET
-/v2/query/video_generation/{id}`` (``{"task": {...}}``, the video in ``content.url``, a failure's
-reason in ``error{code, message}``) and the list ``GET /v2/query/video_generation?page_num&page_size``
-(``{"items": [...], "total": N}``). v1: ``POST /v1/video_generation``, ``GET
-/v1/query/video_generation?task_id=`` (a ``file_id`` once done) and ``GET
-/v1/files/retrieve?file_id=`` (the ``download_url``); v1 tasks are in no list. Each version knows
-only its own tasks: asked about the other's, it answers 2013.
+status (``v2_error``) — except the faults tests inject, which come in the v1 form on every route.
+v2: ``POST /v2/video_generation`` (a ``content`` list), ``GET /v2/query/video_generation/{id}``
+(``{"task": {...}}``, the video in ``content.url``, a failure's reason in ``error{code, message}``)
+and the list ``GET /v2/query/video_generation?page_num&page_size`` (``{"items": [...], "total":
+N}``). v1: ``POST /v1/video_generation``, ``GET /v1/query/video_generation?task_id=`` (a
+``file_id`` once done) and ``GET /v1/files/retrieve?file_id=`` (the ``download_url``); v1 tasks
+are in no list. Each version knows only its own tasks: asked about the other's, it answers 2013.
 
 Where the documentation is silent the simulator follows one reading, and a class attribute offers
 the other (tests switch them): ``shows_prompt`` (task objects carry their prompt; False: they do

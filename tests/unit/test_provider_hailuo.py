@@ -301,8 +301,8 @@ def test_a_listed_task_matches_a_request_unless_a_field_it_shows_differs():
 
 
 def test_a_v2_error_envelope_is_read_for_its_code_and_words_once():
-    envelope = {"type": "error", "error": {"type": "insufficient_balance_error", "message": "insufficient balance (1008)",
-                                           "http_code": "402"}, "request_id": "0217"}
+    envelope = {"type": "error", "request_id": "0217", "error": {
+        "type": "insufficient_balance_error", "message": "insufficient balance (1008)", "http_code": "402"}}
     with pytest.raises(InsufficientBalance) as info:
         client()._unwrap("POST", "/v2/video_generation", answer(envelope, 402))
     assert info.value.code == 1008 and "code 1008: insufficient balance)" in str(info.value)
