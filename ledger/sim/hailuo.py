@@ -11,8 +11,8 @@ N}``). v1: ``POST /v1/video_generation``, ``GET /v1/query/video_generation?task_
 are in no list. Each version knows only its own tasks: asked about the other's, it answers 2013.
 
 Where the documentation is silent the simulator follows one reading, and a class attribute offers
-the other (tests switch them): ``shows_prompt`` (task objects carry their prompt; False: they do
-not), ``newest_first`` (the list's order), ``policy_check`` ("input": "[policy-reject]" is refused
+the other (tests switch them): ``shows_prompt`` (False, as documented: task objects carry no
+prompt; True: they do), ``newest_first`` (the list's order), ``policy_check`` ("input": "[policy-reject]" is refused
 at the create with 1026 and nothing is made; "output": the task is made, billed and fails with 1027),
 ``failure_status`` (how a v2 task that fails for no policy reason ends: "failed" with ``error{code,
 message}``, or "expired", the status of a task not run in its time, with no error object).
@@ -149,7 +149,9 @@ class HailuoProtocol(SimProtocol):
     base_path = ""  # the base URL carries no version: paths say /v1/ or /v2/
     key_hint = "PROVIDER=hailuo, MINIMAX_BASE_URL={url} and MINIMAX_API_KEY={key}"
     routes = ("query", "retrieve")  # v1's task query and file retrieval
-    shows_prompt = True
+    # The documented task object (the v2 query and list pages, MiniMax-AI/cli VideoV2Task) has no
+    # prompt: by default neither has the simulator's. True is the other, undocumented reading.
+    shows_prompt = False
     newest_first = True
     policy_check = "input"
     failure_status = "failed"

@@ -90,7 +90,9 @@ def test_a_v1_job_picked_up_by_a_later_run_is_found_on_v1_and_fetched_through_it
     assert charged(sim) == 200
 
 
-def test_a_lost_v2_create_is_found_in_the_task_list_and_paid_once(ws, sim, work_env):
+def test_a_lost_v2_create_is_found_in_the_task_list_and_paid_once(ws, sim, work_env, monkeypatch):
+    """The undocumented reading: listed tasks show their prompt, and a lost create is found by it."""
+    monkeypatch.setattr(PROTOCOL, "shows_prompt", True)
     ws.storyboard("storyboard_a.json", segments("the answer to this create is lost", "another shot"))
     sim.inject("create", "lost_create")
     result = ws.cli("run", "--no-progress", env=work_env)
@@ -102,11 +104,9 @@ def test_a_lost_v2_create_is_found_in_the_task_list_and_paid_once(ws, sim, work_
     assert query(ws.root, "SELECT sum(spent_cents) FROM jobs") == [(charged(sim),)] == [(2 * job_price(sim),)]
 
 
-def test_when_the_list_hides_prompts_a_lost_v2_create_stays_unresolved_and_is_never_sent_again(
-        ws, sim, work_env, monkeypatch):
-    """The other reading of the list ([I]): its tasks do not show their prompt. The task made in the
-    window may be the create's: the job waits, unresolved, and nothing is paid again."""
-    monkeypatch.setattr(PROTOCOL, "shows_prompt", False)
+def test_when_the_list_hides_prompts_a_lost_v2_create_stays_unresolved_and_is_never_sent_again(ws, sim, work_env):
+    """As documented, listed tasks do not show their prompt. The task made in the window may be the
+    create's: the job waits, unresolved, and nothing is paid again."""
     env = {**work_env, "MAX_ATTEMPTS": "2"}
     ws.storyboard("storyboard_a.json", segments("lost, and the list cannot say"))
     sim.inject("create", "lost_create")
@@ -124,8 +124,9 @@ def test_an_oldest_first_list_is_read_from_its_end_and_a_lost_create_is_still_fo
                                                                                     monkeypatch):
     """The other reading of the order ([I]): oldest first. Read from page 1 on, a search would stop
     among old tasks and take "not found" for "not created"; read from the last page back, it finds
-    the create's task."""
+    the create's task (by its prompt: the undocumented reading of what a listed task shows)."""
     monkeypatch.setattr(PROTOCOL, "newest_first", False)
+    monkeypatch.setattr(PROTOCOL, "shows_prompt", True)
     for i in range(150):  # two pages of the account's tasks, made long before ours
         made = sim.create_external("", body={"model": "MiniMax-H3", "ratio": "16:9",
                                           "content": [{"type": "text", "text": f"old {i}"}]})
