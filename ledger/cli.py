@@ -417,12 +417,21 @@ def status_command(ctx: click.Context, as_json: bool, job: Optional[str], show_a
                   f"[b]{report.spent}[/b]", f"[b]{all_picked}/{all_segments}[/b]")
     out.print(table)
     _render_providers(report)
-    unpaid = report.counts["pending"] + report.counts["submitting"]
+    # An unresolved job of an API that bills at the create may already be paid for.
+    maybe_paid = {name: p.unresolved for name, p in report.providers.items()
+                  if p.unresolved and name in REGISTRY and REGISTRY[name].bills_at_create}
+    unpaid = report.counts["pending"] + report.counts["submitting"] - sum(maybe_paid.values())
     described = prices.describe(report.providers or [settings.provider])
     # Nothing spent yet is said in the currency the ledger's work is in (¥0.00 where only yuan is)
     zero = (report.remaining.currencies or report.spent.currencies or [currency_of_provider(settings.provider)])[0]
     spent_text = report.spent.text(zero)
-    if unpaid:
+    if maybe_paid:
+        whose = ", ".join(maybe_paid)
+        owed = f"{plural(unpaid, 'job')} not yet paid for and " if unpaid else ""
+        out.print(f"Spent {spent_text}; estimated remaining {report.remaining} for {owed}"
+                  f"{plural(sum(maybe_paid.values()), 'job')} maybe paid ({whose} bills at the create, and "
+                  f"the create got no answer), at {described}.", markup=False)
+    elif unpaid:
         out.print(f"Spent {spent_text}; estimated remaining {report.remaining} "
                   f"for {plural(unpaid, 'job')} not yet paid for, at {described}.", markup=False)
     else:

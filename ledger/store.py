@@ -1147,9 +1147,11 @@ class Store(TeamQueries):
                     target.total += count
                     target.spent += paid
                     target.remaining += remaining
-            report.unresolved = conn.execute(
-                select(func.count()).select_from(jobs).where(jobs.c.state == State.SUBMITTING.value)
-                .where(jobs.c.error_kind == "unresolved")).scalar_one()
+            for provider, count in conn.execute(
+                    select(jobs.c.provider, func.count()).where(jobs.c.state == State.SUBMITTING.value)
+                    .where(jobs.c.error_kind == "unresolved").group_by(jobs.c.provider)):
+                report.providers[provider].unresolved = count
+                report.unresolved += count
         for board in sorted(boards.values(), key=lambda b: b.path):
             report.storyboards[board.path] = board
             for state, count in board.counts.items():
@@ -1184,6 +1186,7 @@ class ProviderStatus:
     spent: Money = field(default_factory=Money)
     remaining: Money = field(default_factory=Money)
     api_bases: List[str] = field(default_factory=list)
+    unresolved: int = 0  # of its ``submitting`` jobs, the lost creates no look-up could settle
 
 
 @dataclass

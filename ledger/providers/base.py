@@ -178,7 +178,8 @@ class Registration:
     was sent to, when not the configured one); ``base_url(settings)`` is the configured one;
     ``tariff(settings)`` its price list, in ``currency``; ``options`` its settings;
     ``storyboard_options`` the JSON Schema of its block in a storyboard's ``defaults`` and segments
-    (None: it has none); ``sim`` the module of its simulator protocol (``ledger/sim``)."""
+    (None: it has none); ``sim`` the module of its simulator protocol (``ledger/sim``);
+    ``bills_at_create`` whether a create is billed when accepted."""
 
     name: str
     rules: "Rules"
@@ -191,3 +192,6 @@ class Registration:
     options: Tuple[Any, ...] = ()
     storyboard_options: Optional[Mapping[str, Any]] = None
     sim: str = ""
+    # The API bills a generation when the create is accepted: a job whose create went unanswered
+    # (unresolved) may already be paid for, and is shown as such, not as "not yet paid for".
+    bills_at_create: bool = False

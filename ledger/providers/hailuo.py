@@ -1,30 +1,38 @@
-"""MiniMax Hailuo (海螺): the v2 API of MiniMax-H3 and the v1 API of MiniMax-Hailuo-2.3.
+"""MiniMax Hailuo (海螺): the v2 API of MiniMax-H3 and the v1 API of MiniMax-Hailuo-2.3 / 2.3-Fast / 02.
 
-Facts this module is built on (``/work/shared/video-apis-facts.md``, "MiniMax"): every answer
-carries ``base_resp: {status_code, status_msg}``, usually inside an HTTP 200; ``Authorization:
-Bearer``; the base URL (``https://api.minimaxi.com``, international ``https://api.minimax.io``)
-has no version: paths carry ``/v1/...`` or ``/v2/...``.
+Sources (read 2026-12-07; the contract fixtures in ``tests/contracts/hailuo`` hold the exchanges):
+MiniMax's API reference (platform.minimaxi.com / platform.minimax.io: video-generation-v2-create,
+-v2-query, -v2-list, errorcode), MiniMax's own CLI (github MiniMax-AI/cli: src/video/v2.ts,
+src/types/api.ts, src/commands/video/task-list.ts) and MCP server (``minimax-mcp`` 0.0.19 on PyPI).
+``Authorization: Bearer``; the base URL (``https://api.minimaxi.com``, international
+``https://api.minimax.io``) has no version: paths carry ``/v1/...`` or ``/v2/...``.
 
-* v2 (H3): ``POST /v2/video_generation`` with a ``content`` list, ``GET
-  /v2/query/video_generation/{id}`` (the video in ``task.content.url``), and a task list ``GET
-  /v2/query/video_generation?page_num&page_size`` — what batch status and the search for a lost
-  create read.
-* v1 (Hailuo 2.3): ``POST /v1/video_generation``, ``GET /v1/query/video_generation?task_id=``
-  (a ``file_id`` once done), then ``GET /v1/files/retrieve?file_id=`` for the download URL. There
-  is no v1 task list: a lost v1 create cannot be looked up, and its job stays unresolved.
+* v2 (H3): ``POST /v2/video_generation`` with a ``content`` list (answer ``{task_id}``), ``GET
+  /v2/query/video_generation/{id}`` (``{"task": {...}}``: status ``queued|running|succeeded|failed|
+  cancelled|expired``, the video in ``content.url``, a failure's reason in ``error{code, message}``),
+  and the task list ``GET /v2/query/video_generation?page_num&page_size`` answering ``{"items":
+  [...], "total": N}`` — what the pre-flight, batch status and the search for a lost create read.
+  Tasks are kept 7 days. v2 answers carry no ``base_resp``; an error comes in an envelope with its
+  HTTP status, ``{"type": "error", "error": {"type", "message": "... (2013)", "http_code"}}``.
+* v1 (Hailuo): ``POST /v1/video_generation``, ``GET /v1/query/video_generation?task_id=`` (a
+  ``file_id`` once done), then ``GET /v1/files/retrieve?file_id=`` for the download URL; every
+  answer carries ``base_resp: {status_code, status_msg}``, usually inside an HTTP 200. There is no
+  v1 task list: a lost v1 create cannot be looked up, and its job stays unresolved.
 
-No create takes a client reference, nor is there a balance or price endpoint. Where the facts are
-inferred ([I]) the client works under both readings: the list may or may not show prompts (then a
-lost create stays unresolved), and may be newest or oldest first (it is read newest first either way).
+No create takes a client reference, nor is there a balance or price endpoint; a generation is
+billed when its create is accepted. Where the facts are inferred ([I]) the client works under both
+readings: the list may or may not show prompts (then a lost create stays unresolved), and may be
+newest or oldest first (it is read newest first either way).
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import math
+import re
 import threading
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Type, Union
 from urllib.parse import quote
@@ -44,7 +52,13 @@ log = logging.getLogger(__name__)
 
 NAME = "hailuo"
 CURRENCY = "CNY"
+# MiniMax bills a generation when its create is accepted — the create is what answers 1008 when the
+# balance cannot pay, and only a queued task cancelled with DELETE /v2/video_generation/{id} goes
+# unbilled ([I] a copy of the v2 reference) — so an unanswered create may have been paid for.
+BILLS_AT_CREATE = True
 H3, HAILUO, HAILUO_FAST = "MiniMax-H3", "MiniMax-Hailuo-2.3", "MiniMax-Hailuo-2.3-Fast"
+HAILUO_02 = "MiniMax-Hailuo-02"
+ADAPTIVE = "adaptive"  # the v2 ratio of a video made from a first frame: the frame's own shape
 
 
 @dataclass(frozen=True)
@@ -64,14 +78,23 @@ class Model:
     per_second: bool = False  # priced per second of video (else per video of each length)
 
 
-_V1_DURATIONS = {"768P": (6, 10), "1080P": (6,)}  # 1080P is offered for 6 s only
+# v1: 6 or 10 s, 768P or 1080P (minimax-mcp 0.0.19 minimax_mcp/server.py, generate_video: "duration
+# ... Values can be 6 and 10", "resolution ... ["768P", "1080P"]"); [I] 1080P for 6 s only, as
+# third-party notes on the same tool say (the docstring does not pair them).
+_V1_DURATIONS = {"768P": (6, 10), "1080P": (6,)}
+_H3_SECONDS = tuple(range(4, 16))  # "an integer from 4 to 15 seconds" (MiniMax-AI/cli src/video/v2.ts)
 MODELS: Mapping[str, Model] = {
-    # [I] the model name of H3 is not in the facts: MiniMax-H3 is what its API examples send.
-    H3: Model(H3, "v2", {"768P": tuple(range(4, 16)), "2K": tuple(range(4, 16))}, 6, "768P", "2K",
-              ratios=("16:9", "9:16", "1:1"), per_second=True),
+    # v2 (platform.minimaxi.com video-generation-v2-create): model "MiniMax-H3", resolution 768P or
+    # 2K, 4-15 s; ratio 16:9, 9:16, 1:1, 4:3, 3:4 or 21:9 from text (a text-only create must name
+    # one), "adaptive" with a first frame: the frame's shape (MiniMax-AI/cli src/video/v2.ts
+    # VIDEO_V2_RATIOS and buildVideoV2Request). MiniMax's CLI sends 2K only; the API docs list both.
+    H3: Model(H3, "v2", {"768P": _H3_SECONDS, "2K": _H3_SECONDS}, 6, "768P", "2K",
+              ratios=("16:9", "9:16", "1:1", "4:3", "3:4", "21:9"), per_second=True),
     HAILUO: Model(HAILUO, "v1", _V1_DURATIONS, 6, "768P", "1080P"),
     # [I] image-to-video only, as the adapters that call it say.
     HAILUO_FAST: Model(HAILUO_FAST, "v1", _V1_DURATIONS, 6, "768P", "1080P", needs_image=True),
+    # The model before 2.3, on v1 with the same lengths (minimax-mcp 0.0.19 server.py generate_video).
+    HAILUO_02: Model(HAILUO_02, "v1", _V1_DURATIONS, 6, "768P", "1080P"),
 }
 DEFAULT_MODEL = H3
 # The storyboard's orientation, as the v2 ratio.
@@ -84,6 +107,9 @@ STATUSES: Mapping[str, str] = {
     "running": "processing", "processing": "processing",
     "succeeded": "completed", "success": "completed",
     "failed": "failed", "fail": "failed", "cancelled": "failed",
+    # v2 only: a task not run within its time on the service ends ``expired`` (MiniMax-AI/cli
+    # src/types/api.ts VideoV2Task.status); it never finishes, so it is a failure, not a wait.
+    "expired": "failed",
 }
 
 # ``base_resp.status_code`` → the outcome. MiniMax's own codes are all ≥ 1000, so the HTTP statuses
@@ -99,14 +125,34 @@ ERRORS: Mapping[int, Type[ApiError]] = {
     1013: TransientError,  # internal service error
     1026: RemoteTaskFailed,  # the input is sensitive: refused, nothing created
     1027: RemoteTaskFailed,  # the output is sensitive: the task failed
+    1024: TransientError,  # internal error
+    1033: TransientError,  # system error
     2013: BadParameters,
+    2038: AuthError,  # the account has not completed real-name verification: no key of it can create
+    2049: AuthError,  # invalid API key (MiniMax-AI/cli skill/references/h3-video.md, with 1004)
     401: AuthError,
+    402: InsufficientBalance,  # v2 answers 1008 with HTTP 402
+    403: AuthError,
     429: RateLimited,
+}
+# Account errors: a key of this account cannot create until its owner acts on the platform. Said
+# in one line, like a refused key. 2038: minimax-mcp 0.0.19 minimax_mcp/client.py maps it to
+# "should complete real-name verification on the open-platform".
+ACCOUNT_ERRORS: Mapping[int, str] = {
+    2038: "its MiniMax account has not completed real-name verification: complete it at "
+          "https://platform.minimaxi.com/user-center/basic-information",
 }
 TASK_VERDICTS = frozenset({1026, 1027})
 NOT_FOUND = frozenset({2013, 404})
 LIST_LIMIT = 100  # the page size the list is read in
+# The list's array: ``{"items": [task, ...], "total": N}`` (MiniMax's own CLI, MiniMax-AI/cli
+# src/commands/video/task-list.ts, reads ``response.items``; no source shows another name).
+LIST_FIELD = "items"
 V1_NO_LIST = "the MiniMax v1 API has no task list to look it up in"
+# "Only tasks from the last 7 days can be queried ... a task_id outside this window returns invalid
+# task_id" (platform.minimaxi.com video-generation-v2-query).
+RETENTION = 7 * 86400.0
+_ENVELOPE_CODE = re.compile(r"\((\d{3,5})\)\s*$")  # "invalid params (2013)"
 _LOOKUPS = ("/v2/query/video_generation/", "/v1/query/video_generation", "/v1/files/retrieve")
 
 _unknown_words: Set[str] = set()
@@ -190,6 +236,8 @@ def _ratio(model: Model, request: Request) -> Optional[str]:
     None for a v1 model, which takes none (its block ``ratio`` is reported by ``_option_problems``)."""
     if not model.ratios:
         return None
+    if request.image_url:
+        return ADAPTIVE
     wanted = request.resolution
     return request.options.get("ratio") or ORIENTATIONS.get(wanted) or \
         (wanted if wanted in model.ratios else ORIENTATIONS["horizontal"])
@@ -197,8 +245,10 @@ def _ratio(model: Model, request: Request) -> Optional[str]:
 
 def _shapes(model: Model, request: Request) -> List[str]:
     """The neutral ``resolution`` values ``model`` takes for ``request``."""
-    if model.ratios:
+    if model.ratios and not request.image_url:
         return [*ORIENTATIONS, *model.ratios, *model.durations]
+    if model.ratios:  # from a first frame, the frame's shape
+        return [*ORIENTATIONS, *model.durations]
     # From text a v1 model makes 16:9; from a first frame, the frame's shape.
     shapes = ["horizontal", "vertical"] if request.image_url else ["horizontal"]
     return [*shapes, *model.durations]
@@ -220,6 +270,9 @@ def _option_problems(model: Model, request: Request) -> List[Mismatch]:
     if "ratio" in request.options:
         if not model.ratios:
             problems.append(Mismatch(NAME, f"{NAME}.ratio is not taken by {model.name} (a v1 model); drop it"))
+        elif request.image_url:
+            problems.append(Mismatch(NAME, f"{NAME}.ratio is not taken by {model.name} with a first frame (the "
+                                           f"video takes the frame's shape); drop it"))
         elif request.options["ratio"] not in model.ratios:
             problems.append(Mismatch(NAME, f"{NAME}.ratio {request.options['ratio']!r} is not offered by "
                                            f"{model.name}; use one of {_offered(model.ratios)}"))
@@ -234,8 +287,9 @@ RULES = HailuoRules()
 
 STORYBOARD_OPTIONS: Mapping[str, Any] = {"properties": {
     "resolution": {"type": "string", "description": "The model's own resolution: MiniMax-H3 768P or 2K; "
-                                                    "MiniMax-Hailuo-2.3(-Fast) 768P or 1080P (6 s only)."},
-    "ratio": {"type": "string", "description": "MiniMax-H3 only: 16:9, 9:16 or 1:1."},
+                                                    "MiniMax-Hailuo-2.3(-Fast) and -02 768P or 1080P (6 s only)."},
+    "ratio": {"type": "string", "description": "MiniMax-H3 from text only: 16:9, 9:16, 1:1, 4:3, 3:4 or 21:9 "
+                                               "(from a first frame the video takes the frame's shape)."},
     "prompt_optimizer": {"type": "boolean", "description": "v1 models only: let MiniMax rewrite the prompt "
                                                            "(the API's default: true)."},
 }}
@@ -261,10 +315,11 @@ def request_body(params: Mapping[str, Any]) -> Dict[str, Any]:
 # --- money ---------------------------------------------------------------------------------------
 
 # Fen: per second for a per-second model (MODEL-RESOLUTION), per video otherwise
-# (MODEL-RESOLUTION-SECONDSs). [I] Fast costs what Hailuo 2.3 costs: its own prices are not in the facts.
+# (MODEL-RESOLUTION-SECONDSs). [I] Fast and 02 cost what Hailuo 2.3 costs: their own prices are in
+# no source read (HAILUO_PRICES sets them).
 DEFAULT_PRICES: Mapping[str, float] = {
     f"{H3}-768P": 50.0, f"{H3}-2K": 80.0,
-    **{f"{name}-{key}": fen for name in (HAILUO, HAILUO_FAST)
+    **{f"{name}-{key}": fen for name in (HAILUO, HAILUO_FAST, HAILUO_02)
        for key, fen in (("768P-6s", 200.0), ("768P-10s", 400.0), ("1080P-6s", 350.0))},
 }
 BUILT_IN_PRICES = "the built-in price list; HAILUO_PRICES overrides it"
@@ -319,7 +374,7 @@ class Hailuo(ApiClient):
     reports_cost = False  # no answer carries a price: the price list is all there is
     bills_on_success = False  # [I] not documented: a failed task is taken as paid for
     tells_progress = False  # status answers tell no progress
-    retention = None  # the video URL is time-limited, but every poll signs a fresh one
+    retention = RETENTION  # the video URL is time-limited, but every poll within the 7 days signs a fresh one
     KEY_SETTING = "MINIMAX_API_KEY"
     KEY_EXAMPLE = "sk-api-..."
     URL_SETTING = "MINIMAX_BASE_URL"
@@ -407,6 +462,12 @@ class Hailuo(ApiClient):
         cannot be looked up at all."""
         if MODELS[params["model"]].api == "v1":
             return TaskSearch([], False, 0, V1_NO_LIST, final=True)
+        if _aware(since) - timedelta(seconds=skew_seconds) < datetime.now(timezone.utc) - timedelta(seconds=RETENTION):
+            # v2 holds the last 7 days only: a list without the create then proves nothing, and
+            # sending again may pay twice. Asking later cannot change that.
+            return TaskSearch([], False, 0, f"the create was sent more than {RETENTION / 86400:g} days ago, and the "
+                                            "MiniMax v2 API keeps tasks no longer: its list cannot show whether it "
+                                            "made one", final=True)
         return search_pages(lambda cursor: self.recent(cursor, LIST_LIMIT), str(params["prompt"]), since, until,
                             skew_seconds=skew_seconds)
 
@@ -414,8 +475,10 @@ class Hailuo(ApiClient):
         """Model, duration, resolution and ratio of a listed task must be the request's; fields it
         omits do not count against it (a task wrongly ruled out would be paid for twice)."""
         raw, body = task.raw, request_body(params)
+        # An adaptive ratio is answered as the ratio the frame gave: any ratio may be the create's.
+        keys = ("model", "duration", "resolution") + (() if body.get("ratio") == ADAPTIVE else ("ratio",))
         return not any(raw.get(key) not in (None, "") and key in body and str(raw[key]) != str(body[key])
-                       for key in ("model", "duration", "resolution", "ratio"))
+                       for key in keys)
 
     def balance(self) -> Optional[int]:
         """MiniMax has no balance endpoint."""
@@ -455,7 +518,7 @@ class Hailuo(ApiClient):
         """One page of the v2 list as the API orders it, and the total it tells."""
         path = "/v2/query/video_generation"
         data = self._call("GET", path, params={"page_num": page, "page_size": size})
-        items = data.get("tasks")
+        items = data.get(LIST_FIELD)
         if not isinstance(items, list):
             raise TransientError(self._redact(f"GET {path}: unexpected page shape: {_snippet(repr(data))}"))
         tasks = [self._task(item, data) for item in items if isinstance(item, Mapping)]
@@ -484,7 +547,7 @@ class Hailuo(ApiClient):
         if status is None:
             _note_unknown(word)
             status = word or "unknown"
-        message = str(data.get("error_message") or (base.get("status_msg") if code in TASK_VERDICTS else "") or "")
+        message = _failure(data, word) or str((base.get("status_msg") if code in TASK_VERDICTS else "") or "")
         content = data.get("content")
         url = content.get("url") if isinstance(content, Mapping) and status == "completed" else None
         return RemoteTask(
@@ -502,12 +565,11 @@ class Hailuo(ApiClient):
             payload = resp.json()
         except ValueError:
             payload = None
-        base = payload.get("base_resp") if isinstance(payload, Mapping) else None
         code = _code(payload)
         ok = 200 <= resp.status_code < 300 and isinstance(payload, Mapping)
         if ok and (code in (None, 0) or (code in TASK_VERDICTS and _is_lookup(method, path))):
             return payload
-        said = str(base.get("status_msg") or "").strip() if isinstance(base, Mapping) else ""
+        said = _said(payload)
         detail = f"code {code}: {_snippet(said)}" if code is not None else f"unexpected body: {_snippet(resp.text)!r}"
         error = self._error_for(method, path, resp, code, detail, said)
         log.debug("%s", error)
@@ -528,6 +590,9 @@ class Hailuo(ApiClient):
             return self._rate_limit_error(where, resp, detail, code)
         if kind is AuthError:
             shown = mask_key(self._key) if self._key else "(no key set)"
+            if code in ACCOUNT_ERRORS:
+                return AuthError(self._redact(f"{where}, the API key {shown} cannot create: {ACCOUNT_ERRORS[code]} "
+                                              f"({detail})"), code=code, http_status=status)
             return AuthError(self._redact(f"{where}, the API key {shown} was rejected ({detail})"), code=code,
                              http_status=status)
         if kind in (InsufficientBalance, BadParameters):
@@ -553,6 +618,8 @@ class Hailuo(ApiClient):
         try:
             data = self._unwrap("GET", path, resp)
         except AuthError as exc:
+            if exc.code in ACCOUNT_ERRORS:
+                raise ConfigError(str(exc)) from exc
             raise ConfigError(self._redact(f"the API key {mask_key(self._key or '')} was rejected "
                                            f"(code {exc.code or exc.http_status}): check {self.KEY_SETTING}")) from exc
         except RateLimited as exc:
@@ -567,15 +634,52 @@ class Hailuo(ApiClient):
             if exc.code is None:
                 raise self._not_the_api(resp) from exc
             raise ConfigError(self._redact(f"the pre-flight call failed: {exc}")) from exc
-        if not isinstance(data.get("tasks"), list):
+        if not isinstance(data.get(LIST_FIELD), list):
             raise self._not_the_api(resp)
         return None
 
 
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
 def _code(answer: Any) -> Optional[int]:
-    """An answer's ``base_resp.status_code`` (None: it has none)."""
-    base = answer.get("base_resp") if isinstance(answer, Mapping) else None
-    return _int_or_none(base.get("status_code")) if isinstance(base, Mapping) else None
+    """An answer's code: v1's ``base_resp.status_code``, or the code v2's error envelope
+    (``{"type": "error", "error": {"type", "message": "... (2013)", "http_code"}}``) ends its
+    message with (None: it has neither)."""
+    if not isinstance(answer, Mapping):
+        return None
+    base = answer.get("base_resp")
+    if isinstance(base, Mapping):
+        return _int_or_none(base.get("status_code"))
+    error = answer.get("error")
+    if not isinstance(error, Mapping):
+        return None
+    found = _ENVELOPE_CODE.search(str(error.get("message") or ""))
+    return int(found.group(1)) if found else _int_or_none(error.get("code"))
+
+
+def _said(answer: Any) -> str:
+    """What an error answer says in words: ``base_resp.status_msg``, or v2's ``error.message``
+    without the code it ends with (the code is shown on its own)."""
+    if not isinstance(answer, Mapping):
+        return ""
+    for name, field in (("base_resp", "status_msg"), ("error", "message")):
+        part = answer.get(name)
+        if isinstance(part, Mapping) and str(part.get(field) or "").strip():
+            return _ENVELOPE_CODE.sub("", str(part[field])).strip() if name == "error" else str(part[field]).strip()
+    return ""
+
+
+def _failure(data: Mapping[str, Any], word: str) -> str:
+    """A failed v2 task's reason — its ``error{code, message}`` as MiniMax's CLI shows it
+    (``code: message``) — or what its status word alone says; "" when neither tells."""
+    error = data.get("error") if isinstance(data.get("error"), Mapping) else {}
+    message, code = str(error.get("message") or "").strip(), str(error.get("code") or "").strip()
+    if message or code:
+        return f"{code}: {message}" if message and code else message or f"code {code}"
+    return {"expired": "the task expired on the service before it finished (status expired)",
+            "cancelled": "the task was cancelled on the service (status cancelled)"}.get(word, "")
 
 
 def _is_lookup(method: str, path: str) -> bool:
@@ -629,4 +733,4 @@ OPTIONS: Tuple[Option, ...] = (
 REGISTRATION = Registration(
     name=NAME, rules=RULES, open=Hailuo.open, base_url=lambda settings: settings.option("minimax_base_url"),
     tariff=tariff, currency=CURRENCY, key_env="MINIMAX_API_KEY", url_env="MINIMAX_BASE_URL", options=OPTIONS,
-    storyboard_options=STORYBOARD_OPTIONS, sim=NAME)
+    storyboard_options=STORYBOARD_OPTIONS, sim=NAME, bills_at_create=BILLS_AT_CREATE)

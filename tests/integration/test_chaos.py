@@ -12,8 +12,13 @@ from tests.integration.test_work import sha, videos
 
 @pytest.mark.slow
 @every_protocol
-def test_chaos_every_job_ends_with_a_reason_nothing_paid_twice(ws, make_sim, work_env, capsys):
+def test_chaos_every_job_ends_with_a_reason_nothing_paid_twice(ws, make_sim, work_env, capsys, monkeypatch):
     sim = make_sim(gen_seconds=0.5, fault_rate=0.10, create_latency=0.05)
+    # Chaos rehearses finding lost creates in the task list. Where the documented list does not show
+    # prompts (MiniMax v2), a lost create stays unresolved by design (its provider's tests cover
+    # that): here the simulator shows them.
+    if hasattr(sim.protocol, "shows_prompt"):
+        monkeypatch.setattr(sim.protocol, "shows_prompt", True)
     env = {**work_env, **api_env(sim), "MAX_CONCURRENT_TASKS": "16", "GEN_COUNT_PER_SEGMENT": "2",
            "MAX_ATTEMPTS": "8"}
     # 100 segments x 2 versions: every prompt exists twice, the hard case for finding a lost create

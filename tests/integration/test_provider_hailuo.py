@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
+from ledger.providers import RULES, Request
+from ledger.providers.hailuo import Hailuo
 from ledger.sim.hailuo import INPUT_SENSITIVE, OUTPUT_SENSITIVE, PROTOCOL
+from ledger.sim.server import GENERATION_FAILED_MESSAGE
 from tests.helpers import api_env, job_price, query, segments, spawn
 from tests.integration.conftest import API_KEY
 from tests.integration.test_work import assert_all_done_and_whole, assert_every_job_paid_once
@@ -59,8 +62,9 @@ def test_a_storyboard_runs_to_done_files_on_both_minimax_apis_billed_to_the_fen(
     made = {t["task_id"]: t for t in sim.tasks()}
     rows = query(ws.root, "SELECT segment_index, remote_task_id, price_key FROM jobs ORDER BY segment_index")
     assert [key for _, _, key in rows] == ["MiniMax-H3@768P:6", "MiniMax-H3@2K:10", f"{V1}@768P:10", f"{V1}@1080P:6"]
+    # From a first frame H3 is sent ratio "adaptive" and the task shows the frame's shape.
     assert {k: made[rows[1][1]][k] for k in ("model", "duration", "resolution", "ratio")} == {
-        "model": "MiniMax-H3", "duration": 10, "resolution": "2K", "ratio": "9:16"}
+        "model": "MiniMax-H3", "duration": 10, "resolution": "2K", "ratio": "16:9"}
     assert made[rows[3][1]]["status"] == "Success" and made[rows[3][1]]["video_height"] == 1080  # a v1 task
     routes = sim.stats()["requests_by_route"]
     assert routes["create"] == 4 and routes["file"] == 4 and routes["query"] >= 2 and routes["retrieve"] == 2
@@ -86,7 +90,9 @@ def test_a_v1_job_picked_up_by_a_later_run_is_found_on_v1_and_fetched_through_it
     assert charged(sim) == 200
 
 
-def test_a_lost_v2_create_is_found_in_the_task_list_and_paid_once(ws, sim, work_env):
+def test_a_lost_v2_create_is_found_in_the_task_list_and_paid_once(ws, sim, work_env, monkeypatch):
+    """The undocumented reading: listed tasks show their prompt, and a lost create is found by it."""
+    monkeypatch.setattr(PROTOCOL, "shows_prompt", True)
     ws.storyboard("storyboard_a.json", segments("the answer to this create is lost", "another shot"))
     sim.inject("create", "lost_create")
     result = ws.cli("run", "--no-progress", env=work_env)
@@ -98,11 +104,9 @@ def test_a_lost_v2_create_is_found_in_the_task_list_and_paid_once(ws, sim, work_
     assert query(ws.root, "SELECT sum(spent_cents) FROM jobs") == [(charged(sim),)] == [(2 * job_price(sim),)]
 
 
-def test_when_the_list_hides_prompts_a_lost_v2_create_stays_unresolved_and_is_never_sent_again(
-        ws, sim, work_env, monkeypatch):
-    """The other reading of the list ([I]): its tasks do not show their prompt. The task made in the
-    window may be the create's: the job waits, unresolved, and nothing is paid again."""
-    monkeypatch.setattr(PROTOCOL, "shows_prompt", False)
+def test_when_the_list_hides_prompts_a_lost_v2_create_stays_unresolved_and_is_never_sent_again(ws, sim, work_env):
+    """As documented, listed tasks do not show their prompt. The task made in the window may be the
+    create's: the job waits, unresolved, and nothing is paid again."""
     env = {**work_env, "MAX_ATTEMPTS": "2"}
     ws.storyboard("storyboard_a.json", segments("lost, and the list cannot say"))
     sim.inject("create", "lost_create")
@@ -120,10 +124,12 @@ def test_an_oldest_first_list_is_read_from_its_end_and_a_lost_create_is_still_fo
                                                                                     monkeypatch):
     """The other reading of the order ([I]): oldest first. Read from page 1 on, a search would stop
     among old tasks and take "not found" for "not created"; read from the last page back, it finds
-    the create's task."""
+    the create's task (by its prompt: the undocumented reading of what a listed task shows)."""
     monkeypatch.setattr(PROTOCOL, "newest_first", False)
+    monkeypatch.setattr(PROTOCOL, "shows_prompt", True)
     for i in range(150):  # two pages of the account's tasks, made long before ours
-        made = sim.create_external("", body={"model": "MiniMax-H3", "content": [{"type": "text", "text": f"old {i}"}]})
+        made = sim.create_external("", body={"model": "MiniMax-H3", "ratio": "16:9",
+                                          "content": [{"type": "text", "text": f"old {i}"}]})
         sim.get_task(made, poll=False).created_wall -= timedelta(hours=1)
     ws.storyboard("storyboard_a.json", segments("the lost create, on the last page"))
     sim.inject("create", "lost_create")
@@ -146,7 +152,10 @@ def test_a_lost_v1_create_stays_unresolved_with_its_reason_and_is_never_sent_aga
     assert run.returncode == 0, (out, errors)
     assert "still generating remotely" not in out  # an unresolved job has no task to collect
     assert query(ws.root, "SELECT state, error_kind, remote_task_id FROM jobs") == [("submitting", "unresolved", None)]
-    assert "1 job(s) are unresolved" in ws.cli("status", env=env).output
+    status = ws.cli("status", env=env).output
+    assert "1 job(s) are unresolved" in status
+    # MiniMax bills at the create: the job may be paid for already, and is not called unpaid.
+    assert "for 1 job maybe paid (hailuo bills at the create" in status and "not yet paid" not in status
     shown = json.loads(ws.cli("show", "1", "--json", env=env).output)
     assert "the MiniMax v1 API has no task list to look it up in" in shown["error_message"]
     again = ws.cli("work", "--no-progress", env=env)
@@ -156,7 +165,8 @@ def test_a_lost_v1_create_stays_unresolved_with_its_reason_and_is_never_sent_aga
 
 
 def test_a_prompt_the_api_finds_sensitive_is_refused_at_the_create_with_its_words(ws, sim, work_env):
-    """1026 (input sensitive): nothing is made or billed; the job ends failed with the API's message."""
+    """1026 (input sensitive): nothing is made or billed; the job ends failed with the API's message
+    (without the code v2's envelope ends it with)."""
     ws.storyboard("storyboard_a.json", segments("[policy-reject] a forbidden scene", "a fine scene"))
     result = ws.cli("run", "--no-progress", env=work_env)
     assert result.exit_code == 1, result.output
@@ -168,14 +178,14 @@ def test_a_prompt_the_api_finds_sensitive_is_refused_at_the_create_with_its_word
 @pytest.mark.parametrize("model", ["MiniMax-H3", V1])
 def test_a_video_the_api_finds_sensitive_fails_with_its_words_and_stays_paid(ws, sim, work_env, monkeypatch, model):
     """1027 (output sensitive): the task was made and billed, then failed — said in the v2 task's
-    error_message, or in the v1 query's base_resp."""
+    error{code, message}, or in the v1 query's base_resp."""
     monkeypatch.setattr(PROTOCOL, "policy_check", "output")
     ws.storyboard("storyboard_a.json", {"segments": [{"segment_index": 1, "prompt_text": "[policy-reject] x",
                                                       "model": model}]})
     result = ws.cli("run", "--no-progress", env=work_env)
     assert result.exit_code == 1, result.output
-    assert query(ws.root, "SELECT state, error_kind, error_message FROM jobs") == [
-        ("failed", "remote_failed", OUTPUT_SENSITIVE)]
+    said = OUTPUT_SENSITIVE if model == V1 else f"1027: {OUTPUT_SENSITIVE}"
+    assert query(ws.root, "SELECT state, error_kind, error_message FROM jobs") == [("failed", "remote_failed", said)]
     assert OUTPUT_SENSITIVE in result.output
     assert query(ws.root, "SELECT sum(spent_cents) FROM jobs") == [(charged(sim),)] and charged(sim) > 0
 
@@ -320,3 +330,62 @@ def test_the_demo_storyboard_is_valid_with_the_default_settings(ws, sim, work_en
     assert len(segments_) == 3 and any(s.get("image_url") for s in segments_)
     assert len({s.get("duration_seconds") for s in segments_}) == 3
     assert_all_done_and_whole(ws, sim, 3)
+
+
+def test_an_account_without_real_name_verification_stops_submitting_in_one_line(ws, sim, work_env):
+    """2038 (real-name verification required) is the account's, not the job's: like a refused key,
+    the run stops at the first create, says so in one line without the key, and nothing is made."""
+    ws.storyboard("storyboard_a.json", segments("one", "two"))
+    sim.inject("create", "envelope", code=2038, message="real-name verification required")
+    result = ws.cli("run", "--no-progress", env={**work_env, "MAX_CONCURRENT_TASKS": "1"})
+    assert result.exit_code == 3, result.output
+    said = [line for line in result.output.splitlines() if "real-name verification" in line]
+    assert len(said) == 1 and "platform.minimaxi.com" in said[0], result.output
+    assert API_KEY not in result.output and API_KEY[8:] not in result.output
+    assert query(ws.root, "SELECT state FROM jobs") == [("pending",), ("pending",)]
+    assert sim.stats()["creates_received"] == 1 and sim.stats()["tasks_created"] == 0
+
+
+def test_a_failed_v2_task_keeps_its_error_code_and_message_as_the_jobs_error(ws, make_sim, work_env):
+    sim = make_sim(fail_rate=1.0)
+    env = {**work_env, **api_env(sim)}
+    ws.storyboard("storyboard_a.json", segments("one"))
+    result = ws.cli("run", "--no-progress", env=env)
+    assert result.exit_code == 1, result.output
+    assert query(ws.root, "SELECT state, error_kind, error_message FROM jobs") == [
+        ("failed", "remote_failed", f"1000: {GENERATION_FAILED_MESSAGE}")]
+
+
+def test_an_expired_v2_task_fails_with_its_reason_and_is_not_polled_on(ws, make_sim, work_env, monkeypatch):
+    """``expired`` is a final status: the job fails at once with that reason (it was polled until
+    the poll timeout while the word was unknown)."""
+    monkeypatch.setattr(PROTOCOL, "failure_status", "expired")
+    sim = make_sim(fail_rate=1.0)
+    env = {**work_env, **api_env(sim), "POLL_TIMEOUT_SECONDS": "600"}
+    ws.storyboard("storyboard_a.json", segments("one"))
+    started = time.monotonic()
+    result = ws.cli("run", "--no-progress", env=env)
+    assert result.exit_code == 1, result.output
+    assert time.monotonic() - started < 60
+    assert query(ws.root, "SELECT state, error_kind, error_message FROM jobs") == [
+        ("failed", "remote_failed", "the task expired on the service before it finished (status expired)")]
+    assert "unknown status" not in result.output
+
+
+def test_a_lost_v2_create_older_than_the_apis_7_days_stays_unresolved_without_reading_the_list(sim):
+    """v2 keeps a task 7 days: past that an empty list proves nothing, so the look-up says so at
+    once (final: never sent again) instead of reading the list and concluding 'not created'."""
+    client = Hailuo(sim.base_url, API_KEY)
+    try:
+        params = RULES["hailuo"].map(Request(prompt="made long ago", model=None, is_pro=False, duration=None,
+                                             resolution="horizontal", quality="normal", remove_watermark=True,
+                                             image_url=None)).params
+        old = datetime.now(timezone.utc) - timedelta(days=8)
+        search = client.find_tasks(params, "ledger-1-1", old, old + timedelta(seconds=5))
+        assert (search.covered, search.final, search.pages) == (False, True, 0)
+        assert "more than 7 days ago" in search.reason
+        assert sim.stats()["requests_by_route"].get("tasks", 0) == 0
+        recent = client.find_tasks(params, "ledger-1-1", datetime.now(timezone.utc) - timedelta(minutes=1))
+        assert recent.covered and sim.stats()["requests_by_route"]["tasks"] == 1
+    finally:
+        client.close()

@@ -67,6 +67,24 @@ def test_h3_takes_its_ratio_from_the_orientation_a_ratio_or_the_block(fields, ra
     assert mapped(**fields).params["ratio"] == ratio
 
 
+@pytest.mark.parametrize("ratio", ["4:3", "3:4", "21:9"])
+def test_h3_takes_every_documented_ratio_from_text(ratio):
+    assert mapped(resolution=ratio).params["ratio"] == mapped(options={"ratio": ratio}).params["ratio"] == ratio
+
+
+@pytest.mark.parametrize("resolution", ["horizontal", "vertical"])
+def test_h3_from_a_first_frame_sends_ratio_adaptive_the_frames_shape(resolution):
+    """MiniMax's CLI sends ``adaptive`` whenever a frame is given; a text-only create must name a ratio."""
+    assert mapped(image_url=IMAGE, resolution=resolution).params["ratio"] == "adaptive"
+
+
+def test_a_listed_task_of_an_adaptive_create_matches_whatever_ratio_it_shows():
+    params = mapped(image_url=IMAGE).params
+    listed = RemoteTask("1", "pending", 0, "a fox", None, None, None, None, None,
+                        raw={"model": "MiniMax-H3", "duration": 6, "resolution": "768P", "ratio": "9:16"})
+    assert client().same_request(listed, params)
+
+
 def test_the_first_frame_goes_as_a_content_item_on_v2_and_first_frame_image_on_v1():
     v2 = mapped(image_url=IMAGE)
     assert request_body(v2.params)["content"][1] == {"type": "image_url", "image_url": {"url": IMAGE},
@@ -78,7 +96,7 @@ def test_the_first_frame_goes_as_a_content_item_on_v2_and_first_frame_image_on_v
                                        "resolution": "768P", "first_frame_image": IMAGE, "prompt_optimizer": False}
 
 
-@pytest.mark.parametrize("model", ["MiniMax-Hailuo-2.3", "MiniMax-Hailuo-2.3-Fast"])
+@pytest.mark.parametrize("model", ["MiniMax-Hailuo-2.3", "MiniMax-Hailuo-2.3-Fast", "MiniMax-Hailuo-02"])
 @pytest.mark.parametrize("fields, resolution, duration", [
     ({}, "768P", 6), ({"duration": 10}, "768P", 10), ({"is_pro": True}, "1080P", 6), ({"quality": "high"}, "1080P", 6),
     ({"resolution": "1080P"}, "1080P", 6), ({"options": {"resolution": "1080P"}}, "1080P", 6),
@@ -92,14 +110,20 @@ def test_the_v1_models_take_768p_for_6_or_10_seconds_and_1080p_for_6(model, fiel
 
 
 @pytest.mark.parametrize("fields, expected", [
-    ({"model": "MiniMax-Hailuo-02"},
-     Mismatch("model", "model 'MiniMax-Hailuo-02' is not offered by the hailuo provider; use one of 'MiniMax-H3', "
-                       "'MiniMax-Hailuo-2.3', 'MiniMax-Hailuo-2.3-Fast'")),
+    ({"model": "MiniMax-Hailuo-01"},
+     Mismatch("model", "model 'MiniMax-Hailuo-01' is not offered by the hailuo provider; use one of 'MiniMax-H3', "
+                       "'MiniMax-Hailuo-2.3', 'MiniMax-Hailuo-2.3-Fast', 'MiniMax-Hailuo-02'")),
     ({"duration": 20}, Mismatch("duration_seconds", "duration 20s is not offered by MiniMax-H3 at 768P on the hailuo "
                                                     "provider; use one of 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15")),
-    ({"resolution": "4:3"}, Mismatch("resolution", "resolution '4:3' is not offered by MiniMax-H3 on the hailuo "
+    ({"resolution": "5:4"}, Mismatch("resolution", "resolution '5:4' is not offered by MiniMax-H3 on the hailuo "
                                                    "provider; use one of 'horizontal', 'vertical', '16:9', '9:16', "
-                                                   "'1:1', '768P', '2K'")),
+                                                   "'1:1', '4:3', '3:4', '21:9', '768P', '2K'")),
+    ({"resolution": "1:1", "image_url": IMAGE},
+     Mismatch("resolution", "resolution '1:1' is not offered by MiniMax-H3 on the hailuo provider; use one of "
+                            "'horizontal', 'vertical', '768P', '2K'")),
+    ({"options": {"ratio": "1:1"}, "image_url": IMAGE},
+     Mismatch("hailuo", "hailuo.ratio is not taken by MiniMax-H3 with a first frame (the video takes the frame's "
+                        "shape); drop it")),
     ({"model": "MiniMax-Hailuo-2.3", "duration": 8},
      Mismatch("duration_seconds", "duration 8s is not offered by MiniMax-Hailuo-2.3 at 768P on the hailuo provider; "
                                   "use one of 6, 10")),
@@ -114,11 +138,12 @@ def test_the_v1_models_take_768p_for_6_or_10_seconds_and_1080p_for_6(model, fiel
                            "MiniMax-Hailuo-2.3")),
     ({"options": {"resolution": "1080P"}},
      Mismatch("hailuo", "hailuo.resolution '1080P' is not offered by MiniMax-H3; use one of '768P', '2K'")),
-    ({"options": {"ratio": "21:9"}},
-     Mismatch("hailuo", "hailuo.ratio '21:9' is not offered by MiniMax-H3; use one of '16:9', '9:16', '1:1'")),
+    ({"options": {"ratio": "adaptive"}},
+     Mismatch("hailuo", "hailuo.ratio 'adaptive' is not offered by MiniMax-H3; use one of '16:9', '9:16', '1:1', "
+                        "'4:3', '3:4', '21:9'")),
     ({"options": {"prompt_optimizer": True}},
      Mismatch("hailuo", "hailuo.prompt_optimizer is not taken by MiniMax-H3; it is for MiniMax-Hailuo-2.3, "
-                        "MiniMax-Hailuo-2.3-Fast")),
+                        "MiniMax-Hailuo-2.3-Fast, MiniMax-Hailuo-02")),
     ({"model": "MiniMax-Hailuo-2.3", "options": {"ratio": "9:16"}},
      Mismatch("hailuo", "hailuo.ratio is not taken by MiniMax-Hailuo-2.3 (a v1 model); drop it")),
 ])
@@ -233,8 +258,8 @@ def test_a_sensitive_verdict_in_a_query_is_the_tasks_failure_not_an_error_of_the
     payload = client()._unwrap("GET", "/v1/query/video_generation", answer(data))
     task = client()._task(payload, payload)
     assert task.is_failed and task.error_msg == "生成视频涉及敏感内容"
-    v2 = client()._task({"id": "8", "status": "failed", "error_message": "视频生成失败"}, base(0, "success"))
-    assert v2.is_failed and v2.error_msg == "视频生成失败"
+    v2 = client()._task({"id": "8", "status": "failed", "error": {"code": "1027", "message": "视频生成失败"}}, {})
+    assert v2.is_failed and v2.error_msg == "1027: 视频生成失败"
 
 
 @pytest.mark.parametrize("resp, raised", [
@@ -273,3 +298,11 @@ def test_a_listed_task_matches_a_request_unless_a_field_it_shows_differs():
     assert hailuo.same_request(RemoteTask("2", "pending", 0, "a fox", None, None, None, None, None, raw={}), params)
     other = RemoteTask("3", "pending", 0, "a fox", None, None, None, None, None, raw={"duration": 6})
     assert not hailuo.same_request(other, params)
+
+
+def test_a_v2_error_envelope_is_read_for_its_code_and_words_once():
+    envelope = {"type": "error", "request_id": "0217", "error": {
+        "type": "insufficient_balance_error", "message": "insufficient balance (1008)", "http_code": "402"}}
+    with pytest.raises(InsufficientBalance) as info:
+        client()._unwrap("POST", "/v2/video_generation", answer(envelope, 402))
+    assert info.value.code == 1008 and "code 1008: insufficient balance)" in str(info.value)
