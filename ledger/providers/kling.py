@@ -93,7 +93,11 @@ _BY_STATUS: Mapping[int, str] = {400: PARAMETERS, 401: AUTH, 404: NOT_FOUND, 429
 RETENTION = 30 * 86400.0  # "cleaned after 30 days"
 LIST_LIMIT = 500  # the largest pageSize
 LAST_PAGE = 1000  # the largest pageNum
+# The account costs are at the domain root (the official "Account Information Inquiry" page:
+# https://api-beijing.klingai.com/account/costs), not under the API's /v1: asked there first, then
+# under the base URL on a 404 (one third-party test expects /v1/account/costs).
 COSTS = "/account/costs"
+API_PATH = "/v1"
 COSTS_WINDOW_MS = 365 * 86400 * 1000  # packs are asked for over the past year, which any valid pack overlaps
 TOKEN_SECONDS = 1800  # a JWT's life
 TOKEN_RENEW = 300  # a JWT is renewed this long before it expires
@@ -342,6 +346,7 @@ class KlingClient(ApiClient):
         # Which kind (text2video / image2video) each task is: its paths say it, its id does not.
         self._kinds: Dict[str, str] = {}
         self._kinds_lock = threading.Lock()
+        self._costs_url: Optional[str] = None  # where GET /account/costs answered
 
     @classmethod
     def open(cls, settings: Settings, base_url: Optional[str] = None, pool_size: Optional[int] = None) -> "KlingClient":
@@ -439,8 +444,20 @@ class KlingClient(ApiClient):
         return True
 
     def balance(self) -> Optional[int]:
-        """The credits left in the resource packs valid now, in fen."""
-        data = self._call("GET", COSTS, params=_costs_window())
+        """The credits left in the resource packs valid now, in fen (1 credit taken as ¥1; the
+        figure lags up to 12 h: ``balance_caveat``)."""
+        urls = self._costs_urls()
+        data: Any = None
+        for url in urls:
+            self.backoff.wait()
+            try:
+                data = self._call_once("GET", COSTS, url, _costs_window(), None)
+            except ApiError as exc:
+                if exc.http_status == 404 and url != urls[-1]:
+                    continue
+                raise
+            self._costs_url = url
+            break
         fen = packs_fen(data)
         if fen is None:
             raise ApiError(self._redact(f"GET {COSTS}: unexpected answer: {_snippet(repr(data))}"))
@@ -632,15 +649,26 @@ class KlingClient(ApiClient):
             return f"the JWT of the access key {mask_key(self._signer.access_key)}"
         return "the call without a key"
 
+    def _costs_urls(self) -> List[str]:
+        """Where ``GET /account/costs`` is asked: where it answered before, else at the domain root
+        (the base URL without its ``/v1``), then under the base URL."""
+        if self._costs_url:
+            return [self._costs_url]
+        root = self.base_url[:-len(API_PATH)] if self.base_url.endswith(API_PATH) else self.base_url
+        return list(dict.fromkeys((root + COSTS, self.base_url + COSTS)))
+
     def _preflight_once(self, session: requests.Session, timeouts: Tuple[float, float]) -> Optional[int]:
         """``GET /account/costs``: proves the URL, the credentials and the proxy, and tells the balance."""
-        url = self.base_url + COSTS
-        proxies: Any = self._proxies_for(url)  # None entries mean "direct", which requests' stubs do not say
-        try:
-            resp = session.get(url, params=_costs_window(), timeout=timeouts, proxies=proxies,
-                               headers={"Accept": "application/json", **self._auth_headers()})
-        except requests.RequestException as exc:
-            raise self._unreachable(exc, session, url, timeouts) from exc
+        urls = self._costs_urls()
+        for url in urls:
+            proxies: Any = self._proxies_for(url)  # None entries mean "direct", which requests' stubs do not say
+            try:
+                resp = session.get(url, params=_costs_window(), timeout=timeouts, proxies=proxies,
+                                   headers={"Accept": "application/json", **self._auth_headers()})
+            except requests.RequestException as exc:
+                raise self._unreachable(exc, session, url, timeouts) from exc
+            if resp.status_code != 404 or url == urls[-1]:
+                break
         try:
             data = self._unwrap("GET", COSTS, resp)
         except AuthError as exc:
@@ -663,6 +691,7 @@ class KlingClient(ApiClient):
         fen = packs_fen(data)
         if fen is None:
             raise self._not_the_api(resp)
+        self._costs_url = url
         return fen
 
 

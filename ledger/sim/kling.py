@@ -3,7 +3,7 @@
 ``{"code", "message", "request_id", "data"}`` envelopes, code 0 for success and the official
 codes with their HTTP statuses otherwise; ``POST /v1/videos/{text2video|image2video}`` taking an
 ``external_task_id``; tasks polled and listed under their kind's path; millisecond timestamps; no
-progress; resource packs at ``/v1/account/costs`` (credits: 1 credit = ¥1 = 100 fen of the
+progress; resource packs at ``/account/costs`` at the domain root, outside ``/v1`` (credits: 1 credit = ¥1 = 100 fen of the
 simulator's balance, which the create charges at once). A Bearer of the API key passes, and so does
 a JWT (HS256, ``iss`` = the access key) signed with the secret key the protocol is given.
 
@@ -121,7 +121,7 @@ class KlingProtocol(SimProtocol):
         if method == "POST":
             self._posted.kind = create.group(1) if create else None
             return ("create", "") if create else (None, "")
-        if path == "/v1/account/costs":
+        if path == "/account/costs":  # at the domain root, as the official page has it
             return "balance", ""
         if create:
             return ("lookup" if "external_task_id" in query else "tasks"), create.group(1)
