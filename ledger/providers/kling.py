@@ -415,9 +415,9 @@ class KlingClient(ApiClient):
         ``GET /videos/{kind}/{ref}`` (reading B). "Not created" (``covered``) needs a form whose
         answer is unambiguous to say so: A's empty list (an API that ignores the filter answers
         other tasks). B's "no such task" alone is not: an API that does not take an external id in
-        the path says the same of any id. Then the account's task list is read back past the
-        create's time (each task shows its ``external_task_id``), and only a list read that far
-        proves that no task was made."""
+        the path says the same of any id. Then the list of the create's kind of task is read back
+        past the create's time (each task shows its ``external_task_id``), and only a list read that
+        far proves that no task was made."""
         if not ref:
             return TaskSearch([], False, 0, "the create carried no external_task_id to look it up by", final=True)
         kind = kind_of(params)
@@ -429,7 +429,7 @@ class KlingClient(ApiClient):
             return TaskSearch([by_path.task], True, 2)
         if by_query.absent:
             return TaskSearch([], True, 2)
-        scan, pages = self._by_scan(ref, since, skew_seconds)
+        scan, pages = self._by_scan(kind, ref, since, skew_seconds)
         if scan.task is not None:
             return TaskSearch([scan.task], True, 2 + pages)
         if scan.absent:
@@ -472,13 +472,17 @@ class KlingClient(ApiClient):
     # --- look-ups by external_task_id ----------------------------------------------------------------
 
     def _by_query(self, kind: str, ref: str) -> _Lookup:
-        """Reading A: the list filtered by ``external_task_id``."""
+        """Reading A: ``GET /videos/{kind}?external_task_id=``, answered with the one task object
+        (the official page: "as the query by task id") or with a list of the tasks that match
+        (a gateway's reading); either form is taken."""
         try:
             data = self._call("GET", f"/videos/{kind}", params={"external_task_id": ref})
         except _TROUBLE:
             raise
         except ApiError as exc:
             return _Lookup(unclear=f"the filter was refused ({exc})")
+        if isinstance(data, Mapping) and data.get("task_id"):
+            data = [data]
         items = data if isinstance(data, list) else None
         if items is None:
             return _Lookup(unclear=f"GET /videos/{kind}?external_task_id= answered {_snippet(repr(data))}")
@@ -489,34 +493,36 @@ class KlingClient(ApiClient):
         return _Lookup(absent=True) if not items else \
             _Lookup(unclear=f"the filter was ignored (it answered {len(items)} other task(s))")
 
-    def _by_scan(self, ref: str, since: datetime, skew_seconds: float, max_pages: int = 200) -> Tuple[_Lookup, int]:
-        """The account's tasks, newest first, read back past ``since`` (less the clock skew): the one
-        that carries ``ref`` as its external id, or — read that far, every task there showing its
-        external id — that there is none. Returns the look-up and the pages read."""
+    def _by_scan(self, kind: str, ref: str, since: datetime, skew_seconds: float,
+                 max_pages: int = 200) -> Tuple[_Lookup, int]:
+        """The create's own kind of task, listed newest first and read back past ``since`` (less the
+        clock skew): the one that carries ``ref`` as its external id, or — read that far, every task
+        there showing its external id — that there is none. One kind's list alone: merged with the
+        other kind's, an older task of that one ended the read before this one's later pages (paid
+        twice on a busy account). A page holding fewer tasks than asked is not taken for the last:
+        only an empty one is. Returns the look-up and the pages read."""
         start = (since if since.tzinfo else since.replace(tzinfo=timezone.utc)) - timedelta(seconds=skew_seconds)
-        cursor: Optional[str] = None
         silent = 0
-        for pages in range(1, max_pages + 1):
+        for page in range(1, min(max_pages, LAST_PAGE) + 1):
             try:
-                page = self.recent(cursor)
+                tasks = self._list(kind, {"pageNum": page, "pageSize": LIST_LIMIT})
             except _TROUBLE:
                 raise
             except ApiError as exc:
-                return _Lookup(unclear=f"the task list could not be read ({exc})"), pages
-            mine = [task for task in page.tasks if _external_id(task) == ref]
+                return _Lookup(unclear=f"the task list could not be read ({exc})"), page
+            mine = [task for task in tasks if _external_id(task) == ref]
             if mine:
-                return _Lookup(task=mine[0]), pages
-            newer = [t for t in page.tasks if t.created_at is None or t.created_at >= start]
+                return _Lookup(task=mine[0]), page
+            newer = [t for t in tasks if t.created_at is None or t.created_at >= start]
             # a task made without a reference shows an empty task_info; one without it says nothing
             silent += sum(1 for t in newer if not isinstance(t.raw.get("task_info"), Mapping))
-            older = any(t.created_at is not None and t.created_at < start for t in page.tasks)
-            if older or page.next_cursor is None:
+            if not tasks or len(newer) < len(tasks):
                 if silent:
                     return _Lookup(unclear=f"the task list shows {silent} task(s) from the create's time "
-                                           "without their external_task_id"), pages
-                return _Lookup(absent=True), pages
-            cursor = page.next_cursor
-        return _Lookup(unclear=f"the task list was not read back past the create's time in {max_pages} pages"), max_pages
+                                           "without their external_task_id"), page
+                return _Lookup(absent=True), page
+        return _Lookup(unclear=f"the {kind} list was not read back past the create's time in {max_pages} pages"), \
+            max_pages
 
     def _by_path(self, kind: str, ref: str) -> _Lookup:
         """Reading B: the external id in the task path."""

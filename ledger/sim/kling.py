@@ -10,9 +10,11 @@ a JWT (HS256, ``iss`` = the access key) signed with the secret key the protocol 
 The documentation leaves three facts open; each is an option of ``KlingProtocol`` (a test
 replaces ``sim.protocol`` with one made otherwise):
 
-* ``lookup``: where the look-up by ``external_task_id`` is — ``QUERY`` (reading A, the default:
-  ``GET /videos/{kind}?external_task_id=X``, the filter being ignored otherwise) or ``PATH``
-  (reading B: ``GET /videos/{kind}/X``);
+* ``lookup``: where the look-up by ``external_task_id`` is and what it answers — ``OBJECT`` (the
+  default, as the official page has it: ``GET /videos/{kind}?external_task_id=X`` answers the one
+  task object, code 1203 when there is none), ``QUERY`` (a gateway's reading: the same query
+  answers a list of the matching tasks) or ``PATH`` (reading B: ``GET /videos/{kind}/X``, the
+  filter being ignored: the list as it is);
 * ``duplicates``: a create repeating an ``external_task_id`` is ``REJECT``ed (code 1201, nothing
   billed: the default) or ``ACCEPT``ed (a second task, billed);
 * ``max_running``: a concurrency limit (code 1303, HTTP 429), with ``busy_retry_after`` whole seconds
@@ -32,7 +34,7 @@ import jwt
 from .protocol import Reply, SimProtocol, json_reply
 
 NAME = "kling"
-QUERY, PATH = "query", "path"  # the look-up by external_task_id: reading A, reading B
+OBJECT, QUERY, PATH = "object", "query", "path"  # the look-up by external_task_id: reading A (two forms), B
 REJECT, ACCEPT = "reject", "accept"  # a repeated external_task_id
 TEXT, IMAGE = "text2video", "image2video"
 # The credentials the simulator signs JWTs with unless told others.
@@ -102,11 +104,11 @@ class KlingProtocol(SimProtocol):
     name = NAME
     routes = ("lookup",)  # the list asked with external_task_id: a route of its own, for faults and counts
 
-    def __init__(self, *, lookup: str = QUERY, duplicates: str = REJECT, max_running: Optional[int] = None,
+    def __init__(self, *, lookup: str = OBJECT, duplicates: str = REJECT, max_running: Optional[int] = None,
                  busy_retry_after: Optional[int] = None, access_key: str = ACCESS_KEY,
                  secret_key: str = SECRET_KEY) -> None:
-        if lookup not in (QUERY, PATH) or duplicates not in (REJECT, ACCEPT):
-            raise ValueError(f"lookup is {QUERY} or {PATH}, duplicates {REJECT} or {ACCEPT}")
+        if lookup not in (OBJECT, QUERY, PATH) or duplicates not in (REJECT, ACCEPT):
+            raise ValueError(f"lookup is {OBJECT}, {QUERY} or {PATH}, duplicates {REJECT} or {ACCEPT}")
         self.lookup, self.duplicates = lookup, duplicates
         self.max_running, self.busy_retry_after = max_running, busy_retry_after
         self.access_key, self.secret_key = access_key, secret_key
@@ -201,11 +203,15 @@ class KlingProtocol(SimProtocol):
         if route == "task":
             kind, _, task_id = arg.partition("/")
             return self._task(sim, kind, task_id, origin)
-        if route == "lookup" and self.lookup == QUERY:
+        if route == "lookup" and self.lookup in (OBJECT, QUERY):
             external = query["external_task_id"][0]
             views = [self.view(sim, t, origin) for t in sim.tasks_newest_first()
                      if t.extra.get("kind") == arg and t.extra.get("external_task_id") == external]
-            return json_reply(200, envelope(0, "SUCCEED", views))
+            if self.lookup == QUERY:
+                return json_reply(200, envelope(0, "SUCCEED", views))
+            if not views:
+                return refusal(404, 1203, f"任务不存在 (no {arg} task with external_task_id {external})")
+            return json_reply(200, envelope(0, "SUCCEED", views[0]))
         if route in ("tasks", "lookup"):  # reading B knows no such filter: the list as it is
             return self._list(sim, arg, query, origin)
         if route == "balance":

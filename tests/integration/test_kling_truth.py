@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from werkzeug.wrappers import Response
 
-from ledger.providers.kling import KlingClient
+from ledger.errors import TransientError
+from ledger.providers import RULES, Request
+from ledger.providers.kling import LIST_LIMIT, KlingClient
+from tests.helpers import api_env, job_price, query, segments, spawn
 
 KEY = "kling-truth-key-0000000000000000"
 
@@ -33,8 +37,8 @@ def reply(body: dict, status: int = 200) -> Response:
 def client_at():
     made = []
 
-    def make(base_url: str) -> KlingClient:
-        client = KlingClient(base_url, KEY, backoff_factor=0.001, connect_timeout=2.0, read_timeout=5.0)
+    def make(base_url: str, key: str = KEY) -> KlingClient:
+        client = KlingClient(base_url, key, backoff_factor=0.001, connect_timeout=2.0, read_timeout=5.0)
         made.append(client)
         return client
 
@@ -65,3 +69,74 @@ def test_a_server_with_the_account_costs_under_v1_is_asked_there_after_a_404_at_
     assert client.preflight() == 750
     assert client.balance() == 750  # asked where it answered: no second 404
     assert [r.path for r, _ in httpserver.log] == ["/account/costs", "/v1/account/costs", "/v1/account/costs"]
+
+
+# --- issue 21 item 8: a lost create on a busy account ----------------------------------------------
+
+
+@pytest.fixture
+def protocol() -> str:
+    return "kling"
+
+
+def backdated(sim, task_id: str, hours: float) -> None:
+    """Make a task of the simulator look ``hours`` older (another client made it earlier)."""
+    task = sim.get_task(task_id, poll=False)
+    task.created_wall -= timedelta(hours=hours)
+
+
+def wait_for(predicate, timeout: float = 20.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def busy_account(sim) -> None:
+    """Another client's text2video tasks, newer than the lost create: it is on page 2 of its list."""
+    for i in range(LIST_LIMIT + 10):
+        sim.create_external(f"another client's shot {i}")
+
+
+def test_a_lost_text2video_create_behind_a_full_page_and_an_older_image2video_task_is_found_not_paid_again(
+        ws, make_sim, work_env):
+    """The official look-up answers the one task object: taken (before, it was refused, and the list
+    scan that followed stopped at the older image2video task: "not created", paid twice)."""
+    sim = make_sim(gen_seconds=0.3, balance=10 ** 8)
+    env = {**work_env, **api_env(sim), "RECONCILE_GRACE_SECONDS": "2"}
+    backdated(sim, sim.create_external("an older image task", image="https://example.com/f.jpg"), hours=1)
+    ws.storyboard("storyboard_k.json", segments("the create whose answer is lost"))
+    sim.inject("create", "lost_create")
+    proc = spawn(ws.root, env, "run", "--no-progress")
+    wait_for(lambda: sim.stats()["tasks_created"] >= 2, what="the lost create")
+    busy_account(sim)
+    out, errors = proc.communicate(timeout=120)
+    assert proc.returncode == 0, (out, errors)
+    assert sim.stats()["creates_per_prompt"]["the create whose answer is lost"] == 1
+    mine = sim.find_task(lambda t: t.prompt == "the create whose answer is lost")
+    assert query(ws.root, "SELECT remote_task_id, state, spent_cents FROM jobs") == [
+        (mine.task_id, "done", job_price(sim))]
+    assert any("found the lost create's task" in d for (d,) in query(ws.root, "SELECT detail FROM events"))
+
+
+def test_when_no_look_up_form_answers_the_create_kinds_own_list_is_read_past_its_first_page(make_sim, client_at,
+                                                                                            api_key):
+    """Neither look-up form is understood: the text2video list alone is read, page after page, down to
+    the create's time; the older image2video task on that kind's first page says nothing about it."""
+    sim = make_sim(balance=10 ** 8)
+    client = client_at(sim.base_url, api_key)
+    backdated(sim, sim.create_external("an older image task", image="https://example.com/f.jpg"), hours=1)
+    params, ref = RULES["kling"].map(Request(prompt="lost", model=None, is_pro=False, duration=None,
+                                             resolution="horizontal", quality="normal", remove_watermark=True,
+                                             image_url=None)).params, "ledger-1-1700000000000"
+    since = datetime.now(timezone.utc)
+    sim.inject("create", "lost_create")
+    with pytest.raises(TransientError):
+        client.create(params, ref)
+    busy_account(sim)
+    sim.inject("lookup", "envelope", code=1201, message="参数错误：external_task_id 不支持")
+    sim.inject("task", "envelope", code=1201, message="参数错误：task_id 无效")
+    found = client.find_tasks(params, ref, since)
+    mine = sim.find_task(lambda t: t.extra["external_task_id"] == ref)
+    assert [t.task_id for t in found.tasks] == [mine.task_id] and found.covered
+    assert sim.stats()["requests_by_route"]["tasks"] == 2  # text2video pages 1 and 2; no image2video page

@@ -16,7 +16,7 @@ from ledger.errors import (AuthError, BadParameters, InsufficientBalance, RateLi
 from ledger.providers import RULES, Request
 from ledger.providers.kling import KlingClient
 from ledger.sim import GENERATION_FAILED_MESSAGE, POLICY_MESSAGE
-from ledger.sim.kling import ACCEPT, ACCESS_KEY, PATH, QUERY, REJECT, SECRET_KEY, KlingProtocol
+from ledger.sim.kling import ACCEPT, ACCESS_KEY, OBJECT, PATH, QUERY, REJECT, SECRET_KEY, KlingProtocol
 from tests.helpers import job_price, query, segments, spawn
 from tests.integration.conftest import API_KEY
 from tests.integration.test_work import assert_all_done_and_whole, assert_every_job_paid_once
@@ -118,7 +118,7 @@ def test_a_fresh_process_finds_an_image_task_it_did_not_create_under_image2video
 # --- paid once: external_task_id -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("lookup", [QUERY, PATH])
+@pytest.mark.parametrize("lookup", [OBJECT, QUERY, PATH])
 def test_a_lost_create_answer_is_found_by_its_external_task_id_and_paid_once(ws, sim, work_env, lookup):
     sim.protocol = KlingProtocol(lookup=lookup)
     sim.inject("create", "lost_create")
@@ -155,7 +155,7 @@ def test_the_look_up_falls_back_to_the_path_form_when_the_list_ignores_the_filte
     assert sim.stats()["requests_by_route"] == calls
 
 
-@pytest.mark.parametrize("lookup", [QUERY, PATH])
+@pytest.mark.parametrize("lookup", [OBJECT, QUERY, PATH])
 def test_a_create_that_made_nothing_is_proven_absent_and_sent_again_with_a_new_reference(ws, sim, work_env, lookup):
     sim.protocol = KlingProtocol(lookup=lookup)
     for i in range(3):  # the account has tasks of others: a list ignoring the filter answers them
