@@ -7,7 +7,8 @@ and takes ``external_task_id``, a client reference "unique within your account";
 ``{"code", "message", "request_id", "data"}`` envelopes with an HTTP status, code 0 meaning
 success; statuses ``submitted|processing|succeed|failed`` with the reason in
 ``task_status_msg``; no progress; videos at ``task_result.videos[].url``, cleaned after 30 days;
-``GET /account/costs`` tells the resource packs' credits (1 credit = ¥1). Auth is a Bearer API key,
+``GET /account/costs`` (at the domain root) tells the units left in the resource packs, up to 12 h
+late (taken as ¥1 each, as the price list is; shown with ``balance_caveat``). Auth is a Bearer API key,
 or a Bearer JWT (HS256, ``iss`` = the access key) signed with the secret key.
 
 Paid once by construction: every create carries the attempt's own ``ref`` as
@@ -50,21 +51,33 @@ KINDS = (TEXT, IMAGE)
 
 @dataclass(frozen=True)
 class KlingModel:
-    """What one model takes: durations in seconds (sent as strings), and whether it takes ``sound``."""
+    """What one model takes: durations in seconds (sent as strings), the modes in which it takes
+    ``sound: on`` (none: a silent model, which takes no ``sound`` at all), and whether it takes
+    ``cfg_scale``."""
 
     name: str
-    sound: bool
+    sound_modes: Tuple[str, ...] = ()
     durations: Tuple[int, ...] = (5, 10)
     default_duration: int = 5
+    cfg_scale: bool = False
+
+    @property
+    def sound(self) -> bool:
+        return bool(self.sound_modes)
 
 
 DEFAULT_MODEL = "kling-v2-5-turbo"
+# Sources: the official Chinese doc pages as mirrored in WHQ25/rawgenai docs/research/kling/ (git
+# commit b3f9cef, 2026-02-03): text-to-video.md (model_name enum; duration "5"/"10"; sound "仅V2.6及后续版本模型
+# 支持"; cfg_scale "kling-v2.x模型不支持") and capability-map.md (kling-v2-5-turbo std/pro 5 s,
+# 10 s; kling-v2-6 std "仅无声视频", 声音控制 in pro only); kling-v3 from the gateways that copy the
+# official v3 table (docs.cloudsway.net MaaS_KL_v3: std/pro 3~15 s; docs.anyfast.ai: duration 3-15).
 MODELS: Mapping[str, KlingModel] = {m.name: m for m in (
-    KlingModel(DEFAULT_MODEL, sound=False),
-    KlingModel("kling-v2-6", sound=True),
-    KlingModel("kling-v2-1-master", sound=False),
-    # [I] named in the public copies without its own table: taken to be like kling-v2-6 ("sound: v2.6+").
-    KlingModel("kling-v3", sound=True),
+    KlingModel(DEFAULT_MODEL),
+    KlingModel("kling-v2-6", sound_modes=("pro",)),  # std makes silent videos only
+    KlingModel("kling-v2-1-master"),
+    # [I] sound in both modes and cfg_scale: no source says v3 lacks them (the pages name v2.x only).
+    KlingModel("kling-v3", sound_modes=("std", "pro"), durations=tuple(range(3, 16)), cfg_scale=True),
 )}
 # The storyboard's resolution → the aspect_ratio sent (text2video only: an image sets its own frame).
 ASPECT_RATIOS: Mapping[str, str] = {"horizontal": "16:9", "vertical": "9:16", "16:9": "16:9", "9:16": "9:16",
@@ -74,9 +87,11 @@ SOUNDS = ("on", "off")
 MAX_TEXT = 2500  # characters of prompt and of negative_prompt
 # Fen per second of video by tier (1 credit = ¥1; std ¥0.6/s silent, ¥0.8/s with sound; pro ¥0.8, ¥1.0).
 DEFAULT_PRICES: Mapping[str, float] = {"std": 60, "pro": 80, "std+sound": 80, "pro+sound": 100}
-# Every status word the API says, as the ledger's four. An unknown word is "not finished".
+# Every status word the API says, as the ledger's four. An unknown word is "not finished". The
+# /v1/videos API answers "succeed"; Kling's newer API generation (POST /text-to-video/kling-2.6,
+# GET /tasks?external_task_ids=) answers "succeeded" for the same: both are done.
 STATUSES: Mapping[str, str] = {"submitted": "pending", "processing": "processing", "succeed": "completed",
-                               "failed": "failed"}
+                               "succeeded": "completed", "failed": "failed"}
 # What each error code means (the envelope's ``code``; the HTTP status speaks only for codes not here).
 AUTH, BALANCE, PARAMETERS, REFUSED, RATE, NOT_FOUND, TRANSIENT, OTHER = (
     "auth", "balance", "parameters", "refused", "rate_limited", "not_found", "transient", "other")
@@ -115,7 +130,7 @@ _unknown_lock = threading.Lock()
 
 class KlingRules:
     """Storyboard fields → a create: ``model`` the model (default kling-v2-5-turbo),
-    ``duration_seconds`` 5 or 10, ``resolution`` the aspect ratio, ``image_url`` the first frame
+    ``duration_seconds`` what the model takes (5 or 10; 3 to 15 on kling-v3), ``resolution`` the aspect ratio, ``image_url`` the first frame
     (an image2video task), ``is_pro`` or ``quality: high`` the pro mode; the ``kling`` block adds
     ``mode``, ``negative_prompt``, ``cfg_scale`` and ``sound``. Values the schema already refuses
     (a mode that is not std or pro) are the schema's to report, not repeated here."""
@@ -129,7 +144,11 @@ class KlingRules:
                                       f"{', '.join(map(repr, MODELS))}")]
         problems = _offered(model, request)
         mode = _mode(request, problems)
-        sound = _sound(model, request.options, problems)
+        sound = _sound(model, mode, request.options, problems)
+        if "cfg_scale" in request.options and not model.cfg_scale:
+            takers = ", ".join(m.name for m in MODELS.values() if m.cfg_scale)
+            problems.append(Mismatch(NAME, f"cfg_scale is not taken by the kling-v2.x models ({model.name}); "
+                                           f"only by {takers}: drop it"))
         if problems:
             return problems
         seconds = model.default_duration if request.duration is None else request.duration
@@ -177,9 +196,13 @@ def _mode(request: Request, problems: List[Mismatch]) -> str:
     return str(named)
 
 
-def _sound(model: KlingModel, options: Mapping[str, Any], problems: List[Mismatch]) -> Optional[str]:
+def _sound(model: KlingModel, mode: str, options: Mapping[str, Any], problems: List[Mismatch]) -> Optional[str]:
     """``on``/``off`` for a model that takes ``sound`` (off unless the block says on); None otherwise."""
     if model.sound:
+        if options.get("sound") == "on" and mode not in model.sound_modes:
+            problems.append(Mismatch(NAME, f"sound 'on' is taken by {model.name} in {' or '.join(model.sound_modes)} "
+                                           f"mode only; set mode '{model.sound_modes[-1]}' (or is_pro: true), or "
+                                           "sound 'off'"))
         return "on" if options.get("sound") == "on" else "off"
     if "sound" in options:
         takers = ", ".join(m.name for m in MODELS.values() if m.sound)
@@ -216,10 +239,11 @@ STORYBOARD_OPTIONS: Mapping[str, Any] = {"properties": {
     "mode": {"description": "std or pro (is_pro: true or quality: high mean pro); pro costs more.",
              "enum": list(MODES)},
     "negative_prompt": {"description": "What the video must not show.", "type": "string", "maxLength": MAX_TEXT},
-    "cfg_scale": {"description": "How closely the video follows the prompt, 0 to 1.", "type": "number",
+    "cfg_scale": {"description": "How closely the video follows the prompt, 0 to 1 (kling-v3; the kling-v2.x "
+                               "models do not take it).", "type": "number",
                   "minimum": 0, "maximum": 1},
-    "sound": {"description": "on or off: a soundtrack, on the models that make one (kling-v2-6, kling-v3); "
-                             "costs more.", "enum": list(SOUNDS)},
+    "sound": {"description": "on or off: a soundtrack, on the models that make one (kling-v2-6 in pro mode, "
+                             "kling-v3); costs more.", "enum": list(SOUNDS)},
 }}
 
 
@@ -326,7 +350,9 @@ class KlingClient(ApiClient):
 
     name = NAME
     balance_refusal = "codes 1100-1102: account in arrears or resource pack exhausted"
-    reports_cost = False  # a task tells no price: the price list is all there is
+    # The official page: the remaining quantity is in resource-pack units and "has a 12h delay".
+    balance_caveat = "Kling resource-pack units taken as ¥1 each; Kling's figure lags up to 12 h"
+    reports_cost = False  # a create's answer tells no price; a finished task's final_unit_deduction does
     bills_on_success = False  # credits are taken at the create; a refund of a failed task is undocumented
     tells_progress = False  # status answers tell no progress
     retention = RETENTION
@@ -572,7 +598,7 @@ class KlingClient(ApiClient):
             prompt=None,
             video_url=_video_url(data) if status == "completed" else None,
             error_msg=self._redact(message) if message and status == "failed" else None,
-            cost=None,
+            cost=_deduction_fen(data) if status == "completed" else None,
             created_at=parse_timestamp(data.get("created_at")),
             completed_at=parse_timestamp(data.get("updated_at")) if terminal else None,
             raw=MappingProxyType(dict(data)),
@@ -748,6 +774,13 @@ def _video_url(data: Mapping[str, Any]) -> Optional[str]:
     videos = result.get("videos") if isinstance(result, Mapping) else None
     first = videos[0] if isinstance(videos, list) and videos and isinstance(videos[0], Mapping) else {}
     return str(first.get("url") or "") or None
+
+
+def _deduction_fen(data: Mapping[str, Any]) -> Optional[int]:
+    """Kling's own charge for a task, ``final_unit_deduction`` (units, a string; 1 unit taken as ¥1,
+    as the price list is), in fen: the booked cost where the answer gives it."""
+    units = _number(data.get("final_unit_deduction"))
+    return None if units is None or units < 0 else round(units * 100)
 
 
 def _external_id(task: RemoteTask) -> Optional[str]:

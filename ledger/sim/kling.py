@@ -40,8 +40,11 @@ TEXT, IMAGE = "text2video", "image2video"
 # The credentials the simulator signs JWTs with unless told others.
 ACCESS_KEY = "AKsim5aQ2mX8vN3rT6yW9bC4dF7gH1jK0"
 SECRET_KEY = "SKsim7pL3nR8tV2xZ5cB9mQ4wE6yU1iO0aS"
-MODELS: Mapping[str, bool] = {"kling-v2-5-turbo": False, "kling-v2-6": True, "kling-v2-1-master": False,
-                              "kling-v3": True}  # model -> takes sound
+FIVE_TEN = ("5", "10")
+# model -> (the modes that take sound "on"; durations; takes cfg_scale), as the official pages have it
+MODELS: Mapping[str, Tuple[Tuple[str, ...], Tuple[str, ...], bool]] = {
+    "kling-v2-5-turbo": ((), FIVE_TEN, False), "kling-v2-6": (("pro",), FIVE_TEN, False),
+    "kling-v2-1-master": ((), FIVE_TEN, False), "kling-v3": (("std", "pro"), tuple(map(str, range(3, 16))), True)}
 # Fen per second by tier, as the public list has it.
 PRICES: Mapping[str, int] = {"std": 60, "pro": 80, "std+sound": 80, "pro+sound": 100}
 STATUS_WORDS = {"pending": "submitted", "processing": "processing", "completed": "succeed", "failed": "failed"}
@@ -70,9 +73,13 @@ def validate(body: Any, kind: str) -> Optional[str]:
     model = body.get("model_name", "kling-v2-5-turbo")
     if model not in MODELS:
         return f"model_name 不支持: {model!r}"
-    checks = [(body.get("duration", "5") in ("5", "10"), "duration 必须是 \"5\" 或 \"10\""),
-              (body.get("mode", "std") in ("std", "pro"), "mode 必须是 std 或 pro"),
-              ("sound" not in body or (MODELS[model] and body["sound"] in ("on", "off")), f"{model} 不支持 sound"),
+    sound_modes, durations, cfg = MODELS[model]
+    mode = body.get("mode", "std")
+    checks = [(body.get("duration", "5") in durations, f"{model} 的 duration 取值: {', '.join(durations)}"),
+              (mode in ("std", "pro"), "mode 必须是 std 或 pro"),
+              ("sound" not in body or (sound_modes and body["sound"] in ("on", "off")), f"{model} 不支持 sound"),
+              (body.get("sound") != "on" or mode in sound_modes, f"{model} 的 {mode} 模式仅生成无声视频"),
+              ("cfg_scale" not in body or cfg, f"{model} 不支持 cfg_scale"),
               (_cfg_ok(body.get("cfg_scale", 0.5)), "cfg_scale 取值范围 [0, 1]"),
               (len(str(body.get("negative_prompt", ""))) <= 2500, "negative_prompt 不超过 2500 个字符")]
     checks += _kind_checks(body, kind)
@@ -269,6 +276,8 @@ class KlingProtocol(SimProtocol):
             else {},
             "created_at": created, "updated_at": created + int(ends_at * 1000) if done else created,
         }
+        if done:  # Kling's own charge, in units (1 unit = ¥1 = 100 fen of the simulator's balance)
+            view["final_unit_deduction"] = f"{task.cost / 100:g}"
         if status == "completed":
             view["task_result"] = {"videos": [{"id": f"{task.task_id}-1", "url": sim.signed_url(task.task_id, origin),
                                                "duration": str(task.duration)}]}

@@ -140,3 +140,42 @@ def test_when_no_look_up_form_answers_the_create_kinds_own_list_is_read_past_its
     mine = sim.find_task(lambda t: t.extra["external_task_id"] == ref)
     assert [t.task_id for t in found.tasks] == [mine.task_id] and found.covered
     assert sim.stats()["requests_by_route"]["tasks"] == 2  # text2video pages 1 and 2; no image2video page
+
+
+# --- issue 21 items 5 and 12: statuses, charges, what each model takes -----------------------------
+
+
+def test_the_newer_api_generations_succeeded_is_done_and_the_video_is_saved(ws, make_sim, work_env):
+    sim = make_sim(gen_seconds=0.3, status_words={"succeed": "succeeded"})
+    ws.storyboard("storyboard_k.json", segments("done, in the newer words"))
+    result = ws.cli("run", "--no-progress", env={**work_env, **api_env(sim), "POLL_TIMEOUT_SECONDS": "20"})
+    assert result.exit_code == 0, result.output
+    assert query(ws.root, "SELECT state FROM jobs") == [("done",)]
+
+
+def test_what_kling_deducted_is_the_booked_cost_not_the_price_list(ws, make_sim, work_env):
+    """The price list says ¥0.70/s; the finished task says Kling deducted 3 units (¥0.60/s x 5 s)."""
+    sim = make_sim(gen_seconds=0.3)
+    ws.storyboard("storyboard_k.json", segments("charged as Kling says"))
+    result = ws.cli("run", "--no-progress", env={**work_env, **api_env(sim), "KLING_PRICES": "std=70"})
+    assert result.exit_code == 0, result.output
+    [task] = sim.tasks()
+    assert task["final_unit_deduction"] == "3"
+    assert query(ws.root, "SELECT state, cost_cents, spent_cents FROM jobs") == [("done", 300, 300)]
+    assert sim.config.balance - sim.stats()["balance"] == 300
+
+
+def test_sound_on_kling_v2_6_std_and_cfg_scale_on_the_v2_models_are_scan_errors(ws, sim, work_env):
+    ws.storyboard("storyboard_k.json", {"segments": [
+        {"segment_index": 1, "prompt_text": "a", "model": "kling-v2-6", "kling": {"sound": "on"}},
+        {"segment_index": 2, "prompt_text": "b", "model": "kling-v2-6", "kling": {"cfg_scale": 0.5}},
+        {"segment_index": 3, "prompt_text": "c", "model": "kling-v2-6", "is_pro": True, "kling": {"sound": "on"}},
+        {"segment_index": 4, "prompt_text": "d", "model": "kling-v3", "duration_seconds": 15,
+         "kling": {"cfg_scale": 0.5}}]})
+    result = ws.cli("scan", env=work_env)
+    assert result.exit_code == 2, result.output
+    assert [line for line in result.output.splitlines() if line.startswith("invalid: ")] == [
+        "invalid: input/storyboard_k.json: /segments/0/kling: sound 'on' is taken by kling-v2-6 in pro mode only; "
+        "set mode 'pro' (or is_pro: true), or sound 'off'",
+        "invalid: input/storyboard_k.json: /segments/1/kling: cfg_scale is not taken by the kling-v2.x models "
+        "(kling-v2-6); only by kling-v3: drop it"]

@@ -260,7 +260,9 @@ def test_a_spent_resource_pack_stops_submitting_and_says_the_balance_in_yuan(ws,
     result = ws.cli("run", "--no-progress", "--concurrency", "1", env={**work_env, "KLING_BASE_URL": sim.base_url})
     assert result.exit_code == 4, result.output
     assert "lack of balance (codes 1100-1102" in result.output
-    assert "the balance is ¥0.00" in result.output  # the expired pack's credits cannot be spent
+    # the expired pack's credits cannot be spent; the figure is Kling's, in units, and may be late
+    assert ("the balance is ¥0.00 (Kling resource-pack units taken as ¥1 each; Kling's figure lags up to 12 h)"
+            in result.output)
     assert dict(query(ws.root, "SELECT segment_index, state FROM jobs")) == {1: "done", 2: "done", 3: "pending"}
     assert billed(sim) == spent(ws) == 600
 
@@ -344,7 +346,8 @@ def test_a_dry_run_shows_the_credits_of_the_valid_packs_in_yuan(ws, sim, work_en
     assert result.exit_code == 0, result.output
     assert "A run would submit 2 jobs (2 normal): estimated ¥6.00 at kling std ¥0.60/s" in result.output
     # ¥1,000.00 in the live pack; the expired pack's ¥50.00 does not count
-    assert "kling: Balance ¥1,000.00 covers it (¥994.00 would be left)." in result.output
+    assert ("kling: Balance ¥1,000.00 (Kling resource-pack units taken as ¥1 each; Kling's figure lags up to 12 h) "
+            "covers it (¥994.00 would be left).") in result.output
     assert sim.stats()["creates_received"] == 0 and set(sim.stats()["requests_by_route"]) == {"balance"}
 
 
@@ -352,7 +355,8 @@ def test_mode_and_sound_change_the_price_and_the_account_is_charged_the_same(ws,
     ws.storyboard("storyboard_k.json", {"defaults": {"model": "kling-v2-6"}, "segments": [
         {"segment_index": 1, "prompt_text": "std, silent"},
         {"segment_index": 2, "prompt_text": "pro, silent", "kling": {"mode": "pro"}},
-        {"segment_index": 3, "prompt_text": "std, with sound", "duration_seconds": 10, "kling": {"sound": "on"}},
+        {"segment_index": 3, "prompt_text": "std, with sound", "duration_seconds": 10, "model": "kling-v3",
+         "kling": {"sound": "on"}},  # kling-v2-6 makes sound in pro mode only
         {"segment_index": 4, "prompt_text": "pro, with sound", "duration_seconds": 10, "quality": "high",
          "kling": {"sound": "on"}}]})
     dry = ws.cli("run", "--dry-run", env=work_env)
