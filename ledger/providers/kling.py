@@ -95,13 +95,17 @@ STATUSES: Mapping[str, str] = {"submitted": "pending", "processing": "processing
 # What each error code means (the envelope's ``code``; the HTTP status speaks only for codes not here).
 AUTH, BALANCE, PARAMETERS, REFUSED, RATE, NOT_FOUND, TRANSIENT, OTHER = (
     "auth", "balance", "parameters", "refused", "rate_limited", "not_found", "transient", "other")
+# The official 错误码 table (mirror: WHQ25/rawgenai@b3f9cef docs/research/kling/common-info.md).
 ERRORS: Mapping[int, str] = {
     1000: AUTH, 1001: AUTH, 1002: AUTH, 1003: AUTH, 1004: AUTH,
     1100: BALANCE, 1101: BALANCE, 1102: BALANCE,  # account abnormal, in arrears; resource pack exhausted
+    1103: AUTH,  # HTTP 403: the account may not use this interface or model; no job of it can go
     1200: PARAMETERS, 1201: PARAMETERS,
-    1203: NOT_FOUND,  # [I] "the requested resource does not exist" of the official table
+    1202: PARAMETERS,  # HTTP 404: "the request method is invalid": not a missing task
+    1203: NOT_FOUND,  # "the requested resource does not exist, such as the model"
     1300: REFUSED, 1301: REFUSED,  # platform policy, content security: nothing is created
     1302: RATE, 1303: RATE,  # rate limit, concurrency limit
+    1304: AUTH,  # HTTP 429: the platform's IP allow-list refuses this machine; waiting does not help
 }
 SERVER_CODES = 5000  # 5000 and above: the service's own trouble
 _BY_STATUS: Mapping[int, str] = {400: PARAMETERS, 401: AUTH, 404: NOT_FOUND, 429: RATE}

@@ -161,7 +161,8 @@ def test_the_error_table_maps_each_code_to_one_outcome(code, status, outcome):
 
 
 def test_every_code_of_the_table_is_one_the_facts_name():
-    assert set(ERRORS) == {1000, 1001, 1002, 1003, 1004, 1100, 1101, 1102, 1200, 1201, 1203, 1300, 1301, 1302, 1303}
+    assert set(ERRORS) == {1000, 1001, 1002, 1003, 1004, 1100, 1101, 1102, 1103, 1200, 1201, 1202, 1203, 1300, 1301,
+                           1302, 1303, 1304}
 
 
 def test_the_balance_sums_the_credits_of_the_packs_valid_now_in_fen():
