@@ -718,8 +718,9 @@ def _dry_run(settings: Settings, store: Store, pool: ProviderPool, pattern: Opti
             out.print(f"{who}Balance {money(balance, cur)}{caveat} covers it ({money(balance - part.cost, cur)} would "
                       "be left).", markup=False)
         else:
-            out.print(f"{who}Balance {money(balance, cur)}{caveat} does NOT cover it: {money(part.cost - balance, cur)} "
-                      f"short; a run would stop submitting when the balance runs out.", markup=False)
+            out.print(f"{who}Balance {money(balance, cur)}{caveat} does NOT cover it: "
+                      f"{money(part.cost - balance, cur)} short; a run would stop submitting when the balance "
+                      "runs out.", markup=False)
             short.append(f"the {part.provider} balance {money(balance, cur)}" if several
                          else f"the balance {money(balance, cur)}")
     caps = _spend_caps(max_spend, [part.currency for part in plan.providers] or [prices.currency(settings.provider)])

@@ -134,10 +134,11 @@ _unknown_lock = threading.Lock()
 
 class KlingRules:
     """Storyboard fields → a create: ``model`` the model (default kling-v2-5-turbo),
-    ``duration_seconds`` what the model takes (5 or 10; 3 to 15 on kling-v3), ``resolution`` the aspect ratio, ``image_url`` the first frame
-    (an image2video task), ``is_pro`` or ``quality: high`` the pro mode; the ``kling`` block adds
-    ``mode``, ``negative_prompt``, ``cfg_scale`` and ``sound``. Values the schema already refuses
-    (a mode that is not std or pro) are the schema's to report, not repeated here."""
+    ``duration_seconds`` what the model takes (5 or 10; 3 to 15 on kling-v3), ``resolution`` the
+    aspect ratio, ``image_url`` the first frame (an image2video task), ``is_pro`` or ``quality:
+    high`` the pro mode; the ``kling`` block adds ``mode``, ``negative_prompt``, ``cfg_scale`` and
+    ``sound``. Values the schema already refuses (a mode that is not std or pro) are the schema's to
+    report, not repeated here."""
 
     name = NAME
 

@@ -3,9 +3,10 @@
 ``{"code", "message", "request_id", "data"}`` envelopes, code 0 for success and the official
 codes with their HTTP statuses otherwise; ``POST /v1/videos/{text2video|image2video}`` taking an
 ``external_task_id``; tasks polled and listed under their kind's path; millisecond timestamps; no
-progress; resource packs at ``/account/costs`` at the domain root, outside ``/v1`` (credits: 1 credit = ¥1 = 100 fen of the
-simulator's balance, which the create charges at once). A Bearer of the API key passes, and so does
-a JWT (HS256, ``iss`` = the access key) signed with the secret key the protocol is given.
+progress; a finished task's ``final_unit_deduction``; resource packs at ``/account/costs`` at the
+domain root, outside ``/v1`` (credits: 1 credit = ¥1 = 100 fen of the simulator's balance, which
+the create charges at once). A Bearer of the API key passes, and so does a JWT (HS256, ``iss`` =
+the access key) signed with the secret key the protocol is given.
 
 The documentation leaves three facts open; each is an option of ``KlingProtocol`` (a test
 replaces ``sim.protocol`` with one made otherwise):
