@@ -709,8 +709,10 @@ def _preflight(settings: Settings, apis: Sequence[Tuple[str, str]], pool: Provid
                       f"{exc}", markup=False)
             found.left_out.append((provider, base))
             continue
-        log.info("pre-flight: %s (%s) answers; balance %s", base, provider,
-                 money(balance, REGISTRY[provider].currency) if balance is not None else "not told")
+        caveat = getattr(pool.get(provider, base), "balance_caveat", "")
+        log.info("pre-flight: %s (%s) answers; balance %s%s", base, provider,
+                 money(balance, REGISTRY[provider].currency) if balance is not None else "not told",
+                 f" ({caveat})" if caveat and balance is not None else "")
     return found
 
 
@@ -781,14 +783,16 @@ def _dry_run(settings: Settings, store: Store, pool: ProviderPool, pattern: Opti
         who = f"{part.provider}: " if several else ""
         balance = part.balance if part.balance is not None else told.get(part.provider)
         cur = part.currency
+        caveat = f" ({part.balance_caveat})" if part.balance_caveat else ""
         if balance is None:
             out.print(f"{who}Balance unknown ({part.balance_note}).", markup=False)
         elif balance >= part.cost:
-            out.print(f"{who}Balance {money(balance, cur)} covers it ({money(balance - part.cost, cur)} would be left).",
-                      markup=False)
+            out.print(f"{who}Balance {money(balance, cur)}{caveat} covers it ({money(balance - part.cost, cur)} would "
+                      "be left).", markup=False)
         else:
-            out.print(f"{who}Balance {money(balance, cur)} does NOT cover it: {money(part.cost - balance, cur)} short; "
-                      f"a run would stop submitting when the balance runs out.", markup=False)
+            out.print(f"{who}Balance {money(balance, cur)}{caveat} does NOT cover it: "
+                      f"{money(part.cost - balance, cur)} short; a run would stop submitting when the balance "
+                      "runs out.", markup=False)
             short.append(f"the {part.provider} balance {money(balance, cur)}" if several
                          else f"the balance {money(balance, cur)}")
     caps = _spend_caps(max_spend, [part.currency for part in plan.providers] or [prices.currency(settings.provider)])

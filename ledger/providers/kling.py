@@ -7,7 +7,8 @@ and takes ``external_task_id``, a client reference "unique within your account";
 ``{"code", "message", "request_id", "data"}`` envelopes with an HTTP status, code 0 meaning
 success; statuses ``submitted|processing|succeed|failed`` with the reason in
 ``task_status_msg``; no progress; videos at ``task_result.videos[].url``, cleaned after 30 days;
-``GET /account/costs`` tells the resource packs' credits (1 credit = ¥1). Auth is a Bearer API key,
+``GET /account/costs`` (at the domain root) tells the units left in the resource packs, up to 12 h
+late (taken as ¥1 each, as the price list is; shown with ``balance_caveat``). Auth is a Bearer API key,
 or a Bearer JWT (HS256, ``iss`` = the access key) signed with the secret key.
 
 Paid once by construction: every create carries the attempt's own ``ref`` as
@@ -50,21 +51,33 @@ KINDS = (TEXT, IMAGE)
 
 @dataclass(frozen=True)
 class KlingModel:
-    """What one model takes: durations in seconds (sent as strings), and whether it takes ``sound``."""
+    """What one model takes: durations in seconds (sent as strings), the modes in which it takes
+    ``sound: on`` (none: a silent model, which takes no ``sound`` at all), and whether it takes
+    ``cfg_scale``."""
 
     name: str
-    sound: bool
+    sound_modes: Tuple[str, ...] = ()
     durations: Tuple[int, ...] = (5, 10)
     default_duration: int = 5
+    cfg_scale: bool = False
+
+    @property
+    def sound(self) -> bool:
+        return bool(self.sound_modes)
 
 
 DEFAULT_MODEL = "kling-v2-5-turbo"
+# Sources: the official Chinese doc pages as mirrored in WHQ25/rawgenai docs/research/kling/ (git
+# commit b3f9cef, 2026-02-03): text-to-video.md (model_name enum; duration "5"/"10"; sound "仅V2.6及后续版本模型
+# 支持"; cfg_scale "kling-v2.x模型不支持") and capability-map.md (kling-v2-5-turbo std/pro 5 s,
+# 10 s; kling-v2-6 std "仅无声视频", 声音控制 in pro only); kling-v3 from the gateways that copy the
+# official v3 table (docs.cloudsway.net MaaS_KL_v3: std/pro 3~15 s; docs.anyfast.ai: duration 3-15).
 MODELS: Mapping[str, KlingModel] = {m.name: m for m in (
-    KlingModel(DEFAULT_MODEL, sound=False),
-    KlingModel("kling-v2-6", sound=True),
-    KlingModel("kling-v2-1-master", sound=False),
-    # [I] named in the public copies without its own table: taken to be like kling-v2-6 ("sound: v2.6+").
-    KlingModel("kling-v3", sound=True),
+    KlingModel(DEFAULT_MODEL),
+    KlingModel("kling-v2-6", sound_modes=("pro",)),  # std makes silent videos only
+    KlingModel("kling-v2-1-master"),
+    # [I] sound in both modes and cfg_scale: no source says v3 lacks them (the pages name v2.x only).
+    KlingModel("kling-v3", sound_modes=("std", "pro"), durations=tuple(range(3, 16)), cfg_scale=True),
 )}
 # The storyboard's resolution → the aspect_ratio sent (text2video only: an image sets its own frame).
 ASPECT_RATIOS: Mapping[str, str] = {"horizontal": "16:9", "vertical": "9:16", "16:9": "16:9", "9:16": "9:16",
@@ -74,26 +87,36 @@ SOUNDS = ("on", "off")
 MAX_TEXT = 2500  # characters of prompt and of negative_prompt
 # Fen per second of video by tier (1 credit = ¥1; std ¥0.6/s silent, ¥0.8/s with sound; pro ¥0.8, ¥1.0).
 DEFAULT_PRICES: Mapping[str, float] = {"std": 60, "pro": 80, "std+sound": 80, "pro+sound": 100}
-# Every status word the API says, as the ledger's four. An unknown word is "not finished".
+# Every status word the API says, as the ledger's four. An unknown word is "not finished". The
+# /v1/videos API answers "succeed"; Kling's newer API generation (POST /text-to-video/kling-2.6,
+# GET /tasks?external_task_ids=) answers "succeeded" for the same: both are done.
 STATUSES: Mapping[str, str] = {"submitted": "pending", "processing": "processing", "succeed": "completed",
-                               "failed": "failed"}
+                               "succeeded": "completed", "failed": "failed"}
 # What each error code means (the envelope's ``code``; the HTTP status speaks only for codes not here).
 AUTH, BALANCE, PARAMETERS, REFUSED, RATE, NOT_FOUND, TRANSIENT, OTHER = (
     "auth", "balance", "parameters", "refused", "rate_limited", "not_found", "transient", "other")
+# The official 错误码 table (mirror: WHQ25/rawgenai@b3f9cef docs/research/kling/common-info.md).
 ERRORS: Mapping[int, str] = {
     1000: AUTH, 1001: AUTH, 1002: AUTH, 1003: AUTH, 1004: AUTH,
     1100: BALANCE, 1101: BALANCE, 1102: BALANCE,  # account abnormal, in arrears; resource pack exhausted
+    1103: AUTH,  # HTTP 403: the account may not use this interface or model; no job of it can go
     1200: PARAMETERS, 1201: PARAMETERS,
-    1203: NOT_FOUND,  # [I] "the requested resource does not exist" of the official table
+    1202: PARAMETERS,  # HTTP 404: "the request method is invalid": not a missing task
+    1203: NOT_FOUND,  # "the requested resource does not exist, such as the model"
     1300: REFUSED, 1301: REFUSED,  # platform policy, content security: nothing is created
     1302: RATE, 1303: RATE,  # rate limit, concurrency limit
+    1304: AUTH,  # HTTP 429: the platform's IP allow-list refuses this machine; waiting does not help
 }
 SERVER_CODES = 5000  # 5000 and above: the service's own trouble
 _BY_STATUS: Mapping[int, str] = {400: PARAMETERS, 401: AUTH, 404: NOT_FOUND, 429: RATE}
 RETENTION = 30 * 86400.0  # "cleaned after 30 days"
 LIST_LIMIT = 500  # the largest pageSize
 LAST_PAGE = 1000  # the largest pageNum
+# The account costs are at the domain root (the official "Account Information Inquiry" page:
+# https://api-beijing.klingai.com/account/costs), not under the API's /v1: asked there first, then
+# under the base URL on a 404 (one third-party test expects /v1/account/costs).
 COSTS = "/account/costs"
+API_PATH = "/v1"
 COSTS_WINDOW_MS = 365 * 86400 * 1000  # packs are asked for over the past year, which any valid pack overlaps
 TOKEN_SECONDS = 1800  # a JWT's life
 TOKEN_RENEW = 300  # a JWT is renewed this long before it expires
@@ -111,10 +134,11 @@ _unknown_lock = threading.Lock()
 
 class KlingRules:
     """Storyboard fields → a create: ``model`` the model (default kling-v2-5-turbo),
-    ``duration_seconds`` 5 or 10, ``resolution`` the aspect ratio, ``image_url`` the first frame
-    (an image2video task), ``is_pro`` or ``quality: high`` the pro mode; the ``kling`` block adds
-    ``mode``, ``negative_prompt``, ``cfg_scale`` and ``sound``. Values the schema already refuses
-    (a mode that is not std or pro) are the schema's to report, not repeated here."""
+    ``duration_seconds`` what the model takes (5 or 10; 3 to 15 on kling-v3), ``resolution`` the
+    aspect ratio, ``image_url`` the first frame (an image2video task), ``is_pro`` or ``quality:
+    high`` the pro mode; the ``kling`` block adds ``mode``, ``negative_prompt``, ``cfg_scale`` and
+    ``sound``. Values the schema already refuses (a mode that is not std or pro) are the schema's to
+    report, not repeated here."""
 
     name = NAME
 
@@ -125,7 +149,11 @@ class KlingRules:
                                       f"{', '.join(map(repr, MODELS))}")]
         problems = _offered(model, request)
         mode = _mode(request, problems)
-        sound = _sound(model, request.options, problems)
+        sound = _sound(model, mode, request.options, problems)
+        if "cfg_scale" in request.options and not model.cfg_scale:
+            takers = ", ".join(m.name for m in MODELS.values() if m.cfg_scale)
+            problems.append(Mismatch(NAME, f"cfg_scale is not taken by the kling-v2.x models ({model.name}); "
+                                           f"only by {takers}: drop it"))
         if problems:
             return problems
         seconds = model.default_duration if request.duration is None else request.duration
@@ -173,9 +201,13 @@ def _mode(request: Request, problems: List[Mismatch]) -> str:
     return str(named)
 
 
-def _sound(model: KlingModel, options: Mapping[str, Any], problems: List[Mismatch]) -> Optional[str]:
+def _sound(model: KlingModel, mode: str, options: Mapping[str, Any], problems: List[Mismatch]) -> Optional[str]:
     """``on``/``off`` for a model that takes ``sound`` (off unless the block says on); None otherwise."""
     if model.sound:
+        if options.get("sound") == "on" and mode not in model.sound_modes:
+            problems.append(Mismatch(NAME, f"sound 'on' is taken by {model.name} in {' or '.join(model.sound_modes)} "
+                                           f"mode only; set mode '{model.sound_modes[-1]}' (or is_pro: true), or "
+                                           "sound 'off'"))
         return "on" if options.get("sound") == "on" else "off"
     if "sound" in options:
         takers = ", ".join(m.name for m in MODELS.values() if m.sound)
@@ -212,10 +244,11 @@ STORYBOARD_OPTIONS: Mapping[str, Any] = {"properties": {
     "mode": {"description": "std or pro (is_pro: true or quality: high mean pro); pro costs more.",
              "enum": list(MODES)},
     "negative_prompt": {"description": "What the video must not show.", "type": "string", "maxLength": MAX_TEXT},
-    "cfg_scale": {"description": "How closely the video follows the prompt, 0 to 1.", "type": "number",
+    "cfg_scale": {"description": "How closely the video follows the prompt, 0 to 1 (kling-v3; the kling-v2.x "
+                               "models do not take it).", "type": "number",
                   "minimum": 0, "maximum": 1},
-    "sound": {"description": "on or off: a soundtrack, on the models that make one (kling-v2-6, kling-v3); "
-                             "costs more.", "enum": list(SOUNDS)},
+    "sound": {"description": "on or off: a soundtrack, on the models that make one (kling-v2-6 in pro mode, "
+                             "kling-v3); costs more.", "enum": list(SOUNDS)},
 }}
 
 
@@ -322,7 +355,9 @@ class KlingClient(ApiClient):
 
     name = NAME
     balance_refusal = "codes 1100-1102: account in arrears or resource pack exhausted"
-    reports_cost = False  # a task tells no price: the price list is all there is
+    # The official page: the remaining quantity is in resource-pack units and "has a 12h delay".
+    balance_caveat = "Kling resource-pack units taken as ¥1 each; Kling's figure lags up to 12 h"
+    reports_cost = False  # a create's answer tells no price; a finished task's final_unit_deduction does
     bills_on_success = False  # credits are taken at the create; a refund of a failed task is undocumented
     tells_progress = False  # status answers tell no progress
     retention = RETENTION
@@ -342,6 +377,7 @@ class KlingClient(ApiClient):
         # Which kind (text2video / image2video) each task is: its paths say it, its id does not.
         self._kinds: Dict[str, str] = {}
         self._kinds_lock = threading.Lock()
+        self._costs_url: Optional[str] = None  # where GET /account/costs answered
 
     @classmethod
     def open(cls, settings: Settings, base_url: Optional[str] = None, pool_size: Optional[int] = None) -> "KlingClient":
@@ -410,9 +446,9 @@ class KlingClient(ApiClient):
         ``GET /videos/{kind}/{ref}`` (reading B). "Not created" (``covered``) needs a form whose
         answer is unambiguous to say so: A's empty list (an API that ignores the filter answers
         other tasks). B's "no such task" alone is not: an API that does not take an external id in
-        the path says the same of any id. Then the account's task list is read back past the
-        create's time (each task shows its ``external_task_id``), and only a list read that far
-        proves that no task was made."""
+        the path says the same of any id. Then the list of the create's kind of task is read back
+        past the create's time (each task shows its ``external_task_id``), and only a list read that
+        far proves that no task was made."""
         if not ref:
             return TaskSearch([], False, 0, "the create carried no external_task_id to look it up by", final=True)
         kind = kind_of(params)
@@ -424,7 +460,7 @@ class KlingClient(ApiClient):
             return TaskSearch([by_path.task], True, 2)
         if by_query.absent:
             return TaskSearch([], True, 2)
-        scan, pages = self._by_scan(ref, since, skew_seconds)
+        scan, pages = self._by_scan(kind, ref, since, skew_seconds)
         if scan.task is not None:
             return TaskSearch([scan.task], True, 2 + pages)
         if scan.absent:
@@ -439,8 +475,20 @@ class KlingClient(ApiClient):
         return True
 
     def balance(self) -> Optional[int]:
-        """The credits left in the resource packs valid now, in fen."""
-        data = self._call("GET", COSTS, params=_costs_window())
+        """The credits left in the resource packs valid now, in fen (1 credit taken as ¥1; the
+        figure lags up to 12 h: ``balance_caveat``)."""
+        urls = self._costs_urls()
+        data: Any = None
+        for url in urls:
+            self.backoff.wait()
+            try:
+                data = self._call_once("GET", COSTS, url, _costs_window(), None)
+            except ApiError as exc:
+                if exc.http_status == 404 and url != urls[-1]:
+                    continue
+                raise
+            self._costs_url = url
+            break
         fen = packs_fen(data)
         if fen is None:
             raise ApiError(self._redact(f"GET {COSTS}: unexpected answer: {_snippet(repr(data))}"))
@@ -455,13 +503,17 @@ class KlingClient(ApiClient):
     # --- look-ups by external_task_id ----------------------------------------------------------------
 
     def _by_query(self, kind: str, ref: str) -> _Lookup:
-        """Reading A: the list filtered by ``external_task_id``."""
+        """Reading A: ``GET /videos/{kind}?external_task_id=``, answered with the one task object
+        (the official page: "as the query by task id") or with a list of the tasks that match
+        (a gateway's reading); either form is taken."""
         try:
             data = self._call("GET", f"/videos/{kind}", params={"external_task_id": ref})
         except _TROUBLE:
             raise
         except ApiError as exc:
             return _Lookup(unclear=f"the filter was refused ({exc})")
+        if isinstance(data, Mapping) and data.get("task_id"):
+            data = [data]
         items = data if isinstance(data, list) else None
         if items is None:
             return _Lookup(unclear=f"GET /videos/{kind}?external_task_id= answered {_snippet(repr(data))}")
@@ -472,34 +524,36 @@ class KlingClient(ApiClient):
         return _Lookup(absent=True) if not items else \
             _Lookup(unclear=f"the filter was ignored (it answered {len(items)} other task(s))")
 
-    def _by_scan(self, ref: str, since: datetime, skew_seconds: float, max_pages: int = 200) -> Tuple[_Lookup, int]:
-        """The account's tasks, newest first, read back past ``since`` (less the clock skew): the one
-        that carries ``ref`` as its external id, or — read that far, every task there showing its
-        external id — that there is none. Returns the look-up and the pages read."""
+    def _by_scan(self, kind: str, ref: str, since: datetime, skew_seconds: float,
+                 max_pages: int = 200) -> Tuple[_Lookup, int]:
+        """The create's own kind of task, listed newest first and read back past ``since`` (less the
+        clock skew): the one that carries ``ref`` as its external id, or — read that far, every task
+        there showing its external id — that there is none. One kind's list alone: merged with the
+        other kind's, an older task of that one ended the read before this one's later pages (paid
+        twice on a busy account). A page holding fewer tasks than asked is not taken for the last:
+        only an empty one is. Returns the look-up and the pages read."""
         start = (since if since.tzinfo else since.replace(tzinfo=timezone.utc)) - timedelta(seconds=skew_seconds)
-        cursor: Optional[str] = None
         silent = 0
-        for pages in range(1, max_pages + 1):
+        for page in range(1, min(max_pages, LAST_PAGE) + 1):
             try:
-                page = self.recent(cursor)
+                tasks = self._list(kind, {"pageNum": page, "pageSize": LIST_LIMIT})
             except _TROUBLE:
                 raise
             except ApiError as exc:
-                return _Lookup(unclear=f"the task list could not be read ({exc})"), pages
-            mine = [task for task in page.tasks if _external_id(task) == ref]
+                return _Lookup(unclear=f"the task list could not be read ({exc})"), page
+            mine = [task for task in tasks if _external_id(task) == ref]
             if mine:
-                return _Lookup(task=mine[0]), pages
-            newer = [t for t in page.tasks if t.created_at is None or t.created_at >= start]
+                return _Lookup(task=mine[0]), page
+            newer = [t for t in tasks if t.created_at is None or t.created_at >= start]
             # a task made without a reference shows an empty task_info; one without it says nothing
             silent += sum(1 for t in newer if not isinstance(t.raw.get("task_info"), Mapping))
-            older = any(t.created_at is not None and t.created_at < start for t in page.tasks)
-            if older or page.next_cursor is None:
+            if not tasks or len(newer) < len(tasks):
                 if silent:
                     return _Lookup(unclear=f"the task list shows {silent} task(s) from the create's time "
-                                           "without their external_task_id"), pages
-                return _Lookup(absent=True), pages
-            cursor = page.next_cursor
-        return _Lookup(unclear=f"the task list was not read back past the create's time in {max_pages} pages"), max_pages
+                                           "without their external_task_id"), page
+                return _Lookup(absent=True), page
+        return _Lookup(unclear=f"the {kind} list was not read back past the create's time in {max_pages} pages"), \
+            max_pages
 
     def _by_path(self, kind: str, ref: str) -> _Lookup:
         """Reading B: the external id in the task path."""
@@ -549,7 +603,7 @@ class KlingClient(ApiClient):
             prompt=None,
             video_url=_video_url(data) if status == "completed" else None,
             error_msg=self._redact(message) if message and status == "failed" else None,
-            cost=None,
+            cost=_deduction_fen(data) if status == "completed" else None,
             created_at=parse_timestamp(data.get("created_at")),
             completed_at=parse_timestamp(data.get("updated_at")) if terminal else None,
             raw=MappingProxyType(dict(data)),
@@ -632,15 +686,26 @@ class KlingClient(ApiClient):
             return f"the JWT of the access key {mask_key(self._signer.access_key)}"
         return "the call without a key"
 
+    def _costs_urls(self) -> List[str]:
+        """Where ``GET /account/costs`` is asked: where it answered before, else at the domain root
+        (the base URL without its ``/v1``), then under the base URL."""
+        if self._costs_url:
+            return [self._costs_url]
+        root = self.base_url[:-len(API_PATH)] if self.base_url.endswith(API_PATH) else self.base_url
+        return list(dict.fromkeys((root + COSTS, self.base_url + COSTS)))
+
     def _preflight_once(self, session: requests.Session, timeouts: Tuple[float, float]) -> Optional[int]:
         """``GET /account/costs``: proves the URL, the credentials and the proxy, and tells the balance."""
-        url = self.base_url + COSTS
-        proxies: Any = self._proxies_for(url)  # None entries mean "direct", which requests' stubs do not say
-        try:
-            resp = session.get(url, params=_costs_window(), timeout=timeouts, proxies=proxies,
-                               headers={"Accept": "application/json", **self._auth_headers()})
-        except requests.RequestException as exc:
-            raise self._unreachable(exc, session, url, timeouts) from exc
+        urls = self._costs_urls()
+        for url in urls:
+            proxies: Any = self._proxies_for(url)  # None entries mean "direct", which requests' stubs do not say
+            try:
+                resp = session.get(url, params=_costs_window(), timeout=timeouts, proxies=proxies,
+                                   headers={"Accept": "application/json", **self._auth_headers()})
+            except requests.RequestException as exc:
+                raise self._unreachable(exc, session, url, timeouts) from exc
+            if resp.status_code != 404 or url == urls[-1]:
+                break
         try:
             data = self._unwrap("GET", COSTS, resp)
         except AuthError as exc:
@@ -663,6 +728,7 @@ class KlingClient(ApiClient):
         fen = packs_fen(data)
         if fen is None:
             raise self._not_the_api(resp)
+        self._costs_url = url
         return fen
 
 
@@ -713,6 +779,13 @@ def _video_url(data: Mapping[str, Any]) -> Optional[str]:
     videos = result.get("videos") if isinstance(result, Mapping) else None
     first = videos[0] if isinstance(videos, list) and videos and isinstance(videos[0], Mapping) else {}
     return str(first.get("url") or "") or None
+
+
+def _deduction_fen(data: Mapping[str, Any]) -> Optional[int]:
+    """Kling's own charge for a task, ``final_unit_deduction`` (units, a string; 1 unit taken as ¥1,
+    as the price list is), in fen: the booked cost where the answer gives it."""
+    units = _number(data.get("final_unit_deduction"))
+    return None if units is None or units < 0 else round(units * 100)
 
 
 def _external_id(task: RemoteTask) -> Optional[str]:

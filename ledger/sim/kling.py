@@ -3,16 +3,19 @@
 ``{"code", "message", "request_id", "data"}`` envelopes, code 0 for success and the official
 codes with their HTTP statuses otherwise; ``POST /v1/videos/{text2video|image2video}`` taking an
 ``external_task_id``; tasks polled and listed under their kind's path; millisecond timestamps; no
-progress; resource packs at ``/v1/account/costs`` (credits: 1 credit = ¥1 = 100 fen of the
-simulator's balance, which the create charges at once). A Bearer of the API key passes, and so does
-a JWT (HS256, ``iss`` = the access key) signed with the secret key the protocol is given.
+progress; a finished task's ``final_unit_deduction``; resource packs at ``/account/costs`` at the
+domain root, outside ``/v1`` (credits: 1 credit = ¥1 = 100 fen of the simulator's balance, which
+the create charges at once). A Bearer of the API key passes, and so does a JWT (HS256, ``iss`` =
+the access key) signed with the secret key the protocol is given.
 
 The documentation leaves three facts open; each is an option of ``KlingProtocol`` (a test
 replaces ``sim.protocol`` with one made otherwise):
 
-* ``lookup``: where the look-up by ``external_task_id`` is — ``QUERY`` (reading A, the default:
-  ``GET /videos/{kind}?external_task_id=X``, the filter being ignored otherwise) or ``PATH``
-  (reading B: ``GET /videos/{kind}/X``);
+* ``lookup``: where the look-up by ``external_task_id`` is and what it answers — ``OBJECT`` (the
+  default, as the official page has it: ``GET /videos/{kind}?external_task_id=X`` answers the one
+  task object, code 1203 when there is none), ``QUERY`` (a gateway's reading: the same query
+  answers a list of the matching tasks) or ``PATH`` (reading B: ``GET /videos/{kind}/X``, the
+  filter being ignored: the list as it is);
 * ``duplicates``: a create repeating an ``external_task_id`` is ``REJECT``ed (code 1201, nothing
   billed: the default) or ``ACCEPT``ed (a second task, billed);
 * ``max_running``: a concurrency limit (code 1303, HTTP 429), with ``busy_retry_after`` whole seconds
@@ -32,14 +35,17 @@ import jwt
 from .protocol import Reply, SimProtocol, json_reply
 
 NAME = "kling"
-QUERY, PATH = "query", "path"  # the look-up by external_task_id: reading A, reading B
+OBJECT, QUERY, PATH = "object", "query", "path"  # the look-up by external_task_id: reading A (two forms), B
 REJECT, ACCEPT = "reject", "accept"  # a repeated external_task_id
 TEXT, IMAGE = "text2video", "image2video"
 # The credentials the simulator signs JWTs with unless told others.
 ACCESS_KEY = "AKsim5aQ2mX8vN3rT6yW9bC4dF7gH1jK0"
 SECRET_KEY = "SKsim7pL3nR8tV2xZ5cB9mQ4wE6yU1iO0aS"
-MODELS: Mapping[str, bool] = {"kling-v2-5-turbo": False, "kling-v2-6": True, "kling-v2-1-master": False,
-                              "kling-v3": True}  # model -> takes sound
+FIVE_TEN = ("5", "10")
+# model -> (the modes that take sound "on"; durations; takes cfg_scale), as the official pages have it
+MODELS: Mapping[str, Tuple[Tuple[str, ...], Tuple[str, ...], bool]] = {
+    "kling-v2-5-turbo": ((), FIVE_TEN, False), "kling-v2-6": (("pro",), FIVE_TEN, False),
+    "kling-v2-1-master": ((), FIVE_TEN, False), "kling-v3": (("std", "pro"), tuple(map(str, range(3, 16))), True)}
 # Fen per second by tier, as the public list has it.
 PRICES: Mapping[str, int] = {"std": 60, "pro": 80, "std+sound": 80, "pro+sound": 100}
 STATUS_WORDS = {"pending": "submitted", "processing": "processing", "completed": "succeed", "failed": "failed"}
@@ -68,9 +74,13 @@ def validate(body: Any, kind: str) -> Optional[str]:
     model = body.get("model_name", "kling-v2-5-turbo")
     if model not in MODELS:
         return f"model_name 不支持: {model!r}"
-    checks = [(body.get("duration", "5") in ("5", "10"), "duration 必须是 \"5\" 或 \"10\""),
-              (body.get("mode", "std") in ("std", "pro"), "mode 必须是 std 或 pro"),
-              ("sound" not in body or (MODELS[model] and body["sound"] in ("on", "off")), f"{model} 不支持 sound"),
+    sound_modes, durations, cfg = MODELS[model]
+    mode = body.get("mode", "std")
+    checks = [(body.get("duration", "5") in durations, f"{model} 的 duration 取值: {', '.join(durations)}"),
+              (mode in ("std", "pro"), "mode 必须是 std 或 pro"),
+              ("sound" not in body or (sound_modes and body["sound"] in ("on", "off")), f"{model} 不支持 sound"),
+              (body.get("sound") != "on" or mode in sound_modes, f"{model} 的 {mode} 模式仅生成无声视频"),
+              ("cfg_scale" not in body or cfg, f"{model} 不支持 cfg_scale"),
               (_cfg_ok(body.get("cfg_scale", 0.5)), "cfg_scale 取值范围 [0, 1]"),
               (len(str(body.get("negative_prompt", ""))) <= 2500, "negative_prompt 不超过 2500 个字符")]
     checks += _kind_checks(body, kind)
@@ -102,11 +112,11 @@ class KlingProtocol(SimProtocol):
     name = NAME
     routes = ("lookup",)  # the list asked with external_task_id: a route of its own, for faults and counts
 
-    def __init__(self, *, lookup: str = QUERY, duplicates: str = REJECT, max_running: Optional[int] = None,
+    def __init__(self, *, lookup: str = OBJECT, duplicates: str = REJECT, max_running: Optional[int] = None,
                  busy_retry_after: Optional[int] = None, access_key: str = ACCESS_KEY,
                  secret_key: str = SECRET_KEY) -> None:
-        if lookup not in (QUERY, PATH) or duplicates not in (REJECT, ACCEPT):
-            raise ValueError(f"lookup is {QUERY} or {PATH}, duplicates {REJECT} or {ACCEPT}")
+        if lookup not in (OBJECT, QUERY, PATH) or duplicates not in (REJECT, ACCEPT):
+            raise ValueError(f"lookup is {OBJECT}, {QUERY} or {PATH}, duplicates {REJECT} or {ACCEPT}")
         self.lookup, self.duplicates = lookup, duplicates
         self.max_running, self.busy_retry_after = max_running, busy_retry_after
         self.access_key, self.secret_key = access_key, secret_key
@@ -121,7 +131,7 @@ class KlingProtocol(SimProtocol):
         if method == "POST":
             self._posted.kind = create.group(1) if create else None
             return ("create", "") if create else (None, "")
-        if path == "/v1/account/costs":
+        if path == "/account/costs":  # at the domain root, as the official page has it
             return "balance", ""
         if create:
             return ("lookup" if "external_task_id" in query else "tasks"), create.group(1)
@@ -201,11 +211,15 @@ class KlingProtocol(SimProtocol):
         if route == "task":
             kind, _, task_id = arg.partition("/")
             return self._task(sim, kind, task_id, origin)
-        if route == "lookup" and self.lookup == QUERY:
+        if route == "lookup" and self.lookup in (OBJECT, QUERY):
             external = query["external_task_id"][0]
             views = [self.view(sim, t, origin) for t in sim.tasks_newest_first()
                      if t.extra.get("kind") == arg and t.extra.get("external_task_id") == external]
-            return json_reply(200, envelope(0, "SUCCEED", views))
+            if self.lookup == QUERY:
+                return json_reply(200, envelope(0, "SUCCEED", views))
+            if not views:
+                return refusal(404, 1203, f"任务不存在 (no {arg} task with external_task_id {external})")
+            return json_reply(200, envelope(0, "SUCCEED", views[0]))
         if route in ("tasks", "lookup"):  # reading B knows no such filter: the list as it is
             return self._list(sim, arg, query, origin)
         if route == "balance":
@@ -263,6 +277,8 @@ class KlingProtocol(SimProtocol):
             else {},
             "created_at": created, "updated_at": created + int(ends_at * 1000) if done else created,
         }
+        if done:  # Kling's own charge, in units (1 unit = ¥1 = 100 fen of the simulator's balance)
+            view["final_unit_deduction"] = f"{task.cost / 100:g}"
         if status == "completed":
             view["task_result"] = {"videos": [{"id": f"{task.task_id}-1", "url": sim.signed_url(task.task_id, origin),
                                                "duration": str(task.duration)}]}

@@ -21,6 +21,7 @@ class ProviderPlan:
     cost: int  # minor units of ``currency``
     balance: Optional[int]
     balance_note: str = ""
+    balance_caveat: str = ""  # what the figure is not (the provider's ``balance_caveat``), shown beside it
 
     @property
     def jobs(self) -> int:
@@ -75,10 +76,12 @@ def plan_work(store: Store, providers: ProviderPool, scope: JobScope, prices: Pr
         plan[2] += taken * prices.price(provider, key)
     result = []
     for provider, (normal, pro, cost) in sorted(plans.items()):
+        api = providers.get(provider)
         try:
-            balance = providers.get(provider).balance()
+            balance = api.balance()
             note = "" if balance is not None else f"the {provider} API has no balance endpoint"
         except ApiError as exc:
             balance, note = None, f"the balance could not be read: {exc}"
-        result.append(ProviderPlan(provider, prices.currency(provider), normal, pro, cost, balance, note))
+        result.append(ProviderPlan(provider, prices.currency(provider), normal, pro, cost, balance, note,
+                                   getattr(api, "balance_caveat", "")))
     return WorkPlan(result, store.count_in_flight(scope), prices)

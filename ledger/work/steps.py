@@ -782,7 +782,8 @@ def _balance_situation(ctx: StepContext, job: JobRow, exc: Exception) -> str:
     try:
         cents = api.balance()
         currency = currency_of(ctx, job)
-        balance = (f"the balance is {money(cents, currency)}" if cents is not None
+        caveat = getattr(api, "balance_caveat", "")  # what the figure is not (Kling's: units, hours late)
+        balance = (f"the balance is {money(cents, currency)}{f' ({caveat})' if caveat else ''}" if cents is not None
                    else "this API does not tell the balance")
     except ApiError:
         balance = "the balance could not be read"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import parse_qs, urlsplit
@@ -16,7 +17,7 @@ HERE = Path(__file__).parent
 REF = "ledger-7-1700000000000"
 ANY = "*"
 DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-CALLS = ("create", "get", "list", "balance", "preflight")
+CALLS = ("create", "get", "list", "balance", "preflight", "find")
 # The provider-neutral fields of ledger.providers.Request a segment starts from.
 SEGMENT_DEFAULTS: Mapping[str, Any] = dict(prompt="a fox", model=None, is_pro=False, duration=None,
                                            resolution="horizontal", quality="normal", remove_watermark=True,
@@ -226,6 +227,9 @@ def call(fixture: Fixture, client: Any) -> Any:
         return client.balance()
     if kind == "preflight":
         return client.preflight()
+    if kind == "find":  # the look-up of a create whose answer was lost (``find_tasks``), made a minute ago
+        since = datetime.now(timezone.utc) - timedelta(minutes=1)
+        return client.find_tasks(params_for(fixture.provider, data.get("segment") or {}), REF, since)
     raise AssertionError(f"{fixture.id}: unknown call {kind!r}")
 
 
@@ -278,6 +282,8 @@ def outcome_problems(expect: Mapping[str, Any], result: Any) -> List[str]:
         ids = [t.task_id for t in result.tasks]
         if ids != expect["task_ids"]:
             out.append(f"task_ids: expected {expect['task_ids']}, got {ids}")
+    if "covered" in expect and result.covered != expect["covered"]:
+        out.append(f"covered: expected {expect['covered']}, got {result.covered} ({result.reason})")
     if "next_cursor" in expect and (result.next_cursor is None) != (expect["next_cursor"] is None):
         out.append(f"next_cursor: expected {expect['next_cursor']!r}, got {result.next_cursor!r}")
     if "statuses" in expect:

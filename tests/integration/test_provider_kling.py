@@ -16,7 +16,7 @@ from ledger.errors import (AuthError, BadParameters, InsufficientBalance, RateLi
 from ledger.providers import RULES, Request
 from ledger.providers.kling import KlingClient
 from ledger.sim import GENERATION_FAILED_MESSAGE, POLICY_MESSAGE
-from ledger.sim.kling import ACCEPT, ACCESS_KEY, PATH, QUERY, REJECT, SECRET_KEY, KlingProtocol
+from ledger.sim.kling import ACCEPT, ACCESS_KEY, OBJECT, PATH, QUERY, REJECT, SECRET_KEY, KlingProtocol
 from tests.helpers import job_price, query, segments, spawn
 from tests.integration.conftest import API_KEY
 from tests.integration.test_work import assert_all_done_and_whole, assert_every_job_paid_once
@@ -118,7 +118,7 @@ def test_a_fresh_process_finds_an_image_task_it_did_not_create_under_image2video
 # --- paid once: external_task_id -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("lookup", [QUERY, PATH])
+@pytest.mark.parametrize("lookup", [OBJECT, QUERY, PATH])
 def test_a_lost_create_answer_is_found_by_its_external_task_id_and_paid_once(ws, sim, work_env, lookup):
     sim.protocol = KlingProtocol(lookup=lookup)
     sim.inject("create", "lost_create")
@@ -155,7 +155,7 @@ def test_the_look_up_falls_back_to_the_path_form_when_the_list_ignores_the_filte
     assert sim.stats()["requests_by_route"] == calls
 
 
-@pytest.mark.parametrize("lookup", [QUERY, PATH])
+@pytest.mark.parametrize("lookup", [OBJECT, QUERY, PATH])
 def test_a_create_that_made_nothing_is_proven_absent_and_sent_again_with_a_new_reference(ws, sim, work_env, lookup):
     sim.protocol = KlingProtocol(lookup=lookup)
     for i in range(3):  # the account has tasks of others: a list ignoring the filter answers them
@@ -260,7 +260,9 @@ def test_a_spent_resource_pack_stops_submitting_and_says_the_balance_in_yuan(ws,
     result = ws.cli("run", "--no-progress", "--concurrency", "1", env={**work_env, "KLING_BASE_URL": sim.base_url})
     assert result.exit_code == 4, result.output
     assert "lack of balance (codes 1100-1102" in result.output
-    assert "the balance is ¥0.00" in result.output  # the expired pack's credits cannot be spent
+    # the expired pack's credits cannot be spent; the figure is Kling's, in units, and may be late
+    assert ("the balance is ¥0.00 (Kling resource-pack units taken as ¥1 each; Kling's figure lags up to 12 h)"
+            in result.output)
     assert dict(query(ws.root, "SELECT segment_index, state FROM jobs")) == {1: "done", 2: "done", 3: "pending"}
     assert billed(sim) == spent(ws) == 600
 
@@ -344,7 +346,8 @@ def test_a_dry_run_shows_the_credits_of_the_valid_packs_in_yuan(ws, sim, work_en
     assert result.exit_code == 0, result.output
     assert "A run would submit 2 jobs (2 normal): estimated ¥6.00 at kling std ¥0.60/s" in result.output
     # ¥1,000.00 in the live pack; the expired pack's ¥50.00 does not count
-    assert "kling: Balance ¥1,000.00 covers it (¥994.00 would be left)." in result.output
+    assert ("kling: Balance ¥1,000.00 (Kling resource-pack units taken as ¥1 each; Kling's figure lags up to 12 h) "
+            "covers it (¥994.00 would be left).") in result.output
     assert sim.stats()["creates_received"] == 0 and set(sim.stats()["requests_by_route"]) == {"balance"}
 
 
@@ -352,7 +355,8 @@ def test_mode_and_sound_change_the_price_and_the_account_is_charged_the_same(ws,
     ws.storyboard("storyboard_k.json", {"defaults": {"model": "kling-v2-6"}, "segments": [
         {"segment_index": 1, "prompt_text": "std, silent"},
         {"segment_index": 2, "prompt_text": "pro, silent", "kling": {"mode": "pro"}},
-        {"segment_index": 3, "prompt_text": "std, with sound", "duration_seconds": 10, "kling": {"sound": "on"}},
+        {"segment_index": 3, "prompt_text": "std, with sound", "duration_seconds": 10, "model": "kling-v3",
+         "kling": {"sound": "on"}},  # kling-v2-6 makes sound in pro mode only
         {"segment_index": 4, "prompt_text": "pro, with sound", "duration_seconds": 10, "quality": "high",
          "kling": {"sound": "on"}}]})
     dry = ws.cli("run", "--dry-run", env=work_env)

@@ -76,7 +76,7 @@ def test_the_models_with_sound_are_silent_unless_the_block_turns_it_on(model):
 
 
 def test_the_block_passes_negative_prompt_and_cfg_scale_through():
-    result = mapped(options={"negative_prompt": "blur, text", "cfg_scale": 0.3})
+    result = mapped(model="kling-v3", options={"negative_prompt": "blur, text", "cfg_scale": 0.3})
     assert request_body(result.params)["negative_prompt"] == "blur, text"
     assert request_body(result.params)["cfg_scale"] == 0.3
 
@@ -97,6 +97,13 @@ def test_the_block_passes_negative_prompt_and_cfg_scale_through():
      "sound is taken only by kling-v2-6, kling-v3; kling-v2-1-master makes silent videos"),
     ({"is_pro": True, "options": {"mode": "std"}}, "kling",
      "is_pro is true, but the kling block says mode 'std'; drop one of the two"),
+    ({"model": "kling-v2-6", "is_pro": None, "options": {"sound": "on"}}, "kling",
+     "sound 'on' is taken by kling-v2-6 in pro mode only; set mode 'pro' (or is_pro: true), or sound 'off'"),
+    ({"options": {"cfg_scale": 0.5}}, "kling",
+     "cfg_scale is not taken by the kling-v2.x models (kling-v2-5-turbo); only by kling-v3: drop it"),
+    ({"model": "kling-v3", "is_pro": None, "duration": 2}, "duration_seconds",
+     "duration 2s is not offered by kling-v3 on the kling provider; use one of 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, "
+     "13, 14, 15"),
 ])
 def test_values_kling_cannot_take_are_mismatches_naming_the_allowed_ones(fields, key, words):
     assert RULES["kling"].map(request(**fields)) == [Mismatch(key, words)]
@@ -133,9 +140,9 @@ def test_kling_prices_override_tiers_and_refuse_unknown_ones(tmp_path: Path):
     assert "TIER one of std, pro, std+sound, pro+sound, got '4k=300'" in str(info.value)
 
 
-def test_the_status_table_covers_the_four_documented_words():
+def test_the_status_table_covers_the_documented_words_of_both_api_generations():
     assert STATUSES == {"submitted": "pending", "processing": "processing", "succeed": "completed",
-                        "failed": "failed"}
+                        "succeeded": "completed", "failed": "failed"}
 
 
 @pytest.mark.parametrize("code, status, outcome", [
@@ -154,7 +161,8 @@ def test_the_error_table_maps_each_code_to_one_outcome(code, status, outcome):
 
 
 def test_every_code_of_the_table_is_one_the_facts_name():
-    assert set(ERRORS) == {1000, 1001, 1002, 1003, 1004, 1100, 1101, 1102, 1200, 1201, 1203, 1300, 1301, 1302, 1303}
+    assert set(ERRORS) == {1000, 1001, 1002, 1003, 1004, 1100, 1101, 1102, 1103, 1200, 1201, 1202, 1203, 1300, 1301,
+                           1302, 1303, 1304}
 
 
 def test_the_balance_sums_the_credits_of_the_packs_valid_now_in_fen():
@@ -211,4 +219,18 @@ def test_the_preflight_without_credentials_names_the_settings_to_set(key, access
 def test_the_models_table_is_the_decided_one():
     assert list(MODELS) == list(ALL_MODELS)
     assert [m.name for m in MODELS.values() if m.sound] == ["kling-v2-6", "kling-v3"]
-    assert all(m.durations == (5, 10) and m.default_duration == 5 for m in MODELS.values())
+    assert [m.name for m in MODELS.values() if m.cfg_scale] == ["kling-v3"]
+    assert MODELS["kling-v2-6"].sound_modes == ("pro",)
+    assert all(m.durations == (5, 10) and m.default_duration == 5 for m in MODELS.values() if m.name != "kling-v3")
+    assert MODELS["kling-v3"].durations == tuple(range(3, 16))
+
+
+@pytest.mark.parametrize("seconds", [3, 7, 15])
+def test_kling_v3_takes_3_to_15_seconds(seconds):
+    result = mapped(model="kling-v3", is_pro=None, duration=seconds)
+    assert (request_body(result.params)["duration"], result.price_key) == (str(seconds), f"std:{seconds}")
+
+
+def test_kling_v2_6_makes_sound_in_pro_mode_and_takes_sound_off_in_either():
+    assert mapped(model="kling-v2-6", is_pro=True, options={"sound": "on"}).params["sound"] == "on"
+    assert mapped(model="kling-v2-6", is_pro=None, options={"sound": "off"}).params["sound"] == "off"
