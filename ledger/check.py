@@ -184,7 +184,7 @@ def check_key(provider: str, client: Any, currency: str, masked: str) -> KeyChec
 
     report.probes.append(_probe("balance", answers, balance, lambda _r, _b: ""))
     if cents and cents[-1] is not None:
-        note = getattr(client, "balance_note", "")
+        note = getattr(client, "balance_caveat", "")
         report.balance = money(cents[-1], currency) + (f" ({note})" if note else "")
     report.probes.append(_probe("list", answers, lambda: client.recent(None, 5), _page_problem))
     made_up = f"ledger-check-{uuid.uuid4().hex[:12]}"
