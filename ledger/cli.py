@@ -101,6 +101,18 @@ class App:
         return Store(engine, cwd=self.cwd)
 
 
+def _first_sentence(text: str) -> str:
+    """Up to the first full stop or question mark that ends a sentence: followed by the end or by a
+    capital ("e.g. a#2v1" goes on)."""
+    found = re.search(r"[.?](?=\s+[A-Z`]|$)", text)
+    return text[:found.end()].strip() if found else text
+
+
+def labelled(label: str, text: str, style: str) -> Text:
+    """``error: …`` with its label coloured (plain when piped or NO_COLOR is set: rich decides)."""
+    return Text.assemble((label, style), " ", text)
+
+
 class LedgerGroup(click.Group):
     """Maps every LedgerError, database trouble and Ctrl+C to its documented exit code and a
     one-line cause; the traceback only with ``-vv``. Commands in ``LAZY`` are loaded when used:
@@ -110,8 +122,24 @@ class LedgerGroup(click.Group):
             "migrate": ("ledger.team_cli", "migrate_command"), "copy-ledger": ("ledger.team_cli", "copy_ledger_command"),
             "check": ("ledger.check_cli", "check_command")}
 
+    # The commands of every day first, in the order a project goes; the rest after them, A to Z.
+    EVERYDAY = ("init", "run", "status", "review", "pick", "export")
+
     def list_commands(self, ctx: click.Context) -> List[str]:
-        return sorted([*super().list_commands(ctx), *self.LAZY])
+        names = sorted([*super().list_commands(ctx), *self.LAZY])
+        return [*(n for n in self.EVERYDAY if n in names), *(n for n in names if n not in self.EVERYDAY)]
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Each command's first sentence whole, wrapped rather than cut off with "..."."""
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                text = " ".join((command.short_help or command.help or "").split())
+                rows.append((name, _first_sentence(text)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> Optional[click.Command]:
         if cmd_name in self.LAZY:
@@ -158,7 +186,7 @@ class LedgerGroup(click.Group):
             import traceback
 
             err.print(redact("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), secrets), markup=False)
-        err.print(f"error: {redact(str(exc), secrets)}", markup=False)
+        err.print(labelled("error:", redact(str(exc), secrets), "bold red"))
 
 
 class _LogFormatter(logging.Formatter):
@@ -281,9 +309,9 @@ def _render_scan(report: ScanReport, settings: Settings, store: Store, cwd: Path
     to generate, priced (``run`` leaves that to the work that follows)."""
     o = report.outcome
     for warning in report.warnings:
-        err.print(f"warning: {warning}", markup=False)
+        err.print(labelled("warning:", str(warning), "yellow"))
     for problem in report.problems:
-        err.print(f"invalid: {problem}", markup=False)
+        err.print(labelled("invalid:", str(problem), "red"))
     files = _facts([(len(report.invalid_files), "invalid"), (o.storyboards_new, "new"),
                     (o.storyboards_changed, "changed"), (len(o.storyboards_missing), "gone")])
     if files and o.storyboards_unchanged:
@@ -635,7 +663,7 @@ def _render_summary(s: WorkSummary) -> None:
     if folder:
         out.print(f"Videos are in {folder}/", markup=False, soft_wrap=True)
     for label, kind, message in s.failures:
-        out.print(f"failed: {label} [{kind}] {message}", markup=False)
+        out.print(labelled("failed:", f"{label} [{kind}] {message}", "red"))
     if s.unresolved:
         out.print(f"{plural(s.unresolved, 'job')} whose create went unanswered could not be looked up; they stay in "
                   f"`submitting` and nothing is sent again for them — run `ledger work` later.", markup=False)
@@ -705,8 +733,8 @@ def _preflight(settings: Settings, apis: Sequence[Tuple[str, str]], pool: Provid
         except ConfigError as exc:
             if base == configured_base(settings, provider):
                 raise
-            err.print(f"warning: the jobs sent earlier to {base} ({provider}) are left as they are this run: "
-                      f"{exc}", markup=False)
+            err.print(labelled("warning:", f"the jobs sent earlier to {base} ({provider}) are left as they are "
+                                           f"this run: {exc}", "yellow"))
             found.left_out.append((provider, base))
             continue
         caveat = getattr(pool.get(provider, base), "balance_caveat", "")
@@ -867,7 +895,7 @@ def _retry_preview(store: Store, retry_failed: Optional[Path], cwd: Path
 
 def _warn_unmatched(unmatched: Sequence[str]) -> None:
     for entry in unmatched:
-        err.print(f"warning: not in the ledger: {entry}", markup=False)
+        err.print(labelled("warning:", f"not in the ledger: {entry}", "yellow"))
 
 
 def _report_requeue(counts: Tuple[int, int], unmatched: Sequence[str] = ()) -> None:
@@ -1013,7 +1041,7 @@ def _repeat_invalid(report: ScanReport) -> None:
     for path in report.invalid_files:
         found = [p for p in report.problems if p.path == path]
         more = f" (and {plural(len(found) - 1, 'other problem')})" if len(found) > 1 else ""
-        out.print(f"skipped as invalid: {found[0]}{more}", markup=False, soft_wrap=True)
+        out.print(labelled("skipped as invalid:", f"{found[0]}{more}", "red"))
 
 
 @cli.group("db")

@@ -207,8 +207,9 @@ class ConsoleHandler(logging.Handler):
             view = _views.get(self.console)
             if view is not None and view.absorb(record) and not self.echo_notices:
                 return
+            style = "red" if record.levelno >= logging.ERROR else "yellow" if record.levelno >= logging.WARNING else ""
             with output_lock(self.console):
-                self.console.print(text, markup=False, highlight=False, emoji=False)
+                self.console.print(Text(text, style=style), highlight=False, emoji=False)
         except Exception:  # noqa: BLE001 - logging must never raise into the code that logs
             self.handleError(record)
 
@@ -271,8 +272,12 @@ class PlainView:
 
     def event(self, job: JobRow, kind: EventKind, text: str) -> None:
         with self._lock:
-            self.console.print(f"{datetime.now():%H:%M:%S} {job.label} {text}", markup=False, highlight=False,
-                               emoji=False, soft_wrap=True)  # a log line: whole, for grep
+            line = Text(f"{datetime.now():%H:%M:%S} {job.label} ")
+            if kind is EventKind.FAILED:
+                line.append("failed:", style="red")
+                line.append(" ")
+            line.append(text)
+            self.console.print(line, highlight=False, emoji=False, soft_wrap=True)  # a log line: whole, for grep
 
     def tick(self, worker: Any) -> None:
         return None
@@ -337,7 +342,10 @@ class LiveView:
             elif kind in MILESTONES:
                 self.waiting.pop(job.id, None)
             if kind in MILESTONES:  # only the milestones scroll above the view; the rest is in its table
-                self.console.print(self.event_line(job, text), soft_wrap=False, no_wrap=True, overflow="ellipsis")
+                line = self.event_line(job, f"failed: {text}" if kind is EventKind.FAILED else text)
+                if kind is EventKind.FAILED:
+                    line.stylize("red", len(line.plain) - len(text) - len("failed: "), len(line.plain) - len(text) - 1)
+                self.console.print(line, soft_wrap=False, no_wrap=True, overflow="ellipsis")
 
     def event_line(self, job: JobRow, text: str) -> Text:
         """``input/…/storyboard_x.json#2v1 saved …``: the job stays recognisable; the line fits."""

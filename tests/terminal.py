@@ -31,7 +31,8 @@ def run_in_terminal(root: Path, env: Dict[str, str], *args: str, columns: int = 
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
     environ = {**os.environ, **env, "TERM": "xterm-256color"}
     for name in ("COLUMNS", "LINES", "NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
-        environ.pop(name, None)
+        if name not in env:  # the machine's, not the test's
+            environ.pop(name, None)
     proc = subprocess.Popen([sys.executable, "-m", "ledger", *args], cwd=root, env=environ, stdin=slave,
                             stdout=slave, stderr=slave, close_fds=True)
     os.close(slave)
