@@ -691,7 +691,10 @@ class Store(TeamQueries):
             current.update((r.id, r) for r in conn.execute(
                 select(storyboards).where(storyboards.c.id.in_(list(chunk))).order_by(storyboards.c.id)
                 .with_for_update()))
-        left = [(current[row.id], item) for row, item in revisited if current[row.id].fingerprint != item.fingerprint]
+        # A present row with this file's fingerprint is in step with it: the scan that parsed the
+        # file would have found it unchanged had it read the row now.
+        left = [(current[row.id], item) for row, item in revisited
+                if not (current[row.id].present and current[row.id].fingerprint == item.fingerprint)]
         return left, len(revisited) - len(left)
 
     def _board_ids(self, conn: Connection, paths: Sequence[str]) -> Dict[str, int]:

@@ -20,8 +20,9 @@ def _submitted(pg_url: str) -> int:
     return pg_query(pg_url, "SELECT count(*) FROM jobs WHERE state = 'submitted'")[0][0]
 
 
-def _waiting(pg_url: str) -> int:
-    return pg_query(pg_url, "SELECT count(*) FROM jobs WHERE state = 'pending' AND lease_owner IS NOT NULL")[0][0]
+def _waiting(pg_url: str, pid: int) -> int:
+    """Pending jobs the worker with ``pid`` holds (owners are host:pid:start)."""
+    return pg_query(pg_url, f"SELECT count(*) FROM jobs WHERE state = 'pending' AND lease_owner LIKE '%:{pid}:%'")[0][0]
 
 
 @pytest.mark.postgres
@@ -30,16 +31,18 @@ def test_a_worker_waiting_for_a_key_takes_over_the_stalled_workers_jobs_that_hol
         stall, ws, make_sim, work_env, pg_url):
     sim = make_sim(gen_seconds=2.0, api_key=None, keys={KEY_A: 2})
     env = team_env(sim, work_env, f"{KEY_A}@2", LEDGER_DATABASE_URL=pg_url, MAX_CONCURRENT_TASKS="3",
-                   LEASE_SECONDS="3")
+                   LEASE_SECONDS="6")
     ws.storyboard("storyboard_stall.json", segments(*[f"stalled shot {i}" for i in range(JOBS)]))
     assert ws.cli("scan", env=env).exit_code == 0
     a = spawn(ws.root, env, "work", "--no-progress")
-    # A holds both of the key's slots (and a third job waiting for one); B, started next, holds
-    # three jobs that wait for a key; then A stops answering.
+    # A holds both of the key's slots (and a third job waiting for one) and freezes; B, started
+    # next, claims the jobs left, which wait for a key; A stays frozen, or is killed.
     wait_or_tell(lambda: _submitted(pg_url) == 2, [a], "A's two generations")
+    os.kill(a.pid, signal.SIGSTOP)
     b = spawn(ws.root, env, "work", "--no-progress")
-    wait_or_tell(lambda: _waiting(pg_url) == 4, [a, b], "B's jobs waiting for a key")
-    os.kill(a.pid, signal.SIGSTOP if stall == "frozen" else signal.SIGKILL)
+    wait_or_tell(lambda: _waiting(pg_url, b.pid) > 0, [a, b], "B's jobs waiting for a key")
+    if stall == "killed":
+        os.kill(a.pid, signal.SIGKILL)
     try:
         out, err = b.communicate(timeout=30)  # before: B waited for a key until killed here
     except Exception:
