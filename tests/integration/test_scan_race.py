@@ -51,7 +51,8 @@ def test_three_scans_at_one_instant_on_postgres_all_end_well_with_one_row_each(n
         gate.execute("LOCK TABLE storyboards, jobs IN SHARE MODE")
         procs = [spawn(ws.root, env, "scan") for _ in range(SCANS)]
         # (a scan may wait for another one's row instead: each waits for a lock)
-        waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        waiting = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                   "AND wait_event_type = 'Lock'")
         wait_or_tell(lambda: pg_query(pg_url, waiting)[0][0] == SCANS, procs, "every scan at its first write")
     outputs = [p.communicate(timeout=60) for p in procs]
     rows = pg_query(pg_url, "SELECT (SELECT count(*) FROM storyboards), (SELECT count(*) FROM jobs), "
