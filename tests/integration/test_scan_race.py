@@ -1,5 +1,5 @@
-"""Several machines scanning the same storyboards at one instant (`ledger scan` in three processes on
-one ledger): every one ends well, and the ledger has one row per storyboard and per job.
+"""Several machines scanning the same storyboards at one instant (`ledger scan` or `ledger run` in
+three processes on one ledger): every one ends well, and the ledger has one row per storyboard and per job.
 
 The processes are released together by a lock the test holds: on PostgreSQL a SHARE lock on the
 storyboards and jobs tables, which lets every scan read the ledger (all find the same storyboards
@@ -37,9 +37,10 @@ def _check(outputs, procs, rows, new: str) -> None:
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("new", ["storyboards", "segments"])
-def test_three_scans_at_one_instant_on_postgres_all_end_well_with_one_row_each(new, ws, pg_url):
-    env = {"LEDGER_DATABASE_URL": pg_url, "GEN_COUNT_PER_SEGMENT": "1"}
+@pytest.mark.parametrize("command,new", [("scan", "storyboards"), ("scan", "segments"), ("run", "storyboards")])
+def test_three_scans_at_one_instant_on_postgres_all_end_well_with_one_row_each(command, new, ws, sim, work_env,
+                                                                                pg_url):
+    env = {**work_env, "LEDGER_DATABASE_URL": pg_url, "GEN_COUNT_PER_SEGMENT": "1"}
     assert ws.cli("scan", env=env).exit_code == 0  # the schema, made once (no storyboards yet)
     _write(ws, grown=False)
     if new == "segments":  # the storyboards are known; each file has two segments more now
@@ -49,7 +50,7 @@ def test_three_scans_at_one_instant_on_postgres_all_end_well_with_one_row_each(n
 
     with psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://")) as gate:
         gate.execute("LOCK TABLE storyboards, jobs IN SHARE MODE")
-        procs = [spawn(ws.root, env, "scan") for _ in range(SCANS)]
+        procs = [spawn(ws.root, env, command, *(["--no-progress"] if command == "run" else [])) for _ in range(SCANS)]
         # (a scan may wait for another one's row instead: each waits for a lock)
         waiting = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                    "AND wait_event_type = 'Lock'")
@@ -58,6 +59,9 @@ def test_three_scans_at_one_instant_on_postgres_all_end_well_with_one_row_each(n
     rows = pg_query(pg_url, "SELECT (SELECT count(*) FROM storyboards), (SELECT count(*) FROM jobs), "
                             "(SELECT count(DISTINCT (storyboard_id, segment_index, version)) FROM jobs)")[0]
     _check(outputs, procs, rows, new)
+    if command == "run":  # and then the three worked the jobs together, each paid once
+        assert pg_query(pg_url, "SELECT state, count(*) FROM jobs GROUP BY state") == [("done", BOARDS * 3)]
+        assert set(sim.stats()["creates_per_prompt"].values()) == {1} and sim.stats()["tasks_created"] == BOARDS * 3
 
 
 @pytest.mark.parametrize("new", ["storyboards", "segments"])
