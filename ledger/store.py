@@ -333,6 +333,15 @@ _AT_THE_API = (State.SUBMITTING.value, State.SUBMITTED.value)
 _BILLED = tuple(s.value for s in (*IN_FLIGHT, State.DONE, State.FAILED))
 
 
+def _upsert_into(dialect: str, table: Any):  # type: ignore[no-untyped-def]
+    """``INSERT`` in the ledger's dialect, which can say ``ON CONFLICT``."""
+    if dialect == "postgresql":  # loaded here: every SQLite command would pay for PostgreSQL's dialect
+        from sqlalchemy.dialects.postgresql import insert as upsert_into
+    else:
+        from sqlalchemy.dialects.sqlite import insert as upsert_into
+    return upsert_into(table)
+
+
 def _in_flight_by_key(conn: Connection, fps: Optional[Sequence[str]] = None) -> Dict[str, int]:
     """Each key's generations at the API now (``fps``: only these keys; None: every key)."""
     query = select(jobs.c.key_fp, func.count()).where(jobs.c.state.in_(_AT_THE_API))
@@ -596,6 +605,15 @@ class Store(TeamQueries):
         outcome.storyboards_unchanged += sum(1 for item in usable if item.unchanged)
         fresh = [item for item in usable if not item.unchanged and item.path not in known]
         revisited = [(known[item.path], item) for item in usable if not item.unchanged and item.path in known]
+        ids: Dict[str, int] = {}
+        if not dry_run:
+            # Another machine may be scanning the same files now: the storyboards it records first
+            # come with their jobs (its one transaction), and one it is changing is read after it
+            # is done (the row's lock) — this scan adds only what is still missing then.
+            ids = self._insert_boards(conn, fresh, now)
+            revisited, settled = self._lock_boards(conn, revisited)
+            outcome.storyboards_unchanged += len(fresh) - len(ids) + settled
+            fresh = [item for item in fresh if item.path in ids]
         outcome.storyboards_new += len(fresh)
         existing = self._jobs_by_board(conn, [row.id for row, _ in revisited])
         new_specs: List[Tuple[int, JobSpec]] = []
@@ -628,22 +646,8 @@ class Store(TeamQueries):
         if dry_run:
             return {c.job_id for c in changes}
         inserts = [(board_id, spec.segment, spec.version) for board_id, spec in new_specs]
-        if fresh:
-            rows = [{"path": item.path, "path_key": path_key(item.path), "project_name": item.project_name,
-                     "fingerprint": item.fingerprint, "segment_count": item.segment_count, "present": True,
-                     "first_seen_at": now, "scanned_at": now, "output_mode": item.output_mode} for item in fresh]
-            if conn.dialect.insert_executemany_returning:
-                # The ids come back with the insert: a look-up instead would be planned, inside this
-                # one transaction, on statistics from when the table was empty (a full scan per batch
-                # on PostgreSQL: 3 ms per batch at first, 240 ms at 400,000 jobs).
-                made = conn.execute(insert(storyboards).returning(storyboards.c.path, storyboards.c.id,
-                                                                  sort_by_parameter_order=True), rows)
-                ids = {path: board_id for path, board_id in made}
-            else:  # SQLite before 3.35
-                conn.execute(insert(storyboards), rows)
-                ids = self._board_ids(conn, [item.path for item in fresh])
-            inserts.extend((ids[item.path], segment, version) for item in fresh for segment in item.segments
-                           for version in range(1, segment.versions + 1))
+        inserts.extend((ids[item.path], segment, version) for item in fresh for segment in item.segments
+                       for version in range(1, segment.versions + 1))
         self._insert_jobs(conn, inserts, now)
         unsettled = self._skip_moved(self._apply_changes(conn, changes, now, worker=None), outcome)
         for values in board_updates:
@@ -652,6 +656,46 @@ class Store(TeamQueries):
         if board_updates:
             conn.execute(update(storyboards).where(storyboards.c.id == bindparam("b_id")), board_updates)
         return {c.job_id for c in changes}
+
+    def _insert_boards(self, conn: Connection, fresh: Sequence[ParsedStoryboard], now: datetime) -> Dict[str, int]:
+        """Record new storyboards; returns the id of each this scan recorded, by path. One that
+        another scan recorded since this one read the ledger is left out (``INSERT … ON CONFLICT
+        DO NOTHING`` waits for that scan to end, then leaves its row as it is)."""
+        if not fresh:
+            return {}
+        rows = [{"path": item.path, "path_key": path_key(item.path), "project_name": item.project_name,
+                 "fingerprint": item.fingerprint, "segment_count": item.segment_count, "present": True,
+                 "first_seen_at": now, "scanned_at": now, "output_mode": item.output_mode} for item in fresh]
+        stmt = _upsert_into(conn.dialect.name, storyboards).on_conflict_do_nothing(
+            index_elements=[storyboards.c.path_key])
+        if conn.dialect.insert_executemany_returning:
+            # The ids come back with the insert: a look-up instead would be planned, inside this
+            # one transaction, on statistics from when the table was empty (a full scan per batch
+            # on PostgreSQL: 3 ms per batch at first, 240 ms at 400,000 jobs).
+            return dict(conn.execute(stmt.returning(storyboards.c.path, storyboards.c.id), rows).all())
+        # SQLite before 3.35, whose write lock (taken before the ledger was read) leaves no conflict
+        conn.execute(stmt, rows)
+        return self._board_ids(conn, [item.path for item in fresh])
+
+    @staticmethod
+    def _lock_boards(conn: Connection, revisited: Sequence[Tuple[Row, ParsedStoryboard]]
+                     ) -> Tuple[List[Tuple[Row, ParsedStoryboard]], int]:
+        """Lock the rows of the storyboards a scan changes (PostgreSQL; SQLite's write lock already
+        keeps every other writer out) and read them again: another scan may have changed them since
+        this one read the ledger. Returns what still needs this scan, and how many another scan
+        already brought in step with the same file."""
+        if not revisited:
+            return [], 0
+        current: Dict[int, Row] = {}
+        for chunk in _chunks([row.id for row, _ in revisited]):
+            current.update((r.id, r) for r in conn.execute(
+                select(storyboards).where(storyboards.c.id.in_(list(chunk))).order_by(storyboards.c.id)
+                .with_for_update()))
+        # A present row with this file's fingerprint is in step with it: the scan that parsed the
+        # file would have found it unchanged had it read the row now.
+        left = [(current[row.id], item) for row, item in revisited
+                if not (current[row.id].present and current[row.id].fingerprint == item.fingerprint)]
+        return left, len(revisited) - len(left)
 
     def _board_ids(self, conn: Connection, paths: Sequence[str]) -> Dict[str, int]:
         ids: Dict[str, int] = {}
@@ -1013,14 +1057,8 @@ class Store(TeamQueries):
         """Keep ``value`` under ``key`` (replacing what was there)."""
         now = utcnow()
         # One statement, so two workers starting at once cannot both insert the key.
-        dialect = self.engine.dialect.name
-        if dialect == "postgresql":  # loaded here: every SQLite command would pay for PostgreSQL's dialect
-            from sqlalchemy.dialects.postgresql import insert as upsert_into
-        else:
-            from sqlalchemy.dialects.sqlite import insert as upsert_into
-        upsert = upsert_into(meta)
-        stmt = upsert.values(key=key, value=value, updated_at=now).on_conflict_do_update(
-            index_elements=[meta.c.key], set_={"value": value, "updated_at": now})
+        stmt = _upsert_into(self.engine.dialect.name, meta).values(key=key, value=value, updated_at=now) \
+            .on_conflict_do_update(index_elements=[meta.c.key], set_={"value": value, "updated_at": now})
         with write_tx(self.engine) as conn:
             conn.execute(stmt)
 

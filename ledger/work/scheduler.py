@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 CLAIM_GATHER = 0.005  # seconds
 DOWNLOAD_YIELD = 0.25  # seconds a due download may wait for creates being sent
 OUTAGE_TOLD_AFTER = 3.0  # seconds without any answer from the API before the run says so (once per outage)
+SWAP_EVERY = 0.5  # seconds between looks for lapsed paid jobs while every slot is held, some waiting for a key
 T = TypeVar("T")
 
 
@@ -93,6 +94,7 @@ class Scheduler:
         self._seen_lock = threading.Lock()
         self._next_claim = 0.0
         self._last_claim = 0.0
+        self._next_swap = 0.0
         self._next_rescue = 0.0
         self._started = time.monotonic()
         folder = journal_folder(str(store.engine.url.render_as_string(hide_password=False)), store.cwd) \
@@ -262,25 +264,51 @@ class Scheduler:
 
     def _claim(self, now: float) -> bool:
         free = self._free_slots()
+        if free <= 0:
+            return self._swap_key_waiters(now)
         # Each claim is a write transaction: when jobs finish one after another, gather the free
         # slots for a moment and claim them together rather than one claim per finished job.
-        if free <= 0 or now < self._next_claim or (self.active and now < self._last_claim + CLAIM_GATHER):
+        if now < self._next_claim or (self.active and now < self._last_claim + CLAIM_GATHER):
             return False
         self._last_claim = now
-        scope = self._scope()
-        # A job this run still holds (its step may have just released it: its outcome is not
-        # collected yet) is not claimed again over it.
-        rows = self._ledger(lambda: self.store.claim(self.owner, free, self.options.lease_seconds, scope,
-                                                     exclude=self._parked | set(self.active)), [], writes=True)
+        rows = self._claim_rows(free, self._scope())
         if not rows:
             self._next_claim = now + 0.5
             return False
+        self._take(rows, now)
+        return True
+
+    def _swap_key_waiters(self, now: float) -> bool:
+        """Every slot is held, some by jobs waiting for a key. Those hold no generation, and what
+        they wait for may be held by jobs already paid for whose worker froze or died: take those
+        over (once their leases lapse), each in place of a waiting job, which goes back to the
+        queue — else every live worker waits for a key that only the taken-over jobs' end frees."""
+        waiting = [a for a in self.active.values() if a.waiting_for_key and not a.running]
+        if self.options.limit is not None and len(self._claimed) < self.options.limit:
+            waiting = waiting[:self.options.limit - len(self._claimed)]
+        if not waiting or now < self._next_swap:
+            return False
+        rows = self._claim_rows(len(waiting), dataclasses.replace(self._scope(), paid_only=True))
+        if not rows:
+            self._next_swap = now + SWAP_EVERY
+            return False
+        for waiter in waiting[:len(rows)]:
+            self._let_go(waiter)
+        self._take(rows, now)
+        return True
+
+    def _claim_rows(self, limit: int, scope: JobScope) -> List[JobRow]:
+        # A job this run still holds (its step may have just released it: its outcome is not
+        # collected yet) is not claimed again over it.
+        return self._ledger(lambda: self.store.claim(self.owner, limit, self.options.lease_seconds, scope,
+                                                     exclude=self._parked | set(self.active)), [], writes=True)
+
+    def _take(self, rows: List[JobRow], now: float) -> None:
         for row in rows:
             self._claimed.add(row.id)
             active = Active(job=row, action=FIRST_ACTION[row.state], due=now)
             self.active[row.id] = active
             self._schedule(active, 0.0)
-        return True
 
     def _schedule(self, active: Active, delay: float) -> None:
         active.due = time.monotonic() + delay
