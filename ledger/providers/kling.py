@@ -567,7 +567,7 @@ class KlingClient(ApiClient):
         except ApiError as exc:
             return _Lookup(unclear=f"the path form was refused ({exc})")
         task = self._checked(data, f"GET {path}", "")
-        if _external_id(task) not in (ref, None) or task_id_problem(task.task_id):
+        if _external_id(task) != ref or task_id_problem(task.task_id):  # no task_info: cannot tell it is ours
             return _Lookup(unclear=f"GET {path} answered another task ({_snippet(task.task_id)})")
         self._remember(task.task_id, kind)
         return _Lookup(task=task)
@@ -710,8 +710,11 @@ class KlingClient(ApiClient):
             data = self._unwrap("GET", COSTS, resp)
         except AuthError as exc:
             which = API_KEY.env if self._key else f"{ACCESS_KEY.env} and {SECRET_KEY.env}"
+            fix = {1103: "the account may not use this interface: check its permissions in Kling's console",
+                   1304: "Kling's IP allow-list refuses this machine: add its address in Kling's console"
+                   }.get(exc.code or 0, f"check {which}")
             raise ConfigError(self._redact(f"{self._credential()} was rejected (code {exc.code or exc.http_status}): "
-                                           f"check {which}")) from exc
+                                           f"{fix}")) from exc
         except RateLimited as exc:
             raise _Busy(f"GET {COSTS}: HTTP {resp.status_code}, rate limited",
                         wait=min(exc.retry_after or PREFLIGHT_PAUSE, 5.0)) from exc

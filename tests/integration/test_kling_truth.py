@@ -179,3 +179,26 @@ def test_sound_on_kling_v2_6_std_and_cfg_scale_on_the_v2_models_are_scan_errors(
         "set mode 'pro' (or is_pro: true), or sound 'off'",
         "invalid: input/storyboard_k.json: /segments/1/kling: cfg_scale is not taken by the kling-v2.x models "
         "(kling-v2-6); only by kling-v3: drop it"]
+
+
+def test_a_task_path_answering_a_task_without_its_external_id_is_not_taken_for_the_create(httpserver, client_at):
+    """An API that ignores the external id in the path answers some task of the account: without
+    `task_info.external_task_id` nothing says it is the create's, and adopting it would save another
+    job's video under this one (and leave the lost create's own task unread)."""
+    ref = "ledger-3-1700000000000"
+    refused = {"code": 1201, "message": "参数错误", "request_id": "r", "data": None}
+    httpserver.expect_request("/v1/videos/text2video", query_string={"external_task_id": ref}).respond_with_json(
+        refused, status=400)
+    httpserver.expect_request(f"/v1/videos/text2video/{ref}").respond_with_json({
+        "code": 0, "message": "SUCCEED", "request_id": "r", "data": {
+            "task_id": "SomeoneElsesTask01", "task_status": "succeed", "created_at": int(time.time() * 1000),
+            "updated_at": int(time.time() * 1000),
+            "task_result": {"videos": [{"id": "v", "url": "https://cdn.example.com/other.mp4", "duration": "5"}]}}})
+    httpserver.expect_request("/v1/videos/text2video").respond_with_json(
+        {"code": 0, "message": "SUCCEED", "request_id": "r", "data": []})
+    client = client_at(httpserver.url_for("/v1"))
+    params = RULES["kling"].map(Request(prompt="lost", model=None, is_pro=False, duration=None,
+                                        resolution="horizontal", quality="normal", remove_watermark=True,
+                                        image_url=None)).params
+    found = client.find_tasks(params, ref, datetime.now(timezone.utc) - timedelta(seconds=30))
+    assert [t.task_id for t in found.tasks] == []
