@@ -28,10 +28,11 @@ from ..client import (ApiClient, RemoteTask, TaskSearch, _Busy, _progress, _snip
                       task_id_problem)
 from ..download import DownloadResult, OriginAuth, download_file, origin_of
 from ..errors import (ApiError, AuthError, BadParameters, ConfigError, InsufficientBalance, InvalidTaskId,
-                      RateLimited, TaskNotFound, TransientError)
+                      RateLimited, ServiceClosed, TaskNotFound, TransientError)
 from ..money import rate as money_rate
 from ..redact import mask_key
 from ..settings import Settings
+from ..sunset import closed_message, official_host, says_closed
 from .base import Mapped, Mismatch, ModelRules, Registration, Request, TaskPage, choose_model
 
 log = logging.getLogger(__name__)
@@ -308,7 +309,11 @@ class OpenAIVideos(ApiClient):
             detail = "; ".join(p for p in parts if p) or detail
         else:
             error = None
-        raised = self._error_for(method, f"{method} {path}: HTTP {status}", resp, error, detail)
+        if path == "/videos" and says_closed(status, resp.text, official=official_host(self.base_url)):
+            raised: ApiError = ServiceClosed(self._redact(closed_message(self.base_url, status, detail, NAME)),
+                                             http_status=status)
+        else:
+            raised = self._error_for(method, f"{method} {path}: HTTP {status}", resp, error, detail)
         log.debug("%s", raised)
         raise raised
 
@@ -347,6 +352,8 @@ class OpenAIVideos(ApiClient):
             raise self._unreachable(exc, session, url, timeouts) from exc
         try:
             answer = self._unwrap("GET", "/videos", resp)
+        except ServiceClosed as exc:
+            raise ConfigError(exc.message) from exc
         except AuthError as exc:
             raise ConfigError(self._redact(f"the API key {mask_key(self._key or '')} was rejected "
                                            f"(HTTP {exc.http_status}): check {self.KEY_SETTING}")) from exc
