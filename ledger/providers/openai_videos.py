@@ -301,7 +301,9 @@ class OpenAIVideos(ApiClient):
         else:
             detail = f"unexpected body: {_snippet(resp.text)!r}"
         error = payload.get("error") if isinstance(payload, Mapping) else None
-        if 200 <= status < 300 and isinstance(payload, Mapping) and not error:
+        # A failed video carries its reason in ``error`` beside its ``id`` and ``status`` (the SDK's
+        # ``Video.error``): that is the task's answer, not an error answer of the call.
+        if 200 <= status < 300 and isinstance(payload, Mapping) and (not error or _is_video(payload)):
             return _Answer(payload, _poll_after(resp))
         if isinstance(error, Mapping):
             parts = [str(error.get("message") or "").strip()]
@@ -382,6 +384,11 @@ def _poll_after(resp: requests.Response) -> Optional[float]:
     except ValueError:
         return None
     return milliseconds / 1000.0 if math.isfinite(milliseconds) and milliseconds > 0 else None
+
+
+def _is_video(payload: Mapping[str, Any]) -> bool:
+    """Whether an answer is a video object (an ``id`` and a ``status``), not an error envelope."""
+    return bool(payload.get("id")) and "status" in payload
 
 
 def _is_error_object(resp: requests.Response) -> bool:
