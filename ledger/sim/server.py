@@ -93,7 +93,7 @@ class SimConfig:
     normal_price: int = 30
     pro_price: int = 150
     currency: str = "USD"
-    unit: str = "task"
+    unit: str = "cents"  # what api.sora.hk's /pricing answers: the prices are cents per task
     url_ttl: float = 2 * 86400.0  # seconds a video URL stays valid
     list_shape: str = "list"  # "list": data is the page; "object": {"tasks": [...], "total", ...}
     list_ignores_page: bool = False  # a broken server: every page of GET /tasks is the first one

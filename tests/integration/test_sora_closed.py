@@ -101,7 +101,7 @@ def test_openai_create_refused_as_gone_stops_the_run_and_nothing_is_paid(ws, htt
 def test_sora_hk_create_refused_as_gone_stops_the_run_and_nothing_is_paid(ws, httpserver, name):
     answer(httpserver, "/v1/balance", "GET", (200, {"code": 200, "message": "ok", "data": {"balance": 5000}}))
     answer(httpserver, "/v1/pricing", "GET", (200, {"code": 200, "message": "ok", "data": {
-        "normal_price": 30, "pro_price": 150, "currency": "USD", "unit": "task"}}))
+        "normal_price": 30, "pro_price": 150, "currency": "USD", "unit": "cents"}}))
     answer(httpserver, "/v1/create", "POST", SORA_HK_GONE[name])
     ws.storyboard("storyboard_a.json", segments("one"))
     result = ws.cli("run", "--no-progress", env=sora_env(httpserver))
