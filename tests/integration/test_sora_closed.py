@@ -131,3 +131,19 @@ def test_a_relay_without_the_route_or_a_missing_video_is_not_taken_for_the_end_o
         with pytest.raises(Exception) as info:
             client.get("video_1")  # a poll is never the create: its 404 stays "this video is unknown"
     assert not isinstance(info.value, ServiceClosed)
+
+
+def test_in_team_mode_no_key_is_retired_for_the_end_of_sora(ws, httpserver):
+    """A closed service refuses every key alike: the run stops at the first refusal, each key stays
+    in rotation, and the other key is not spent on a second refused create."""
+    answer(httpserver, "/v1/videos", "GET", (200, EMPTY_LIST))
+    answer(httpserver, "/v1/videos", "POST", OPENAI_GONE["openai_404_model_not_found"])
+    ws.storyboard("storyboard_a.json", segments("one"))
+    env = {**openai_env(httpserver), "OPENAI_API_KEY": "",
+           "OPENAI_API_KEYS": f"{OPENAI_KEY}@1,sk-proj-Second0123456789abcdefghijklmn@1"}
+    result = ws.cli("run", "--no-progress", env=env)
+    assert result.exit_code == 3, result.output
+    assert_one_line_naming_the_others(result.output)
+    assert posts(httpserver) == 1
+    assert query(ws.root, "SELECT count(*) FROM api_keys WHERE out_reason IS NOT NULL") in ([(0,)], [])
+    assert_nothing_paid(ws)
