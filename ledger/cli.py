@@ -240,9 +240,8 @@ _INIT_NOTES = {
 def init_command(app: App, force: bool, provider: Optional[str]) -> None:
     """Start a project in this folder: .env (every setting; your key goes in it) and input/ with
     the documented example storyboard, which is never scanned. Replaces nothing without --force."""
-    quickstart.check_provider(provider)
-    key = quickstart.key_setting(provider)
     steps = quickstart.init_project(app.cwd, force=force, provider=provider)
+    key = quickstart.key_setting(provider)
     for step in steps:
         out.print(f"{step.action.value} {step.path.as_posix()}: "
                   f"{_INIT_NOTES[(step.path.as_posix(), step.action)].format(key=key)}", markup=False)

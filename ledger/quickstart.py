@@ -2,10 +2,11 @@
 
 It writes ``.env`` (every setting, commented, with an empty ``SORA_API_KEY=`` for the user to
 fill in; with ``--provider NAME``, that provider's ``PROVIDER=``, key and base-URL settings instead,
-named by its registration, so a newcomer starts on Seedance or Kling in one step) and ``input/_template.json``, the documented example storyboard. The template's name does
-not start with ``storyboard``, so no scan ever submits it: a user pays only for the copies they
-make and edit. Nothing that exists is replaced unless ``force``; the ledger itself is not
-created here (the first ``scan`` or ``run`` does that).
+named by its registration, so a newcomer starts on Seedance or Kling in one step) and
+``input/_template.json``, the documented example storyboard. The template's name does not start
+with ``storyboard``, so no scan ever submits it: a user pays only for the copies they make and
+edit. Nothing that exists is replaced unless ``force``; the ledger itself is not created here (the
+first ``scan`` or ``run`` does that).
 """
 from __future__ import annotations
 

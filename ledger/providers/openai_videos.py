@@ -301,8 +301,10 @@ class OpenAIVideos(ApiClient):
             poll_after=poll_after,
         )
 
-    def _unwrap(self, method: str, path: str, resp: requests.Response) -> _Answer:
-        """The answer of a 2xx without an ``error`` object; the mapped error otherwise."""
+    def _unwrap(self, method: str, path: str, resp: requests.Response, *, preflight: bool = False) -> _Answer:
+        """The answer of a 2xx without an ``error`` object; the mapped error otherwise. The create's
+        and the pre-flight's refusals may say Sora is gone (``ServiceClosed``); a list read while
+        looking for a lost create never does: that look-up must end unresolved, not "not created"."""
         status = resp.status_code
         try:
             payload = resp.json()
@@ -321,7 +323,8 @@ class OpenAIVideos(ApiClient):
             detail = "; ".join(p for p in parts if p) or detail
         else:
             error = None
-        if path == "/videos" and says_closed(status, resp.text, official=official_host(self.base_url)):
+        if (method == "POST" or preflight) and path == "/videos" and says_closed(
+                status, resp.text, official=official_host(self.base_url)):
             raised: ApiError = ServiceClosed(self._redact(closed_message(self.base_url, status, detail, NAME)),
                                              http_status=status)
         else:
@@ -363,7 +366,7 @@ class OpenAIVideos(ApiClient):
         except requests.RequestException as exc:
             raise self._unreachable(exc, session, url, timeouts) from exc
         try:
-            answer = self._unwrap("GET", "/videos", resp)
+            answer = self._unwrap("GET", "/videos", resp, preflight=True)
         except ServiceClosed as exc:
             raise ConfigError(exc.message) from exc
         except AuthError as exc:

@@ -147,3 +147,17 @@ def test_in_team_mode_no_key_is_retired_for_the_end_of_sora(ws, httpserver):
     assert posts(httpserver) == 1
     assert query(ws.root, "SELECT count(*) FROM api_keys WHERE out_reason IS NOT NULL") in ([(0,)], [])
     assert_nothing_paid(ws)
+
+
+def test_a_lost_create_whose_look_up_meets_model_not_found_is_never_taken_as_not_created(ws, httpserver):
+    """Only the create's own refusal proves nothing was made: when its answer was lost and the list
+    read to find it says "model not found", the job stays unresolved, never pending to be sent again."""
+    httpserver.expect_request("/v1/videos", method="GET", query_string={"limit": "1"}).respond_with_json(EMPTY_LIST)
+    answer(httpserver, "/v1/videos", "GET", OPENAI_GONE["openai_404_model_not_found"])
+    answer(httpserver, "/v1/videos", "POST", (502, "<html>Bad Gateway</html>"))  # the create's answer is lost
+    ws.storyboard("storyboard_a.json", segments("one"))
+    env = {**openai_env(httpserver), "RECONCILE_GRACE_SECONDS": "0.1", "RETRY_BASE_DELAY": "0.05",
+           "POLL_MIN_INTERVAL": "0.05"}
+    ws.cli("run", "--no-progress", env=env)
+    assert posts(httpserver) == 1
+    assert query(ws.root, "SELECT state FROM jobs") == [("submitting",)]
