@@ -53,6 +53,8 @@ from .money import Money, money, parse_money
 from .pricing import known_prices, refresh_prices
 from .providers import DEFAULT as DEFAULT_PROVIDER
 from .providers import REGISTRY, ProviderPool, configured_base
+from .providers import SORA as SORA_PROVIDERS
+from .sunset import CLOSED_ON
 from .work import Scheduler, Stop, WorkOptions, WorkSummary, plan_work
 from .work.types import BoardTally
 
@@ -254,6 +256,10 @@ def init_command(app: App, force: bool, provider: Optional[str]) -> None:
     out.print("  ledger run --dry-run                                   # what would be paid, beside your balance",
               markup=False)
     out.print("and `ledger run` to generate. Only storyboard*.json files are submitted.", markup=False)
+    if (provider or DEFAULT_PROVIDER) in SORA_PROVIDERS:
+        others = ", ".join(name for name in REGISTRY if name not in SORA_PROVIDERS)
+        out.print(f"Note: the Sora upstream closed on {CLOSED_ON}; `ledger init --provider NAME --force` writes .env "
+                  f"for another provider ({others}).", markup=False)
 
 
 def layout_options(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -67,6 +67,10 @@ def test_an_existing_env_is_kept_without_force_and_replaced_with_it(tmp_path):
     assert set_lines(tmp_path / ".env")["PROVIDER"] == "seedance"
 
 
-def test_without_a_provider_init_writes_what_it_always_wrote(tmp_path):
-    assert ledger(tmp_path, "init").returncode == 0
+def test_without_a_provider_init_writes_what_it_always_wrote_and_says_sora_has_closed(tmp_path):
+    result = ledger(tmp_path, "init")
+    assert result.returncode == 0
     assert set_lines(tmp_path / ".env") == {"SORA_API_KEY": ""}
+    note = [line for line in result.stdout.splitlines() if "2026-09-24" in line]
+    assert len(note) == 1 and "ledger init --provider NAME --force" in note[0] and "kling" in note[0]
+    assert "2026-09-24" not in ledger(tmp_path, "init", "--provider", "kling", "--force").stdout
