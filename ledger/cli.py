@@ -55,6 +55,8 @@ from .money import Money, money, parse_money
 from .pricing import known_prices, refresh_prices
 from .providers import DEFAULT as DEFAULT_PROVIDER
 from .providers import REGISTRY, ProviderPool, configured_base
+from .providers import SORA as SORA_PROVIDERS
+from .sunset import CLOSED_ON
 from .work import Scheduler, Stop, WorkOptions, WorkSummary, plan_work
 from .work.types import BoardTally
 
@@ -252,9 +254,9 @@ def cli(ctx: click.Context, verbose: int, database_url: Optional[str]) -> None:
 
 
 _INIT_NOTES = {
-    (quickstart.ENV_FILE, quickstart.Action.CREATED): "every setting, commented out; your key goes after SORA_API_KEY=",
+    (quickstart.ENV_FILE, quickstart.Action.CREATED): "every setting, commented out; your key goes after {key}=",
     (quickstart.ENV_FILE, quickstart.Action.REPLACED): "(--force) every setting, commented out; your key goes after "
-                                                       "SORA_API_KEY=",
+                                                       "{key}=",
     (quickstart.ENV_FILE, quickstart.Action.KEPT): "it exists (--force replaces it)",
     ("input", quickstart.Action.CREATED): "storyboard*.json files in it (and in its sub-folders) are scanned",
     ("input/_template.json", quickstart.Action.CREATED): "the documented example; never scanned, nothing is paid for it",
@@ -265,18 +267,30 @@ _INIT_NOTES = {
 
 @cli.command("init")
 @click.option("--force", is_flag=True, help="Replace an existing .env and input/_template.json.")
+@click.option("--provider", metavar="NAME", help="Write .env for this provider: PROVIDER=NAME, its key setting and "
+                                                 f"its base URL ({', '.join(REGISTRY)}).")
 @click.pass_obj
-def init_command(app: App, force: bool) -> None:
+def init_command(app: App, force: bool, provider: Optional[str]) -> None:
     """Start a project in this folder: .env (every setting; your key goes in it) and input/ with
     the documented example storyboard, which is never scanned. Replaces nothing without --force."""
-    for step in quickstart.init_project(app.cwd, force=force):
+    steps = quickstart.init_project(app.cwd, force=force, provider=provider)
+    key = quickstart.key_setting(provider)
+    for step in steps:
         out.print(f"{step.action.value} {step.path.as_posix()}: "
-                  f"{_INIT_NOTES[(step.path.as_posix(), step.action)]}", markup=False)
-    out.print("Next: put your key after SORA_API_KEY= in .env, then", markup=False)
+                  f"{_INIT_NOTES[(step.path.as_posix(), step.action)].format(key=key)}", markup=False)
+    if provider and quickstart.Step(Path(quickstart.ENV_FILE), quickstart.Action.KEPT) in steps:
+        out.print(f"Next: set PROVIDER={provider} and {key}= in your .env (or `ledger init --provider {provider} "
+                  "--force` rewrites it), then", markup=False)
+    else:
+        out.print(f"Next: put your key after {key}= in .env, then", markup=False)
     out.print("  cp input/_template.json input/storyboard_myfilm.json   # write your segments in the copy", markup=False)
     out.print("  ledger run --dry-run                                   # what would be paid, beside your balance",
               markup=False)
     out.print("and `ledger run` to generate. Only storyboard*.json files are submitted.", markup=False)
+    if (provider or DEFAULT_PROVIDER) in SORA_PROVIDERS:
+        others = ", ".join(name for name in REGISTRY if name not in SORA_PROVIDERS)
+        out.print(f"Note: the Sora upstream closed on {CLOSED_ON}; `ledger init --provider NAME --force` writes .env "
+                  f"for another provider ({others}).", markup=False)
 
 
 def layout_options(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -49,11 +49,13 @@ from .errors import (
     RateLimited,
     InvalidTaskId,
     RemoteTaskFailed,
+    ServiceClosed,
     TaskNotFound,
     TransientError,
 )
 from .redact import mask_key, redact
 from .settings import Settings
+from .sunset import closed_message, says_closed
 
 __all__ = ["ApiClient", "DownloadResult", "Pricing", "RemoteTask", "SharedBackoff", "SoraClient"]
 
@@ -77,6 +79,8 @@ PREFLIGHT_TIMEOUT: Tuple[float, float] = (5.0, 10.0)
 # many times in all, PREFLIGHT_PAUSE seconds apart (doubling); nothing else is tried again.
 PREFLIGHT_ATTEMPTS = 4
 PREFLIGHT_PAUSE = 0.5
+# The calls whose refusal may say Sora is gone (``ledger.sunset``): the create, and the pre-flight's.
+_SORA_GONE_PATHS = frozenset({"/create", "/balance"})
 
 
 @dataclass(frozen=True)
@@ -797,6 +801,8 @@ class SoraClient(ApiClient):
             raise self._unreachable(exc, session, url, timeouts) from exc
         try:
             data = self._unwrap("GET", "/balance", resp)
+        except ServiceClosed as exc:
+            raise ConfigError(exc.message) from exc
         except AuthError as exc:
             raise ConfigError(self._redact(f"the API key {mask_key(self._key or '')} was rejected "
                                            f"({exc.code or exc.http_status}): check SORA_API_KEY")) from exc
@@ -834,6 +840,11 @@ class SoraClient(ApiClient):
             return envelope.get("data")
         if envelope is not None and code is not None:
             detail = f"code {code}: {_snippet(str(envelope.get('message') or ''))}"
+        if path in _SORA_GONE_PATHS and says_closed(status, resp.text):
+            closed = ServiceClosed(self._redact(closed_message(self.base_url, status, detail, "sora_hk")),
+                                   code=code, http_status=status)
+            log.debug("%s", closed)
+            raise closed
         error = self._error_for(method, f"{method} {path}: HTTP {status}", resp, code, detail,
                                 malformed=envelope is None or code is None)
         log.debug("%s", error)

@@ -97,6 +97,14 @@ class AuthError(ApiError):
     exit_status = ExitStatus.CONFIG
 
 
+class ServiceClosed(AuthError):
+    """The API answered that its Sora model or service is gone (``ledger.sunset``): the request was
+    refused, nothing was made or charged. Like a refused key, it stops the run and the job waits,
+    pending; unlike one, no key is to blame (none is retired in team mode)."""
+
+    kind = "service_closed"
+
+
 class BadParameters(ApiError):
     """1001: the service rejected the request parameters (terminal for that job)."""
 

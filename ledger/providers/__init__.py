@@ -18,7 +18,7 @@ from . import hailuo, kling, openai_videos, seedance, sora_hk, wan
 from .base import Mapped, Mismatch, Provider, Registration, Request, Rules, TaskPage
 
 __all__ = ["DEFAULT", "Mapped", "Mismatch", "OPTIONS", "Provider", "ProviderPool", "REGISTRY", "RULES", "Request",
-           "Rules", "TaskPage", "configured_base", "default_problem", "provider_of"]
+           "Rules", "SORA", "TaskPage", "configured_base", "default_problem", "provider_of"]
 
 # The providers, the default first: one line each.
 REGISTRY: Mapping[str, Registration] = {r.name: r for r in (
@@ -30,6 +30,8 @@ REGISTRY: Mapping[str, Registration] = {r.name: r for r in (
     hailuo.REGISTRATION,
 )}
 DEFAULT = sora_hk.NAME
+# The providers that resell OpenAI's Sora 2, closed on 2026-09-24 (``ledger.sunset``): not offered instead.
+SORA = frozenset({sora_hk.NAME, openai_videos.NAME})
 RULES: Mapping[str, Rules] = {name: r.rules for name, r in REGISTRY.items()}
 # Team mode: every provider's key setting has a plural, KEY@LIMIT lists (SORA_API_KEYS=k1@2,k2@3),
 # and config.yaml may list keys: [{provider, key, concurrency, max_spend}] (``ledger.keys``).

@@ -7,6 +7,10 @@ polls, ``GET /videos?limit&after&order`` pages with a cursor, ``GET /videos/{id}
 video behind the key, errors are ``{"error": {"message", "type", "param", "code"}}`` with an HTTP
 status, an ``openai-poll-after-ms`` header asks clients to wait, and there is no balance or price
 endpoint. Gateways pass through status words of their own: they are normalised in one table.
+
+OpenAI's own endpoint shut down on 2026-09-24; relays may still serve the format. A create or a
+pre-flight answered "model not found" (or 410 Gone) stops the run in one line (``ledger.sunset``).
+The documented exchanges are in ``tests/contracts/openai/``, cross-checked with the official SDK.
 """
 from __future__ import annotations
 
@@ -28,10 +32,11 @@ from ..client import (ApiClient, RemoteTask, TaskSearch, _Busy, _progress, _snip
                       task_id_problem)
 from ..download import DownloadResult, OriginAuth, download_file, origin_of
 from ..errors import (ApiError, AuthError, BadParameters, ConfigError, InsufficientBalance, InvalidTaskId,
-                      RateLimited, TaskNotFound, TransientError)
+                      RateLimited, ServiceClosed, TaskNotFound, TransientError)
 from ..money import rate as money_rate
 from ..redact import mask_key
 from ..settings import Settings
+from ..sunset import closed_message, official_host, says_closed
 from .base import Mapped, Mismatch, ModelRules, Registration, Request, TaskPage, choose_model
 
 log = logging.getLogger(__name__)
@@ -40,15 +45,21 @@ NAME = "openai"
 NORMAL, PRO = "sora-2", "sora-2-pro"
 _STANDARD = {"horizontal": "1280x720", "vertical": "720x1280", "1280x720": "1280x720", "720x1280": "720x1280"}
 _LARGE = {"1792x1024": "1792x1024", "1024x1792": "1024x1792"}
-# What each model takes. Public sources disagree (the SDK lists 4/8/12 seconds; a guide adds 16
-# and 20): these are the SDK's values, which every relay of the format accepts.
+# What each model takes (read 2026-12-07). The SDK (pypi:openai==3.51.0 openai/types/video_seconds.py,
+# video_size.py, video_model_param.py) lists "4"/"8"/"12" seconds for both models, 720x1280 and 1280x720
+# for both, 1024x1792 and 1792x1024 for sora-2-pro, and dated snapshots (sora-2-2025-10-06,
+# sora-2-2025-12-08, sora-2-pro-2025-10-06). OpenAI's guide
+# (https://developers.openai.com/api/docs/guides/video-generation) adds 16 and 20 s for both and
+# 1920x1080 / 1080x1920 for sora-2-pro: not offered here, as no official price of 1080p was found
+# and relays follow the SDK's list. The upstream itself closed on 2026-09-24 (``ledger.sunset``).
 MODELS: Mapping[str, ModelRules] = {
     NORMAL: ModelRules(NORMAL, pro=False, durations=(4, 8, 12), default_duration=4, resolutions=_STANDARD),
     PRO: ModelRules(PRO, pro=True, durations=(4, 8, 12), default_duration=4, resolutions={**_STANDARD, **_LARGE}),
 }
 # A dated snapshot (``sora-2-2025-10-06``) takes what its model takes.
 _SNAPSHOT = re.compile(r"^(?P<model>.+)-\d{4}-\d{2}-\d{2}$")
-# Cents per second of video, by model or model@size (the public list; OPENAI_PRICE_CENTS_PER_SECOND overrides).
+# Cents per second of video, by model or model@size (OpenAI's public price list before the shutdown:
+# sora-2 $0.10, sora-2-pro $0.30 at 720p and $0.50 at 1024x1792/1792x1024; OPENAI_PRICE_CENTS_PER_SECOND overrides).
 DEFAULT_PRICES: Mapping[str, float] = {NORMAL: 10.0, PRO: 30.0, f"{PRO}@1792x1024": 50.0, f"{PRO}@1024x1792": 50.0}
 # Every status word seen from this format, as the ledger's four. An unknown word is "not finished".
 STATUSES: Mapping[str, str] = {
@@ -290,8 +301,10 @@ class OpenAIVideos(ApiClient):
             poll_after=poll_after,
         )
 
-    def _unwrap(self, method: str, path: str, resp: requests.Response) -> _Answer:
-        """The answer of a 2xx without an ``error`` object; the mapped error otherwise."""
+    def _unwrap(self, method: str, path: str, resp: requests.Response, *, preflight: bool = False) -> _Answer:
+        """The answer of a 2xx without an ``error`` object; the mapped error otherwise. The create's
+        and the pre-flight's refusals may say Sora is gone (``ServiceClosed``); a list read while
+        looking for a lost create never does: that look-up must end unresolved, not "not created"."""
         status = resp.status_code
         try:
             payload = resp.json()
@@ -300,7 +313,9 @@ class OpenAIVideos(ApiClient):
         else:
             detail = f"unexpected body: {_snippet(resp.text)!r}"
         error = payload.get("error") if isinstance(payload, Mapping) else None
-        if 200 <= status < 300 and isinstance(payload, Mapping) and not error:
+        # A failed video carries its reason in ``error`` beside its ``id`` and ``status`` (the SDK's
+        # ``Video.error``): that is the task's answer, not an error answer of the call.
+        if 200 <= status < 300 and isinstance(payload, Mapping) and (not error or _is_video(payload)):
             return _Answer(payload, _poll_after(resp))
         if isinstance(error, Mapping):
             parts = [str(error.get("message") or "").strip()]
@@ -308,7 +323,12 @@ class OpenAIVideos(ApiClient):
             detail = "; ".join(p for p in parts if p) or detail
         else:
             error = None
-        raised = self._error_for(method, f"{method} {path}: HTTP {status}", resp, error, detail)
+        if (method == "POST" or preflight) and path == "/videos" and says_closed(
+                status, resp.text, official=official_host(self.base_url)):
+            raised: ApiError = ServiceClosed(self._redact(closed_message(self.base_url, status, detail, NAME)),
+                                             http_status=status)
+        else:
+            raised = self._error_for(method, f"{method} {path}: HTTP {status}", resp, error, detail)
         log.debug("%s", raised)
         raise raised
 
@@ -346,7 +366,9 @@ class OpenAIVideos(ApiClient):
         except requests.RequestException as exc:
             raise self._unreachable(exc, session, url, timeouts) from exc
         try:
-            answer = self._unwrap("GET", "/videos", resp)
+            answer = self._unwrap("GET", "/videos", resp, preflight=True)
+        except ServiceClosed as exc:
+            raise ConfigError(exc.message) from exc
         except AuthError as exc:
             raise ConfigError(self._redact(f"the API key {mask_key(self._key or '')} was rejected "
                                            f"(HTTP {exc.http_status}): check {self.KEY_SETTING}")) from exc
@@ -375,6 +397,11 @@ def _poll_after(resp: requests.Response) -> Optional[float]:
     except ValueError:
         return None
     return milliseconds / 1000.0 if math.isfinite(milliseconds) and milliseconds > 0 else None
+
+
+def _is_video(payload: Mapping[str, Any]) -> bool:
+    """Whether an answer is a video object (an ``id`` and a ``status``), not an error envelope."""
+    return bool(payload.get("id")) and "status" in payload
 
 
 def _is_error_object(resp: requests.Response) -> bool:

@@ -18,7 +18,9 @@ from .base import Mapped, Mismatch, ModelRules, Registration, Request, TaskPage,
 NAME = "sora_hk"
 NORMAL, PRO = "sora-2", "sora-2-pro"
 _ORIENTATIONS = {"horizontal": "horizontal", "vertical": "vertical"}
-# What the API takes, per model (the API itself knows only ``is_pro``).
+# What the API takes, per model (the API itself knows only ``is_pro``): api.sora.hk's API page
+# (tests/contracts/sora_hk/, read 2026-12-07): normal 10/15 s, Pro 10/15/25 s (default 10),
+# resolution horizontal/vertical. The Sora upstream it resells closed on 2026-09-24 (``ledger.sunset``).
 MODELS: Mapping[str, ModelRules] = {
     NORMAL: ModelRules(NORMAL, pro=False, durations=(10, 15), default_duration=10, resolutions=_ORIENTATIONS),
     PRO: ModelRules(PRO, pro=True, durations=(10, 15, 25), default_duration=10, resolutions=_ORIENTATIONS),

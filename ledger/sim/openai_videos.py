@@ -173,7 +173,8 @@ class OpenAIProtocol(SimProtocol):
         if task is None:
             return Reply(429, error("You exceeded your current quota, please check your plan and billing details.",
                                     "insufficient_quota", code="insufficient_quota")), False
-        return json_reply(200, self.view(sim, task, sim.origin)), True
+        # The create only accepts the job: its answer is the video queued, however quick the generation.
+        return json_reply(200, view(task, "pending", 0, None, None, sim.config.status_words)), True
 
     def answer(self, sim: Any, route: str, arg: str, query: Mapping[str, List[str]], origin: str) -> Reply:
         hint = {"openai-poll-after-ms": str(sim.config.poll_after_ms)} if sim.config.poll_after_ms else {}

@@ -30,6 +30,8 @@ import time
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from email import policy as email_policy
+from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
@@ -91,7 +93,7 @@ class SimConfig:
     normal_price: int = 30
     pro_price: int = 150
     currency: str = "USD"
-    unit: str = "task"
+    unit: str = "cents"  # what api.sora.hk's /pricing answers: the prices are cents per task
     url_ttl: float = 2 * 86400.0  # seconds a video URL stays valid
     list_shape: str = "list"  # "list": data is the page; "object": {"tasks": [...], "total", ...}
     list_ignores_page: bool = False  # a broken server: every page of GET /tasks is the first one
@@ -642,6 +644,31 @@ class _HTTPServer(ThreadingHTTPServer):
         log.debug("error while serving %s", client_address, exc_info=True)
 
 
+_FORM_KEY = re.compile(r"^([^\[\]]+)\[([^\[\]]+)\]$")
+
+
+def form_fields(raw_body: bytes, content_type: str) -> Dict[str, Any]:
+    """A multipart/form-data body as the JSON object it stands for: ``input_reference[image_url]``
+    becomes ``{"input_reference": {"image_url": …}}``; file parts are kept as bytes."""
+    message = BytesParser(policy=email_policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode("latin-1") + raw_body)
+    if not message.is_multipart():
+        raise ValueError("not a multipart body")
+    fields: Dict[str, Any] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not name:
+            continue
+        data = part.get_payload(decode=True) or b""
+        value: Any = data if part.get_filename() else data.decode("utf-8")
+        nested = _FORM_KEY.match(str(name))
+        if nested:
+            fields.setdefault(nested.group(1), {})[nested.group(2)] = value
+        else:
+            fields[str(name)] = value
+    return fields
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "SoraSim/1.0"
@@ -728,8 +755,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer_create(self, raw_body: bytes, *, lost: bool, task_id: Optional[str] = None) -> None:
         sim = self.server.sim
+        content_type = self.headers.get("Content-Type", "")
         try:
-            body = json.loads(raw_body.decode("utf-8")) if raw_body else None
+            if content_type.lower().startswith("multipart/form-data"):
+                body = form_fields(raw_body, content_type)  # the official OpenAI SDK always sends a form
+            else:
+                body = json.loads(raw_body.decode("utf-8")) if raw_body else None
         except (UnicodeDecodeError, ValueError):
             body = None
         reply, made = sim.protocol.create(sim, body, task_id)

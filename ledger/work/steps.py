@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from ..download import output_error, sha256_of, sidecar_path, video_filename, write_json_atomic
-from ..errors import ApiError, ContentExpired, InsufficientBalance, InvalidTaskId, RateLimited, TaskNotFound
+from ..errors import (ApiError, ContentExpired, InsufficientBalance, InvalidTaskId, RateLimited, ServiceClosed,
+                      TaskNotFound)
 from ..journal import Entry, Journal
 from ..models import iso_utc, utcnow
 from ..outputs import existing_videos
@@ -766,8 +767,8 @@ def _unreserve(ctx: StepContext, a: Active) -> None:
 def _retire_key(ctx: StepContext, job: JobRow, verdict: Verdict, exc: Exception) -> bool:
     """Team mode: take the refused key out of rotation (here and, through the ledger, everywhere);
     True when the provider has another key to go on with."""
-    if not ctx.providers.keys.several(job.provider):
-        return False
+    if not ctx.providers.keys.several(job.provider) or isinstance(exc, ServiceClosed):
+        return False  # a closed service refuses every key alike: none is to blame
     api = api_of(ctx, job)
     fp = getattr(api, "key_fp", None)
     reason = ("refused (401): " if verdict is Verdict.STOP_AUTH else "no balance: ") + _first_line(exc)
