@@ -20,14 +20,13 @@ from typing import Callable, Dict, List, Optional, Set, Tuple, TypeVar
 from sqlalchemy import exc as sa_exc
 
 from ..journal import Journal, journal_folder, orphaned
-from ..leases import hostname, owner_id
+from ..leases import hostname, owner_id, parse_owner
 from ..redact import mask_key
-from ..models import utcnow
 from ..policy import RateGate
 from ..pricing import Prices
 from ..providers import ProviderPool
 from ..states import State
-from ..store import JobRow, JobScope, Store
+from ..store import Claim, JobRow, JobScope, Store
 from .board import StatusBoard
 from .budget import Budgets
 from .decide import is_ledger_trouble
@@ -231,8 +230,7 @@ class Scheduler:
             later = lapse if later is None else min(later, lapse)
         if later is None:
             return True
-        wait = (later - utcnow()).total_seconds()
-        self._next_claim = time.monotonic() + max(0.2, min(wait, 5.0))
+        self._next_claim = time.monotonic() + max(0.2, min(later, 5.0))
         return False
 
     def _free_slots(self) -> int:
@@ -258,12 +256,17 @@ class Scheduler:
         scope = self._scope()
         # A job this run still holds (its step may have just released it: its outcome is not
         # collected yet) is not claimed again over it.
-        rows = self._ledger(lambda: self.store.claim(self.owner, free, self.options.lease_seconds, scope,
-                                                     exclude=self._parked | set(self.active)), [], writes=True)
-        if not rows:
+        claim = self._ledger(lambda: self.store.claim(self.owner, free, self.options.lease_seconds, scope,
+                                                      exclude=self._parked | set(self.active)), Claim([], {}), writes=True)
+        if not claim.rows:
             self._next_claim = now + 0.5
             return False
-        for row in rows:
+        for previous, count in claim.taken_over.items():
+            parsed = parse_owner(previous)
+            who = f"{parsed[0]}/{parsed[1]}" if parsed else previous
+            log.warning("took over %d job%s of worker %s (its lease ended: the worker stopped answering or is gone)",
+                        count, "" if count == 1 else "s", who)
+        for row in claim.rows:
             self._claimed.add(row.id)
             active = Active(job=row, action=FIRST_ACTION[row.state], due=now)
             self.active[row.id] = active

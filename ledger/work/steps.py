@@ -35,7 +35,7 @@ from ..policy import RateGate
 from ..pricing import Money, Prices, money
 from ..providers import Provider, ProviderPool
 from ..states import State
-from ..store import NO_VIDEO_KINDS, JobRow, LeaseLost, NoFreeKey, Store
+from ..store import DB_NOW, NO_VIDEO_KINDS, FromNow, JobRow, LeaseLost, NoFreeKey, Store
 from ..storyboard import ledger_path
 from .board import StatusBoard, slack
 from .budget import Budgets, Hold
@@ -214,7 +214,7 @@ def submit(ctx: StepContext, a: Active) -> Next:
     try:
         try:
             _move(ctx, a, State.SUBMITTING, EventKind.NOTE, f"write-ahead: sending the create to {api.name} "
-                  f"at {api.base_url}", show=False, reread=True, submitting_at=utcnow(), api_base=api.base_url,
+                  f"at {api.base_url}", show=False, reread=True, submitting_at=DB_NOW, api_base=api.base_url,
                   key=ctx.providers.key_choice(job.provider, a.reserved or price_of(ctx, job)))
         except NoFreeKey:
             _unreserve(ctx, a)
@@ -291,7 +291,11 @@ def reconcile(ctx: StepContext, a: Active) -> Next:
     job = a.job
     assert job.submitting_at is not None
     since = job.submitting_at
-    wait = ((a.answered_at or since) + timedelta(seconds=ctx.options.reconcile_grace) - utcnow()).total_seconds()
+    grace = timedelta(seconds=ctx.options.reconcile_grace)
+    if a.answered_at is not None:  # this process sent it: the grace runs from the answer, all by one clock
+        wait = (a.answered_at + grace - utcnow()).total_seconds()
+    else:  # taken over: the write-ahead's time is the database's, and so must the clock be that it is measured by
+        wait = (since + grace - ctx.store.db_now()).total_seconds()
     if wait > 0:
         return Next(wait)
     api = api_of(ctx, job)
@@ -526,7 +530,7 @@ def settle(ctx: StepContext, a: Active, step: Action, exc: Exception) -> Next:
         assert isinstance(exc, RateLimited)
         pause = exc.retry_after if exc.retry_after is not None else 5.0
         _back_to_pending(ctx, a, EventKind.RETRY, f"rate limited before creating; retry in {pause:g} s",
-                         next_attempt_at=utcnow() + timedelta(seconds=pause))
+                         next_attempt_at=FromNow(pause))
         return Next(outcome=Outcome.RELEASED)
     if verdict is Verdict.OUT_OF_REACH:
         # Not the job's fault: nothing is counted or written for later runs; the scheduler stops the
@@ -651,7 +655,7 @@ def _retry_later(ctx: StepContext, a: Active, exc: Exception) -> Next:
     state = State.PENDING if job.state is State.SUBMITTING else job.state
     a.retry_note = f"retrying in {delay:.0f} s"
     _move(ctx, a, state, EventKind.RETRY, f"attempt {attempts} failed ({_message(exc)}); next try in {delay:.0f} s",
-          release=True, next_attempt_at=utcnow() + timedelta(seconds=delay), error_kind=_kind(exc),
+          release=True, next_attempt_at=FromNow(delay), error_kind=_kind(exc),
           error_message=_message(exc), attempts=attempts)
     return Next(outcome=Outcome.RELEASED)
 
