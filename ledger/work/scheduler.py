@@ -15,6 +15,7 @@ import os
 import queue
 import threading
 import time
+from datetime import timedelta
 from typing import Callable, Dict, List, Optional, Set, Tuple, TypeVar
 
 from sqlalchemy import exc as sa_exc
@@ -362,15 +363,23 @@ class Scheduler:
         """Say who works (``ledger workers``) and which keys this machine brings (team mode)."""
         self._ledger(lambda: self.store.worker_started(self.owner, hostname(), os.getpid(), self.options.concurrency,
                                                        self.options.lease_seconds), None, writes=True)
+        self._measure_clock()
         keys = getattr(self.providers, "keys", None)
         if keys is not None and self._own_keys() is not None:
             self._ledger(lambda: self.store.register_keys(
                 (k.fingerprint, k.provider, mask_key(k.secret)[:64], k.limit, k.max_spend) for k in keys.all()), None)
 
+    def _measure_clock(self) -> None:
+        """How far this machine's clock is off the database's, for the times other workers wrote."""
+        ahead = self._ledger(self.store.clock_offset, None)
+        if ahead is not None:
+            self.ctx.ledger_clock.ahead = timedelta(seconds=ahead)
+
     def _heartbeat(self) -> None:
         """Every lease renewal: the worker is alive; keys another machine took out of rotation are
         out here too."""
         self._ledger(lambda: self.store.heartbeat(self.owner, len(self.active)), None)
+        self._measure_clock()
         keys = getattr(self.providers, "keys", None)
         own = self._own_keys()
         if keys is not None and own:

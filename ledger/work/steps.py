@@ -22,7 +22,7 @@ import dataclasses
 import logging
 import threading
 from dataclasses import dataclass, field
-from datetime import timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
@@ -143,6 +143,22 @@ class RunState:
                 self.ledger_down_since = None
 
 
+class LedgerClock:
+    """This machine's clock set to the ledger database's, which the times other workers wrote
+    (a generation's start, a write-ahead's) are on. The offset is measured as the run starts and at
+    every heartbeat (``Store.clock_offset``)."""
+
+    def __init__(self) -> None:
+        self.ahead = timedelta(0)  # how far this machine's clock is ahead of the database's
+
+    def now(self) -> datetime:
+        return utcnow() - self.ahead
+
+    def of(self, local: datetime) -> datetime:
+        """A moment read on this machine's clock, on the database's."""
+        return local - self.ahead
+
+
 @dataclass
 class StepContext:
     """What the steps work with: the ledger, the API, the run's options and shared state."""
@@ -159,6 +175,7 @@ class StepContext:
     board: StatusBoard
     emit: Callable[[JobRow, EventKind, str], None]
     clock: Callable[[], float]
+    ledger_clock: LedgerClock = field(default_factory=LedgerClock)
     downloads: Dict[int, Path] = field(default_factory=dict)  # job id -> video being written
     unrecorded: Set[int] = field(default_factory=set)  # jobs whose journaled task the ledger has not taken
 
@@ -253,7 +270,8 @@ def record(ctx: StepContext, a: Active) -> Next:
     # What the API said it cost; else what was held for it (the listed price, or more when the API
     # charged more for one of its kind in this run).
     cost = task.cost if task.cost is not None else a.reserved or _estimate(ctx, job)
-    now = utcnow()
+    # On the database's clock: whichever worker polls the job next measures its time from this.
+    now = ctx.ledger_clock.now()
     if a.found:
         # A found task started before we looked (by the service's clock, which has whole seconds).
         created = task.created_at.astimezone(timezone.utc).replace(tzinfo=None) if task.created_at else now
@@ -261,7 +279,7 @@ def record(ctx: StepContext, a: Active) -> Next:
     else:
         # The generation began when the POST reached the API: time its polls from the sending, not
         # from whenever the answer got written down.
-        started, what, kind = a.sent_at or now, "created task", EventKind.CREATED
+        started, what, kind = ctx.ledger_clock.of(a.sent_at) if a.sent_at else now, "created task", EventKind.CREATED
     paid_by = "" if a.sent_at is not None else "; paid by an earlier run"
     currency = currency_of(ctx, job)
     _move(ctx, a, State.SUBMITTED, kind, f"{what} {task.task_id} ({money(cost, currency)}{paid_by})",
@@ -335,7 +353,7 @@ def poll(ctx: StepContext, a: Active) -> Next:
     # only a read begun within the slack it was given past the latest finish the estimate allows.
     policy = ctx.options.poll
     early = slack(a.last_delay) if a.progress < policy.confident_progress else \
-        policy.finish_slack * _elapsed(job)
+        policy.finish_slack * _elapsed(ctx, job)
     not_before = a.due - early if a.seen_finished_at is None else min(a.due - early, a.seen_finished_at)
     a.seen_finished_at = None
     listed = ctx.board.lookup(api, task_id, job.submitted_at, not_before)
@@ -348,7 +366,7 @@ def poll(ctx: StepContext, a: Active) -> Next:
     # A list answer is ``age`` seconds old: the progress it shows was reached that much earlier,
     # and the next poll is timed from then.
     age = max(0.0, ctx.clock() - listed[1]) if listed is not None else 0.0
-    elapsed = _elapsed(job) - age
+    elapsed = _elapsed(ctx, job) - age
     try:
         task = listed[0] if listed is not None else api.get(task_id)
     except TaskNotFound as exc:
@@ -608,7 +626,7 @@ def _wait(ctx: StepContext, a: Active, step: Action, exc: Exception) -> Next:
     """The same step again after a pause; nothing counted against the job."""
     retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
     if step is Action.POLL:
-        elapsed = _elapsed(a.job)
+        elapsed = _elapsed(ctx, a.job)
         if elapsed > ctx.options.poll_timeout:
             return _park_generating(ctx, a, elapsed)
         log.info("%s: poll failed (%s)", a.job.label, exc)
@@ -788,8 +806,9 @@ def _balance_situation(ctx: StepContext, job: JobRow, exc: Exception) -> str:
             "Top up, then run `ledger work` again")
 
 
-def _elapsed(job: JobRow) -> float:
-    return (utcnow() - (job.submitted_at or job.updated_at)).total_seconds()
+def _elapsed(ctx: StepContext, job: JobRow) -> float:
+    """Seconds since the job's generation began, by the database's clock its start was written on."""
+    return (ctx.ledger_clock.now() - (job.submitted_at or job.updated_at)).total_seconds()
 
 
 def _kind(exc: BaseException) -> str:
