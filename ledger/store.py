@@ -813,7 +813,7 @@ class Store(TeamQueries):
         stays on them, so the claim that takes them says whose they were."""
         with read_tx(self.engine) as conn:
             owners = [o for (o,) in conn.execute(select(jobs.c.lease_owner).where(jobs.c.lease_owner.is_not(None))
-                                                 .distinct())]
+                                                 .where(jobs.c.lease_expires_at >= db_now(conn)).distinct())]
         dead = [o for o in owners if owner_is_dead(o)]
         if not dead:
             return 0
