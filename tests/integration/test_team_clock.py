@@ -33,7 +33,7 @@ def test_a_worker_whose_clock_runs_150_s_ahead_cannot_take_a_live_workers_leases
     """Worker A holds two generations under its lease (120 s); worker B starts with its clock 150 s
     ahead. By B's own clock A's leases ended 30 s ago — by the database's they have nearly two
     minutes left: B takes nothing, A finishes its jobs, B leaves when there is nothing more."""
-    sim = make_sim(gen_seconds=8.0)
+    sim = make_sim(gen_seconds=12.0)
     env = {**work_env, "SORA_BASE_URL": sim.base_url, "LEDGER_DATABASE_URL": pg_url, "MAX_CONCURRENT_TASKS": "2"}
     ws.storyboard("storyboard_s.json", segments("skew one", "skew two"))
     assert ws.cli("scan", env=env).exit_code == 0
