@@ -399,7 +399,8 @@ class WorkerRow:
     def live(self, now: datetime) -> bool:
         """Running and heard from within a lease period (a dead worker's leases lapse by then).
         ``now``: the database's clock (``Store.db_now``), which heartbeats are written by."""
-        return self.stopped_at is None and not self.dead and (now - self.heartbeat_at).total_seconds() <= self.lease_seconds
+        return (self.stopped_at is None and not self.dead
+                and (now - self.heartbeat_at).total_seconds() <= self.lease_seconds)
 
     def status(self, now: datetime) -> str:
         if self.stopped_at is not None:
@@ -823,7 +824,8 @@ class Store(TeamQueries):
                                     .where(jobs.c.lease_expires_at >= now)
                                     .values(lease_expires_at=now - timedelta(microseconds=1))).rowcount
         if released:
-            log.info("ended the leases of %d job(s) held by %d dead worker(s): %s", released, len(dead), ", ".join(dead))
+            log.info("ended the leases of %d job(s) held by %d dead worker(s): %s", released, len(dead),
+                     ", ".join(dead))
         return released
 
     def _unleased(self, query, now: datetime, scope: "JobScope", exclude: Sequence[int]):  # type: ignore[no-untyped-def]

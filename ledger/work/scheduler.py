@@ -258,7 +258,8 @@ class Scheduler:
         # A job this run still holds (its step may have just released it: its outcome is not
         # collected yet) is not claimed again over it.
         claim = self._ledger(lambda: self.store.claim(self.owner, free, self.options.lease_seconds, scope,
-                                                      exclude=self._parked | set(self.active)), Claim([], {}), writes=True)
+                                                      exclude=self._parked | set(self.active)),
+                             Claim([], {}), writes=True)
         if not claim.rows:
             self._next_claim = now + 0.5
             return False
