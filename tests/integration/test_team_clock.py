@@ -64,12 +64,14 @@ def test_a_worker_whose_clock_runs_150_s_ahead_cannot_take_a_live_workers_leases
 @pytest.mark.postgres
 def test_a_worker_ahead_waits_the_reconcile_grace_by_the_database_clock_before_judging_a_lost_create(
         ws, make_sim, work_env, pg_url):
-    """Worker A sends a create and is frozen before its answer; the task shows in the API's list
-    only 6 s after it was made (a relay's index catching up). Worker B, its clock 150 s ahead, takes
-    the job over once A's lease ends by the database's clock, and looks the create up only when the
-    10 s grace from A's write-ahead has passed by that clock too (by its own it passed long ago): it
-    finds A's task and adopts it — one task, paid once, and B says whose job it took over."""
-    sim = make_sim(gen_seconds=0.3, create_latency=1.0, list_lag=6.0)
+    """Worker A's create makes a task but its answer is lost, and A is frozen while it waits to look
+    the task up; the task shows in the API's list only 6 s after it was made (a relay's index
+    catching up). Worker B, its clock 150 s ahead, takes the job over once A's lease ends by the
+    database's clock, and looks the create up only when the 10 s grace from A's write-ahead has
+    passed by that clock too (by its own it passed long ago): it finds A's task and adopts it — one
+    task, paid once, and B says whose job it took over."""
+    sim = make_sim(gen_seconds=0.3, list_lag=6.0)
+    sim.inject("create", "lost_create")
     env = {**work_env, "SORA_BASE_URL": sim.base_url, "LEDGER_DATABASE_URL": pg_url, "LEASE_SECONDS": "3",
            "RECONCILE_GRACE_SECONDS": "10"}
     ws.storyboard("storyboard_g.json", segments("grace shot"))
