@@ -415,10 +415,9 @@ def status_command(ctx: click.Context, as_json: bool, job: Optional[str], show_a
     prices = known_prices(store, settings)
     report = store.status(prices)
     chosen = pick_counts(store)
-    from .models import utcnow
     from .team_cli import live_workers, worker_json
 
-    now, workers = utcnow(), live_workers(store)
+    now, workers = live_workers(store)
     if as_json:
         data = report.to_json()
         for board in data["storyboards"]:
@@ -571,6 +570,7 @@ def _work(app: App, settings: Settings, store: Store, pool: ProviderPool, *, pat
     """Run the worker with the live view and Ctrl+C handling; print the summary; return it.
     Every API the jobs need is pre-flighted first, except those ``checked`` already. ``pool``: the
     clients the pre-flight used, so the run goes on over the connections it opened."""
+    _check_clock(settings, store)
     scope = JobScope(storyboard_ids=store.storyboard_ids(pattern) if pattern else None, job_ids=job_ids)
     apis = _apis(settings, store, scope)
     earlier = checked or Preflight({}, [])
@@ -598,6 +598,20 @@ def _work(app: App, settings: Settings, store: Store, pool: ProviderPool, *, pat
             summary = worker.run()
     _render_summary(summary)
     return summary
+
+
+def _check_clock(settings: Settings, store: Store) -> None:
+    """A PostgreSQL ledger is shared by machines: leases go by its clock, but what each machine writes
+    for people and compares with the API's times goes by its own — refuse to work with a clock far off.
+    (A SQLite ledger is a file on this machine: one clock.)"""
+    if store.engine.dialect.name != "postgresql":
+        return
+    offset = store.clock_offset()
+    if abs(offset) > settings.max_clock_skew_seconds:
+        raise ConfigError(f"this machine's clock is {abs(offset):.1f} s {'ahead of' if offset > 0 else 'behind'} the "
+                          f"ledger database's ({store.describe()}), more than MAX_CLOCK_SKEW_SECONDS="
+                          f"{settings.max_clock_skew_seconds:g}: turn on time synchronisation (NTP, e.g. "
+                          "`timedatectl set-ntp true`) on this machine, then run again")
 
 
 @contextmanager

@@ -17,11 +17,12 @@ import sqlite3
 import sys
 import threading
 from contextlib import contextmanager, nullcontext
+from datetime import datetime
 from weakref import WeakKeyDictionary
 from pathlib import Path
 from typing import Iterator, Optional, Tuple, Type
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, make_url
@@ -87,6 +88,16 @@ def make_engine(url: str, *, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> Engi
         return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
     except (ImportError, sa_exc.NoSuchModuleError) as exc:
         raise DatabaseError(f"no driver for {parsed.get_backend_name()}: {exc} (pip install 'ledger[postgres]')") from exc
+
+
+def db_now(conn: Connection) -> datetime:
+    """The database's clock now (naive UTC). Every lease, claim, heartbeat and reconcile grace goes
+    by it, so machines whose clocks differ still agree on when a lease ends. PostgreSQL: the
+    server's ``clock_timestamp()`` (the moment of the call, not the transaction's start). SQLite:
+    the ledger is a file on this machine, so the connection's clock is this machine's."""
+    if conn.dialect.name == "postgresql":
+        return conn.execute(text("SELECT timezone('UTC', clock_timestamp())")).scalar_one()
+    return datetime.fromisoformat(conn.execute(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")).scalar_one())
 
 
 @contextmanager

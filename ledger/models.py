@@ -6,7 +6,8 @@ Alembic's batch mode can rebuild SQLite tables), and naive UTC timestamps everyw
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
+import os
+from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, Optional
 
 from sqlalchemy import (
@@ -36,9 +37,16 @@ NAMING_CONVENTION = {
 }
 
 
+# TEST-ONLY: seconds added to this process's clock (``utcnow``), so a test can run one worker with
+# a skewed clock beside others. Not a setting: nothing outside the test suite sets it.
+_TEST_CLOCK_OFFSET = timedelta(seconds=float(os.environ.get("LEDGER_TEST_CLOCK_OFFSET") or 0))
+
+
 def utcnow() -> datetime:
-    """Naive UTC 'now': the one time representation stored in the ledger."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    """Naive UTC 'now' by this machine's clock: the one time representation stored in the ledger.
+    Leases, claims, heartbeats and the reconcile grace go by the database's clock instead
+    (``store.db_now``): machines' clocks differ."""
+    return datetime.now(timezone.utc).replace(tzinfo=None) + _TEST_CLOCK_OFFSET
 
 
 def iso_utc(value: Optional[datetime]) -> Optional[str]:

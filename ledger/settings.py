@@ -213,6 +213,9 @@ class Settings:
     # is looked for; widened by the offset the API's Date header shows (``ApiClient.clock_offset``).
     reconcile_skew_seconds: float = 120.0
     lease_seconds: float = 120.0
+    # Team mode on PostgreSQL: how far this machine's clock may be from the database's for
+    # ``ledger work`` to start (leases go by the database's clock; the rest still by this one's).
+    max_clock_skew_seconds: float = 5.0
     api_patience_seconds: float = 60.0
     price_normal_cents: int = 30
     price_pro_cents: int = 150
@@ -313,6 +316,7 @@ SPECS: Tuple[Tuple[str, str, Callable[[Any], Any]], ...] = (
     ("RECONCILE_GRACE_SECONDS", "reconcile_grace_seconds", _positive_float),
     ("RECONCILE_SKEW_SECONDS", "reconcile_skew_seconds", _positive_float),
     ("LEASE_SECONDS", "lease_seconds", _positive_float),
+    ("MAX_CLOCK_SKEW_SECONDS", "max_clock_skew_seconds", _positive_float),
     ("API_PATIENCE_SECONDS", "api_patience_seconds", _positive_float),
     ("PRICE_NORMAL_CENTS", "price_normal_cents", _int_at_least(0)),
     ("PRICE_PRO_CENTS", "price_pro_cents", _int_at_least(0)),

@@ -19,7 +19,7 @@ from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine, Row
 
-from .db import read_tx, write_tx
+from .db import db_now, read_tx, write_tx
 from .models import api_keys, events, jobs, meta, path_key, storyboards, utcnow, workers
 from .outputs import existing_videos, supersede
 from .errors import LedgerError
@@ -403,15 +403,38 @@ class WorkerRow:
     jobs_held: int
     lease_seconds: float
     stopped_at: Optional[datetime]
+    dead: bool = False  # ran on this machine and its process is gone (killed): known without waiting
 
     def live(self, now: datetime) -> bool:
-        """Running and heard from within a lease period (a dead worker's leases lapse by then)."""
-        return self.stopped_at is None and (now - self.heartbeat_at).total_seconds() <= self.lease_seconds
+        """Running and heard from within a lease period (a dead worker's leases lapse by then).
+        ``now``: the database's clock (``Store.db_now``), which heartbeats are written by."""
+        return (self.stopped_at is None and not self.dead
+                and (now - self.heartbeat_at).total_seconds() <= self.lease_seconds)
 
     def status(self, now: datetime) -> str:
         if self.stopped_at is not None:
             return "stopped"
+        if self.dead:
+            return "dead"
         return "live" if self.live(now) else "silent"
+
+
+@dataclass(frozen=True)
+class FromNow:
+    """A time ``seconds`` after now by the database's clock, for a value ``Store.transition``
+    writes: times other workers compare (a write-ahead's, a retry's) go by the one clock all share."""
+    seconds: float = 0.0
+
+
+DB_NOW = FromNow()
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What ``Store.claim`` leased: the jobs, and how many of them were taken over from each other
+    worker (its lease had lapsed, or its process on this machine is gone)."""
+    rows: List["JobRow"]
+    taken_over: Dict[str, int]
 
 
 class TeamQueries:
@@ -458,49 +481,74 @@ class TeamQueries:
                        busy.get(r.fingerprint, 0), spent.get(r.fingerprint, 0)) for r in rows]
 
     def worker_started(self, owner: str, host: str, pid: int, concurrency: int, lease_seconds: float) -> None:
-        now = utcnow()
-        values = {"host": host, "pid": pid, "concurrency": concurrency, "started_at": now, "heartbeat_at": now,
-                  "jobs_held": 0, "lease_seconds": lease_seconds, "stopped_at": None}
         with write_tx(self.engine) as conn:
+            now = db_now(conn)
+            values = {"host": host, "pid": pid, "concurrency": concurrency, "started_at": now, "heartbeat_at": now,
+                      "jobs_held": 0, "lease_seconds": lease_seconds, "stopped_at": None}
             if not conn.execute(update(workers).where(workers.c.owner == owner).values(**values)).rowcount:
                 conn.execute(insert(workers).values(owner=owner, **values))
 
     def heartbeat(self, owner: str, jobs_held: int) -> None:
         with write_tx(self.engine) as conn:
             conn.execute(update(workers).where(workers.c.owner == owner)
-                         .values(heartbeat_at=utcnow(), jobs_held=jobs_held))
+                         .values(heartbeat_at=db_now(conn), jobs_held=jobs_held))
 
     def worker_stopped(self, owner: str) -> None:
         with write_tx(self.engine) as conn:
+            now = db_now(conn)
             conn.execute(update(workers).where(workers.c.owner == owner)
-                         .values(stopped_at=utcnow(), heartbeat_at=utcnow(), jobs_held=0))
+                         .values(stopped_at=now, heartbeat_at=now, jobs_held=0))
 
-    def workers(self, *, since: Optional[datetime] = None) -> List[WorkerRow]:
-        """The workers recorded (those heard from after ``since``), newest first, with the jobs each
-        holds a lease on now."""
-        query = select(workers).order_by(workers.c.started_at.desc())
-        if since is not None:
-            query = query.where(workers.c.heartbeat_at >= since)
+    def db_now(self) -> datetime:
+        """The database's clock now (naive UTC): what leases and heartbeats are measured by."""
         with read_tx(self.engine) as conn:
-            held = dict(conn.execute(select(jobs.c.lease_owner, func.count()).where(jobs.c.lease_owner.is_not(None))
-                                     .where(jobs.c.lease_expires_at >= utcnow()).group_by(jobs.c.lease_owner)).all())
-            rows = conn.execute(query).all()
-        return [WorkerRow(r.owner, r.host, r.pid, r.concurrency, r.started_at, r.heartbeat_at,
-                          held.get(r.owner, 0) if r.stopped_at is None else 0, r.lease_seconds, r.stopped_at)
-                for r in rows]
+            return db_now(conn)
 
-    def held_elsewhere(self, owner: str, scope: "JobScope") -> Tuple[int, Optional[datetime]]:
-        """Unfinished jobs in ``scope`` another worker holds a live lease on, and when the first of
-        those leases ends: a worker that finds nothing to claim waits for them (it takes over a dead
-        worker's jobs when its leases lapse) rather than leaving them behind."""
-        now = utcnow()
-        query = scope.apply(select(func.count(), func.min(jobs.c.lease_expires_at)).select_from(jobs)
+    def clock_offset(self) -> float:
+        """Seconds this machine's clock is ahead of the database's (negative: behind): the database's
+        reading against the middle of the round trip, from the quickest of three."""
+        samples = []
+        with read_tx(self.engine) as conn:
+            for _ in range(3):
+                sent = utcnow()
+                theirs = db_now(conn)
+                back = utcnow()
+                samples.append((back - sent, (sent + (back - sent) / 2 - theirs).total_seconds()))
+        return min(samples)[1]
+
+    def workers(self, *, within: Optional[timedelta] = None) -> Tuple[datetime, List[WorkerRow]]:
+        """The database's clock now, and the workers recorded (those heard from ``within`` of it),
+        newest first, with the jobs each holds a lease on now. A worker of this machine whose process
+        is gone is ``dead`` at once (its jobs are taken over at the next claim), not a lease later."""
+        query = select(workers).order_by(workers.c.started_at.desc())
+        with read_tx(self.engine) as conn:
+            now = db_now(conn)
+            if within is not None:
+                query = query.where(workers.c.heartbeat_at >= now - within)
+            held = dict(conn.execute(select(jobs.c.lease_owner, func.count()).where(jobs.c.lease_owner.is_not(None))
+                                     .where(jobs.c.lease_expires_at >= now).group_by(jobs.c.lease_owner)).all())
+            rows = conn.execute(query).all()
+        found = []
+        for r in rows:
+            dead = r.stopped_at is None and owner_is_dead(r.owner)
+            found.append(WorkerRow(r.owner, r.host, r.pid, r.concurrency, r.started_at, r.heartbeat_at,
+                                   held.get(r.owner, 0) if r.stopped_at is None and not dead else 0,
+                                   r.lease_seconds, r.stopped_at, dead))
+        return now, found
+
+    def held_elsewhere(self, owner: str, scope: "JobScope") -> Tuple[int, Optional[float]]:
+        """Unfinished jobs in ``scope`` another worker holds a live lease on, and the seconds until
+        the first of those leases ends (by the database's clock): a worker that finds nothing to
+        claim waits for them (it takes over a dead worker's jobs when its leases lapse) rather than
+        leaving them behind."""
+        with read_tx(self.engine) as conn:
+            now = db_now(conn)
+            count, first = conn.execute(
+                scope.apply(select(func.count(), func.min(jobs.c.lease_expires_at)).select_from(jobs)
                             .where(jobs.c.state.in_([s.value for s in CLAIMABLE]))
                             .where(jobs.c.lease_owner.is_not(None)).where(jobs.c.lease_owner != owner)
-                            .where(jobs.c.lease_expires_at >= now))
-        with read_tx(self.engine) as conn:
-            count, first = conn.execute(query).one()
-        return int(count), first
+                            .where(jobs.c.lease_expires_at >= now))).one()
+        return int(count), (first - now).total_seconds() if first is not None else None
 
 
 class Store(TeamQueries):
@@ -842,18 +890,23 @@ class Store(TeamQueries):
         return [r.id for r in rows if fnmatch(r.path, pattern) or fnmatch(PurePosixPath(r.path).name, pattern)]
 
     def release_dead_owners(self) -> int:
-        """Clear the leases held by processes of this machine that no longer exist (a crash or a
-        kill -9): their jobs can be resumed at once rather than when the leases expire."""
+        """End at once the leases held by processes of this machine that no longer exist (a crash
+        or a kill -9): their jobs can be resumed now rather than when the leases expire. The owner
+        stays on them, so the claim that takes them says whose they were."""
         with read_tx(self.engine) as conn:
             owners = [o for (o,) in conn.execute(select(jobs.c.lease_owner).where(jobs.c.lease_owner.is_not(None))
-                                                 .distinct())]
+                                                 .where(jobs.c.lease_expires_at >= db_now(conn)).distinct())]
         dead = [o for o in owners if owner_is_dead(o)]
         if not dead:
             return 0
         with write_tx(self.engine) as conn:
+            now = db_now(conn)
             released = conn.execute(update(jobs).where(jobs.c.lease_owner.in_(dead))
-                                    .values(lease_owner=None, lease_expires_at=None)).rowcount
-        log.info("adopted %d job(s) from %d dead worker(s): %s", released, len(dead), ", ".join(dead))
+                                    .where(jobs.c.lease_expires_at >= now)
+                                    .values(lease_expires_at=now - timedelta(microseconds=1))).rowcount
+        if released:
+            log.info("ended the leases of %d job(s) held by %d dead worker(s): %s", released, len(dead),
+                     ", ".join(dead))
         return released
 
     def _unleased(self, query, now: datetime, scope: "JobScope", exclude: Sequence[int]):  # type: ignore[no-untyped-def]
@@ -870,42 +923,49 @@ class Store(TeamQueries):
         return or_(jobs.c.next_attempt_at.is_(None), jobs.c.next_attempt_at <= now)
 
     def claim(self, owner: str, limit: int, lease_seconds: float, scope: "JobScope",
-              exclude: Iterable[int] = ()) -> List[JobRow]:
+              exclude: Iterable[int] = ()) -> Claim:
         """Atomically lease up to ``limit`` claimable jobs to ``owner``: jobs already paid for
-        (in flight) first, then pending ones in ledger order.
+        (in flight) first, then pending ones in ledger order. Leases are timed by the database's
+        clock: a worker whose own clock runs ahead cannot end another's lease early.
 
         One ordered walk of the ``(state, id)`` index per state, stopping at ``limit``: a claim
         costs the same in a ledger of a thousand jobs or of a million (no sort of every claimable row
         inside the write lock)."""
         if limit <= 0:
-            return []
-        now = utcnow()
+            return Claim([], {})
         excluded = list(exclude)
-        ids: List[int] = []
+        found: Dict[int, Optional[str]] = {}
         with write_tx(self.engine) as conn:
+            now = db_now(conn)
             for state in (*_IN_FLIGHT_ORDER, State.PENDING):
-                query = (self._unleased(select(jobs.c.id), now, scope, excluded).where(self._due(now))
-                         .where(jobs.c.state == state.value).order_by(jobs.c.id).limit(limit - len(ids)))
-                ids.extend(r.id for r in conn.execute(query.with_for_update(skip_locked=True)))
-                if len(ids) >= limit:
+                query = (self._unleased(select(jobs.c.id, jobs.c.lease_owner), now, scope, excluded)
+                         .where(self._due(now)).where(jobs.c.state == state.value).order_by(jobs.c.id)
+                         .limit(limit - len(found)))
+                found.update((r.id, r.lease_owner) for r in conn.execute(query.with_for_update(skip_locked=True)))
+                if len(found) >= limit:
                     break
-            if not ids:
-                return []
+            if not found:
+                return Claim([], {})
+            ids = list(found)
             conn.execute(update(jobs).where(jobs.c.id.in_(ids))
                          .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds)))
             rows = conn.execute(job_select().where(jobs.c.id.in_(ids)).order_by(jobs.c.id)).all()
-        return [JobRow.from_row(r) for r in rows]
+        # A lease another worker still had on the job (lapsed, or ended because its process is gone).
+        taken = Counter(prev for prev in found.values() if prev is not None and prev != owner)
+        return Claim([JobRow.from_row(r) for r in rows], dict(taken))
 
-    def pending_outlook(self, scope: "JobScope", exclude: Iterable[int] = ()) -> Tuple[int, Optional[datetime]]:
-        """How many jobs in ``scope`` could be claimed now, and when the next delayed one is due
-        (a retry waiting out its backoff). Jobs leased by live workers count for neither."""
-        now = utcnow()
+    def pending_outlook(self, scope: "JobScope", exclude: Iterable[int] = ()) -> Tuple[int, Optional[float]]:
+        """How many jobs in ``scope`` could be claimed now, and in how many seconds the next delayed
+        one is due (a retry waiting out its backoff), by the database's clock. Jobs leased by live
+        workers count for neither."""
         excluded = list(exclude)
-        ready = self._unleased(select(func.count()).select_from(jobs), now, scope, excluded).where(self._due(now))
-        later = self._unleased(select(func.min(jobs.c.next_attempt_at)), now, scope, excluded) \
-            .where(jobs.c.next_attempt_at > now)
         with read_tx(self.engine) as conn:
-            return conn.execute(ready).scalar_one(), conn.execute(later).scalar_one()
+            now = db_now(conn)
+            ready = self._unleased(select(func.count()).select_from(jobs), now, scope, excluded).where(self._due(now))
+            later = self._unleased(select(func.min(jobs.c.next_attempt_at)), now, scope, excluded) \
+                .where(jobs.c.next_attempt_at > now)
+            count, first = conn.execute(ready).scalar_one(), conn.execute(later).scalar_one()
+        return count, (first - now).total_seconds() if first is not None else None
 
     def pending_by_price(self, scope: "JobScope") -> Dict[Tuple[str, str, bool], int]:
         """Pending jobs in ``scope`` (the ones a run would pay for), counted by (provider, price
@@ -957,8 +1017,8 @@ class Store(TeamQueries):
         held: Set[int] = set()
         if not ids:
             return held
-        expires = utcnow() + timedelta(seconds=lease_seconds)
         with write_tx(self.engine) as conn:
+            expires = db_now(conn) + timedelta(seconds=lease_seconds)
             for chunk in _chunks(ids):
                 conn.execute(update(jobs).where(jobs.c.id.in_(chunk)).where(jobs.c.lease_owner == owner)
                              .values(lease_expires_at=expires))
@@ -981,6 +1041,7 @@ class Store(TeamQueries):
         only when there is a ``detail`` to record). ``key``: a write-ahead that records the key the
         create goes out with, chosen in the same transaction from the keys' counts in the ledger (so
         no key's limit is passed by all machines together); ``NoFreeKey`` when none may take it.
+        A value given as ``FromNow`` is written as that time by the database's clock.
 
         Returns the row as it now is: ``current`` with the changes applied when given (the caller's
         copy is known to be in step: only the lease holder writes), else read back."""
@@ -988,6 +1049,10 @@ class Store(TeamQueries):
             check_transition(old, new)
         now = utcnow()
         with write_tx(self.engine) as conn:
+            if any(isinstance(v, FromNow) for v in values.values()):
+                clock = db_now(conn)
+                values = {k: clock + timedelta(seconds=v.seconds) if isinstance(v, FromNow) else v
+                          for k, v in values.items()}
             if key is not None:
                 values["key_fp"] = key.free_choice or _choose_key(conn, key)
             changed = conn.execute(_transition_update(tuple(sorted(values))), {

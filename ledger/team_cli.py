@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import click
 from rich.table import Table
@@ -15,7 +15,7 @@ from sqlalchemy import func, insert, select, text
 from .cli import App, currency_of_provider, err, out
 from .db import describe_database, open_ledger, upgrade
 from .errors import UsageError
-from .models import api_keys, events, jobs, meta, picks, storyboards, utcnow
+from .models import api_keys, events, jobs, meta, picks, storyboards
 from .money import money
 from .store import KeyRow, Store, WorkerRow
 
@@ -45,9 +45,10 @@ def key_json(row: KeyRow, currency: str) -> Dict[str, Any]:
             "out_of_rotation": row.out_reason}
 
 
-def live_workers(store: Store) -> List[WorkerRow]:
-    now = utcnow()
-    return [w for w in store.workers(since=now - timedelta(days=1)) if w.live(now)]
+def live_workers(store: Store) -> Tuple[datetime, List[WorkerRow]]:
+    """The database's clock now (what heartbeats are written by), and the live workers."""
+    now, rows = store.workers(within=timedelta(days=1))
+    return now, [w for w in rows if w.live(now)]
 
 
 @click.command("workers")
@@ -58,8 +59,7 @@ def workers_command(app: App, as_json: bool, show_all: bool) -> None:
     """The `ledger work` processes sharing this ledger (every machine), and the API keys they use."""
     settings = app.settings()
     store = app.store(settings)
-    now = utcnow()
-    rows = store.workers(since=now - timedelta(days=1))
+    now, rows = store.workers(within=timedelta(days=1))
     shown = rows if show_all else [w for w in rows if w.live(now)]
     keys = store.keys()
     if as_json:
@@ -120,7 +120,7 @@ def copy_ledger_command(app: App, target: str, force: bool) -> None:
     if source_url == target:
         raise UsageError("--to names the ledger being copied")
     source = app.store(settings)
-    running = live_workers(source)
+    _, running = live_workers(source)
     if running and not force:
         raise UsageError(f"{len(running)} worker(s) are running on this ledger ({', '.join(w.owner for w in running)}); "
                          "stop them first (or --force)")

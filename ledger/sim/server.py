@@ -122,6 +122,9 @@ class SimConfig:
     # Seconds the service's clock runs ahead of this machine's (negative: behind): its task times
     # and its Date header both show it.
     clock_offset: float = 0.0
+    # Seconds a new task takes to show in the task list and in look-ups by reference (an index that
+    # catches up later, as behind a relay); its id answers at once.
+    list_lag: float = 0.0
 
 
 @dataclass
@@ -431,7 +434,7 @@ class SimServer:
     def find_task(self, predicate: Any) -> Optional[_Task]:
         """The newest task ``predicate(task)`` is true of (a look-up by a client reference)."""
         with self._lock:
-            return max((t for t in self._tasks.values() if predicate(t) and self._visible(t)), key=lambda t: t.seq,
+            return max((t for t in self._tasks.values() if predicate(t) and self._listed(t)), key=lambda t: t.seq,
                        default=None)
 
     def get_task(self, task_id: str, *, poll: bool) -> Optional[_Task]:
@@ -445,7 +448,7 @@ class SimServer:
 
     def tasks_newest_first(self) -> List[_Task]:
         with self._lock:
-            return sorted((t for t in self._tasks.values() if self._visible(t)), key=lambda task: task.seq,
+            return sorted((t for t in self._tasks.values() if self._listed(t)), key=lambda task: task.seq,
                           reverse=True)
 
     def timeline(self, task: _Task) -> Tuple[str, int, float]:
@@ -546,6 +549,10 @@ class SimServer:
         if task is None or self.config.keys is None or task.key == self.request_key():
             return task
         return None
+
+    def _listed(self, task: _Task) -> bool:
+        """Whether the task list (and a look-up by reference) shows ``task`` yet (``list_lag``)."""
+        return self._visible(task) is not None and time.monotonic() - task.created_mono >= self.config.list_lag
 
     def key_at_limit(self) -> bool:
         """Team mode: the request's key already runs as many generations as it may."""

@@ -15,20 +15,20 @@ import os
 import queue
 import threading
 import time
+from datetime import timedelta
 from typing import Callable, Dict, List, Optional, Set, Tuple, TypeVar
 
 from sqlalchemy import exc as sa_exc
 
 from ..journal import Journal, journal_folder, orphaned
 from ..money import Money
-from ..leases import hostname, owner_id
+from ..leases import hostname, owner_id, parse_owner
 from ..redact import mask_key
-from ..models import utcnow
 from ..policy import RateGate
 from ..pricing import Prices
 from ..providers import ProviderPool
 from ..states import State
-from ..store import JobRow, JobScope, Store
+from ..store import Claim, JobRow, JobScope, Store
 from .board import StatusBoard
 from .budget import Budgets
 from .decide import is_ledger_trouble
@@ -245,8 +245,7 @@ class Scheduler:
             later = lapse if later is None else min(later, lapse)
         if later is None:
             return True
-        wait = (later - utcnow()).total_seconds()
-        self._next_claim = time.monotonic() + max(0.2, min(wait, 5.0))
+        self._next_claim = time.monotonic() + max(0.2, min(later, 5.0))
         return False
 
     def _free_slots(self) -> int:
@@ -300,8 +299,15 @@ class Scheduler:
     def _claim_rows(self, limit: int, scope: JobScope) -> List[JobRow]:
         # A job this run still holds (its step may have just released it: its outcome is not
         # collected yet) is not claimed again over it.
-        return self._ledger(lambda: self.store.claim(self.owner, limit, self.options.lease_seconds, scope,
-                                                     exclude=self._parked | set(self.active)), [], writes=True)
+        claim = self._ledger(lambda: self.store.claim(self.owner, limit, self.options.lease_seconds, scope,
+                                                      exclude=self._parked | set(self.active)),
+                             Claim([], {}), writes=True)
+        for previous, count in claim.taken_over.items():
+            parsed = parse_owner(previous)
+            who = f"{parsed[0]}/{parsed[1]}" if parsed else previous
+            log.warning("took over %d job%s of worker %s (its lease ended: the worker stopped answering or is gone)",
+                        count, "" if count == 1 else "s", who)
+        return claim.rows
 
     def _take(self, rows: List[JobRow], now: float) -> None:
         for row in rows:
@@ -399,6 +405,7 @@ class Scheduler:
         """Say who works (``ledger workers``) and which keys this machine brings (team mode)."""
         self._ledger(lambda: self.store.worker_started(self.owner, hostname(), os.getpid(), self.options.concurrency,
                                                        self.options.lease_seconds), None, writes=True)
+        self._measure_clock()
         keys = getattr(self.providers, "keys", None)
         if keys is not None and self._own_keys() is not None:
             self._ledger(lambda: self.store.register_keys(
@@ -406,10 +413,17 @@ class Scheduler:
             for fp, reason in keys.out_reasons().items():  # refused at this run's pre-flight: out for everyone
                 self._ledger(lambda fp=fp, reason=reason: self.store.retire_key(fp, reason[:500]), None)
 
+    def _measure_clock(self) -> None:
+        """How far this machine's clock is off the database's, for the times other workers wrote."""
+        ahead = self._ledger(self.store.clock_offset, None)
+        if ahead is not None:
+            self.ctx.ledger_clock.ahead = timedelta(seconds=ahead)
+
     def _heartbeat(self) -> None:
         """Every lease renewal: the worker is alive; keys another machine took out of rotation are
         out here too."""
         self._ledger(lambda: self.store.heartbeat(self.owner, len(self.active)), None)
+        self._measure_clock()
         keys = getattr(self.providers, "keys", None)
         own = self._own_keys()
         if keys is not None and own:

@@ -22,7 +22,7 @@ import dataclasses
 import logging
 import threading
 from dataclasses import dataclass, field
-from datetime import timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
@@ -36,7 +36,7 @@ from ..policy import RateGate
 from ..pricing import Money, Prices, money
 from ..providers import Provider, ProviderPool
 from ..states import State
-from ..store import NO_VIDEO_KINDS, JobRow, LeaseLost, NoFreeKey, Store
+from ..store import DB_NOW, NO_VIDEO_KINDS, FromNow, JobRow, LeaseLost, NoFreeKey, Store
 from ..storyboard import ledger_path
 from .board import StatusBoard, slack
 from .budget import Budgets, Hold
@@ -144,6 +144,22 @@ class RunState:
                 self.ledger_down_since = None
 
 
+class LedgerClock:
+    """This machine's clock set to the ledger database's, which the times other workers wrote
+    (a generation's start, a write-ahead's) are on. The offset is measured as the run starts and at
+    every heartbeat (``Store.clock_offset``)."""
+
+    def __init__(self) -> None:
+        self.ahead = timedelta(0)  # how far this machine's clock is ahead of the database's
+
+    def now(self) -> datetime:
+        return utcnow() - self.ahead
+
+    def of(self, local: datetime) -> datetime:
+        """A moment read on this machine's clock, on the database's."""
+        return local - self.ahead
+
+
 @dataclass
 class StepContext:
     """What the steps work with: the ledger, the API, the run's options and shared state."""
@@ -160,6 +176,7 @@ class StepContext:
     board: StatusBoard
     emit: Callable[[JobRow, EventKind, str], None]
     clock: Callable[[], float]
+    ledger_clock: LedgerClock = field(default_factory=LedgerClock)
     downloads: Dict[int, Path] = field(default_factory=dict)  # job id -> video being written
     unrecorded: Set[int] = field(default_factory=set)  # jobs whose journaled task the ledger has not taken
 
@@ -215,7 +232,7 @@ def submit(ctx: StepContext, a: Active) -> Next:
     try:
         try:
             _move(ctx, a, State.SUBMITTING, EventKind.NOTE, f"write-ahead: sending the create to {api.name} "
-                  f"at {api.base_url}", show=False, reread=True, submitting_at=utcnow(), api_base=api.base_url,
+                  f"at {api.base_url}", show=False, reread=True, submitting_at=DB_NOW, api_base=api.base_url,
                   key=ctx.providers.key_choice(job.provider, a.reserved or price_of(ctx, job)))
         except NoFreeKey:
             _unreserve(ctx, a)
@@ -254,7 +271,8 @@ def record(ctx: StepContext, a: Active) -> Next:
     # What the API said it cost; else what was held for it (the listed price, or more when the API
     # charged more for one of its kind in this run).
     cost = task.cost if task.cost is not None else a.reserved or _estimate(ctx, job)
-    now = utcnow()
+    # On the database's clock: whichever worker polls the job next measures its time from this.
+    now = ctx.ledger_clock.now()
     if a.found:
         # A found task started before we looked (by the service's clock, which has whole seconds).
         created = task.created_at.astimezone(timezone.utc).replace(tzinfo=None) if task.created_at else now
@@ -262,7 +280,7 @@ def record(ctx: StepContext, a: Active) -> Next:
     else:
         # The generation began when the POST reached the API: time its polls from the sending, not
         # from whenever the answer got written down.
-        started, what, kind = a.sent_at or now, "created task", EventKind.CREATED
+        started, what, kind = ctx.ledger_clock.of(a.sent_at) if a.sent_at else now, "created task", EventKind.CREATED
     paid_by = "" if a.sent_at is not None else "; paid by an earlier run"
     currency = currency_of(ctx, job)
     _move(ctx, a, State.SUBMITTED, kind, f"{what} {task.task_id} ({money(cost, currency)}{paid_by})",
@@ -292,7 +310,11 @@ def reconcile(ctx: StepContext, a: Active) -> Next:
     job = a.job
     assert job.submitting_at is not None
     since = job.submitting_at
-    wait = ((a.answered_at or since) + timedelta(seconds=ctx.options.reconcile_grace) - utcnow()).total_seconds()
+    grace = timedelta(seconds=ctx.options.reconcile_grace)
+    if a.answered_at is not None:  # this process sent it: the grace runs from the answer, all by one clock
+        wait = (a.answered_at + grace - utcnow()).total_seconds()
+    else:  # taken over: the write-ahead's time is the database's, and so must the clock be that it is measured by
+        wait = (since + grace - ctx.store.db_now()).total_seconds()
     if wait > 0:
         return Next(wait)
     api = api_of(ctx, job)
@@ -332,7 +354,7 @@ def poll(ctx: StepContext, a: Active) -> Next:
     # only a read begun within the slack it was given past the latest finish the estimate allows.
     policy = ctx.options.poll
     early = slack(a.last_delay) if a.progress < policy.confident_progress else \
-        policy.finish_slack * _elapsed(job)
+        policy.finish_slack * _elapsed(ctx, job)
     not_before = a.due - early if a.seen_finished_at is None else min(a.due - early, a.seen_finished_at)
     a.seen_finished_at = None
     listed = ctx.board.lookup(api, task_id, job.submitted_at, not_before)
@@ -345,7 +367,7 @@ def poll(ctx: StepContext, a: Active) -> Next:
     # A list answer is ``age`` seconds old: the progress it shows was reached that much earlier,
     # and the next poll is timed from then.
     age = max(0.0, ctx.clock() - listed[1]) if listed is not None else 0.0
-    elapsed = _elapsed(job) - age
+    elapsed = _elapsed(ctx, job) - age
     try:
         task = listed[0] if listed is not None else api.get(task_id)
     except TaskNotFound as exc:
@@ -528,7 +550,7 @@ def settle(ctx: StepContext, a: Active, step: Action, exc: Exception) -> Next:
         assert isinstance(exc, RateLimited)
         pause = exc.retry_after if exc.retry_after is not None else 5.0
         _back_to_pending(ctx, a, EventKind.RETRY, f"rate limited before creating; retry in {pause:g} s",
-                         next_attempt_at=utcnow() + timedelta(seconds=pause))
+                         next_attempt_at=FromNow(pause))
         return Next(outcome=Outcome.RELEASED)
     if verdict is Verdict.OUT_OF_REACH:
         # Not the job's fault: nothing is counted or written for later runs; the scheduler stops the
@@ -576,7 +598,7 @@ def settle(ctx: StepContext, a: Active, step: Action, exc: Exception) -> Next:
             _unreserve(ctx, a)
         return _fail(ctx, a, exc, **extra)
     if verdict is Verdict.FRESH_URL:
-        elapsed = _elapsed(job)
+        elapsed = _elapsed(ctx, job)
         api = api_of(ctx, job)
         if api.retention is not None and elapsed > api.retention:
             # Refused past the API's retention: the video is gone, and a fresh URL (the task may
@@ -613,7 +635,7 @@ def _wait(ctx: StepContext, a: Active, step: Action, exc: Exception) -> Next:
     """The same step again after a pause; nothing counted against the job."""
     retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
     if step is Action.POLL:
-        elapsed = _elapsed(a.job)
+        elapsed = _elapsed(ctx, a.job)
         if elapsed > ctx.options.poll_timeout:
             return _park_generating(ctx, a, elapsed)
         log.info("%s: poll failed (%s)", a.job.label, exc)
@@ -660,7 +682,7 @@ def _retry_later(ctx: StepContext, a: Active, exc: Exception) -> Next:
     state = State.PENDING if job.state is State.SUBMITTING else job.state
     a.retry_note = f"retrying in {delay:.0f} s"
     _move(ctx, a, state, EventKind.RETRY, f"attempt {attempts} failed ({_message(exc)}); next try in {delay:.0f} s",
-          release=True, next_attempt_at=utcnow() + timedelta(seconds=delay), error_kind=_kind(exc),
+          release=True, next_attempt_at=FromNow(delay), error_kind=_kind(exc),
           error_message=_message(exc), attempts=attempts)
     return Next(outcome=Outcome.RELEASED)
 
@@ -802,8 +824,9 @@ def _video_gone(api: Any, reason: Any, elapsed: float, http_status: Optional[int
                           "(and pays for it)", http_status=http_status)
 
 
-def _elapsed(job: JobRow) -> float:
-    return (utcnow() - (job.submitted_at or job.updated_at)).total_seconds()
+def _elapsed(ctx: StepContext, job: JobRow) -> float:
+    """Seconds since the job's generation began, by the database's clock its start was written on."""
+    return (ctx.ledger_clock.now() - (job.submitted_at or job.updated_at)).total_seconds()
 
 
 def _kind(exc: BaseException) -> str:
