@@ -525,6 +525,16 @@ def settle(ctx: StepContext, a: Active, step: Action, exc: Exception) -> Next:
     if verdict is Verdict.RELEASE:
         ctx.store.release(ctx.owner, [job.id])
         return Next(outcome=Outcome.RELEASED)
+    if verdict in (Verdict.STOP_AUTH, Verdict.STOP_BALANCE) and job.state is State.SUBMITTING and \
+            step is not Action.SUBMIT:
+        # Refused while looking up a create that may have been made: nothing says it was not. The
+        # job keeps its write-ahead (never "not created", never sent again) and waits for its key.
+        _retire_key(ctx, job, verdict, exc)
+        ctx.store.release(ctx.owner, [job.id])
+        if not ctx.providers.keys.several(job.provider):
+            stop = Stop.AUTH if verdict is Verdict.STOP_AUTH else Stop.BALANCE
+            ctx.run.halt(stop, str(exc) if stop is Stop.AUTH else _balance_situation(ctx, job, exc))
+        return Next(outcome=Outcome.RELEASED)
     if verdict in (Verdict.STOP_AUTH, Verdict.STOP_BALANCE) and _retire_key(ctx, job, verdict, exc):
         # One of several keys was refused: it is out of rotation, the job goes on with another.
         if job.state is State.SUBMITTING:

@@ -367,3 +367,22 @@ def test_reconcile_skew_is_a_setting(ws, make_sim, work_env):
 
     assert load_settings(ws.root, {}).reconcile_skew_seconds == 120.0
     assert load_settings(ws.root, {"RECONCILE_SKEW_SECONDS": "900"}).reconcile_skew_seconds == 900.0
+
+
+def test_a_key_refused_while_a_lost_create_is_looked_up_keeps_the_job_unresolved_not_pending(ws, make_sim, work_env):
+    """The create's answer is lost; the look-up that follows meets a 401 (the key revoked meanwhile).
+    That says nothing about the create: the job used to go back to `pending` as "not created", and
+    the next run, with a key that works, paid for it a second time. It keeps its write-ahead."""
+    sim = make_sim(gen_seconds=0.3)
+    env = {**work_env, **api_env(sim), "RECONCILE_GRACE_SECONDS": "0.2"}
+    ws.storyboard("storyboard_a.json", segments("created, answer lost, key revoked"))
+    sim.inject("create", "lost_create")
+    sim.inject("tasks", "envelope", count=50, code=401, message="API密钥无效或已禁用")
+    code, out, errors = finish(spawn(ws.root, env, "run", "--no-progress"))
+    assert code == 3, (out, errors)
+    assert query(ws.root, "SELECT state FROM jobs") == [("submitting",)]
+    sim.clear_faults()  # the key is accepted again
+    code, out, errors = finish(spawn(ws.root, env, "work", "--no-progress"))
+    assert code == 0, (out, errors)
+    assert sim.stats()["creates_per_prompt"]["created, answer lost, key revoked"] == 1
+    assert query(ws.root, "SELECT state FROM jobs") == [("done",)]
