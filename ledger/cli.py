@@ -320,10 +320,11 @@ def _render_scan(report: ScanReport, settings: Settings, store: Store, cwd: Path
     out.print(ntr("Scanned {n} storyboard file in {folder}: {what}.", "Scanned {n} storyboard files in {folder}: {what}.",
                   len(report.files), folder=ledger_path(settings.input_dir, cwd), what=files or tr("no change")),
               markup=False)
-    jobs = _facts([(o.added, "new"), (o.updated, "updated"),
-                   (o.revived, "back in their storyboard"), (o.regenerate, "back in the queue (video deleted)"),
-                   (o.requeued_changed, "back in the queue (changed, --requeue-changed)"),
-                   (o.removed, "removed (no longer in a storyboard)")])
+    jobs = _facts([(o.added, tr("{n} new")), (o.updated, tr("{n} updated")),
+                   (o.revived, tr("{n} back in their storyboard")),
+                   (o.regenerate, tr("{n} back in the queue (video deleted)")),
+                   (o.requeued_changed, tr("{n} back in the queue (changed, --requeue-changed)")),
+                   (o.removed, tr("{n} removed (no longer in a storyboard)"))])
     if o.dry_run:
         out.print(f"Jobs (dry run, nothing recorded): {jobs}." if jobs else "Dry run: no job would change.",
                   markup=False)
@@ -803,7 +804,7 @@ def _dry_run(settings: Settings, store: Store, pool: ProviderPool, pattern: Opti
     plan = plan_work(store, pool, scope, prices, limit=limit, extra=extra)
     shown = [part.provider for part in plan.providers] or [settings.provider]
     if plan.jobs:
-        models = _facts([(plan.normal, "normal"), (plan.pro, "Pro")])
+        models = _facts([(plan.normal, tr("{n} normal")), (plan.pro, tr("{n} Pro"))])
         out.print(f"A run would submit {plural(plan.jobs, 'job')} ({models}): estimated {plan.cost} at "
                   f"{prices.describe(shown)}.", markup=False)
     else:
