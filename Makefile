@@ -16,6 +16,7 @@ $(STAMP): setup.cfg pyproject.toml
 # otherwise compiles them at every start where PYTHONDONTWRITEBYTECODE is set (~0.1 s a command).
 bytecode: $(STAMP)
 	$(BIN)/python -m compileall -q ledger migrations
+	$(BIN)/pybabel -q compile -d ledger/locale -D ledger
 
 install: $(STAMP) bytecode
 

@@ -48,6 +48,7 @@ from .states import ALL_STATES, State
 from .store import JobRow, JobScope, Store
 from . import export as exporting
 from . import destinations, quickstart, refs
+from .i18n import ntr, tr
 from .store import (PickRefused, clear_pick, job_by_key, pick_counts, pick_rows, record_pick, segment_pick,
                     storyboards_by_suffix, takes)
 from .storyboard import ledger_path
@@ -138,7 +139,7 @@ class LedgerGroup(click.Group):
             command = self.get_command(ctx, name)
             if command is not None and not command.hidden:
                 text = " ".join((command.short_help or command.help or "").split())
-                rows.append((name, _first_sentence(text)))
+                rows.append((name, tr(_first_sentence(text))))
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
@@ -188,7 +189,7 @@ class LedgerGroup(click.Group):
             import traceback
 
             err.print(redact("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), secrets), markup=False)
-        err.print(labelled("error:", redact(str(exc), secrets), "bold red"))
+        err.print(labelled(tr("error:"), redact(str(exc), secrets), "bold red"))
 
 
 class _LogFormatter(logging.Formatter):
@@ -315,7 +316,7 @@ retry_failed_option = click.option(
 
 def _facts(pairs: Sequence[Tuple[int, str]]) -> str:
     """``3 new, 1 changed``: only the counts that are not zero."""
-    return ", ".join(f"{count} {what}" for count, what in pairs if count)
+    return tr(", ").join(what.format(n=count) for count, what in pairs if count)
 
 
 def _render_scan(report: ScanReport, settings: Settings, store: Store, cwd: Path, *, pending: bool = True) -> None:
@@ -323,19 +324,21 @@ def _render_scan(report: ScanReport, settings: Settings, store: Store, cwd: Path
     to generate, priced (``run`` leaves that to the work that follows)."""
     o = report.outcome
     for warning in report.warnings:
-        err.print(labelled("warning:", str(warning), "yellow"))
+        err.print(labelled(tr("warning:"), str(warning), "yellow"))
     for problem in report.problems:
-        err.print(labelled("invalid:", str(problem), "red"))
-    files = _facts([(len(report.invalid_files), "invalid"), (o.storyboards_new, "new"),
-                    (o.storyboards_changed, "changed"), (len(o.storyboards_missing), "gone")])
+        err.print(labelled(tr("invalid:"), str(problem), "red"))
+    files = _facts([(len(report.invalid_files), tr("{n} invalid")), (o.storyboards_new, tr("{n} new")),
+                    (o.storyboards_changed, tr("{n} changed")), (len(o.storyboards_missing), tr("{n} gone"))])
     if files and o.storyboards_unchanged:
-        files += f", {o.storyboards_unchanged} unchanged"
-    out.print(f"Scanned {plural(len(report.files), 'storyboard file')} in {ledger_path(settings.input_dir, cwd)}: "
-              f"{files or 'no change'}.", markup=False)
-    jobs = _facts([(o.added, "new"), (o.updated, "updated"),
-                   (o.revived, "back in their storyboard"), (o.regenerate, "back in the queue (video deleted)"),
-                   (o.requeued_changed, "back in the queue (changed, --requeue-changed)"),
-                   (o.removed, "removed (no longer in a storyboard)")])
+        files += tr(", ") + tr("{n} unchanged").format(n=o.storyboards_unchanged)
+    out.print(ntr("Scanned {n} storyboard file in {folder}: {what}.", "Scanned {n} storyboard files in {folder}: {what}.",
+                  len(report.files), folder=ledger_path(settings.input_dir, cwd), what=files or tr("no change")),
+              markup=False)
+    jobs = _facts([(o.added, tr("{n} new")), (o.updated, tr("{n} updated")),
+                   (o.revived, tr("{n} back in their storyboard")),
+                   (o.regenerate, tr("{n} back in the queue (video deleted)")),
+                   (o.requeued_changed, tr("{n} back in the queue (changed, --requeue-changed)")),
+                   (o.removed, tr("{n} removed (no longer in a storyboard)"))])
     if o.dry_run:
         out.print(f"Jobs (dry run, nothing recorded): {jobs}." if jobs else "Dry run: no job would change.",
                   markup=False)
@@ -679,27 +682,30 @@ def _videos_folder(boards: Dict[str, BoardTally]) -> Optional[str]:
 def _render_summary(s: WorkSummary) -> None:
     """The run in the manner of cargo and uv: one line of totals, one row per storyboard, then
     each failure with its reason and what is left for later; only what happened is said."""
-    happened = _facts([(s.done, "saved"), (s.skipped_existing, "already on disk"), (s.failed, "failed"),
-                       (s.collected, "paid earlier and collected")])
-    paid = f"paid {s.spent} for {plural(s.creates, 'generation')}" if s.creates else "nothing paid"
-    head = f"Stopped after {_seconds(s.seconds)}" if s.stopped else f"Finished in {_seconds(s.seconds)}"
-    idle = "nothing finished yet" if s.stopped or s.still_generating or s.pending_left else "no job to work on"
-    out.print(f"{head}: {happened or idle}; {paid}.", markup=False)
+    happened = _facts([(s.done, tr("{n} saved")), (s.skipped_existing, tr("{n} already on disk")),
+                       (s.failed, tr("{n} failed")), (s.collected, tr("{n} paid earlier and collected"))])
+    paid = (ntr("paid {money} for {n} generation", "paid {money} for {n} generations", s.creates, money=s.spent)
+            if s.creates else tr("nothing paid"))
+    head = (tr("Stopped after {time}") if s.stopped else tr("Finished in {time}")).format(time=_seconds(s.seconds))
+    idle = tr("nothing finished yet") if s.stopped or s.still_generating or s.pending_left else tr("no job to work on")
+    out.print(tr("{head}: {happened}; {paid}.").format(head=head, happened=happened or idle, paid=paid), markup=False)
     if s.boards:
         out.print(_board_table(s.boards))
     folder = _videos_folder(s.boards)
     if folder:
-        out.print(f"Videos are in {folder}/", markup=False, soft_wrap=True)
+        out.print(tr("Videos are in {folder}/").format(folder=folder), markup=False, soft_wrap=True)
     for label, kind, message in s.failures:
-        out.print(labelled("failed:", f"{label} [{kind}] {message}", "red"))
+        out.print(labelled(tr("failed:"), f"{label} [{kind}] {message}", "red"))
     if s.unresolved:
         out.print(f"{plural(s.unresolved, 'job')} whose create went unanswered could not be looked up; they stay in "
                   f"`submitting` and nothing is sent again for them — run `ledger work` later.", markup=False)
     if s.pending_left and s.stopped:
-        out.print(f"{plural(s.pending_left, 'job')} not submitted: still pending.", markup=False)
+        out.print(ntr("{n} job not submitted: still pending.", "{n} jobs not submitted: still pending.",
+                      s.pending_left), markup=False)
     if s.still_generating:
-        out.print(f"{plural(s.still_generating, 'job')} still generating remotely; their task ids are kept — "
-                  f"run `ledger work` again to collect them (nothing is paid twice).", markup=False)
+        out.print(ntr("{n} job still generating remotely", "{n} jobs still generating remotely", s.still_generating)
+                  + tr("; their task ids are kept — run `ledger work` again to collect them (nothing is paid twice)."),
+                  markup=False)
     for count, fp, shown, why in s.waiting_for_keys:
         key = f"{shown} (key {fp})" if shown else f"key {fp}"
         if why:
@@ -826,7 +832,7 @@ def _dry_run(settings: Settings, store: Store, pool: ProviderPool, pattern: Opti
     plan = plan_work(store, pool, scope, prices, limit=limit, extra=extra)
     shown = [part.provider for part in plan.providers] or [settings.provider]
     if plan.jobs:
-        models = _facts([(plan.normal, "normal"), (plan.pro, "Pro")])
+        models = _facts([(plan.normal, tr("{n} normal")), (plan.pro, tr("{n} Pro"))])
         out.print(f"A run would submit {plural(plan.jobs, 'job')} ({models}): estimated {plan.cost} at "
                   f"{prices.describe(shown)}.", markup=False)
     else:
@@ -1069,7 +1075,7 @@ def _repeat_invalid(report: ScanReport) -> None:
     for path in report.invalid_files:
         found = [p for p in report.problems if p.path == path]
         more = f" (and {plural(len(found) - 1, 'other problem')})" if len(found) > 1 else ""
-        out.print(labelled("skipped as invalid:", f"{found[0]}{more}", "red"))
+        out.print(labelled(tr("skipped as invalid:"), f"{found[0]}{more}", "red"))
 
 
 @cli.group("db")

@@ -25,6 +25,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from .i18n import ntr, tr
 from .models import utcnow
 from .states import State
 from .store import JobRow
@@ -274,7 +275,7 @@ class PlainView:
         with self._lock:
             line = Text(f"{datetime.now():%H:%M:%S} {job.label} ")
             if kind is EventKind.FAILED:
-                line.append("failed:", style="red")
+                line.append(tr("failed:"), style="red")
                 line.append(" ")
             line.append(text)
             self.console.print(line, highlight=False, emoji=False, soft_wrap=True)  # a log line: whole, for grep
@@ -342,9 +343,10 @@ class LiveView:
             elif kind in MILESTONES:
                 self.waiting.pop(job.id, None)
             if kind in MILESTONES:  # only the milestones scroll above the view; the rest is in its table
-                line = self.event_line(job, f"failed: {text}" if kind is EventKind.FAILED else text)
+                label = tr("failed:")
+                line = self.event_line(job, f"{label} {text}" if kind is EventKind.FAILED else text)
                 if kind is EventKind.FAILED:
-                    line.stylize("red", len(line.plain) - len(text) - len("failed: "), len(line.plain) - len(text) - 1)
+                    line.stylize("red", len(line.plain) - len(text) - len(label) - 1, len(line.plain) - len(text) - 1)
                 self.console.print(line, soft_wrap=False, no_wrap=True, overflow="ellipsis")
 
     def event_line(self, job: JobRow, text: str) -> Text:
@@ -387,9 +389,9 @@ class LiveView:
              final: bool) -> Table:
         elapsed = summary.seconds if final and summary.seconds else time.monotonic() - self._started
         if final:
-            tail = "stopped" if summary.stopped is not None else "finished"
+            tail = tr("stopped") if summary.stopped is not None else tr("finished")
         elif worker.stopping:
-            tail = "stopping"
+            tail = tr("stopping")
         else:
             now, wall = time.monotonic(), utcnow()
             started = [a for a in actives if a.job.remote_task_id]
@@ -400,7 +402,7 @@ class LiveView:
             queued = max(0, total - finished - len(actives) - len(self.waiting))
             eta = estimate_eta(list(summary.generation_seconds), running, queued, worker.options.concurrency,
                                starting)
-            tail = "ETA estimating" if eta is None else f"ETA {clock(eta)}"
+            tail = tr("ETA estimating") if eta is None else tr("ETA {time}").format(time=clock(eta))
         grid = Table.grid(padding=(0, 1))
         grid.add_column(no_wrap=True)
         grid.add_column(ratio=1)
@@ -413,27 +415,28 @@ class LiveView:
 
     def _counts(self, worker: Any, summary: WorkSummary, actives: Sequence[Active], final: bool) -> str:
         parts = [f"{label} {value}" for label, value in (
-            ("done", summary.done), ("on disk already", summary.skipped_existing), ("failed", summary.failed),
-            ("in flight", len(actives)), ("waiting to retry", len(self.waiting)),
-            ("collected", summary.collected), ("unresolved", summary.unresolved),
-            ("still generating", summary.still_generating if final else 0)) if value]
-        parts.append(f"paid {summary.spent}" + (f" for {plural(summary.creates, 'generation')}"
-                                                             if summary.creates else ""))
+            (tr("done"), summary.done), (tr("on disk already"), summary.skipped_existing), (tr("failed"), summary.failed),
+            (tr("in flight"), len(actives)), (tr("waiting to retry"), len(self.waiting)),
+            (tr("collected"), summary.collected), (tr("unresolved"), summary.unresolved),
+            (tr("still generating"), summary.still_generating if final else 0)) if value]
+        parts.append(ntr("paid {money} for {n} generation", "paid {money} for {n} generations", summary.creates,
+                         money=summary.spent) if summary.creates else tr("paid {money}").format(money=summary.spent))
         line = " · ".join(parts)
         if final:
             return line
         if worker.stopping:
             stop = worker.summary.stopped
             if stop is not None and stop is not Stop.INTERRUPTED:  # not the user's Ctrl+C: say what stopped it
-                return line + f" · stopping: {_first_clause(worker.summary.stop_detail)}"
-            return line + " · stopping (Ctrl+C again aborts downloads)"
+                return line + " · " + tr("stopping: {why}").format(why=_first_clause(worker.summary.stop_detail))
+            return line + " · " + tr("stopping (Ctrl+C again aborts downloads)")
         out_for, patience = _outage(worker)
         if out_for >= OUTAGE_SHOWN_AFTER:
-            return line + f" · API unreachable for {out_for:.0f} s — retrying (gives up after {patience:.0f} s)"
+            return line + " · " + tr("API unreachable for {seconds} s — retrying (gives up after {patience} s)").format(
+                seconds=f"{out_for:.0f}", patience=f"{patience:.0f}")
         paused = self._paused_for(worker)
         text, until = self.notice
         if paused > 0.5:
-            return line + f" · API asked to slow down: pausing {paused:.0f} s"
+            return line + " · " + tr("API asked to slow down: pausing {seconds} s").format(seconds=f"{paused:.0f}")
         if text and time.monotonic() < until:
             return line + f" · {text}"
         return line

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 from typing import Any, Union
@@ -9,7 +10,11 @@ from typing import Any, Union
 import pytest
 from click.testing import CliRunner, Result
 
-from ledger.cli import cli
+# The tests read ledger's English words, whatever the machine's locale; a test of the Chinese ones
+# asks for them (LEDGER_LANG, or LEDGER_LANG="" and a LANG). Set before ledger reads it.
+os.environ["LEDGER_LANG"] = "en"
+
+from ledger.cli import cli  # noqa: E402
 from ledger.settings import SPECS, provider_options
 
 ISOLATED_ENV = ([env for env, _, _ in SPECS] + [option.env for option in provider_options()]

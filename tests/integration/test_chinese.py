@@ -1,0 +1,30 @@
+"""The CLI in Chinese when the locale says so (or LEDGER_LANG=zh), English otherwise; the API's own
+words are never translated."""
+from __future__ import annotations
+
+from tests.helpers import segments, spawn
+from tests.integration.test_failures import REJECT
+
+
+def _run(ws, env):
+    proc = spawn(ws.root, env, "run", "--no-progress")
+    return (proc.communicate(timeout=60), proc.returncode)
+
+
+def test_a_run_speaks_chinese_under_a_chinese_locale(ws, sim, work_env):
+    ws.storyboard("storyboard_a.json", segments("fine", f"bad {REJECT}"))
+    ws.storyboard("storyboard_broken.json", {"segments": [{"segment_index": 1}]})
+    (out, err), code = _run(ws, {**work_env, "LANG": "zh_CN.UTF-8", "LC_ALL": "", "LEDGER_LANG": ""})
+    assert code == 1, (out, err)
+    assert "已扫描 input 中的 2 个分镜文件" in out and "用时" in out and "已保存 1 个" in out, out
+    assert "无效：" in err and "错误：" in err, err
+    assert "失败：" in out and "内容审核未通过" in out  # the API's words stay as the API wrote them
+    assert "Finished in" not in out and "error:" not in err
+
+
+def test_english_unless_asked(ws, sim, work_env):
+    ws.storyboard("storyboard_a.json", segments("fine"))
+    (out, err), code = _run(ws, {**work_env, "LANG": "en_US.UTF-8", "LC_ALL": "", "LEDGER_LANG": ""})
+    assert code == 0 and "Finished in" in out and "Scanned 1 storyboard file in input" in out, out
+    (out, err), code = _run(ws, {**work_env, "LANG": "en_US.UTF-8", "LC_ALL": "", "LEDGER_LANG": "zh"})
+    assert code == 0 and "没有需要处理的任务" in out, out
