@@ -60,7 +60,14 @@ _active: Optional[gettext.NullTranslations] = None
 def translations() -> gettext.NullTranslations:
     global _active
     if _active is None:
-        _active = _load(language(os.environ))
+        environ = dict(os.environ)
+        if "LEDGER_LANG" not in environ:  # as a setting, it may be in the project's .env
+            from dotenv import dotenv_values
+
+            chosen = dotenv_values(".env").get("LEDGER_LANG") if os.path.isfile(".env") else None
+            if chosen:
+                environ["LEDGER_LANG"] = chosen
+        _active = _load(language(environ))
     return _active
 
 

@@ -2,6 +2,10 @@
 words are never translated."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 from tests.helpers import segments, spawn
 from tests.integration.test_failures import REJECT
 
@@ -28,3 +32,13 @@ def test_english_unless_asked(ws, sim, work_env):
     assert code == 0 and "Finished in" in out and "Scanned 1 storyboard file in input" in out, out
     (out, err), code = _run(ws, {**work_env, "LANG": "en_US.UTF-8", "LC_ALL": "", "LEDGER_LANG": "zh"})
     assert code == 0 and "没有需要处理的任务" in out, out
+
+
+def test_ledger_lang_in_the_projects_env_file_is_heard(ws, sim, work_env):
+    ws.storyboard("storyboard_a.json", segments("fine"))
+    (ws.root / ".env").write_text("LEDGER_LANG=zh\n", encoding="utf-8")
+    machine = {k: v for k, v in os.environ.items() if k != "LEDGER_LANG"}  # not set in the environment
+    result = subprocess.run([sys.executable, "-m", "ledger", "run", "--no-progress"], cwd=ws.root, text=True,
+                            env={**machine, **work_env, "LANG": "en_US.UTF-8", "LC_ALL": ""}, capture_output=True,
+                            timeout=60)
+    assert result.returncode == 0 and "已扫描" in result.stdout, result.stdout + result.stderr
