@@ -581,7 +581,11 @@ class Hailuo(ApiClient):
         where = f"{method} {path}: HTTP {status}"
         kind = ERRORS.get(code) if code is not None else None
         kind = kind or ERRORS.get(status)
-        if _is_lookup(method, path) and (code in NOT_FOUND or (code is None and status == 404)):
+        if _is_lookup(method, path) and code is None and status == 404:
+            # Not MiniMax's own body: a proxy or load balancer answered, not the task's end.
+            return TransientError(self._redact(f"{where}, not the API's own answer ({detail}); asked again"),
+                                  http_status=status)
+        if _is_lookup(method, path) and code in NOT_FOUND:
             return TaskNotFound(self._redact(f"{where}, the API does not know this id ({detail})"), code=code,
                                 http_status=status)
         if kind is RemoteTaskFailed:  # a refusal of the create, in the API's own words

@@ -741,6 +741,8 @@ def _error_kind(method: str, path: str, code: str, status: int) -> Optional[Type
         return TransientError
     if kind is TaskNotFound and not (method == "GET" and path.startswith("/tasks/")):
         return None  # a 404 elsewhere is a wrong URL, not a task the API lost
+    if kind is TaskNotFound and not code:
+        return TransientError  # a 404 without DashScope's body: a proxy or load balancer's, not the task's end
     return kind
 
 
