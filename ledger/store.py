@@ -871,6 +871,23 @@ class Store(TeamQueries):
                                                        .where(jobs.c.lease_owner == owner)))
         return held
 
+    def clear_to_send(self, job: JobRow, owner: str, lease_seconds: float) -> JobRow:
+        """The last ledger word before a paid create goes out, after every wait: one guarded write
+        that finds ``job`` still ``submitting`` under ``owner``'s unexpired lease and extends that
+        lease. Its attempt starts now (``submitting_at``: the reference sent with the create and the
+        start of the window a look-up reads). ``LeaseLost`` when another worker may have the job —
+        then nothing may be sent: it may have found no task yet and sent the create itself."""
+        now = utcnow()
+        values = {"lease_expires_at": now + timedelta(seconds=lease_seconds), "submitting_at": now}
+        with write_tx(self.engine) as conn:
+            changed = conn.execute(update(jobs).where(jobs.c.id == job.id, jobs.c.state == State.SUBMITTING.value,
+                                                      jobs.c.lease_owner == owner, jobs.c.lease_expires_at >= now)
+                                   .values(**values)).rowcount
+        if changed != 1:
+            raise LeaseLost(f"job {job.id}: its lease lapsed before its create was sent; another worker may "
+                            "have it")
+        return dataclasses.replace(job, **values)
+
     def release(self, owner: str, ids: Optional[Iterable[int]] = None) -> int:
         """Give up ``owner``'s leases (all of them, or on ``ids``); states and task ids stay."""
         stmt = update(jobs).where(jobs.c.lease_owner == owner)

@@ -230,11 +230,22 @@ def submit(ctx: StepContext, a: Active) -> Next:
     except BaseException:
         _unreserve(ctx, a)
         raise
-    api.backoff.wait(ctx.run.abort)
-    if ctx.run.stopping.is_set():  # stopped while waiting out a 429: nothing was sent
-        _move(ctx, a, State.PENDING, EventKind.NOTE, "not sent: the run is stopping", show=False, release=True)
-        _unreserve(ctx, a)
-        return Next(outcome=Outcome.RELEASED)
+    # The create goes out only under a lease held and extended in one guarded write after every
+    # pause: a worker frozen or cut off from the ledger past its lease while it waited out a 429 may
+    # have lost the job to another, which found no task and sent the create itself.
+    while True:
+        api.backoff.wait(ctx.run.abort)
+        if ctx.run.stopping.is_set():  # stopped while waiting out a 429: nothing was sent
+            _move(ctx, a, State.PENDING, EventKind.NOTE, "not sent: the run is stopping", show=False, release=True)
+            _unreserve(ctx, a)
+            return Next(outcome=Outcome.RELEASED)
+        try:
+            a.job = ctx.store.clear_to_send(a.job, ctx.owner, ctx.options.lease_seconds)
+        except BaseException:
+            _unreserve(ctx, a)
+            raise
+        if not api.backoff.paused_until:  # else a 429 came meanwhile: wait it out, then ask again
+            break
     a.action = Action.RECONCILE  # from here on, this write-ahead is never submitted again
     a.sent_at = utcnow()
     try:

@@ -1,0 +1,101 @@
+"""Team mode under a frozen worker: a `ledger work` process stopped (SIGSTOP) past its lease while
+it holds a committed write-ahead, other workers taking its jobs over, and the frozen one resumed.
+No create may go out twice, and no key may run past its limit or its spend cap.
+
+Each freeze is placed on purpose: the worker waits out a 429's Retry-After with a write-ahead
+committed (the create not yet sent), and it is stopped only at a moment it holds no transaction
+in the ledger — a worker frozen inside one would hold the others up, which is another matter."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+from contextlib import closing
+
+import pytest
+
+from tests.helpers import query, segments, spawn
+from tests.integration.test_team import KEY_A, KEY_B, pg_query, team_env, wait_or_tell
+
+LEDGERS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+class Ledger:
+    """The test's view of the workers' ledger: SQLite in the workspace, or a PostgreSQL database."""
+
+    def __init__(self, ws, url=None) -> None:
+        self.ws, self.url = ws, url
+
+    def env(self) -> dict:
+        return {"LEDGER_DATABASE_URL": self.url} if self.url else {}
+
+    def rows(self, sql: str):
+        return pg_query(self.url, sql) if self.url else query(self.ws.root, sql)
+
+    def idle(self) -> bool:
+        """Whether no other process is inside a ledger transaction now (so none holds a lock)."""
+        if self.url:
+            busy = pg_query(self.url, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                      "AND pid <> pg_backend_pid() AND state <> 'idle'")
+            return busy[0][0] == 0
+        with closing(sqlite3.connect(self.ws.root / "ledger.db", timeout=0, isolation_level=None)) as conn:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:
+                return False
+            conn.execute("ROLLBACK")
+            return True
+
+
+@pytest.fixture
+def ledger(request, ws):
+    return Ledger(ws, request.getfixturevalue("pg_url") if request.param == "postgres" else None)
+
+
+def freeze(proc, ledger: Ledger) -> None:
+    """SIGSTOP ``proc`` at a moment it holds no ledger transaction (stopped again a moment later
+    otherwise)."""
+    for _ in range(200):
+        os.kill(proc.pid, signal.SIGSTOP)
+        if ledger.idle():
+            return
+        os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(0.005)
+    raise AssertionError("the worker never left the ledger alone long enough to be frozen")
+
+
+def submitting_under(ledger: Ledger, count: int = 1) -> bool:
+    return ledger.rows("SELECT count(*) FROM jobs WHERE state = 'submitting' AND lease_owner IS NOT NULL")[0][0] \
+        >= count
+
+
+@pytest.mark.parametrize("ledger", LEDGERS, indirect=True)
+def test_a_worker_frozen_while_waiting_out_a_429_sends_nothing_after_a_takeover(ws, sim, work_env, ledger):
+    """Worker A (one slot) meets a 429 with Retry-After on its first create; its next job's
+    write-ahead is committed and waits out the pause. A is frozen there past its lease. Worker B
+    takes the job over, finds no task (none was sent), sends it and finishes everything. A, resumed
+    after its pause ended, must not send that create: its lease is gone. One create per job."""
+    sim.inject("create", "rate_limit", retry_after=8)
+    env = {**work_env, **ledger.env(), "MAX_CONCURRENT_TASKS": "1", "LEASE_SECONDS": "2"}
+    ws.storyboard("storyboard_f.json", segments("frozen shot 1", "frozen shot 2"))
+    assert ws.cli("scan", env=env).exit_code == 0
+    a = spawn(ws.root, env, "work", "--no-progress")
+    wait_or_tell(lambda: sim.stats()["faults_injected"].get("rate_limit") == 1 and submitting_under(ledger),
+                 [a], "A's second job waiting out the 429 with its write-ahead committed")
+    freeze(a, ledger)
+    try:
+        assert sim.stats()["creates_received"] == 1, "A was frozen only after its pause: nothing tested"
+        b = spawn(ws.root, env, "work", "--no-progress")
+        b_out, b_err = b.communicate(timeout=60)
+        assert b.returncode == 0, b_err[-2000:]
+        assert ledger.rows("SELECT state, count(*) FROM jobs GROUP BY state") == [("done", 2)]
+        assert sim.stats()["creates_received"] == 3  # A's refused one, and B's two
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    a_out, a_err = a.communicate(timeout=60)
+    assert a.returncode == 0, a_err[-2000:]
+    stats = sim.stats()
+    assert stats["creates_per_prompt"] == {"frozen shot 1": 1, "frozen shot 2": 1}, a_err[-2000:]
+    assert stats["creates_received"] == 3 and stats["tasks_created"] == 2
+    assert ledger.rows("SELECT state, count(*) FROM jobs GROUP BY state") == [("done", 2)]
