@@ -333,11 +333,30 @@ _AT_THE_API = (State.SUBMITTING.value, State.SUBMITTED.value)
 _BILLED = tuple(s.value for s in (*IN_FLIGHT, State.DONE, State.FAILED))
 
 
-def _in_flight_by_key(conn: Connection, fps: Optional[Sequence[str]] = None) -> Dict[str, int]:
-    """Each key's generations at the API now (``fps``: only these keys; None: every key)."""
+def _in_flight_by_key(conn: Connection, fps: Optional[Sequence[str]] = None, but: Optional[int] = None
+                      ) -> Dict[str, int]:
+    """Each key's generations at the API now (``fps``: only these keys; None: every key; ``but``:
+    not counting that job, whose create is being chosen a key again)."""
     query = select(jobs.c.key_fp, func.count()).where(jobs.c.state.in_(_AT_THE_API))
     query = query.where(jobs.c.key_fp.in_(list(fps)) if fps is not None else jobs.c.key_fp.is_not(None))
+    if but is not None:
+        query = query.where(jobs.c.id != but)
     return dict(conn.execute(query.group_by(jobs.c.key_fp)).all())
+
+
+def _held_by_key(conn: Connection, fps: Sequence[str], holds: Callable[[str], int], but: Optional[int] = None
+                 ) -> Dict[str, int]:
+    """What each key's creates awaiting their answer hold against its cap (``submitting``: no cost is
+    booked yet, and the API may bill any moment): ``holds(price_key)`` each, as ``--max-spend``
+    holds them; ``but``: not counting that job."""
+    query = (select(jobs.c.key_fp, jobs.c.price_key, func.count())
+             .where(jobs.c.state == State.SUBMITTING.value, jobs.c.key_fp.in_(list(fps))))
+    if but is not None:
+        query = query.where(jobs.c.id != but)
+    held: Dict[str, int] = {}
+    for fp, price_key, count in conn.execute(query.group_by(jobs.c.key_fp, jobs.c.price_key)):
+        held[fp] = held.get(fp, 0) + count * holds(price_key)
+    return held
 
 
 def _spent_by_key(conn: Connection, fps: Optional[Sequence[str]] = None) -> Dict[str, int]:
@@ -347,16 +366,22 @@ def _spent_by_key(conn: Connection, fps: Optional[Sequence[str]] = None) -> Dict
     return {fp: int(spent) for fp, spent in conn.execute(query.group_by(jobs.c.key_fp)).all()}
 
 
-def _choose_key(conn: Connection, choice: KeyChoice) -> str:
-    """The key with the most room among ``choice``'s, counted in the ledger under a lock on the keys'
-    rows (PostgreSQL: ``FOR UPDATE``; SQLite: the write transaction is already the only one)."""
+def _choose_key(conn: Connection, choice: KeyChoice, job_id: Optional[int] = None) -> str:
+    """The key with the most room for job ``job_id``'s create among ``choice``'s, counted in the
+    ledger under a lock on the keys' rows (PostgreSQL: ``FOR UPDATE``; SQLite: the write transaction
+    is already the only one). A capped key's spending counts what its jobs cost and what its creates
+    awaiting an answer hold."""
     fps = [fp for fp, _, _ in choice.candidates]
     rows = conn.execute(select(api_keys.c.fingerprint, api_keys.c.out_reason).where(api_keys.c.fingerprint.in_(fps))
                         .order_by(api_keys.c.fingerprint).with_for_update()).all()
     out = {fp for fp, reason in rows if reason}
-    busy = _in_flight_by_key(conn, fps)
+    busy = _in_flight_by_key(conn, fps, but=job_id)
     capped = [fp for fp, _, cap in choice.candidates if cap is not None]
-    spent = _spent_by_key(conn, capped) if capped else {}
+    spent: Dict[str, int] = {}
+    if capped:
+        spent = _spent_by_key(conn, capped)
+        held = _held_by_key(conn, capped, choice.holds or (lambda price_key: choice.price), but=job_id)
+        spent = {fp: spent.get(fp, 0) + held.get(fp, 0) for fp in capped}
     best, room = None, (-1.0, 0)
     for fp, limit, cap in choice.candidates:
         if fp in out or (cap is not None and spent.get(fp, 0) + choice.price > cap):
@@ -911,7 +936,7 @@ class Store(TeamQueries):
         now = utcnow()
         with write_tx(self.engine) as conn:
             if key is not None:
-                values["key_fp"] = key.free_choice or _choose_key(conn, key)
+                values["key_fp"] = key.free_choice or _choose_key(conn, key, job_id)
             changed = conn.execute(_transition_update(tuple(sorted(values))), {
                 **values, "t_id": job_id, "t_old": old.value, "t_owner": owner, "state": new, "updated_at": now,
             }).rowcount

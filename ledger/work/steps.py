@@ -215,7 +215,7 @@ def submit(ctx: StepContext, a: Active) -> Next:
         try:
             _move(ctx, a, State.SUBMITTING, EventKind.NOTE, f"write-ahead: sending the create to {api.name} "
                   f"at {api.base_url}", show=False, reread=True, submitting_at=utcnow(), api_base=api.base_url,
-                  key=ctx.providers.key_choice(job.provider, a.reserved or price_of(ctx, job)))
+                  key=ctx.providers.key_choice(job.provider, a.reserved or price_of(ctx, job), _holds(ctx, job, api)))
         except NoFreeKey:
             _unreserve(ctx, a)
             a.retry_note = "waiting for a key with room (its limit of generations at once)"
@@ -759,6 +759,13 @@ def _reserve(ctx: StepContext, a: Active, api: Provider) -> Hold:
         ctx.run.halt(Stop.BUDGET, f"--max-spend {money(cap, currency)} reached: spent {money(spent, currency)}"
                                   f"{waiting}, the next generation costs {money(price, currency)}")
     return hold
+
+
+def _holds(ctx: StepContext, job: JobRow, api: Provider) -> Callable[[str], int]:
+    """What a create of ``job``'s provider at ``api`` holds while it awaits its answer, by price key:
+    what ``--max-spend`` holds for it (the listed price, or the most the API charged for its kind)."""
+    budget, kind = ctx.budget[currency_of(ctx, job)], cost_kind(job, api)[:-1]
+    return lambda price_key: budget.estimate((*kind, price_key), ctx.prices.price(job.provider, price_key))
 
 
 def _unreserve(ctx: StepContext, a: Active) -> None:

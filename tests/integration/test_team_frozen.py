@@ -99,3 +99,26 @@ def test_a_worker_frozen_while_waiting_out_a_429_sends_nothing_after_a_takeover(
     assert stats["creates_per_prompt"] == {"frozen shot 1": 1, "frozen shot 2": 1}, a_err[-2000:]
     assert stats["creates_received"] == 3 and stats["tasks_created"] == 2
     assert ledger.rows("SELECT state, count(*) FROM jobs GROUP BY state") == [("done", 2)]
+
+
+@pytest.mark.parametrize("ledger", LEDGERS, indirect=True)
+def test_a_key_cap_counts_the_creates_awaiting_their_answer(ws, make_sim, work_env, ledger):
+    """Key A is capped at 30 c and, having no limit of its own, is every create's first choice; a
+    generation costs 10 c and the API holds each create's answer 1.5 s, so every slot of two
+    workers has written its create ahead before any cost is known. What A's creates awaiting their
+    answer hold counts against its cap: the API bills A 30 c, not a create more."""
+    sim = make_sim(gen_seconds=0.3, api_key=None, keys={KEY_A: None, KEY_B: 4}, normal_price=10,
+                   create_latency=1.5)
+    (ws.root / "config.yaml").write_text(
+        f"keys:\n  - {{provider: sora_hk, key: {KEY_A}, max_spend: $0.30}}\n"
+        f"  - {{provider: sora_hk, key: {KEY_B}, concurrency: 4}}\n", encoding="utf-8")
+    env = {**team_env(sim, work_env, ""), **ledger.env(), "MAX_CONCURRENT_TASKS": "4"}
+    ws.storyboard("storyboard_cap.json", segments(*[f"capped shot {i}" for i in range(8)]))
+    assert ws.cli("scan", env=env).exit_code == 0
+    procs = [spawn(ws.root, env, "work", "--no-progress") for _ in range(2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outputs]
+    stats = sim.stats()
+    assert stats["tasks_by_key"] == {KEY_A: 3, KEY_B: 5}, stats["tasks_by_key"]
+    assert stats["tasks_created"] == 8 and set(stats["creates_per_prompt"].values()) == {1}
+    assert ledger.rows("SELECT state, count(*) FROM jobs GROUP BY state") == [("done", 8)]
