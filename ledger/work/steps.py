@@ -298,7 +298,8 @@ def record(ctx: StepContext, a: Active) -> Next:
 
 def reconcile(ctx: StepContext, a: Active) -> Next:
     """A create whose answer never came: read the task list back past the create's time window.
-    A task found is recorded; "not created" is concluded only when the whole window was read."""
+    A task found is recorded; "not created" is concluded only when the whole window was read, and
+    no sooner than the grace after the create could last have been answered."""
     job = a.job
     assert job.submitting_at is not None
     since = job.submitting_at
@@ -323,6 +324,13 @@ def reconcile(ctx: StepContext, a: Active) -> Next:
         incomplete = LookupIncomplete(f"cannot tell whether the unanswered create made a task: {search.reason}")
         incomplete.final = search.final
         raise incomplete
+    # A job taken over from a worker frozen or cut off after its POST: that create may still be on
+    # its way (until its client's timeout) and the API make its task any moment. Until then and the
+    # grace, the job keeps its key's slot and nothing is sent again.
+    later = (until + timedelta(seconds=ctx.options.reconcile_grace) - utcnow()).total_seconds()
+    if later > 0:
+        a.retry_note = f"no task yet; its create may still be on its way: looking again in {later:.0f} s"
+        return Next(later)
     _move(ctx, a, State.PENDING, EventKind.NOTE,
           f"no task was created by the unanswered POST /create (read {search.pages} page(s) of the task list "
           "back past its time); submitting again")

@@ -77,7 +77,8 @@ def test_a_worker_frozen_while_waiting_out_a_429_sends_nothing_after_a_takeover(
     takes the job over, finds no task (none was sent), sends it and finishes everything. A, resumed
     after its pause ended, must not send that create: its lease is gone. One create per job."""
     sim.inject("create", "rate_limit", retry_after=8)
-    env = {**work_env, **ledger.env(), "MAX_CONCURRENT_TASKS": "1", "LEASE_SECONDS": "2"}
+    env = {**work_env, **ledger.env(), "MAX_CONCURRENT_TASKS": "1", "LEASE_SECONDS": "2", "CONNECT_TIMEOUT": "2",
+           "READ_TIMEOUT": "3"}
     ws.storyboard("storyboard_f.json", segments("frozen shot 1", "frozen shot 2"))
     assert ws.cli("scan", env=env).exit_code == 0
     a = spawn(ws.root, env, "work", "--no-progress")
@@ -122,3 +123,35 @@ def test_a_key_cap_counts_the_creates_awaiting_their_answer(ws, make_sim, work_e
     assert stats["tasks_by_key"] == {KEY_A: 3, KEY_B: 5}, stats["tasks_by_key"]
     assert stats["tasks_created"] == 8 and set(stats["creates_per_prompt"].values()) == {1}
     assert ledger.rows("SELECT state, count(*) FROM jobs GROUP BY state") == [("done", 8)]
+
+
+@pytest.mark.parametrize("ledger", LEDGERS, indirect=True)
+def test_a_takeover_keeps_counting_a_frozen_workers_create_still_on_its_way(ws, make_sim, work_env, ledger):
+    """Worker A sends a create with key A (limited to 1) and is frozen; the API holds that create
+    4 s before it makes the task. Worker B takes the job over when A's lease lapses (2 s) and finds
+    no task yet: the create may still be on its way (it could be for the client's whole timeout,
+    here 7 s), so the job keeps its key's slot and nothing is sent again until the task shows up
+    or that time and the grace are over. The API sees one create, and the key never past its limit."""
+    sim = make_sim(gen_seconds=3.0, api_key=None, keys={KEY_A: 1})
+    sim.inject("create", "delay", seconds=4)
+    env = {**team_env(sim, work_env, f"{KEY_A}@1"), **ledger.env(), "LEASE_SECONDS": "2",
+           "CONNECT_TIMEOUT": "2", "READ_TIMEOUT": "5"}
+    ws.storyboard("storyboard_h.json", segments("held shot"))
+    assert ws.cli("scan", env=env).exit_code == 0
+    a = spawn(ws.root, env, "work", "--no-progress")
+    wait_or_tell(lambda: sim.stats()["creates_received"] == 1, [a], "A's create at the API")
+    freeze(a, ledger)
+    try:
+        b = spawn(ws.root, env, "work", "--no-progress")
+        b_out, b_err = b.communicate(timeout=60)
+        assert b.returncode == 0, b_err[-2000:]
+        assert ledger.rows("SELECT state FROM jobs") == [("done",)]
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    a_out, a_err = a.communicate(timeout=60)
+    assert a.returncode == 0, a_err[-2000:]
+    stats = sim.stats()
+    assert stats["key_limit_refusals"] == 0 and stats["peak_running_by_key"] == {KEY_A: 1}, stats
+    assert stats["creates_received"] == 1 and stats["tasks_created"] == 1
+    found = ledger.rows("SELECT count(*) FROM events WHERE detail LIKE 'found the lost create%'")
+    assert found == [(1,)]
