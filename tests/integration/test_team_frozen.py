@@ -1,10 +1,11 @@
-"""Team mode under a frozen worker: a `ledger work` process stopped (SIGSTOP) past its lease while
-it holds a committed write-ahead, other workers taking its jobs over, and the frozen one resumed.
-No create may go out twice, and no key may run past its limit or its spend cap.
+"""Team mode under a frozen worker and slow creates: a `ledger work` process stopped (SIGSTOP) past
+its lease with a create written ahead or on its way, other workers taking its jobs over, the frozen
+one resumed; and creates whose answers the API holds while a key's spend cap is near. No create may
+go out twice, and no key may run past its limit or its spend cap.
 
-Each freeze is placed on purpose: the worker waits out a 429's Retry-After with a write-ahead
-committed (the create not yet sent), and it is stopped only at a moment it holds no transaction
-in the ledger — a worker frozen inside one would hold the others up, which is another matter."""
+Each freeze is placed on purpose — a write-ahead waiting out a 429's Retry-After, or a create the
+API holds — and made only at a moment the worker holds no ledger transaction: a worker frozen
+inside one would hold the others up, which is another matter."""
 from __future__ import annotations
 
 import os
