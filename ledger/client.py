@@ -168,6 +168,19 @@ class TaskPage:
     poll_after: Optional[float] = None
 
 
+# How much older than its write-ahead a create's task may be by the API's reckoning (the write-ahead
+# comes first; the two clocks' offset cancels out of an age): the margin of ``past_retention``.
+RETENTION_MARGIN = 120.0
+
+
+def past_retention(since: datetime, retention: float) -> bool:
+    """Whether a create sent at ``since`` (this machine's clock, as ``now`` is) may be older than an
+    API keeps tasks: then a window without it proves nothing. Neither the look-up's clock-skew
+    allowance nor the API's clock offset counts here: an age is measured on one clock."""
+    aware = since if since.tzinfo is not None else since.replace(tzinfo=timezone.utc)
+    return aware - timedelta(seconds=RETENTION_MARGIN) < datetime.now(timezone.utc) - timedelta(seconds=retention)
+
+
 def search_pages(pages: Callable[[Optional[str]], TaskPage], prompt: str, since: datetime,
                  until: Optional[datetime] = None, *, skew_seconds: float = 120.0, stale_pages: int = 3,
                  max_pages: int = 10_000) -> TaskSearch:

@@ -13,7 +13,7 @@ import hashlib
 from dataclasses import dataclass, field
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import ConfigError
 from .money import parse_money
@@ -28,10 +28,12 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class KeyChoice:
     """The keys a write-ahead may record (team mode), best first: (fingerprint, limit of generations
-    in flight or None, spend cap in minor units or None); ``price``: what this create costs."""
+    in flight or None, spend cap in minor units or None); ``price``: what this create costs;
+    ``holds``: what a create of a price key awaiting its answer holds against a cap (None: ``price``)."""
 
     candidates: Sequence[Tuple[str, Optional[int], Optional[int]]]
     price: int = 0
+    holds: Optional[Callable[[str], int]] = None
 
     @property
     def free_choice(self) -> Optional[str]:

@@ -342,11 +342,30 @@ def _upsert_into(dialect: str, table: Any):  # type: ignore[no-untyped-def]
     return upsert_into(table)
 
 
-def _in_flight_by_key(conn: Connection, fps: Optional[Sequence[str]] = None) -> Dict[str, int]:
-    """Each key's generations at the API now (``fps``: only these keys; None: every key)."""
+def _in_flight_by_key(conn: Connection, fps: Optional[Sequence[str]] = None, but: Optional[int] = None
+                      ) -> Dict[str, int]:
+    """Each key's generations at the API now (``fps``: only these keys; None: every key; ``but``:
+    not counting that job, whose create is being chosen a key again)."""
     query = select(jobs.c.key_fp, func.count()).where(jobs.c.state.in_(_AT_THE_API))
     query = query.where(jobs.c.key_fp.in_(list(fps)) if fps is not None else jobs.c.key_fp.is_not(None))
+    if but is not None:
+        query = query.where(jobs.c.id != but)
     return dict(conn.execute(query.group_by(jobs.c.key_fp)).all())
+
+
+def _held_by_key(conn: Connection, fps: Sequence[str], holds: Callable[[str], int], but: Optional[int] = None
+                 ) -> Dict[str, int]:
+    """What each key's creates awaiting their answer hold against its cap (``submitting``: no cost is
+    booked yet, and the API may bill any moment): ``holds(price_key)`` each, as ``--max-spend``
+    holds them; ``but``: not counting that job."""
+    query = (select(jobs.c.key_fp, jobs.c.price_key, func.count())
+             .where(jobs.c.state == State.SUBMITTING.value, jobs.c.key_fp.in_(list(fps))))
+    if but is not None:
+        query = query.where(jobs.c.id != but)
+    held: Dict[str, int] = {}
+    for fp, price_key, count in conn.execute(query.group_by(jobs.c.key_fp, jobs.c.price_key)):
+        held[fp] = held.get(fp, 0) + count * holds(price_key)
+    return held
 
 
 def _spent_by_key(conn: Connection, fps: Optional[Sequence[str]] = None) -> Dict[str, int]:
@@ -356,16 +375,22 @@ def _spent_by_key(conn: Connection, fps: Optional[Sequence[str]] = None) -> Dict
     return {fp: int(spent) for fp, spent in conn.execute(query.group_by(jobs.c.key_fp)).all()}
 
 
-def _choose_key(conn: Connection, choice: KeyChoice) -> str:
-    """The key with the most room among ``choice``'s, counted in the ledger under a lock on the keys'
-    rows (PostgreSQL: ``FOR UPDATE``; SQLite: the write transaction is already the only one)."""
+def _choose_key(conn: Connection, choice: KeyChoice, job_id: Optional[int] = None) -> str:
+    """The key with the most room for job ``job_id``'s create among ``choice``'s, counted in the
+    ledger under a lock on the keys' rows (PostgreSQL: ``FOR UPDATE``; SQLite: the write transaction
+    is already the only one). A capped key's spending counts what its jobs cost and what its creates
+    awaiting an answer hold."""
     fps = [fp for fp, _, _ in choice.candidates]
     rows = conn.execute(select(api_keys.c.fingerprint, api_keys.c.out_reason).where(api_keys.c.fingerprint.in_(fps))
                         .order_by(api_keys.c.fingerprint).with_for_update()).all()
     out = {fp for fp, reason in rows if reason}
-    busy = _in_flight_by_key(conn, fps)
+    busy = _in_flight_by_key(conn, fps, but=job_id)
     capped = [fp for fp, _, cap in choice.candidates if cap is not None]
-    spent = _spent_by_key(conn, capped) if capped else {}
+    spent: Dict[str, int] = {}
+    if capped:
+        spent = _spent_by_key(conn, capped)
+        held = _held_by_key(conn, capped, choice.holds or (lambda price_key: choice.price), but=job_id)
+        spent = {fp: spent.get(fp, 0) + held.get(fp, 0) for fp in capped}
     best, room = None, (-1.0, 0)
     for fp, limit, cap in choice.candidates:
         if fp in out or (cap is not None and spent.get(fp, 0) + choice.price > cap):
@@ -1026,6 +1051,23 @@ class Store(TeamQueries):
                                                        .where(jobs.c.lease_owner == owner)))
         return held
 
+    def clear_to_send(self, job: JobRow, owner: str, lease_seconds: float) -> JobRow:
+        """The last ledger word before a paid create goes out, after every wait: one guarded write
+        that finds ``job`` still ``submitting`` under ``owner``'s unexpired lease and extends that
+        lease. Its attempt starts now (``submitting_at``: the reference sent with the create and the
+        start of the window a look-up reads). ``LeaseLost`` when another worker may have the job —
+        then nothing may be sent: it may have found no task yet and sent the create itself."""
+        with write_tx(self.engine) as conn:
+            now = db_now(conn)  # the database's clock, as every lease is (a worker's own may be off)
+            values = {"lease_expires_at": now + timedelta(seconds=lease_seconds), "submitting_at": now}
+            changed = conn.execute(update(jobs).where(jobs.c.id == job.id, jobs.c.state == State.SUBMITTING.value,
+                                                      jobs.c.lease_owner == owner, jobs.c.lease_expires_at >= now)
+                                   .values(**values)).rowcount
+        if changed != 1:
+            raise LeaseLost(f"job {job.id}: its lease lapsed before its create was sent; another worker may "
+                            "have it")
+        return dataclasses.replace(job, **values)
+
     def release(self, owner: str, ids: Optional[Iterable[int]] = None) -> int:
         """Give up ``owner``'s leases (all of them, or on ``ids``); states and task ids stay."""
         stmt = update(jobs).where(jobs.c.lease_owner == owner)
@@ -1054,7 +1096,7 @@ class Store(TeamQueries):
                 values = {k: clock + timedelta(seconds=v.seconds) if isinstance(v, FromNow) else v
                           for k, v in values.items()}
             if key is not None:
-                values["key_fp"] = key.free_choice or _choose_key(conn, key)
+                values["key_fp"] = key.free_choice or _choose_key(conn, key, job_id)
             changed = conn.execute(_transition_update(tuple(sorted(values))), {
                 **values, "t_id": job_id, "t_old": old.value, "t_owner": owner, "state": new, "updated_at": now,
             }).rowcount

@@ -10,7 +10,7 @@ simulator module under ``ledger/sim/``, and one line in ``REGISTRY`` below.
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ..keys import KeyChoice, KeyRing, fingerprint, key_entries, parse_key_list
 from ..settings import Option, Settings
@@ -92,12 +92,14 @@ class ProviderPool:
                 self._open[cache] = client
             return client
 
-    def key_choice(self, provider: str, price: int) -> Optional[KeyChoice]:
+    def key_choice(self, provider: str, price: int, holds: Optional[Callable[[str], int]] = None
+                   ) -> Optional[KeyChoice]:
         """The keys a create of ``provider`` may go out with (team mode), in the order given; None
-        when it has no key setting (Kling's access key and secret key sign their own tokens)."""
+        when it has no key setting (Kling's access key and secret key sign their own tokens).
+        ``holds``: what a create of a price key awaiting its answer holds against a key's cap."""
         if not self.keys.configured(provider):
             return None
-        return KeyChoice([(k.fingerprint, k.limit, k.max_spend) for k in self.keys.of(provider)], price)
+        return KeyChoice([(k.fingerprint, k.limit, k.max_spend) for k in self.keys.of(provider)], price, holds)
 
     def own_keys(self) -> Optional[List[str]]:
         """The keys in rotation here, whose jobs this machine may poll (None: no key is given — Kling's

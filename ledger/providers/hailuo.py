@@ -39,7 +39,7 @@ from urllib.parse import quote
 
 import requests
 
-from ..client import (ApiClient, RemoteTask, TaskSearch, _Busy, _int_or_none, _snippet, parse_timestamp,
+from ..client import (past_retention, ApiClient, RemoteTask, TaskSearch, _Busy, _int_or_none, _snippet, parse_timestamp,
                       search_pages, task_id_problem)
 from ..errors import (ApiError, AuthError, BadParameters, ConfigError, InsufficientBalance, InvalidTaskId,
                       RateLimited, RemoteTaskFailed, TaskNotFound, TransientError)
@@ -462,7 +462,7 @@ class Hailuo(ApiClient):
         cannot be looked up at all."""
         if MODELS[params["model"]].api == "v1":
             return TaskSearch([], False, 0, V1_NO_LIST, final=True)
-        if _aware(since) - timedelta(seconds=skew_seconds) < datetime.now(timezone.utc) - timedelta(seconds=RETENTION):
+        if past_retention(since, RETENTION):
             # v2 holds the last 7 days only: a list without the create then proves nothing, and
             # sending again may pay twice. Asking later cannot change that.
             return TaskSearch([], False, 0, f"the create was sent more than {RETENTION / 86400:g} days ago, and the "

@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 import requests
 
-from ..client import (ApiClient, RemoteTask, TaskSearch, _Busy, _int_or_none, _snippet, parse_timestamp,
+from ..client import (past_retention, ApiClient, RemoteTask, TaskSearch, _Busy, _int_or_none, _snippet, parse_timestamp,
                       task_id_problem)
 from ..errors import (ApiError, AuthError, BadParameters, ConfigError, InsufficientBalance, InvalidTaskId,
                       RateLimited, RemoteTaskFailed, TaskNotFound, TransientError)
@@ -426,7 +426,7 @@ class Seedance(ApiClient):
             return TaskSearch([], False, 0, "the create was sent without a seed: the list cannot tell its task",
                               final=True)
         window = _window(since, until, skew_seconds)
-        if window[0] < datetime.now(timezone.utc) - timedelta(seconds=RETENTION):
+        if past_retention(since, RETENTION):
             return TaskSearch([], False, 0, f"the create was sent more than {RETENTION / 3600:g} h ago, and the "
                                             "API keeps tasks no longer: the list cannot show whether it made one", final=True)
         lookup = SeedLookup(seed, window, lambda task: self.same_request(task, params), user_seed="seed" in params)

@@ -38,7 +38,7 @@ from urllib.parse import quote
 
 import requests
 
-from ..client import (SERVICE_TZ, ApiClient, RemoteTask, TaskSearch, _Busy, _int_or_none, _nearest,
+from ..client import (past_retention, SERVICE_TZ, ApiClient, RemoteTask, TaskSearch, _Busy, _int_or_none, _nearest,
                       _snippet, _text_or_none, parse_timestamp, task_id_problem)
 from ..errors import (ApiError, AuthError, BadParameters, ConfigError, InsufficientBalance, InvalidTaskId,
                       RateLimited, RemoteTaskFailed, TaskNotFound, TransientError)
@@ -525,7 +525,7 @@ class WanClient(ApiClient):
         then each task there whose prompt is not known yet asked for its ``orig_prompt``. Covered
         only when every page was read and every task there told its prompt."""
         model = str(params["model"])
-        if _aware(since) - timedelta(seconds=skew_seconds) < datetime.now(timezone.utc) - timedelta(seconds=RETENTION):
+        if past_retention(since, RETENTION):
             # The API has dropped what was made then: an empty window proves nothing, and sending
             # again may pay twice. Asking later cannot change that.
             return TaskSearch([], False, 0, f"the create was sent more than {RETENTION / 3600:g} h ago, and "

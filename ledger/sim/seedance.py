@@ -256,7 +256,7 @@ class SeedanceProtocol(SimProtocol):
             count = tokens(task.resolution, extra["ratio"], task.duration)
             made = task.created_wall.timestamp() + ends_at
             expires = int(made + self.video_retention)
-            gone = time.time() >= expires
+            gone = sim.wall_now() >= expires
             view["content"] = {"video_url": "" if gone and self.clears_url else
                                sim.signed_url(task.task_id, origin, expires)}
             view["usage"] = {"completion_tokens": count, "total_tokens": count}

@@ -454,6 +454,10 @@ class SimServer:
     def timeline(self, task: _Task) -> Tuple[str, int, float]:
         return self._timeline(task)
 
+    def wall_now(self) -> float:
+        """Unix time by the service's clock (``SimConfig.clock_offset``): what its URLs expire by."""
+        return time.time() + self.config.clock_offset
+
     def signed_url(self, task_id: str, origin: str, expires: Optional[int] = None) -> str:
         """A video URL; ``expires`` (unix seconds) for one signed once, as a service that keeps
         the video a fixed time signs it (default: signed afresh, valid ``url_ttl``)."""
@@ -583,7 +587,7 @@ class SimServer:
 
     def _signed_url(self, task_id: str, origin: str, expires: Optional[int] = None) -> str:
         # Signed afresh at every poll, as object storage URLs are: re-polling yields a live URL.
-        expires = int(time.time() + self.config.url_ttl) if expires is None else expires
+        expires = int(self.wall_now() + self.config.url_ttl) if expires is None else expires
         return f"{origin}/files/{quote(task_id, safe='')}.mp4?expires={expires}&sig={self._signature(task_id, expires)}"
 
     def _signature(self, task_id: str, expires: int) -> str:
@@ -601,7 +605,7 @@ class SimServer:
             return 403, "AccessDenied"
         if not hmac.compare_digest(query.get("sig", [""])[0], self._signature(task_id, expires)):
             return 403, "SignatureDoesNotMatch"
-        if time.time() >= expires:
+        if self.wall_now() >= expires:
             return 403, "AccessDenied: Request has expired"
         return None
 

@@ -233,7 +233,7 @@ def submit(ctx: StepContext, a: Active) -> Next:
         try:
             _move(ctx, a, State.SUBMITTING, EventKind.NOTE, f"write-ahead: sending the create to {api.name} "
                   f"at {api.base_url}", show=False, reread=True, submitting_at=DB_NOW, api_base=api.base_url,
-                  key=ctx.providers.key_choice(job.provider, a.reserved or price_of(ctx, job)))
+                  key=ctx.providers.key_choice(job.provider, a.reserved or price_of(ctx, job), _holds(ctx, job, api)))
         except NoFreeKey:
             _unreserve(ctx, a)
             a.retry_note = "waiting for a key with room (its limit of generations at once)"
@@ -248,11 +248,22 @@ def submit(ctx: StepContext, a: Active) -> Next:
     except BaseException:
         _unreserve(ctx, a)
         raise
-    api.backoff.wait(ctx.run.abort)
-    if ctx.run.stopping.is_set():  # stopped while waiting out a 429: nothing was sent
-        _move(ctx, a, State.PENDING, EventKind.NOTE, "not sent: the run is stopping", show=False, release=True)
-        _unreserve(ctx, a)
-        return Next(outcome=Outcome.RELEASED)
+    # The create goes out only under a lease held and extended in one guarded write after every
+    # pause: a worker frozen or cut off from the ledger past its lease while it waited out a 429 may
+    # have lost the job to another, which found no task and sent the create itself.
+    while True:
+        api.backoff.wait(ctx.run.abort)
+        if ctx.run.stopping.is_set():  # stopped while waiting out a 429: nothing was sent
+            _move(ctx, a, State.PENDING, EventKind.NOTE, "not sent: the run is stopping", show=False, release=True)
+            _unreserve(ctx, a)
+            return Next(outcome=Outcome.RELEASED)
+        try:
+            a.job = ctx.store.clear_to_send(a.job, ctx.owner, ctx.options.lease_seconds)
+        except BaseException:
+            _unreserve(ctx, a)
+            raise
+        if not api.backoff.paused_until:  # else a 429 came meanwhile: wait it out, then ask again
+            break
     a.action = Action.RECONCILE  # from here on, this write-ahead is never submitted again
     a.sent_at = utcnow()
     try:
@@ -275,7 +286,9 @@ def record(ctx: StepContext, a: Active) -> Next:
     now = ctx.ledger_clock.now()
     if a.found:
         # A found task started before we looked (by the service's clock, which has whole seconds).
-        created = task.created_at.astimezone(timezone.utc).replace(tzinfo=None) if task.created_at else now
+        # Its time by the API's clock, put on this one's (the offset its Date header shows).
+        offset = timedelta(seconds=api_of(ctx, job).clock_offset())
+        created = task.created_at.astimezone(timezone.utc).replace(tzinfo=None) - offset if task.created_at else now
         started, what, kind = min(created, now), "found the lost create's task", EventKind.FOUND
     else:
         # The generation began when the POST reached the API: time its polls from the sending, not
@@ -306,7 +319,8 @@ def record(ctx: StepContext, a: Active) -> Next:
 
 def reconcile(ctx: StepContext, a: Active) -> Next:
     """A create whose answer never came: read the task list back past the create's time window.
-    A task found is recorded; "not created" is concluded only when the whole window was read."""
+    A task found is recorded; "not created" is concluded only when the whole window was read, and
+    no sooner than the grace after the create could last have been answered."""
     job = a.job
     assert job.submitting_at is not None
     since = job.submitting_at
@@ -335,6 +349,14 @@ def reconcile(ctx: StepContext, a: Active) -> Next:
         incomplete = LookupIncomplete(f"cannot tell whether the unanswered create made a task: {search.reason}")
         incomplete.final = search.final
         raise incomplete
+    # A job taken over from a worker frozen or cut off after its POST: that create may still be on
+    # its way (until its client's timeout) and the API make its task any moment. Until then and the
+    # grace, the job keeps its key's slot and nothing is sent again.
+    now = utcnow() if a.answered_at is not None else ctx.store.db_now()  # the clock ``until`` was taken by
+    later = (until + timedelta(seconds=ctx.options.reconcile_grace) - now).total_seconds()
+    if later > 0:
+        a.retry_note = f"no task yet; its create may still be on its way: looking again in {later:.0f} s"
+        return Next(later)
     _move(ctx, a, State.PENDING, EventKind.NOTE,
           f"no task was created by the unanswered POST /create (read {search.pages} page(s) of the task list "
           "back past its time); submitting again")
@@ -789,6 +811,13 @@ def _reserve(ctx: StepContext, a: Active, api: Provider) -> Hold:
         ctx.run.halt(Stop.BUDGET, f"--max-spend {money(cap, currency)} reached: spent {money(spent, currency)}"
                                   f"{waiting}, the next generation costs {money(price, currency)}")
     return hold
+
+
+def _holds(ctx: StepContext, job: JobRow, api: Provider) -> Callable[[str], int]:
+    """What a create of ``job``'s provider at ``api`` holds while it awaits its answer, by price key:
+    what ``--max-spend`` holds for it (the listed price, or the most the API charged for its kind)."""
+    budget, kind = ctx.budget[currency_of(ctx, job)], cost_kind(job, api)[:-1]
+    return lambda price_key: budget.estimate((*kind, price_key), ctx.prices.price(job.provider, price_key))
 
 
 def _unreserve(ctx: StepContext, a: Active) -> None:

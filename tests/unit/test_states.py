@@ -92,3 +92,27 @@ def test_requeue_never_touches_a_job_that_left_failed_meanwhile(store: Store):
     assert store.requeue([job_id]) == (0, 0)
     row = store.job(job_id)
     assert row is not None and row.state is State.SUBMITTED and row.remote_task_id == "paid"
+
+
+def test_a_create_is_cleared_to_go_only_under_a_lease_held_and_not_expired(store: Store):
+    """The last word before a paid create: the job still submitting, under this worker's lease, not
+    lapsed; the lease is extended in the same write. A lapsed lease nobody took yet counts as lost
+    too: another worker may take the job any moment and find no task."""
+    from datetime import timedelta
+
+    held = job_in(store, State.SUBMITTING)
+    lapsed = job_in(store, State.SUBMITTING)
+    other = job_in(store, State.SUBMITTING, owner="other:2:2")
+    before = utcnow()
+    with write_tx(store.engine) as conn:
+        conn.execute(update(jobs).where(jobs.c.id.in_([held, other]))
+                     .values(lease_expires_at=before + timedelta(seconds=5)))
+        conn.execute(update(jobs).where(jobs.c.id == lapsed).values(lease_expires_at=before - timedelta(seconds=1)))
+    row = store.clear_to_send(store.job(held), OWNER, 60)
+    stored = store.job(held)
+    assert stored.lease_expires_at >= before + timedelta(seconds=60) and stored.submitting_at >= before
+    assert (row.lease_expires_at, row.submitting_at) == (stored.lease_expires_at, stored.submitting_at)
+    for job_id in (lapsed, other):
+        with pytest.raises(LeaseLost):
+            store.clear_to_send(store.job(job_id), OWNER, 60)
+    assert store.job(lapsed).lease_expires_at < before  # nothing extended
