@@ -615,7 +615,7 @@ class WanClient(ApiClient):
         """One page of the batch query: the answer, and its entries."""
         data = self._call("GET", "/tasks", params=query)
         items = data.get("data")
-        if items is None and "total" in data:
+        if items is None and _int_or_none(data.get("total")) == 0:
             items = []
         if not isinstance(items, list):
             raise TransientError(self._redact(f"GET /tasks: unexpected page shape: {_snippet(repr(dict(data)))}"))
