@@ -8,6 +8,7 @@ the report can be pasted into a bug report as it is.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import requests
 from .errors import (ApiError, AuthError, BadParameters, ConfigError, InsufficientBalance, InvalidTaskId,
                      RateLimited, TaskNotFound, TransientError)
 from .keys import KeyRing
+from .client import _without_password
 from .money import money
 from .providers import REGISTRY
 from .redact import mask_key
@@ -25,9 +27,12 @@ from .settings import Settings
 
 # The statuses ledger reads a task as: any other word is a status it does not know.
 KNOWN_STATUSES = frozenset({"pending", "processing", "completed", "failed"})
+# Where the providers' answers put a task's status (a client may default a missing one to "pending").
+STATUS_FIELDS = ("status", "task_status")
 # Answers that say what they should: the shape of the error was recognised.
 UNDERSTOOD_ERRORS = (AuthError, BadParameters, InsufficientBalance, RateLimited, TaskNotFound, InvalidTaskId)
 MAX_FIELDS = 30
+CONNECT_TIMEOUT, READ_TIMEOUT = 5.0, 10.0  # seconds, at most, per call of the check
 
 OK, MISMATCH, REFUSED, UNREACHABLE, NO_KEY, ERROR = "ok", "mismatch", "refused", "unreachable", "no key", "error"
 
@@ -156,6 +161,8 @@ def _page_problem(page: Any, body: Any) -> str:
     tasks = list(getattr(page, "tasks", []) or [])
     if not tasks and _listed_entries(body):
         return f"the answer lists {_listed_entries(body)} entries, and none was read as a task"
+    if any(not any(key in t.raw for key in STATUS_FIELDS) for t in tasks):
+        return "a listed task without a status field ledger reads (" + ", ".join(STATUS_FIELDS) + ")"
     unknown = sorted({t.status for t in tasks if t.status not in KNOWN_STATUSES})
     if unknown:
         return f"task status(es) ledger does not know: {', '.join(unknown)}"
@@ -172,7 +179,8 @@ def check_key(provider: str, client: Any, currency: str, masked: str) -> KeyChec
     """The calls ledger makes of ``client``, each once."""
     answers = _Answers()
     client.watch(answers)
-    report = KeyCheck(provider, client.base_url, masked)
+    getattr(client, "client", client).no_retries()  # sora_hk's provider wraps its ApiClient
+    report = KeyCheck(provider, _without_password(client.base_url), masked)
     report.probes.append(_probe("pre-flight", answers, client.preflight, lambda _r, _b: ""))
     if report.probes[-1].outcome in (UNREACHABLE, NO_KEY, REFUSED):
         return report
@@ -196,7 +204,8 @@ def configured(settings: Settings, keys: KeyRing, only: Sequence[str] = ()) -> L
     """The providers to check: those named, else the settings' provider and every one with a key."""
     if only:
         return list(only)
-    return [name for name in REGISTRY if name == settings.provider or keys.configured(name)]
+    return [name for name in REGISTRY if name == settings.provider or keys.configured(name)
+            or any(settings.option(option.key) for option in REGISTRY[name].options if option.secret)]
 
 
 def run_check(settings: Settings, only: Sequence[str] = ()) -> List[KeyCheck]:
@@ -208,6 +217,9 @@ def run_check(settings: Settings, only: Sequence[str] = ()) -> List[KeyCheck]:
         entries = [k for k in keys.all() if k.provider == name] or [None]
         for entry in entries:
             own = settings if entry is None else settings.with_secret(registration.key_env, entry.secret)
+            # Short timeouts: a user learns in seconds what an API does, and a silent one is named.
+            own = dataclasses.replace(own, connect_timeout=min(own.connect_timeout, CONNECT_TIMEOUT),
+                                      read_timeout=min(own.read_timeout, READ_TIMEOUT))
             masked = mask_key(entry.secret) if entry is not None else "-"
             try:
                 client = registration.open(own)

@@ -546,6 +546,10 @@ class ApiClient:
             return {"http": None, "https": None}
         return dict(self._proxies)
 
+    def no_retries(self) -> None:
+        """Every call once (``ledger check``: an answer in seconds, not after the retries' patience)."""
+        self._adapter.max_retries = self._retry.new(total=0, connect=0, read=0, status=0)
+
     def watch(self, callback: Callable[[requests.Response], None]) -> None:
         """Also hand every answer of the API to ``callback`` (``ledger check`` reads their shapes)."""
         self._watchers.append(callback)

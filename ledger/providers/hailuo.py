@@ -432,9 +432,13 @@ class Hailuo(ApiClient):
         from its last page back). v1 tasks are not in it: they are polled alone."""
         size = min(limit, LIST_LIMIT)
         if cursor is not None:
-            direction, page = cursor.split(":", 1)
-            return self._page(int(page), size, newest_first=direction == "n")
+            direction, page, *served = cursor.split(":")
+            return self._page(int(page), int(served[0]) if served else size, newest_first=direction == "n")
         tasks, total = self._list(1, size)
+        if tasks and total is not None and len(tasks) < min(size, total):
+            # The API serves fewer a page than asked (undocumented): page by what it serves, or
+            # the pages counted by the size asked would end the reading halfway down the list.
+            size = len(tasks)
         last = math.ceil(total / size) if total is not None else None
         if (last is not None and last <= 1) or (total is None and len(tasks) < size):
             return TaskPage(tasks[::-1] if _newest_first(tasks) is False else tasks, None)  # the whole list
@@ -532,9 +536,9 @@ class Hailuo(ApiClient):
     def _paged(tasks: List[RemoteTask], total: Optional[int], page: int, size: int, *,
                newest_first: bool) -> TaskPage:
         if not newest_first:  # an oldest-first page, read from the list's end back
-            return TaskPage(tasks[::-1], f"o:{page - 1}" if page > 1 else None)
+            return TaskPage(tasks[::-1], f"o:{page - 1}:{size}" if page > 1 else None)
         more = page * size < total if total is not None else len(tasks) >= size
-        return TaskPage(tasks, f"n:{page + 1}" if more else None)
+        return TaskPage(tasks, f"n:{page + 1}:{size}" if more else None)
 
     # --- answers -----------------------------------------------------------------------------------
 

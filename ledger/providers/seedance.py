@@ -143,6 +143,7 @@ LIST_LIMIT = 500  # the largest page (and the highest page number) the list take
 # 1521309, 1521675, 1366799). A lost create's look-up keeps to the shorter reading: an empty window
 # read past it would send the create again.
 RETENTION = 24 * 3600.0
+RECORDS = 7 * 86400.0  # how long Ark's get/list references say task records are kept (its guide says 24 h)
 MAX_SEED = 2 ** 31 - 1
 
 _unknown_words: Set[str] = set()
@@ -426,11 +427,19 @@ class Seedance(ApiClient):
             return TaskSearch([], False, 0, "the create was sent without a seed: the list cannot tell its task",
                               final=True)
         window = _window(since, until, skew_seconds)
-        if past_retention(since, RETENTION):
-            return TaskSearch([], False, 0, f"the create was sent more than {RETENTION / 3600:g} h ago, and the "
-                                            "API keeps tasks no longer: the list cannot show whether it made one", final=True)
+        if past_retention(since, RECORDS):
+            return TaskSearch([], False, 0, f"the create was sent more than {RECORDS / 86400:g} days ago, and Ark "
+                                            "keeps task records no longer: the list cannot show whether it made one",
+                              final=True)
         lookup = SeedLookup(seed, window, lambda task: self.same_request(task, params), user_seed="seed" in params)
-        return lookup.run(lambda cursor: self.recent(cursor, LIST_LIMIT))
+        search = lookup.run(lambda cursor: self.recent(cursor, LIST_LIMIT))
+        if past_retention(since, RETENTION) and not search.tasks:
+            # Ark's pages disagree: task records kept 7 days (get/list) or 24 h (the guide). A task
+            # found is the create's either way; a list without it proves nothing past 24 h.
+            return TaskSearch([], False, search.pages, f"the create was sent more than {RETENTION / 3600:g} h ago: "
+                                                       "Ark may keep task records only that long, so a list without "
+                                                       "it cannot show whether it made one", final=True)
+        return search
 
     def same_request(self, task: RemoteTask, params: Mapping[str, Any]) -> bool:
         """Model, seconds, ratio, resolution and tier of a listed task must be the request's; a
