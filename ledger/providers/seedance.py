@@ -30,8 +30,8 @@ import requests
 
 from ..client import (ApiClient, RemoteTask, TaskSearch, _Busy, _int_or_none, _snippet, parse_timestamp,
                       task_id_problem)
-from ..errors import (ApiError, AuthError, BadParameters, ConfigError, InsufficientBalance, InvalidTaskId,
-                      RateLimited, RemoteTaskFailed, TaskNotFound, TransientError)
+from ..errors import (ApiError, AuthError, BadParameters, ConfigError, ContentRefused, InsufficientBalance,
+                      InvalidTaskId, RateLimited, TaskNotFound, TransientError)
 from ..redact import mask_key
 from ..settings import Option, Settings, price_setting, secret_setting, url_setting
 from .base import Mapped, Mismatch, ModelRules, Registration, Request, TaskPage, choose_model
@@ -105,8 +105,8 @@ ERRORS: Mapping[Union[str, int], Type[ApiError]] = {
     "RateLimitExceeded": RateLimited,  # .EndpointRPMExceeded, .EndpointTPMExceeded: also the concurrency cap
     "QuotaExceeded": RateLimited,
     "ServerOverloaded": RateLimited,
-    "InputTextSensitiveContentDetected": RemoteTaskFailed,  # refused at create: nothing was made
-    "InputImageSensitiveContentDetected": RemoteTaskFailed,
+    "InputTextSensitiveContentDetected": ContentRefused,  # refused at create: nothing was made
+    "InputImageSensitiveContentDetected": ContentRefused,
     "InvalidParameter": BadParameters,
     "MissingParameter": BadParameters,
     "ModelNotOpen": BadParameters,
@@ -470,7 +470,7 @@ class Seedance(ApiClient):
     def _refused(self, method: str, where: str, resp: requests.Response, code: str, message: str,
                  detail: str) -> ApiError:
         """A content-policy refusal at create, in the API's own words (nothing was made)."""
-        return RemoteTaskFailed(self._redact(f"{message} ({code})" if message else code))
+        return ContentRefused(self._redact(f"{message} ({code})" if message else code))
 
     def _bad(self, method: str, where: str, resp: requests.Response, code: str, message: str, detail: str) -> ApiError:
         return BadParameters(self._redact(f"{where}, bad parameters ({detail})"), http_status=resp.status_code)
@@ -515,7 +515,7 @@ _Builder = Callable[[Seedance, str, str, requests.Response, str, str, str], ApiE
 # How each outcome of ``ERRORS`` is said (its message, and a 429's pause of every call).
 _BUILDERS: Mapping[Type[ApiError], _Builder] = {
     AuthError: Seedance._auth, InsufficientBalance: Seedance._overdue, RateLimited: Seedance._rate_limited,
-    RemoteTaskFailed: Seedance._refused, BadParameters: Seedance._bad, TransientError: Seedance._transient,
+    ContentRefused: Seedance._refused, BadParameters: Seedance._bad, TransientError: Seedance._transient,
 }
 
 
