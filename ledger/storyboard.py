@@ -535,6 +535,9 @@ def _schema_problems(doc: Any, display: str, explained: Set[Tuple[str, str]]) ->
             problems.extend(Problem(display, where, f"{key!r} is a required property")
                             for key in error.validator_value
                             if key not in error.instance and (where, key) not in explained)
+        elif error.validator == "additionalProperties" and isinstance(error.instance, dict) and all(
+                (where, key) in explained for key in error.instance if key not in error.schema.get("properties", {})):
+            continue  # every unknown option of this provider block is a misspelling already named at its key
         else:
             problems.append(Problem(display, where, _explain(error)))
     return problems
@@ -549,23 +552,62 @@ def _fast_valid(doc: Any) -> bool:
 
 @lru_cache(maxsize=1)
 def _shapes() -> Dict[str, Tuple[FrozenSet[str], Tuple[str, ...]]]:
-    """The known and required keys of each kind of object the schema describes. Not among them:
-    ``character_bible``, free-form by design."""
+    """The known and required keys of each kind of object the schema describes, each provider's
+    block (``<name>_options``) included. Not among them: ``character_bible``, free-form by design."""
     top = schema()
     segment = top["$defs"]["segment"]
     asset = segment["properties"]["asset"]
     kinds = {"top": top, "metadata": top["properties"]["metadata"], "defaults": top["properties"]["defaults"],
              "segment": segment, "asset": asset, "character": asset["properties"]["characters"]["items"]}
+    kinds.update((name, node) for name, node in top["$defs"].items() if name.endswith(OPTIONS))
     return {name: (frozenset(node["properties"]), tuple(node.get("required", ()))) for name, node in kinds.items()}
+
+
+OPTIONS = "_options"  # the suffix of a provider block's kind (``kling_options``)
+# Objects whose keys decide what is paid for: the top (it holds ``defaults``), defaults, segments and
+# provider blocks. A near miss of a known key there is an error, not a warning: a job paid at the
+# default duration because ``duraton_seconds`` was ignored costs money.
+PAID_KINDS = frozenset({"top", "defaults", "segment"})
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Damerau-Levenshtein distance (optimal string alignment: a swap of neighbours counts once)."""
+    before: List[int] = []
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, start=1):
+        current = [i] + [0] * len(b)
+        for j, cb in enumerate(b, start=1):
+            current[j] = min(row[j] + 1, current[j - 1] + 1, row[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                current[j] = min(current[j], before[j - 2] + 1)
+        before, row = row, current
+    return row[-1]
+
+
+def _misspelling_of(key: str, known: FrozenSet[str]) -> Optional[str]:
+    """The known key ``key`` is a misspelling of: the same but for case, or within two edits (one
+    for a key of four letters or fewer, where two edits make any word another); None when none is."""
+    folded = key.casefold()
+    best: Optional[Tuple[int, str]] = None
+    for name in known:
+        limit = 2 if len(name) > 4 else 1
+        if abs(len(name) - len(folded)) > limit:
+            continue
+        distance = _edit_distance(folded, name)
+        if distance <= limit and (best is None or (distance, name) < best):
+            best = (distance, name)
+    return best[1] if best else None
 
 
 class _Keys:
     """Unknown keys: warnings, naming the key meant when one is close. A near miss of a required
-    key that is missing is one error instead, which also explains the missing key."""
+    key that is missing is one error instead, which also explains the missing key; so is a near miss
+    of any key that decides what is paid (``PAID_KINDS`` and provider blocks)."""
 
     def __init__(self, display: str) -> None:
         self.display = display
         self.shapes = _shapes()
+        self.blocks = [kind[:-len(OPTIONS)] for kind in self.shapes if kind.endswith(OPTIONS)]
         self.errors: List[Problem] = []
         self.warnings: List[Problem] = []
         self.explained: Set[Tuple[str, str]] = set()
@@ -575,9 +617,17 @@ class _Keys:
         if not isinstance(obj, dict):
             return
         known, required = self.shapes[kind]
-        if obj.keys() <= known:
-            return
+        if not obj.keys() <= known:
+            self._unknown_keys(kind, parts, obj, known, required)
+        if kind in ("defaults", "segment"):
+            for name in self.blocks:
+                if isinstance(obj.get(name), dict):
+                    self.visit(name + OPTIONS, parts + (name,), obj[name])
+
+    def _unknown_keys(self, kind: str, parts: Tuple[Any, ...], obj: Mapping[str, Any], known: FrozenSet[str],
+                      required: Tuple[str, ...]) -> None:
         missing = [k for k in required if k not in obj]
+        paid = kind in PAID_KINDS or kind.endswith(OPTIONS)
         for key in [k for k in obj if k not in known]:
             # Past the lines that will be shown, a guess only serves to explain a missing key.
             wanted = missing or len(self.warnings) + len(self.errors) < MAX_LINES_PER_FILE
@@ -588,8 +638,14 @@ class _Keys:
                                            f"unknown key {key!r}: did you mean {guess!r}? ({guess!r} is required)"))
                 self.explained.add((pointer(parts), guess))
                 missing.remove(guess)
-            else:
-                self.warnings.append(Problem(self.display, where, self._unknown(kind, key, guess)))
+            elif kind == "defaults" and key in self.shapes["segment"][0]:
+                self.warnings.append(Problem(self.display, where,
+                                             f"{key!r} can only be set per segment, not in defaults; ignored"))
+            elif paid and (wanted or not self.errors) and (meant := _misspelling_of(key, known)) is not None:
+                self.errors.append(Problem(self.display, where, f"unknown key — did you mean {meant}?"))
+                self.explained.add((pointer(parts), key))  # a provider block's schema error need not repeat it
+            elif not kind.endswith(OPTIONS):  # a provider block refuses any other key: its schema error says so
+                self.warnings.append(Problem(self.display, where, self._unknown(key, guess)))
 
     def visit_asset(self, parts: Tuple[Any, ...], asset: Any) -> None:
         self.visit("asset", parts, asset)
@@ -597,9 +653,8 @@ class _Keys:
         for j, character in enumerate(characters if isinstance(characters, list) else []):
             self.visit("character", parts + ("characters", j), character)
 
-    def _unknown(self, kind: str, key: str, guess: Optional[str]) -> str:
-        if kind == "defaults" and key in self.shapes["segment"][0]:
-            return f"{key!r} can only be set per segment, not in defaults; ignored"
+    @staticmethod
+    def _unknown(key: str, guess: Optional[str]) -> str:
         if guess:
             return f"unknown key {key!r} ignored; did you mean {guess!r}? (prefix a key with '_' to mark a comment)"
         return f"unknown key {key!r} ignored (prefix it with '_' to mark a comment)"

@@ -325,9 +325,7 @@ def test_values_seedance_does_not_take_are_scan_errors_naming_the_allowed_ones(w
         "frame: it needs an image_url; without one use 'horizontal', 'vertical' or a ratio such as '16:9'",
         "invalid: input/storyboard_a.json: /segments/2/quality: quality 'high' (1080p) is not offered by "
         "doubao-seedance-2-5-260628; use one of 480p, 720p",
-        "invalid: input/storyboard_a.json: /segments/3/seedance: unknown option 'sead' for the seedance provider; "
-        "did you mean 'seed'? (it takes 'camera_fixed', 'generate_audio', 'resolution', 'seed', 'service_tier', "
-        "'watermark')",
+        "invalid: input/storyboard_a.json: /segments/3/seedance/sead: unknown key — did you mean seed?",
         "invalid: input/storyboard_a.json: /segments/4/seedance/service_tier: 'batch' is not allowed here; use one "
         "of 'default', 'flex'",
     ]

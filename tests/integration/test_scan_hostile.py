@@ -187,7 +187,7 @@ def test_undecodable_content_is_named_as_invalid(ws):
 def test_one_scan_reports_every_problem_of_a_file_and_its_warnings(ws):
     ws.storyboard("storyboard_good.json", GOOD)
     ws.storyboard("storyboard_bad.json", {
-        "defaults": {"duration_seconds": 25, "qualty": "high"},
+        "defaults": {"duration_seconds": 25, "qualty": "high", "frame_rate": 24},
         "segments": [{"segment_index": 1, "promt_text": "x"},
                      {"segment_index": 1, "prompt_text": "y", "image_url": "www.x.com/a.jpg"},
                      {"segment_index": 2, "prompt_text": "z", "image_url": "C:\\img.png", "resolution": "square"}]})
@@ -196,6 +196,7 @@ def test_one_scan_reports_every_problem_of_a_file_and_its_warnings(ws):
     assert lines(result.output, "invalid:") == [
         "invalid: input/storyboard_bad.json: /defaults/duration_seconds: duration 25s needs the Pro model "
         "(is_pro: true); normal generations take 10 or 15 seconds",
+        "invalid: input/storyboard_bad.json: /defaults/qualty: unknown key — did you mean quality?",
         "invalid: input/storyboard_bad.json: /segments/0/promt_text: unknown key 'promt_text': did you mean "
         "'prompt_text'? ('prompt_text' is required)",
         "invalid: input/storyboard_bad.json: /segments/1/image_url: image_url needs http:// or https:// in front "
@@ -206,9 +207,9 @@ def test_one_scan_reports_every_problem_of_a_file_and_its_warnings(ws):
         "accepts http(s) URLs (upload the image first)",
         "invalid: input/storyboard_bad.json: /segments/2/resolution: 'square' is not allowed here; use one of "
         "'horizontal', 'vertical'"]
-    assert lines(result.output, "warning:") == [
-        "warning: input/storyboard_bad.json: /defaults/qualty: unknown key 'qualty' ignored; did you mean "
-        "'quality'? (prefix a key with '_' to mark a comment)"]
+    assert lines(result.output, "warning:") == [  # far from any key: a note, not a paid key misspelt
+        "warning: input/storyboard_bad.json: /defaults/frame_rate: unknown key 'frame_rate' ignored (prefix it "
+        "with '_' to mark a comment)"]
     assert "1 storyboard file(s) are invalid" in result.output
     assert recorded(ws.root) == {"input/storyboard_good.json": 4}
 
