@@ -9,6 +9,7 @@ one reading of a file reports every problem it has, so a user fixes a file in on
 from __future__ import annotations
 
 import difflib
+import errno
 import hashlib
 import json
 import os
@@ -63,10 +64,12 @@ class Problem:
     """One thing wrong (or worth a warning) in one file, located by a JSON pointer."""
 
     path: str
-    pointer: str
+    pointer: Optional[str]  # None: about the file or folder itself, not a place in a document
     message: str
 
     def __str__(self) -> str:
+        if self.pointer is None:
+            return f"{printable(self.path)}: {printable(self.message)}"
         return f"{printable(self.path)}: {printable(self.pointer) or '/'}: {printable(self.message)}"
 
 
@@ -204,16 +207,36 @@ def is_storyboard_name(name: str) -> bool:
     return lowered.startswith("storyboard") and lowered.endswith(".json")
 
 
-def discover(input_dir: Path, skip: Sequence[Path] = ()) -> List[Path]:
-    """Storyboard files under ``input_dir``, sorted; follows symlinks without looping and never
-    descends into ``skip`` folders (the output tree when it lies inside the input tree)."""
+TEMPLATE_NAME = "_template.json"  # the documented example beside the storyboards: never scanned, never mentioned
+
+
+@dataclass
+class Found:
+    """What a walk of the input folder found: the storyboards, the other JSON files (not scanned,
+    and the user is told so: a storyboard under another name was silently never generated), and the
+    folders it could not list (named, and their storyboards left as the ledger knew them)."""
+
+    storyboards: List[Path] = field(default_factory=list)
+    not_storyboards: List[Path] = field(default_factory=list)
+    unreadable: List[Tuple[Path, str]] = field(default_factory=list)
+
+
+def walk_input(input_dir: Path, skip: Sequence[Path] = ()) -> Found:
+    """Walk ``input_dir``, sorted; follows symlinks without looping and never descends into
+    ``skip`` folders (the output tree when it lies inside the input tree) or hidden ones."""
     skipped = {os.path.realpath(p) for p in skip}
     seen_dirs = set()
-    found: List[Path] = []
-    for root, dirs, files in os.walk(input_dir, followlinks=True):
+    found = Found()
+
+    def unreadable(exc: OSError) -> None:
+        if exc.errno != errno.ENOENT:  # removed while the walk was under way: nothing to read there
+            found.unreadable.append((Path(exc.filename or input_dir), exc.strerror or str(exc)))
+
+    for root, dirs, files in os.walk(input_dir, followlinks=True, onerror=unreadable):
         try:
             st = os.stat(root)
-        except OSError:  # removed or locked while the walk was under way: nothing to read there
+        except OSError as exc:
+            unreadable(exc)
             dirs[:] = []
             continue
         key = (st.st_dev, st.st_ino)
@@ -222,8 +245,22 @@ def discover(input_dir: Path, skip: Sequence[Path] = ()) -> List[Path]:
             continue
         seen_dirs.add(key)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(Path(root) / f for f in files if is_storyboard_name(f))
-    return sorted(found)
+        for name in files:
+            if is_storyboard_name(name):
+                found.storyboards.append(Path(root) / name)
+            elif name.lower().endswith(".json") and not name.startswith(".") and name != TEMPLATE_NAME:
+                found.not_storyboards.append(Path(root) / name)
+    found.storyboards.sort()
+    if found.not_storyboards:  # a file a storyboard*.json link points to is scanned through that link
+        linked = {os.path.realpath(p) for p in found.storyboards if os.path.islink(p)}
+        found.not_storyboards = sorted(p for p in found.not_storyboards if os.path.realpath(p) not in linked)
+    found.unreadable.sort()
+    return found
+
+
+def discover(input_dir: Path, skip: Sequence[Path] = ()) -> List[Path]:
+    """Storyboard files under ``input_dir``, sorted (see ``walk_input``)."""
+    return walk_input(input_dir, skip).storyboards
 
 
 @lru_cache(maxsize=1)
