@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from itertools import accumulate, islice
 from pathlib import Path
-from typing import (TYPE_CHECKING, Any, Dict, FrozenSet, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Set,
+from typing import (TYPE_CHECKING, AbstractSet, Any, Dict, FrozenSet, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Set,
                     Tuple, Union)
 
 from .providers import RULES, Mapped, Mismatch, Request
@@ -534,8 +534,9 @@ def _image_url_message(value: Any) -> str:
     return local
 
 
-def _explain(error: ValidationError) -> str:
-    """A one-line sentence for a schema error, plainer than jsonschema's own where it helps."""
+def _explain(error: ValidationError, named: AbstractSet[Tuple[str, str]] = frozenset()) -> str:
+    """A one-line sentence for a schema error, plainer than jsonschema's own where it helps;
+    ``named``: (pointer, key) of unknown keys already reported at their own pointer."""
     last = error.path[-1] if error.path else None
     kind, value, expected = error.validator, error.instance, error.validator_value
     if last == "image_url":
@@ -555,7 +556,7 @@ def _explain(error: ValidationError) -> str:
         return "should be non-empty: a storyboard needs at least one segment"
     if kind == "additionalProperties" and isinstance(value, dict):  # a provider's block: its keys are paid options
         known = sorted(error.schema.get("properties", {}))
-        unknown = sorted(k for k in value if k not in known)
+        unknown = sorted(k for k in value if k not in known and (pointer(error.path), k) not in named)
         guess = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.6) if unknown else []
         hint = f"; did you mean {guess[0]!r}?" if guess else ""
         return (f"unknown option {', '.join(map(repr, unknown))} for the {last} provider{hint} "
@@ -576,7 +577,7 @@ def _schema_problems(doc: Any, display: str, explained: Set[Tuple[str, str]]) ->
                 (where, key) in explained for key in error.instance if key not in error.schema.get("properties", {})):
             continue  # every unknown option of this provider block is a misspelling already named at its key
         else:
-            problems.append(Problem(display, where, _explain(error)))
+            problems.append(Problem(display, where, _explain(error, explained)))
     return problems
 
 

@@ -212,6 +212,16 @@ def test_a_near_miss_of_a_paid_key_is_an_error_at_its_pointer(tmp_path: Path, do
     assert parsed.jobs == [] and parsed.warnings == []
 
 
+def test_a_provider_block_names_a_misspelt_option_at_its_key_and_any_other_unknown_one_once(tmp_path: Path):
+    doc = {"segments": [{"segment_index": 1, "prompt_text": "x", "provider": "kling",
+                         "kling": {"mdoe": "pro", "motion": "fast", "_note": "a comment"}}]}
+    parsed = read(write(tmp_path / "input" / "storyboard_k.json", doc), tmp_path)
+    assert [str(p).split(": ", 1)[1] for p in parsed.problems] == [
+        "/segments/0/kling: unknown option 'motion' for the kling provider (it takes 'cfg_scale', 'mode', "
+        "'negative_prompt', 'sound')",
+        "/segments/0/kling/mdoe: unknown key — did you mean mode?"]
+
+
 def test_far_unknown_keys_stay_warnings_and_underscore_keys_stay_comments(tmp_path: Path):
     doc = {"defaults": {"_duraton_seconds": 15, "frame_rate": 24},
            "segments": [{"segment_index": 1, "prompt_text": "x", "_Is_Pro": True, "camera_angle": "low"}]}
