@@ -100,7 +100,7 @@ class Layout:
         outputs follow: ``output/{sub/dirs}/{stem}/`` or, in place, ``{storyboard_dir}/{stem}_assets/``."""
         stem = storyboard.stem
         if self.output_mode == "in-place":
-            return storyboard.parent / f"{stem}_assets"
+            return storyboard.parent / f"{stem}{ASSETS_SUFFIX}"
         try:
             sub = storyboard.parent.relative_to(self.input_dir)
         except ValueError:
@@ -208,6 +208,7 @@ def is_storyboard_name(name: str) -> bool:
 
 
 TEMPLATE_NAME = "_template.json"  # the documented example beside the storyboards: never scanned, never mentioned
+ASSETS_SUFFIX = "_assets"  # a storyboard's in-place output folder: {stem}_assets/
 
 
 @dataclass
@@ -245,10 +246,12 @@ def walk_input(input_dir: Path, skip: Sequence[Path] = ()) -> Found:
             continue
         seen_dirs.add(key)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        # The sidecars of videos saved in place ({stem}_assets/) are ours, not misnamed storyboards.
+        assets = any(part.endswith(ASSETS_SUFFIX) for part in Path(os.path.relpath(root, input_dir)).parts)
         for name in files:
             if is_storyboard_name(name):
                 found.storyboards.append(Path(root) / name)
-            elif name.lower().endswith(".json") and not name.startswith(".") and name != TEMPLATE_NAME:
+            elif name.lower().endswith(".json") and not name.startswith(".") and name != TEMPLATE_NAME and not assets:
                 found.not_storyboards.append(Path(root) / name)
     found.storyboards.sort()
     if found.not_storyboards:  # a file a storyboard*.json link points to is scanned through that link

@@ -305,6 +305,7 @@ def test_a_json_file_not_named_storyboard_is_mentioned_once_the_template_never(w
     ws.storyboard("_template.json", GOOD)  # the documented example, edited: never scanned, never mentioned
     ws.storyboard("notes.txt", "not JSON at all")
     ws.storyboard("ep1/storyboard_b.json.bak", GOOD)
+    ws.storyboard("ep1/storyboard_c_assets/Segment_1/1_v1_0a1b2c3d.json", {"task_id": "x"})  # a video's sidecar
     for _ in range(2):  # every scan says it, once
         result = ws.cli("scan")
         assert result.exit_code == 0, result.output
