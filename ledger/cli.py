@@ -45,7 +45,7 @@ from .redact import RedactingFilter, redact
 from .scan import ScanReport, scan
 from .settings import OUTPUT_MODES, Settings, load_settings
 from .states import ALL_STATES, State
-from .store import JobRow, JobScope, Store
+from .store import JobRow, JobScope, Requeued, Store
 from . import export as exporting
 from . import destinations, quickstart, refs
 from .i18n import ntr, tr
@@ -907,7 +907,7 @@ def _retry(store: Store, retry_failed: Optional[Path], cwd: Path) -> Optional[Li
     if retry_failed is None:
         return None
     selection = select_from_file(store, retry_failed, cwd)
-    _report_requeue(store.requeue(selection.job_ids), selection.unmatched)
+    _report_requeue(store.requeue(selection.job_ids), selection.unmatched, include_hint=REFUSED_HINT_FILE)
     return selection.job_ids
 
 
@@ -918,12 +918,13 @@ def _retry_preview(store: Store, retry_failed: Optional[Path], cwd: Path
     if retry_failed is None:
         return None, None
     selection = select_from_file(store, retry_failed, cwd)
-    downloads, generate = store.requeue_preview(selection.job_ids)
+    downloads, generate, refused = store.requeue_preview(selection.job_ids)
     generations = sum(generate.values())
     _warn_unmatched(selection.unmatched)
     out.print(f"A run would requeue {plural(downloads + generations, 'failed job')} from {retry_failed}: "
               f"{downloads} to download again (already paid for), {generations} to generate again; it would "
               f"work only the jobs the file names.", markup=False)
+    _report_refused(refused, REFUSED_HINT_FILE)
     return selection.job_ids, generate
 
 
@@ -932,11 +933,31 @@ def _warn_unmatched(unmatched: Sequence[str]) -> None:
         err.print(labelled("warning:", f"not in the ledger: {entry}", "yellow"))
 
 
-def _report_requeue(counts: Tuple[int, int], unmatched: Sequence[str] = ()) -> None:
-    downloads, generations = counts
+# How to generate refusals again anyway, as said by `requeue` and by a run's --retry-failed FILE.
+REFUSED_HINT = "change the prompt, or add --include-refused to pay for them again"
+REFUSED_HINT_FILE = "change the prompt, or `ledger requeue --from-file FILE --include-refused` to pay for them again"
+REFUSED_SHOWN = 20  # refusals named one by one; past that, counted
+
+
+def _report_requeue(done: Requeued, unmatched: Sequence[str] = (), include_hint: str = REFUSED_HINT) -> None:
     _warn_unmatched(unmatched)
-    out.print(f"Requeued {downloads + generations} failed job(s): {downloads} to download again (already paid for), "
-              f"{generations} to generate again.")
+    out.print(f"Requeued {done.downloads + done.generations} failed job(s): {done.downloads} to download again "
+              f"(already paid for), {done.generations} to generate again.")
+    _report_refused(done.refused, include_hint)
+
+
+def _report_refused(refused: Sequence[JobRow], include_hint: str) -> None:
+    """The content refusals a requeue leaves failed, apart: the same prompt would be refused, and
+    paid, again."""
+    if not refused:
+        return
+    out.print(f"Left failed: {plural(len(refused), 'job')} the API refused for its content ({include_hint}):",
+              markup=False)
+    for job in refused[:REFUSED_SHOWN]:
+        reason = " ".join((job.error_message or job.error_kind or "").split())  # one line whatever the API sent
+        out.print(f"  refused: {job.label}: {reason}", markup=False)
+    if len(refused) > REFUSED_SHOWN:
+        out.print(f"  … and {len(refused) - REFUSED_SHOWN} more (`ledger export-failed` lists them all)", markup=False)
 
 
 @cli.command("requeue")
@@ -947,9 +968,12 @@ def _report_requeue(counts: Tuple[int, int], unmatched: Sequence[str] = ()) -> N
 @click.option("--from-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
               help="Select the jobs listed in a failed-tasks file.")
 @click.option("--regenerate", is_flag=True, help="Generate again (and pay) even when only the download failed.")
+@click.option("--include-refused", is_flag=True,
+              help="Also generate again (and pay for) jobs the API refused for their content.")
 @click.pass_obj
 def requeue_command(app: App, failed: bool, pattern: Optional[str], segment: Optional[int],
-                    error_contains: Optional[str], from_file: Optional[Path], regenerate: bool) -> None:
+                    error_contains: Optional[str], from_file: Optional[Path], regenerate: bool,
+                    include_refused: bool) -> None:
     """Put failed jobs back in the queue, attempts reset."""
     if failed == (from_file is not None):
         raise UsageError("give exactly one of --failed or --from-file FILE")
@@ -962,7 +986,7 @@ def requeue_command(app: App, failed: bool, pattern: Optional[str], segment: Opt
     else:
         boards = store.storyboard_ids(pattern) if pattern else None
         ids = [j.id for j in store.failed_jobs(storyboard_ids=boards, segment=segment, error_contains=error_contains)]
-    _report_requeue(store.requeue(ids, regenerate=regenerate), unmatched)
+    _report_requeue(store.requeue(ids, regenerate=regenerate, include_refused=include_refused), unmatched)
 
 
 @cli.command("export-failed")

@@ -50,6 +50,7 @@ from .errors import (
     InvalidTaskId,
     RemoteTaskFailed,
     ServiceClosed,
+    remote_failure,
     TaskNotFound,
     TransientError,
 )
@@ -116,9 +117,10 @@ class RemoteTask:
         return self.status == "failed"
 
     def raise_if_failed(self) -> None:
-        """Raise ``RemoteTaskFailed`` carrying ``error_msg`` verbatim when the task failed."""
+        """Raise ``RemoteTaskFailed`` (``ContentRefused`` for a content-policy verdict) carrying
+        ``error_msg`` verbatim when the task failed."""
         if self.is_failed:
-            raise RemoteTaskFailed(self.error_msg or "", task_id=self.task_id)
+            raise remote_failure(self.error_msg or "", task_id=self.task_id)
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> "RemoteTask":

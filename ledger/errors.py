@@ -7,6 +7,7 @@ boundary (``raise ... from exc``). The CLI turns them into a one-line message an
 from __future__ import annotations
 
 import enum
+import re
 from typing import Optional
 
 
@@ -156,6 +157,32 @@ class RemoteTaskFailed(ApiError):
         super().__init__(error_msg or "the task failed without a reason")
         self.error_msg = error_msg
         self.task_id = task_id
+
+
+class ContentRefused(RemoteTaskFailed):
+    """The API refused the content (its content policy, moderation, a sensitive input or output).
+    Kept apart from other failures: the same prompt would be refused (and, by most APIs, paid) again,
+    so ``ledger requeue --failed`` leaves it failed unless ``--include-refused`` is given."""
+
+    kind = "refused"
+
+
+# Words a content-policy verdict is said in (English and Chinese APIs): a task that failed with
+# one of them was refused, not broken. Kept narrow: a wrong match only keeps a job out of a requeue.
+_REFUSAL_WORDS = re.compile(r"polic|moderat|sensitive|inappropriate|prohibited|violat|nsfw|unsafe content|"
+                            r"审核|敏感|违规|违反|违禁|不合规|政策", re.IGNORECASE)
+
+
+def is_refusal(kind: Optional[str], message: Optional[str]) -> bool:
+    """Whether a failure recorded as (``kind``, ``message``) is a content refusal. A ledger written
+    before the ``refused`` kind recorded refusals as ``remote_failed``: their words tell them."""
+    return kind == ContentRefused.kind or (kind == RemoteTaskFailed.kind and bool(_REFUSAL_WORDS.search(message or "")))
+
+
+def remote_failure(error_msg: str, *, task_id: Optional[str] = None) -> RemoteTaskFailed:
+    """The error of a task the API says failed: a refusal when its words say so."""
+    cls = ContentRefused if _REFUSAL_WORDS.search(error_msg or "") else RemoteTaskFailed
+    return cls(error_msg, task_id=task_id)
 
 
 class DownloadError(ApiError):

@@ -11,13 +11,14 @@ from typing import Iterable, Iterator, List, Mapping, Optional, Sequence
 
 from .errors import UsageError
 from .settings import Settings
-from .store import ScanOutcome, Store
-from .storyboard import Layout, ParsedStoryboard, Problem, discover, ledger_path, printable, read_storyboard
+from .store import ScanOutcome, Store, path_in_scope
+from .storyboard import Layout, ParsedStoryboard, Problem, ledger_path, printable, read_storyboard, walk_input
 
 log = logging.getLogger(__name__)
 
 BATCH = 250  # files per batch: one batch is stored while the next ones are parsed
 POOL_THRESHOLD = 1000  # below this many files a process pool costs more to start than it saves
+NOT_SCANNED = "not scanned — storyboard files are named storyboard*.json"
 
 
 @dataclass
@@ -134,8 +135,12 @@ def scan(settings: Settings, cwd: Path, store: Store, *, dry_run: bool = False, 
     layout = replace(layout, remembered={path: mode for path, mode in store.output_modes(scope).items()
                                          if mode != layout.output_mode})
     skip = [layout.output_dir] if "centralized" in {layout.output_mode, *layout.remembered.values()} else []
-    paths = discover(layout.input_dir, skip=skip)
+    found = walk_input(layout.input_dir, skip=skip)
+    paths = found.storyboards
     report = ScanReport(files=[ledger_path(p, cwd) for p in paths])
+    report.warnings.extend(Problem(printable(ledger_path(p, cwd)), None, NOT_SCANNED) for p in found.not_storyboards)
+    report.problems.extend(Problem(printable(ledger_path(p, cwd)), None, f"cannot read the folder: {why}")
+                           for p, why in found.unreadable)
     layout = _output_modes(settings, layout, store, report.files)
 
     def collect(batches: Iterable[List[ParsedStoryboard]]) -> Iterator[List[ParsedStoryboard]]:
@@ -145,7 +150,12 @@ def scan(settings: Settings, cwd: Path, store: Store, *, dry_run: bool = False, 
                 report.warnings.extend(item.warnings)
             yield batch
 
-    batches = parse_batches(paths, settings, layout, store.fingerprints(scope), processes)
-    report.outcome = store.apply_scan(collect(batches), set(report.files), scope, dry_run=dry_run,
+    known = store.fingerprints(scope)
+    # A storyboard in a folder that could not be listed is not gone: left as the ledger knew it, as an
+    # unreadable file is.
+    hidden = {path for path in known for folder, _ in found.unreadable
+              if path_in_scope(path, ledger_path(folder, cwd))}
+    batches = parse_batches(paths, settings, layout, known, processes)
+    report.outcome = store.apply_scan(collect(batches), set(report.files) | hidden, scope, dry_run=dry_run,
                                       requeue_changed=requeue_changed)
     return report

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 from .db import db_now, read_tx, write_tx
 from .models import api_keys, events, jobs, meta, path_key, storyboards, utcnow, workers
 from .outputs import existing_videos, supersede
-from .errors import LedgerError
+from .errors import LedgerError, is_refusal
 from .money import Money
 from .keys import KeyChoice
 from .leases import owner_is_dead
@@ -75,7 +75,7 @@ class JobScope:
 # In-flight jobs are claimed before pending ones: they are paid for. Downloads first (nearest done).
 _IN_FLIGHT_ORDER = (State.DOWNLOADING, State.SUBMITTED, State.SUBMITTING)
 # Failures after which the remote task holds no video to fetch: requeue generates them again.
-NO_VIDEO_KINDS = frozenset({"remote_failed", "task_not_found", "content_expired"})
+NO_VIDEO_KINDS = frozenset({"remote_failed", "refused", "task_not_found", "content_expired"})
 CHUNK = 500  # ids per IN (...) list: far below every database's bound-parameter limit
 
 
@@ -149,6 +149,16 @@ JOB_COLUMNS = [c for c in jobs.c] + [storyboards.c.path.label("storyboard_path")
 
 def job_select():  # type: ignore[no-untyped-def]
     return select(*JOB_COLUMNS).join_from(jobs, storyboards, jobs.c.storyboard_id == storyboards.c.id)
+
+
+@dataclass(frozen=True)
+class Requeued:
+    """What ``Store.requeue`` did: jobs sent back to their download, jobs to generate again, and the
+    content refusals it left failed."""
+
+    downloads: int
+    generations: int
+    refused: List[JobRow]
 
 
 # The worker runs these thousands of times: statements built once skip SQLAlchemy's per-call
@@ -1206,47 +1216,55 @@ class Store(TeamQueries):
                             found[job.id] = job
         return [found[i] for i in sorted(found)]
 
-    def requeue(self, job_ids: Sequence[int], *, regenerate: bool = False) -> Tuple[int, int]:
+    def requeue(self, job_ids: Sequence[int], *, regenerate: bool = False, include_refused: bool = False
+                ) -> "Requeued":
         """Failed jobs back to work, attempts reset. One whose remote task exists and did not fail
         only needs its download: it resumes from ``submitted`` (polled for a fresh URL) and nothing
-        is paid again, unless ``regenerate``. Returns (to download again, to generate again)."""
+        is paid again, unless ``regenerate``. A content refusal stays failed (the same prompt would
+        be refused, and paid, again) unless ``include_refused``: it is named in ``refused``."""
         now = utcnow()
         changes: List[JobChange] = []
+        refused: List[JobRow] = []
         with write_tx(self.engine) as conn:
-            rows = conn.execute(select(jobs.c.id, jobs.c.remote_task_id, jobs.c.error_kind)
-                                .where(jobs.c.id.in_(list(job_ids))).where(jobs.c.state == State.FAILED.value)).all()
-            for row in rows:
-                reset = {"attempts": 0, "next_attempt_at": None, "error_kind": None, "error_message": None,
-                         "finished_at": None, "lease_owner": None, "lease_expires_at": None}
-                if _download_only(row, regenerate):
-                    changes.append(JobChange(row.id, State.FAILED, State.SUBMITTED, {**reset, "video_url": None},
-                                             "requeued: download again (the generation is paid for)",
-                                             counter="download"))
-                else:
-                    changes.append(JobChange(row.id, State.FAILED, State.PENDING, {**_RESET_REMOTE, **reset},
-                                             "requeued: generate again", counter="generate"))
+            for chunk in _chunks(list(job_ids)):
+                for row in conn.execute(job_select().where(jobs.c.id.in_(list(chunk)))
+                                        .where(jobs.c.state == State.FAILED.value).order_by(jobs.c.id)):
+                    if not include_refused and is_refusal(row.error_kind, row.error_message):
+                        refused.append(JobRow.from_row(row))
+                        continue
+                    reset = {"attempts": 0, "next_attempt_at": None, "error_kind": None, "error_message": None,
+                             "finished_at": None, "lease_owner": None, "lease_expires_at": None}
+                    if _download_only(row, regenerate):
+                        changes.append(JobChange(row.id, State.FAILED, State.SUBMITTED, {**reset, "video_url": None},
+                                                 "requeued: download again (the generation is paid for)",
+                                                 counter="download"))
+                    else:
+                        changes.append(JobChange(row.id, State.FAILED, State.PENDING, {**_RESET_REMOTE, **reset},
+                                                 "requeued: generate again", counter="generate"))
             moved = {c.job_id for c in self._apply_changes(conn, changes, now, worker=None)}
         applied = [c for c in changes if c.job_id not in moved]
         downloads = sum(1 for c in applied if c.counter == "download")
-        return downloads, len(applied) - downloads
+        return Requeued(downloads, len(applied) - downloads, refused)
 
-    def requeue_preview(self, job_ids: Sequence[int], *, regenerate: bool = False
-                        ) -> Tuple[int, Dict[Tuple[str, str, bool], int]]:
+    def requeue_preview(self, job_ids: Sequence[int], *, regenerate: bool = False, include_refused: bool = False
+                        ) -> Tuple[int, Dict[Tuple[str, str, bool], int], List[JobRow]]:
         """What ``requeue`` would make of ``job_ids``, changing nothing: how many failed jobs would
-        only be downloaded again, and the ones to generate again counted by (provider, price key,
-        is_pro), as ``pending_by_price`` counts them."""
+        only be downloaded again, the ones to generate again counted by (provider, price key,
+        is_pro), as ``pending_by_price`` counts them, and the refusals it would leave failed."""
         downloads = 0
         generate: "Counter[Tuple[str, str, bool]]" = Counter()
+        refused: List[JobRow] = []
         with read_tx(self.engine) as conn:
             for chunk in _chunks(list(job_ids)):
-                for row in conn.execute(select(jobs.c.remote_task_id, jobs.c.error_kind, jobs.c.provider,
-                                               jobs.c.price_key, jobs.c.is_pro)
-                                        .where(jobs.c.id.in_(chunk)).where(jobs.c.state == State.FAILED.value)):
-                    if _download_only(row, regenerate):
+                for row in conn.execute(job_select().where(jobs.c.id.in_(list(chunk)))
+                                        .where(jobs.c.state == State.FAILED.value).order_by(jobs.c.id)):
+                    if not include_refused and is_refusal(row.error_kind, row.error_message):
+                        refused.append(JobRow.from_row(row))
+                    elif _download_only(row, regenerate):
                         downloads += 1
                     else:
                         generate[(row.provider, row.price_key, bool(row.is_pro))] += 1
-        return downloads, dict(generate)
+        return downloads, dict(generate), refused
 
     def history(self, job_id: int) -> List[Row]:
         """Every recorded transition of one job, oldest first."""

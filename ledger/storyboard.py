@@ -9,6 +9,7 @@ one reading of a file reports every problem it has, so a user fixes a file in on
 from __future__ import annotations
 
 import difflib
+import errno
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from itertools import accumulate, islice
 from pathlib import Path
-from typing import (TYPE_CHECKING, Any, Dict, FrozenSet, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Set,
+from typing import (TYPE_CHECKING, AbstractSet, Any, Dict, FrozenSet, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Set,
                     Tuple, Union)
 
 from .providers import RULES, Mapped, Mismatch, Request
@@ -63,10 +64,12 @@ class Problem:
     """One thing wrong (or worth a warning) in one file, located by a JSON pointer."""
 
     path: str
-    pointer: str
+    pointer: Optional[str]  # None: about the file or folder itself, not a place in a document
     message: str
 
     def __str__(self) -> str:
+        if self.pointer is None:
+            return f"{printable(self.path)}: {printable(self.message)}"
         return f"{printable(self.path)}: {printable(self.pointer) or '/'}: {printable(self.message)}"
 
 
@@ -97,7 +100,7 @@ class Layout:
         outputs follow: ``output/{sub/dirs}/{stem}/`` or, in place, ``{storyboard_dir}/{stem}_assets/``."""
         stem = storyboard.stem
         if self.output_mode == "in-place":
-            return storyboard.parent / f"{stem}_assets"
+            return storyboard.parent / f"{stem}{ASSETS_SUFFIX}"
         try:
             sub = storyboard.parent.relative_to(self.input_dir)
         except ValueError:
@@ -204,16 +207,37 @@ def is_storyboard_name(name: str) -> bool:
     return lowered.startswith("storyboard") and lowered.endswith(".json")
 
 
-def discover(input_dir: Path, skip: Sequence[Path] = ()) -> List[Path]:
-    """Storyboard files under ``input_dir``, sorted; follows symlinks without looping and never
-    descends into ``skip`` folders (the output tree when it lies inside the input tree)."""
+TEMPLATE_NAME = "_template.json"  # the documented example beside the storyboards: never scanned, never mentioned
+ASSETS_SUFFIX = "_assets"  # a storyboard's in-place output folder: {stem}_assets/
+
+
+@dataclass
+class Found:
+    """What a walk of the input folder found: the storyboards, the other JSON files (not scanned,
+    and the user is told so: a storyboard under another name was silently never generated), and the
+    folders it could not list (named, and their storyboards left as the ledger knew them)."""
+
+    storyboards: List[Path] = field(default_factory=list)
+    not_storyboards: List[Path] = field(default_factory=list)
+    unreadable: List[Tuple[Path, str]] = field(default_factory=list)
+
+
+def walk_input(input_dir: Path, skip: Sequence[Path] = ()) -> Found:
+    """Walk ``input_dir``, sorted; follows symlinks without looping and never descends into
+    ``skip`` folders (the output tree when it lies inside the input tree) or hidden ones."""
     skipped = {os.path.realpath(p) for p in skip}
     seen_dirs = set()
-    found: List[Path] = []
-    for root, dirs, files in os.walk(input_dir, followlinks=True):
+    found = Found()
+
+    def unreadable(exc: OSError) -> None:
+        if exc.errno != errno.ENOENT:  # removed while the walk was under way: nothing to read there
+            found.unreadable.append((Path(exc.filename or input_dir), exc.strerror or str(exc)))
+
+    for root, dirs, files in os.walk(input_dir, followlinks=True, onerror=unreadable):
         try:
             st = os.stat(root)
-        except OSError:  # removed or locked while the walk was under way: nothing to read there
+        except OSError as exc:
+            unreadable(exc)
             dirs[:] = []
             continue
         key = (st.st_dev, st.st_ino)
@@ -222,8 +246,24 @@ def discover(input_dir: Path, skip: Sequence[Path] = ()) -> List[Path]:
             continue
         seen_dirs.add(key)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(Path(root) / f for f in files if is_storyboard_name(f))
-    return sorted(found)
+        # The sidecars of videos saved in place ({stem}_assets/) are ours, not misnamed storyboards.
+        assets = any(part.endswith(ASSETS_SUFFIX) for part in Path(os.path.relpath(root, input_dir)).parts)
+        for name in files:
+            if is_storyboard_name(name):
+                found.storyboards.append(Path(root) / name)
+            elif name.lower().endswith(".json") and not name.startswith(".") and name != TEMPLATE_NAME and not assets:
+                found.not_storyboards.append(Path(root) / name)
+    found.storyboards.sort()
+    if found.not_storyboards:  # a file a storyboard*.json link points to is scanned through that link
+        linked = {os.path.realpath(p) for p in found.storyboards if os.path.islink(p)}
+        found.not_storyboards = sorted(p for p in found.not_storyboards if os.path.realpath(p) not in linked)
+    found.unreadable.sort()
+    return found
+
+
+def discover(input_dir: Path, skip: Sequence[Path] = ()) -> List[Path]:
+    """Storyboard files under ``input_dir``, sorted (see ``walk_input``)."""
+    return walk_input(input_dir, skip).storyboards
 
 
 @lru_cache(maxsize=1)
@@ -497,8 +537,9 @@ def _image_url_message(value: Any) -> str:
     return local
 
 
-def _explain(error: ValidationError) -> str:
-    """A one-line sentence for a schema error, plainer than jsonschema's own where it helps."""
+def _explain(error: ValidationError, named: AbstractSet[Tuple[str, str]] = frozenset()) -> str:
+    """A one-line sentence for a schema error, plainer than jsonschema's own where it helps;
+    ``named``: (pointer, key) of unknown keys already reported at their own pointer."""
     last = error.path[-1] if error.path else None
     kind, value, expected = error.validator, error.instance, error.validator_value
     if last == "image_url":
@@ -518,7 +559,7 @@ def _explain(error: ValidationError) -> str:
         return "should be non-empty: a storyboard needs at least one segment"
     if kind == "additionalProperties" and isinstance(value, dict):  # a provider's block: its keys are paid options
         known = sorted(error.schema.get("properties", {}))
-        unknown = sorted(k for k in value if k not in known)
+        unknown = sorted(k for k in value if k not in known and (pointer(error.path), k) not in named)
         guess = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.6) if unknown else []
         hint = f"; did you mean {guess[0]!r}?" if guess else ""
         return (f"unknown option {', '.join(map(repr, unknown))} for the {last} provider{hint} "
@@ -535,8 +576,11 @@ def _schema_problems(doc: Any, display: str, explained: Set[Tuple[str, str]]) ->
             problems.extend(Problem(display, where, f"{key!r} is a required property")
                             for key in error.validator_value
                             if key not in error.instance and (where, key) not in explained)
+        elif error.validator == "additionalProperties" and isinstance(error.instance, dict) and all(
+                (where, key) in explained for key in error.instance if key not in error.schema.get("properties", {})):
+            continue  # every unknown option of this provider block is a misspelling already named at its key
         else:
-            problems.append(Problem(display, where, _explain(error)))
+            problems.append(Problem(display, where, _explain(error, explained)))
     return problems
 
 
@@ -549,23 +593,62 @@ def _fast_valid(doc: Any) -> bool:
 
 @lru_cache(maxsize=1)
 def _shapes() -> Dict[str, Tuple[FrozenSet[str], Tuple[str, ...]]]:
-    """The known and required keys of each kind of object the schema describes. Not among them:
-    ``character_bible``, free-form by design."""
+    """The known and required keys of each kind of object the schema describes, each provider's
+    block (``<name>_options``) included. Not among them: ``character_bible``, free-form by design."""
     top = schema()
     segment = top["$defs"]["segment"]
     asset = segment["properties"]["asset"]
     kinds = {"top": top, "metadata": top["properties"]["metadata"], "defaults": top["properties"]["defaults"],
              "segment": segment, "asset": asset, "character": asset["properties"]["characters"]["items"]}
+    kinds.update((name, node) for name, node in top["$defs"].items() if name.endswith(OPTIONS))
     return {name: (frozenset(node["properties"]), tuple(node.get("required", ()))) for name, node in kinds.items()}
+
+
+OPTIONS = "_options"  # the suffix of a provider block's kind (``kling_options``)
+# Objects whose keys decide what is paid for: the top (it holds ``defaults``), defaults, segments and
+# provider blocks. A near miss of a known key there is an error, not a warning: a job paid at the
+# default duration because ``duraton_seconds`` was ignored costs money.
+PAID_KINDS = frozenset({"top", "defaults", "segment"})
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Damerau-Levenshtein distance (optimal string alignment: a swap of neighbours counts once)."""
+    before: List[int] = []
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, start=1):
+        current = [i] + [0] * len(b)
+        for j, cb in enumerate(b, start=1):
+            current[j] = min(row[j] + 1, current[j - 1] + 1, row[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                current[j] = min(current[j], before[j - 2] + 1)
+        before, row = row, current
+    return row[-1]
+
+
+def _misspelling_of(key: str, known: FrozenSet[str]) -> Optional[str]:
+    """The known key ``key`` is a misspelling of: the same but for case, or within two edits (one
+    for a key of four letters or fewer, where two edits make any word another); None when none is."""
+    folded = key.casefold()
+    best: Optional[Tuple[int, str]] = None
+    for name in known:
+        limit = 2 if len(name) > 4 else 1
+        if abs(len(name) - len(folded)) > limit:
+            continue
+        distance = _edit_distance(folded, name)
+        if distance <= limit and (best is None or (distance, name) < best):
+            best = (distance, name)
+    return best[1] if best else None
 
 
 class _Keys:
     """Unknown keys: warnings, naming the key meant when one is close. A near miss of a required
-    key that is missing is one error instead, which also explains the missing key."""
+    key that is missing is one error instead, which also explains the missing key; so is a near miss
+    of any key that decides what is paid (``PAID_KINDS`` and provider blocks)."""
 
     def __init__(self, display: str) -> None:
         self.display = display
         self.shapes = _shapes()
+        self.blocks = [kind[:-len(OPTIONS)] for kind in self.shapes if kind.endswith(OPTIONS)]
         self.errors: List[Problem] = []
         self.warnings: List[Problem] = []
         self.explained: Set[Tuple[str, str]] = set()
@@ -575,9 +658,17 @@ class _Keys:
         if not isinstance(obj, dict):
             return
         known, required = self.shapes[kind]
-        if obj.keys() <= known:
-            return
+        if not obj.keys() <= known:
+            self._unknown_keys(kind, parts, obj, known, required)
+        if kind in ("defaults", "segment"):
+            for name in self.blocks:
+                if isinstance(obj.get(name), dict):
+                    self.visit(name + OPTIONS, parts + (name,), obj[name])
+
+    def _unknown_keys(self, kind: str, parts: Tuple[Any, ...], obj: Mapping[str, Any], known: FrozenSet[str],
+                      required: Tuple[str, ...]) -> None:
         missing = [k for k in required if k not in obj]
+        paid = kind in PAID_KINDS or kind.endswith(OPTIONS)
         for key in [k for k in obj if k not in known]:
             # Past the lines that will be shown, a guess only serves to explain a missing key.
             wanted = missing or len(self.warnings) + len(self.errors) < MAX_LINES_PER_FILE
@@ -588,8 +679,14 @@ class _Keys:
                                            f"unknown key {key!r}: did you mean {guess!r}? ({guess!r} is required)"))
                 self.explained.add((pointer(parts), guess))
                 missing.remove(guess)
-            else:
-                self.warnings.append(Problem(self.display, where, self._unknown(kind, key, guess)))
+            elif kind == "defaults" and key in self.shapes["segment"][0]:
+                self.warnings.append(Problem(self.display, where,
+                                             f"{key!r} can only be set per segment, not in defaults; ignored"))
+            elif paid and (wanted or not self.errors) and (meant := _misspelling_of(key, known)) is not None:
+                self.errors.append(Problem(self.display, where, f"unknown key — did you mean {meant}?"))
+                self.explained.add((pointer(parts), key))  # a provider block's schema error need not repeat it
+            elif not kind.endswith(OPTIONS):  # a provider block refuses any other key: its schema error says so
+                self.warnings.append(Problem(self.display, where, self._unknown(key, guess)))
 
     def visit_asset(self, parts: Tuple[Any, ...], asset: Any) -> None:
         self.visit("asset", parts, asset)
@@ -597,9 +694,8 @@ class _Keys:
         for j, character in enumerate(characters if isinstance(characters, list) else []):
             self.visit("character", parts + ("characters", j), character)
 
-    def _unknown(self, kind: str, key: str, guess: Optional[str]) -> str:
-        if kind == "defaults" and key in self.shapes["segment"][0]:
-            return f"{key!r} can only be set per segment, not in defaults; ignored"
+    @staticmethod
+    def _unknown(key: str, guess: Optional[str]) -> str:
         if guess:
             return f"unknown key {key!r} ignored; did you mean {guess!r}? (prefix a key with '_' to mark a comment)"
         return f"unknown key {key!r} ignored (prefix it with '_' to mark a comment)"

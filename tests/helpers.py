@@ -24,6 +24,17 @@ def query(root: Path, sql: str, *args: Any) -> List[tuple]:
         return conn.execute(sql, args).fetchall()
 
 
+def as_generation_failures(root: Path) -> None:
+    """Make the ledger's failed jobs ordinary generation failures (not content refusals, which a
+    requeue leaves failed): for tests of requeueing itself, whatever made their jobs fail."""
+    with closing(sqlite3.connect(root / "ledger.db")) as conn, conn:
+        conn.execute("UPDATE jobs SET error_kind = 'remote_failed', error_message = ? WHERE state = 'failed'",
+                     (GENERATION_FAILED,))
+
+
+GENERATION_FAILED = "视频生成失败：服务器繁忙，请稍后重试"  # the simulator's generic failure
+
+
 def spawn(root: Path, env: Dict[str, str], *args: str) -> "subprocess.Popen[str]":
     """`ledger ARGS` as a separate process in the workspace, as a user would run it."""
     return subprocess.Popen([sys.executable, "-m", "ledger", *args], cwd=root, env={**os.environ, **env},

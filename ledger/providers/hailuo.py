@@ -41,8 +41,8 @@ import requests
 
 from ..client import (past_retention, ApiClient, RemoteTask, TaskSearch, _Busy, _int_or_none, _snippet, parse_timestamp,
                       search_pages, task_id_problem)
-from ..errors import (ApiError, AuthError, BadParameters, ConfigError, InsufficientBalance, InvalidTaskId,
-                      RateLimited, RemoteTaskFailed, TaskNotFound, TransientError)
+from ..errors import (ApiError, AuthError, BadParameters, ConfigError, ContentRefused, InsufficientBalance,
+                      InvalidTaskId, RateLimited, TaskNotFound, TransientError)
 from ..money import rate as money_rate
 from ..redact import mask_key
 from ..settings import Option, Settings, price_setting, secret_setting, url_setting
@@ -123,8 +123,8 @@ ERRORS: Mapping[int, Type[ApiError]] = {
     1004: AuthError,  # the key was refused
     1008: InsufficientBalance,
     1013: TransientError,  # internal service error
-    1026: RemoteTaskFailed,  # the input is sensitive: refused, nothing created
-    1027: RemoteTaskFailed,  # the output is sensitive: the task failed
+    1026: ContentRefused,  # the input is sensitive: refused, nothing created
+    1027: ContentRefused,  # the output is sensitive: the task failed
     1024: TransientError,  # internal error
     1033: TransientError,  # system error
     2013: BadParameters,
@@ -592,8 +592,8 @@ class Hailuo(ApiClient):
         if _is_lookup(method, path) and code in NOT_FOUND:
             return TaskNotFound(self._redact(f"{where}, the API does not know this id ({detail})"), code=code,
                                 http_status=status)
-        if kind is RemoteTaskFailed:  # a refusal of the create, in the API's own words
-            return RemoteTaskFailed(self._redact(said or detail))
+        if kind is ContentRefused:  # a refusal of the create, in the API's own words
+            return ContentRefused(self._redact(said or detail))
         if kind is RateLimited:
             return self._rate_limit_error(where, resp, detail, code)
         if kind is AuthError:

@@ -34,8 +34,8 @@ import requests
 
 from ..client import (PREFLIGHT_PAUSE, PREFLIGHT_TIMEOUT, ApiClient, RemoteTask, TaskSearch, _Busy,
                       _snippet, parse_timestamp, task_id_problem)
-from ..errors import (ApiError, AuthError, BadParameters, ConfigError, InsufficientBalance, InvalidTaskId,
-                      RateLimited, RemoteTaskFailed, TaskNotFound, TransientError)
+from ..errors import (ApiError, AuthError, BadParameters, ConfigError, ContentRefused, InsufficientBalance,
+                      InvalidTaskId, RateLimited, TaskNotFound, TransientError)
 from ..money import rate as money_rate
 from ..redact import mask_key
 from ..settings import Option, Settings, secret_setting, url_setting
@@ -647,7 +647,7 @@ class KlingClient(ApiClient):
         if outcome == PARAMETERS:
             return BadParameters(self._redact(f"{where}, bad parameters ({detail})"), code=code, http_status=status)
         if outcome == REFUSED:  # the API's own words, verbatim: they are the job's reason
-            return RemoteTaskFailed(self._redact(message or detail))
+            return ContentRefused(self._redact(message or detail))
         if outcome == RATE:
             return self._rate_limit_error(where, resp, detail, code)
         if outcome == NOT_FOUND and method == "GET" and _TASK_PATH.match(path) and code is None:

@@ -30,8 +30,8 @@ import requests
 
 from ..client import (past_retention, ApiClient, RemoteTask, TaskSearch, _Busy, _int_or_none, _snippet, parse_timestamp,
                       task_id_problem)
-from ..errors import (ApiError, AuthError, BadParameters, ConfigError, InsufficientBalance, InvalidTaskId,
-                      RateLimited, RemoteTaskFailed, TaskNotFound, TransientError)
+from ..errors import (ApiError, AuthError, BadParameters, ConfigError, ContentRefused, InsufficientBalance,
+                      InvalidTaskId, RateLimited, TaskNotFound, TransientError)
 from ..redact import mask_key
 from ..settings import Option, Settings, price_setting, secret_setting, url_setting
 from .base import Mapped, Mismatch, ModelRules, Registration, Request, TaskPage, choose_model
@@ -542,7 +542,7 @@ class Seedance(ApiClient):
     def _refused(self, method: str, where: str, resp: requests.Response, code: str, message: str,
                  detail: str) -> ApiError:
         """A content-policy refusal at create, in the API's own words (nothing was made)."""
-        return RemoteTaskFailed(self._redact(f"{message} ({code})" if message else code))
+        return ContentRefused(self._redact(f"{message} ({code})" if message else code))
 
     def _bad(self, method: str, where: str, resp: requests.Response, code: str, message: str, detail: str) -> ApiError:
         return BadParameters(self._redact(f"{where}, bad parameters ({detail})"), http_status=resp.status_code)
@@ -587,7 +587,7 @@ _Builder = Callable[[Seedance, str, str, requests.Response, str, str, str], ApiE
 # How each outcome of ``ERRORS`` is said (its message, and a 429's pause of every call).
 _BUILDERS: Mapping[Type[ApiError], _Builder] = {
     AuthError: Seedance._auth, InsufficientBalance: Seedance._overdue, RateLimited: Seedance._rate_limited,
-    RemoteTaskFailed: Seedance._refused, BadParameters: Seedance._bad, TransientError: Seedance._transient,
+    ContentRefused: Seedance._refused, BadParameters: Seedance._bad, TransientError: Seedance._transient,
 }
 
 
@@ -598,7 +598,7 @@ def _refusal(code: str) -> Optional[Type[ApiError]]:
     ``OutputVideoSensitiveContentDetected``, …): nothing was made, and sending it again is refused
     again, so it ends the job in the API's words, like a task that failed the check."""
     family = code.split(".")[0]
-    return RemoteTaskFailed if family.endswith(("SensitiveContentDetected", "RiskDetection")) else None
+    return ContentRefused if family.endswith(("SensitiveContentDetected", "RiskDetection")) else None
 
 
 def _failure(data: Mapping[str, Any], word: str) -> str:

@@ -40,8 +40,8 @@ import requests
 
 from ..client import (past_retention, SERVICE_TZ, ApiClient, RemoteTask, TaskSearch, _Busy, _int_or_none, _nearest,
                       _snippet, _text_or_none, parse_timestamp, task_id_problem)
-from ..errors import (ApiError, AuthError, BadParameters, ConfigError, InsufficientBalance, InvalidTaskId,
-                      RateLimited, RemoteTaskFailed, TaskNotFound, TransientError)
+from ..errors import (ApiError, AuthError, BadParameters, ConfigError, ContentRefused, InsufficientBalance,
+                      InvalidTaskId, RateLimited, TaskNotFound, TransientError)
 from ..money import rate as money_rate
 from ..redact import mask_key
 from ..settings import Option, Settings, secret_setting, url_setting
@@ -163,7 +163,7 @@ ERRORS: Mapping[Union[str, int], Type[ApiError]] = {
     "Throttling.RateQuota": RateLimited,  # too many requests
     "Throttling.AllocationQuota": RateLimited,  # too many tasks at once: the concurrency limit
     "Throttling": RateLimited,
-    "DataInspectionFailed": RemoteTaskFailed,  # input moderation refused the create: nothing was made
+    "DataInspectionFailed": ContentRefused,  # input moderation refused the create: nothing was made
     "InvalidParameter": BadParameters,
     "AccessDenied": BadParameters,  # e.g. a create without the async header, a model the account cannot use
     "InternalError": TransientError,
@@ -686,8 +686,8 @@ class WanClient(ApiClient):
             return AuthError(self._redact(f"{where}, the API key {shown} was rejected ({detail})"), http_status=status)
         if kind is RateLimited:
             return self._rate_limit_error(where, resp, detail, say_which=True)
-        if kind is RemoteTaskFailed:  # the API's own words, verbatim: they are the job's reason
-            return RemoteTaskFailed(self._redact(message or code))
+        if kind is ContentRefused:  # the API's own words, verbatim: they are the job's reason
+            return ContentRefused(self._redact(message or code))
         if kind is TransientError:
             suffix = "; the task may have been created" if method == "POST" else ""
             return TransientError(self._redact(f"{where} ({detail}){suffix}"), maybe_created=method == "POST",

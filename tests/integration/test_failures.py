@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import time
+from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
-from tests.helpers import both_protocols, leftovers, query, segments, spawn
+from tests.helpers import as_generation_failures, both_protocols, leftovers, query, segments, spawn
 from tests.integration.conftest import API_KEY
 from tests.integration.test_work import assert_all_done_and_whole, assert_every_job_paid_once
 
@@ -29,7 +32,7 @@ def test_a_policy_rejection_is_terminal_verbatim_and_never_resubmitted(ws, sim, 
     assert result.exit_code == 1, result.output
     (rejected,) = [t for t in sim.tasks() if REJECT in t["prompt"]]
     assert query(ws.root, "SELECT state, error_kind, error_message, remote_task_id FROM jobs WHERE segment_index = 1") == [
-        ("failed", "remote_failed", rejected["error_msg"], rejected["task_id"])]
+        ("failed", "refused", rejected["error_msg"], rejected["task_id"])]
     assert re.search(r"[\u4e00-\u9fff]", rejected["error_msg"])  # Chinese, kept as it came
     assert rejected["error_msg"] in result.output
     assert states(ws)[2] == "done"
@@ -202,7 +205,7 @@ def test_export_failed_writes_every_reason_atomically(ws, sim, work_env):
     (entry,) = data["failed"]
     assert entry["storyboard"] == "input/ep/storyboard_a.json" and entry["segment_index"] == 2
     assert entry["version"] == 1 and entry["prompt"] == f"bad {REJECT}"
-    assert entry["parameters"]["duration"] == 10 and entry["error_kind"] == "remote_failed"
+    assert entry["parameters"]["duration"] == 10 and entry["error_kind"] == "refused"
     assert entry["error_message"] and entry["attempts"] == 1 and entry["remote_task_id"]
     assert entry["failed_at"] and entry["submitted_at"]
     custom = ws.cli("export-failed", "--output", "mine.json", env=work_env)
@@ -214,6 +217,7 @@ def _three_failures(ws, sim, work_env):
     ws.storyboard("storyboard_a.json", segments(f"a1 {REJECT}", f"a2 {REJECT}", "a3"))
     ws.storyboard("storyboard_b.json", segments(f"b1 {REJECT}"))
     assert ws.cli("run", "--no-progress", env=work_env).exit_code == 1
+    as_generation_failures(ws.root)
 
 
 def test_requeue_selects_by_storyboard_segment_and_error_text(ws, sim, work_env):
@@ -258,6 +262,39 @@ def test_requeue_from_the_earlier_tools_list(ws, sim, work_env):
     result = ws.cli("requeue", "--from-file", str(legacy), env=work_env)
     assert "Requeued 1 failed job(s)" in result.output
     assert "not in the ledger: input/storyboard_zzz.json segment 9" in result.output
+
+
+def test_a_refusal_stays_failed_through_a_plain_requeue_and_is_listed_apart(ws, sim, work_env):
+    """Before: `requeue --failed` sent the refused prompt to the API again, paid, to be refused again."""
+    forbidden = f"something forbidden {REJECT}"
+    ws.storyboard("storyboard_a.json", segments(forbidden))
+    assert ws.cli("run", "--no-progress", env=work_env).exit_code == 1
+    sim.config = replace(sim.config, fail_rate=1.0)  # the next generation breaks: an ordinary failure
+    ws.storyboard("storyboard_b.json", segments("a calm lake"))
+    assert ws.cli("run", "--no-progress", env=work_env).exit_code == 1
+    sim.config = replace(sim.config, fail_rate=0.0)
+    result = ws.cli("requeue", "--failed", env=work_env)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "Requeued 1 failed job(s): 0 to download again (already paid for), 1 to generate again."
+    assert lines[1] == ("Left failed: 1 job the API refused for its content (change the prompt, or add "
+                        "--include-refused to pay for them again):")
+    message = query(ws.root, "SELECT error_message FROM jobs WHERE state = 'failed'")[0][0]
+    assert lines[2:] == [f"  refused: input/storyboard_a.json#1v1: {message}"]
+    assert ws.cli("work", "--no-progress", env=work_env).exit_code == 0
+    assert sim.stats()["creates_per_prompt"] == {forbidden: 1, "a calm lake": 2}
+    assert query(ws.root, "SELECT s.path, j.state, j.error_kind FROM jobs j JOIN storyboards s "
+                          "ON s.id = j.storyboard_id ORDER BY s.path") == [
+        ("input/storyboard_a.json", "failed", "refused"), ("input/storyboard_b.json", "done", None)]
+    # a ledger written before the `refused` kind: the API's words tell the refusal
+    with closing(sqlite3.connect(ws.root / "ledger.db")) as conn, conn:
+        conn.execute("UPDATE jobs SET error_kind = 'remote_failed' WHERE state = 'failed'")
+    assert "Requeued 0 failed job(s)" in ws.cli("requeue", "--failed", env=work_env).output
+    included = ws.cli("requeue", "--failed", "--include-refused", env=work_env)
+    assert included.output.splitlines() == [
+        "Requeued 1 failed job(s): 0 to download again (already paid for), 1 to generate again."]
+    assert ws.cli("work", "--no-progress", env=work_env).exit_code == 1  # refused again, as asked
+    assert sim.stats()["creates_per_prompt"] == {forbidden: 2, "a calm lake": 2}
 
 
 def test_show_prints_parameters_task_and_history(ws, sim, work_env):

@@ -89,7 +89,7 @@ def test_summary_names_each_storyboard_with_its_counts_money_and_folder(ws, sim,
                     # 80 columns piped: the long path gives way in its middle, on one line
                     "input/…/episode_twelve_the_long_way_home/storyboard_b.json": ["1", "1", "$0.60"]}
     assert "Videos are in output/" in lines
-    assert any(line.startswith(f"failed: input/{LONG_FOLDER}/storyboard_b.json#2v1 [remote_failed]") for line in lines)
+    assert any(line.startswith(f"failed: input/{LONG_FOLDER}/storyboard_b.json#2v1 [refused]") for line in lines)
 
 
 @pytest.mark.parametrize("given, shown", [("5", "$5.00"), ("5.5", "$5.50"), ("$0.60", "$0.60"), ("500c", "$5.00"),

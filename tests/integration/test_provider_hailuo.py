@@ -171,7 +171,7 @@ def test_a_prompt_the_api_finds_sensitive_is_refused_at_the_create_with_its_word
     result = ws.cli("run", "--no-progress", env=work_env)
     assert result.exit_code == 1, result.output
     assert query(ws.root, "SELECT segment_index, state, error_kind, error_message FROM jobs ORDER BY 1") == [
-        (1, "failed", "remote_failed", INPUT_SENSITIVE), (2, "done", None, None)]
+        (1, "failed", "refused", INPUT_SENSITIVE), (2, "done", None, None)]
     assert sim.stats()["tasks_created"] == 1 and charged(sim) == job_price(sim)
 
 
@@ -185,7 +185,7 @@ def test_a_video_the_api_finds_sensitive_fails_with_its_words_and_stays_paid(ws,
     result = ws.cli("run", "--no-progress", env=work_env)
     assert result.exit_code == 1, result.output
     said = OUTPUT_SENSITIVE if model == V1 else f"1027: {OUTPUT_SENSITIVE}"
-    assert query(ws.root, "SELECT state, error_kind, error_message FROM jobs") == [("failed", "remote_failed", said)]
+    assert query(ws.root, "SELECT state, error_kind, error_message FROM jobs") == [("failed", "refused", said)]
     assert OUTPUT_SENSITIVE in result.output
     assert query(ws.root, "SELECT sum(spent_cents) FROM jobs") == [(charged(sim),)] and charged(sim) > 0
 
@@ -199,7 +199,7 @@ def test_a_sensitive_verdict_in_a_poll_answer_fails_the_task_with_its_words(ws, 
     result = ws.cli("run", "--no-progress", env=work_env)
     assert result.exit_code == 1, result.output
     assert query(ws.root, "SELECT state, error_kind, error_message FROM jobs") == [
-        ("failed", "remote_failed", "input new_sensitive")]
+        ("failed", "refused", "input new_sensitive")]
 
 
 def test_insufficient_balance_stops_submitting_with_exit_4(ws, make_sim, work_env):
@@ -232,8 +232,8 @@ def test_a_rate_limit_pauses_every_call_and_the_job_still_completes(ws, sim, wor
     (1013, 0, "done", None, 2),  # internal service error: the same
     (1002, 0, "done", None, 2),  # rate limited: not made; sent again after the pause
     (2013, 1, "failed", "bad_parameters", 1),
-    (1026, 1, "failed", "remote_failed", 1),
-    (1027, 1, "failed", "remote_failed", 1),
+    (1026, 1, "failed", "refused", 1),
+    (1027, 1, "failed", "refused", 1),
     (1008, 4, "pending", None, 1),
     (1004, 3, "pending", None, 1),
     (1234, 0, "done", None, 2),  # an undocumented code: an attempt counted, tried again

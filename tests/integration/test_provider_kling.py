@@ -11,8 +11,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from ledger.errors import (AuthError, BadParameters, InsufficientBalance, RateLimited, RemoteTaskFailed,
-                           TransientError)
+from ledger.errors import (AuthError, BadParameters, ContentRefused, InsufficientBalance, RateLimited, TransientError)
 from ledger.providers import RULES, Request
 from ledger.providers.kling import KlingClient
 from ledger.sim import GENERATION_FAILED_MESSAGE, POLICY_MESSAGE
@@ -220,8 +219,8 @@ def test_ledger_never_repeats_an_external_task_id_so_nothing_is_paid_twice_eithe
 
 @pytest.mark.parametrize("code, raised", [
     (1000, AuthError), (1004, AuthError), (1100, InsufficientBalance), (1101, InsufficientBalance),
-    (1102, InsufficientBalance), (1200, BadParameters), (1201, BadParameters), (1300, RemoteTaskFailed),
-    (1301, RemoteTaskFailed), (1302, RateLimited), (1303, RateLimited), (5000, TransientError),
+    (1102, InsufficientBalance), (1200, BadParameters), (1201, BadParameters), (1300, ContentRefused),
+    (1301, ContentRefused), (1302, RateLimited), (1303, RateLimited), (5000, TransientError),
 ])
 def test_each_code_of_the_envelope_raises_its_outcome(sim, kling_client, code, raised):
     sim.inject("create", "envelope", code=code, message=f"说明 {code}")
@@ -230,7 +229,7 @@ def test_each_code_of_the_envelope_raises_its_outcome(sim, kling_client, code, r
     assert type(info.value) is raised
     if raised is TransientError:
         assert info.value.maybe_created  # a create the service failed on may still have been made
-    if raised is RemoteTaskFailed:
+    if raised is ContentRefused:
         assert str(info.value) == f"说明 {code}"  # the API's words, verbatim
     assert sim.stats()["tasks_created"] == 0
 
@@ -240,7 +239,7 @@ def test_a_content_policy_refusal_fails_the_job_with_the_apis_words_and_costs_no
     result = ws.cli("run", "--no-progress", env=work_env)
     assert result.exit_code == 1, result.output
     rows = query(ws.root, "SELECT segment_index, state, error_kind, error_message FROM jobs ORDER BY segment_index")
-    assert rows == [(1, "failed", "remote_failed", POLICY_MESSAGE), (2, "done", None, None)]
+    assert rows == [(1, "failed", "refused", POLICY_MESSAGE), (2, "done", None, None)]
     assert billed(sim) == spent(ws) == job_price(sim)  # the refused create made nothing
 
 

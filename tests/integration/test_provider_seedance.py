@@ -117,7 +117,7 @@ def test_a_failed_generation_costs_nothing_and_keeps_the_apis_words(ws, sim, env
     result = ws.cli("run", "--no-progress", env=env)
     assert result.exit_code == 1, result.output
     rows = query(ws.root, "SELECT segment_index, state, error_kind, error_message, spent_cents FROM jobs ORDER BY id")
-    assert [(r[0], r[1], r[2], r[4]) for r in rows] == [(1, "failed", "remote_failed", 0), (2, "done", None, job_price(sim))]
+    assert [(r[0], r[1], r[2], r[4]) for r in rows] == [(1, "failed", "refused", 0), (2, "done", None, job_price(sim))]
     assert rows[0][3] == f"{POLICY_MESSAGE} (OutputVideoSensitiveContentDetected)"
     assert spent(ws) == billed(sim) == job_price(sim)  # charged at create, settled to nothing once it failed
 
@@ -128,7 +128,7 @@ def test_a_prompt_refused_at_create_ends_failed_in_the_apis_words_and_nothing_is
     result = ws.cli("run", "--no-progress", env=env)
     assert result.exit_code == 1, result.output
     assert query(ws.root, "SELECT state, error_kind, error_message, remote_task_id FROM jobs") == [
-        ("failed", "remote_failed", f"{TEXT_REFUSED} (InputTextSensitiveContentDetected)", None)]
+        ("failed", "refused", f"{TEXT_REFUSED} (InputTextSensitiveContentDetected)", None)]
     assert (sim.stats()["creates_received"], sim.stats()["tasks_created"], billed(sim), spent(ws)) == (1, 0, 0, 0)
 
 
@@ -256,7 +256,7 @@ def test_each_refusal_ends_its_job_as_the_error_table_says(ws, sim, env):
     result = ws.cli("run", "--no-progress", env=env)
     assert result.exit_code == 4, result.output
     rows = query(ws.root, "SELECT state, error_kind, error_message FROM jobs ORDER BY segment_index")
-    assert [r[:2] for r in rows] == [("failed", "bad_parameters"), ("failed", "remote_failed"), ("pending", None),
+    assert [r[:2] for r in rows] == [("failed", "bad_parameters"), ("failed", "refused"), ("pending", None),
                                      ("pending", None)]
     assert "HTTP 404" in rows[0][2] and "ModelNotOpen" in rows[0][2]
     assert rows[1][2] == ("The request failed because the input image may contain real person. "
@@ -407,9 +407,7 @@ def test_values_seedance_does_not_take_are_scan_errors_naming_the_allowed_ones(w
         "frame: it needs an image_url; without one use 'horizontal', 'vertical' or a ratio such as '16:9'",
         "invalid: input/storyboard_a.json: /segments/2/quality: quality 'high' (1080p) is not offered by "
         "doubao-seedance-2-0-fast-260128; use one of 480p, 720p",
-        "invalid: input/storyboard_a.json: /segments/3/seedance: unknown option 'sead' for the seedance provider; "
-        "did you mean 'seed'? (it takes 'camera_fixed', 'generate_audio', 'last_frame_url', 'resolution', 'seed', "
-        "'service_tier', 'watermark')",
+        "invalid: input/storyboard_a.json: /segments/3/seedance/sead: unknown key — did you mean seed?",
         "invalid: input/storyboard_a.json: /segments/4/seedance/service_tier: 'batch' is not allowed here; use one "
         "of 'default', 'flex'",
         "invalid: input/storyboard_a.json: /segments/5/seedance: seedance.service_tier 'flex' (offline inference) is "

@@ -15,8 +15,8 @@ from typing import Iterator
 import pytest
 import requests
 
-from ledger.errors import (AuthError, BadParameters, InsufficientBalance, RateLimited, RemoteTaskFailed,
-                           TaskNotFound, TransientError)
+from ledger.errors import (AuthError, BadParameters, ContentRefused, InsufficientBalance, RateLimited, TaskNotFound,
+                           TransientError)
 from ledger.providers.base import Request
 from ledger.providers.wan import RULES, WanClient
 from ledger.sim import GENERATION_FAILED_MESSAGE, POLICY_MESSAGE
@@ -206,7 +206,7 @@ def test_a_content_policy_refusal_ends_failed_with_the_apis_message_and_costs_no
     result = ws.cli("run", "--no-progress", env=work_env)
     assert result.exit_code == 1, result.output
     rows = query(ws.root, "SELECT segment_index, state, error_kind, error_message, remote_task_id FROM jobs")
-    assert rows == [(1, "failed", "remote_failed", POLICY_MESSAGE, None), (2, "done", None, None, rows[1][4])]
+    assert rows == [(1, "failed", "refused", POLICY_MESSAGE, None), (2, "done", None, None, rows[1][4])]
     assert sim.stats()["tasks_created"] == 1 and charged(sim) == job_price(sim)
 
 
@@ -315,7 +315,7 @@ def test_an_id_the_api_does_not_know_within_the_retention_is_a_task_not_found(si
 
 @pytest.mark.parametrize("code, raised", [
     ("InvalidApiKey", AuthError), ("Arrearage", InsufficientBalance), ("Throttling.RateQuota", RateLimited),
-    ("Throttling.AllocationQuota", RateLimited), ("Throttling", RateLimited), ("DataInspectionFailed", RemoteTaskFailed),
+    ("Throttling.AllocationQuota", RateLimited), ("Throttling", RateLimited), ("DataInspectionFailed", ContentRefused),
     ("InvalidParameter", BadParameters), ("InvalidParameter.DataInspection", BadParameters),
     ("AccessDenied", BadParameters), ("InternalError", TransientError)])
 def test_every_error_code_of_a_create_maps_to_its_outcome(sim, code, raised):

@@ -25,11 +25,12 @@ TEMPLATE = REPO / "input" / "_template.json"
 
 
 def fresh_clone(dest: Path) -> Path:
-    """The repository's files as a clone has them (tracked, plus new files not ignored), without
-    the developer's .env, ledger, output or virtualenv."""
+    """The repository's files as a clone has them, in a git repository of their own: the tracked
+    files only (as they stand in the working tree; a new file counts once `git add`ed), never what a
+    user or developer keeps beside them (their .env, storyboards, ledger, output, virtualenv)."""
     try:
-        listing = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                                 cwd=REPO, capture_output=True, check=True).stdout
+        listing = subprocess.run(["git", "ls-files", "-z", "--cached"], cwd=REPO, capture_output=True,
+                                 check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout")
     for name in filter(None, listing.decode().split("\0")):
@@ -37,7 +38,15 @@ def fresh_clone(dest: Path) -> Path:
         if source.is_file():  # a deleted file may still be listed until the deletion is committed
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / name)
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "clone"]):
+        subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *command], cwd=dest,
+                       capture_output=True, check=True)
     return dest
+
+
+def git_status(clone: Path) -> List[str]:
+    return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=clone, capture_output=True,
+                          text=True, check=True).stdout.splitlines()
 
 
 def quick_start_commands() -> List[str]:
@@ -71,6 +80,23 @@ def test_a_fresh_clone_following_the_quick_start_pays_only_for_the_users_storybo
     tasks = sim.tasks()
     prompt = "A drone shot over a neon city at dusk, rain-slick streets reflecting signs."
     assert [(t["prompt"], t["image_url"]) for t in tasks] == [(prompt, ""), (prompt, "")]
+    assert git_status(clone) == []  # the user's storyboard, key, ledger and videos stay out of git
+
+
+def test_the_users_own_files_stay_out_of_git_status(tmp_path):
+    """Before: storyboards, ledger journals and in-place assets showed up under `git status`, and the
+    quick-start test copied them (untracked files) into its clone, where they broke it."""
+    clone = fresh_clone(tmp_path / "clone")
+    for name in [".env", "ledger.db", "ledger.db-wal", "ledger.db-shm", "ledger.db-journal",
+                 "input/storyboard_myfilm.json", "input/ep1/storyboard_b.json", "input/ep1/notes.txt",
+                 "input/ep1/storyboard_b_assets/Segment_1/storyboard_b_1_v1.mp4",
+                 "output/storyboard_myfilm/Segment_1/storyboard_myfilm_1_v1.mp4", "output/failed_tasks_1.json",
+                 "examples/city/storyboard_neon_city_assets/Segment_1/storyboard_neon_city_1_v1.mp4"]:
+        (clone / name).parent.mkdir(parents=True, exist_ok=True)
+        (clone / name).write_text("the user's", encoding="utf-8")
+    assert git_status(clone) == []
+    (clone / "input" / "_template.json").write_text("{}", encoding="utf-8")  # the template stays tracked
+    assert git_status(clone) == [" M input/_template.json"]
 
 
 def test_init_writes_env_and_the_template_and_no_ledger(tmp_path, ws):

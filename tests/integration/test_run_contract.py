@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ledger.pricing import money
-from tests.helpers import job_price, query, segments
+from tests.helpers import as_generation_failures, job_price, query, segments
 
 POLICY = "[policy-reject] a forbidden scene"
 
@@ -44,16 +44,33 @@ def test_run_retry_failed_requeues_the_listed_jobs_and_works_only_those(ws, sim,
     ws.storyboard("storyboard_a.json", segments(POLICY))
     first = ws.cli("run", "--no-progress", env=work_env)
     assert first.exit_code == 1, first.output
+    as_generation_failures(ws.root)  # a refusal would stay failed (see below)
     exported = ws.cli("export-failed", "--output", "failed.json", env=work_env)
     assert exported.exit_code == 0, exported.output
     ws.storyboard("storyboard_b.json", segments("a red fox"))  # new since: scanned, not worked
     result = ws.cli("run", "--no-progress", "--retry-failed", "failed.json", env=work_env)
-    assert result.exit_code == 1, result.output  # the policy still refuses it
+    assert result.exit_code == 1, result.output  # the policy refuses it again
     assert "Requeued 1 failed job(s)" in result.output
     assert sim.stats()["creates_per_prompt"] == {POLICY: 2}
     assert query(ws.root, "SELECT s.path, j.state FROM jobs j JOIN storyboards s ON s.id = j.storyboard_id "
                           "ORDER BY s.path") == [("input/storyboard_a.json", "failed"),
                                                  ("input/storyboard_b.json", "pending")]
+
+
+def test_retry_failed_leaves_a_refusal_failed_and_says_so(ws, sim, work_env):
+    """Before: `run --retry-failed` on an export paid for the refused prompt again."""
+    ws.storyboard("storyboard_a.json", segments(POLICY, "a calm lake"))
+    assert ws.cli("run", "--no-progress", env=work_env).exit_code == 1
+    assert ws.cli("export-failed", "--output", "failed.json", env=work_env).exit_code == 0
+    hint = ("Left failed: 1 job the API refused for its content (change the prompt, or `ledger requeue "
+            "--from-file FILE --include-refused` to pay for them again):")
+    preview = ws.cli("run", "--dry-run", "--retry-failed", "failed.json", env=work_env)
+    assert preview.exit_code == 0, preview.output
+    assert "A run would requeue 0 failed jobs from failed.json" in flat(preview.output) and hint in preview.output
+    result = ws.cli("run", "--no-progress", "--retry-failed", "failed.json", env=work_env)
+    assert "Requeued 0 failed job(s)" in result.output and hint in result.output
+    assert "  refused: input/storyboard_a.json#1v1: " in result.output
+    assert sim.stats()["creates_per_prompt"] == {POLICY: 1, "a calm lake": 1}
 
 
 def flat(output: str) -> str:
@@ -66,6 +83,7 @@ def test_a_dry_run_with_retry_failed_prices_only_what_the_file_would_requeue(ws,
     two), saying nothing of the one the file names."""
     ws.storyboard("storyboard_a.json", segments(POLICY))
     assert ws.cli("run", "--no-progress", env=work_env).exit_code == 1
+    as_generation_failures(ws.root)
     assert ws.cli("export-failed", "--output", "failed.json", env=work_env).exit_code == 0
     ws.storyboard("storyboard_b.json", segments("a red fox", "a grey wolf"))  # new: pending, not in the file
     assert ws.cli("scan", env=work_env).exit_code == 0

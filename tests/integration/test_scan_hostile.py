@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, List
 
@@ -187,7 +188,7 @@ def test_undecodable_content_is_named_as_invalid(ws):
 def test_one_scan_reports_every_problem_of_a_file_and_its_warnings(ws):
     ws.storyboard("storyboard_good.json", GOOD)
     ws.storyboard("storyboard_bad.json", {
-        "defaults": {"duration_seconds": 25, "qualty": "high"},
+        "defaults": {"duration_seconds": 25, "qualty": "high", "frame_rate": 24},
         "segments": [{"segment_index": 1, "promt_text": "x"},
                      {"segment_index": 1, "prompt_text": "y", "image_url": "www.x.com/a.jpg"},
                      {"segment_index": 2, "prompt_text": "z", "image_url": "C:\\img.png", "resolution": "square"}]})
@@ -196,6 +197,7 @@ def test_one_scan_reports_every_problem_of_a_file_and_its_warnings(ws):
     assert lines(result.output, "invalid:") == [
         "invalid: input/storyboard_bad.json: /defaults/duration_seconds: duration 25s needs the Pro model "
         "(is_pro: true); normal generations take 10 or 15 seconds",
+        "invalid: input/storyboard_bad.json: /defaults/qualty: unknown key — did you mean quality?",
         "invalid: input/storyboard_bad.json: /segments/0/promt_text: unknown key 'promt_text': did you mean "
         "'prompt_text'? ('prompt_text' is required)",
         "invalid: input/storyboard_bad.json: /segments/1/image_url: image_url needs http:// or https:// in front "
@@ -206,9 +208,9 @@ def test_one_scan_reports_every_problem_of_a_file_and_its_warnings(ws):
         "accepts http(s) URLs (upload the image first)",
         "invalid: input/storyboard_bad.json: /segments/2/resolution: 'square' is not allowed here; use one of "
         "'horizontal', 'vertical'"]
-    assert lines(result.output, "warning:") == [
-        "warning: input/storyboard_bad.json: /defaults/qualty: unknown key 'qualty' ignored; did you mean "
-        "'quality'? (prefix a key with '_' to mark a comment)"]
+    assert lines(result.output, "warning:") == [  # far from any key: a note, not a paid key misspelt
+        "warning: input/storyboard_bad.json: /defaults/frame_rate: unknown key 'frame_rate' ignored (prefix it "
+        "with '_' to mark a comment)"]
     assert "1 storyboard file(s) are invalid" in result.output
     assert recorded(ws.root) == {"input/storyboard_good.json": 4}
 
@@ -294,3 +296,50 @@ def test_the_largest_segment_index_fits_postgres_and_a_larger_one_is_reported(ws
         "of 2147483647"]
     status = json.loads(ws.cli("status", "--json", env={"LEDGER_DATABASE_URL": pg_url}).output)
     assert status["total"] == 2 and [s["path"] for s in status["storyboards"]] == ["input/storyboard_good.json"]
+
+
+def test_a_json_file_not_named_storyboard_is_mentioned_once_the_template_never(ws):
+    """Before: `input/ep1/myfilm.json` was silently never generated, and the scan said nothing."""
+    ws.storyboard("storyboard_good.json", GOOD)
+    ws.storyboard("ep1/myfilm.json", GOOD)
+    ws.storyboard("_template.json", GOOD)  # the documented example, edited: never scanned, never mentioned
+    ws.storyboard("notes.txt", "not JSON at all")
+    ws.storyboard("ep1/storyboard_b.json.bak", GOOD)
+    ws.storyboard("ep1/storyboard_c_assets/Segment_1/1_v1_0a1b2c3d.json", {"task_id": "x"})  # a video's sidecar
+    for _ in range(2):  # every scan says it, once
+        result = ws.cli("scan")
+        assert result.exit_code == 0, result.output
+        assert lines(result.output, "warning:") == [
+            "warning: input/ep1/myfilm.json: not scanned — storyboard files are named storyboard*.json"]
+    assert recorded(ws.root) == {"input/storyboard_good.json": 4}
+
+
+def _unreadable_to_the_scan() -> List[str]:
+    """The command prefix under which a folder with mode 000 cannot be listed: as is, or for root
+    (whom chmod does not stop) without the capabilities that bypass file permissions."""
+    if os.geteuid() != 0:
+        return []
+    if subprocess.run(["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "true"],
+                      capture_output=True).returncode != 0:
+        pytest.skip("running as root without setpriv: a folder cannot be made unreadable to the scan")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
+
+
+def test_an_unreadable_folder_is_named_and_its_storyboards_keep_their_jobs(ws):
+    """Before: os.walk skipped the folder in silence, and its storyboards' jobs left the queue as gone."""
+    ws.storyboard("storyboard_good.json", GOOD)
+    ws.storyboard("ep2/storyboard_b.json", GOOD)
+    assert ws.cli("scan").exit_code == 0
+    locked = ws.input / "ep2"
+    locked.chmod(0)
+    try:
+        proc = subprocess.run([*_unreadable_to_the_scan(), sys.executable, "-m", "ledger", "scan"], cwd=ws.root,
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        locked.chmod(0o755)
+    assert proc.returncode == 2, proc.stderr
+    assert lines(proc.stderr, "invalid:") == ["invalid: input/ep2: cannot read the folder: Permission denied"]
+    assert "removed" not in proc.stdout and "gone" not in proc.stdout
+    assert query(ws.root, "SELECT s.path, j.state, count(*) FROM jobs j JOIN storyboards s ON s.id = j.storyboard_id "
+                          "GROUP BY s.path, j.state ORDER BY s.path") == [
+        ("input/ep2/storyboard_b.json", "pending", 4), ("input/storyboard_good.json", "pending", 4)]

@@ -10,8 +10,8 @@ import pytest
 import requests
 
 from ledger.client import RemoteTask
-from ledger.errors import (ApiError, AuthError, BadParameters, ConfigError, InsufficientBalance, RateLimited,
-                           RemoteTaskFailed, TaskNotFound, TransientError)
+from ledger.errors import (ApiError, AuthError, BadParameters, ConfigError, ContentRefused, InsufficientBalance,
+                           RateLimited, RemoteTaskFailed, TaskNotFound, TransientError)
 from ledger.providers import RULES, Mapped, Mismatch, Request
 from ledger.providers.hailuo import ERRORS, MODELS, STATUSES, Hailuo, request_body, tariff
 from ledger.settings import load_settings
@@ -224,7 +224,7 @@ def base(code: int, message: str = "") -> dict:
 
 @pytest.mark.parametrize("code, raised", [
     (1000, TransientError), (1001, TransientError), (1013, TransientError), (1002, RateLimited), (1004, AuthError),
-    (1008, InsufficientBalance), (1026, RemoteTaskFailed), (1027, RemoteTaskFailed), (2013, BadParameters),
+    (1008, InsufficientBalance), (1026, ContentRefused), (1027, ContentRefused), (2013, BadParameters),
     (9999, ApiError),  # an undocumented code: an error, neither retried blindly nor terminal
 ])
 def test_every_code_of_the_error_table_raises_its_outcome_on_a_create(code, raised):

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from ledger.client import RemoteTask
-from ledger.errors import (ApiError, AuthError, BadParameters, InsufficientBalance, RateLimited, RemoteTaskFailed,
+from ledger.errors import (ApiError, AuthError, BadParameters, ContentRefused, InsufficientBalance, RateLimited,
                            TaskNotFound, TransientError)
 from ledger.providers import RULES, Mapped, Request, TaskPage
 from ledger.providers import seedance
@@ -264,14 +264,14 @@ def answer(status: int, code: str = "", message: str = "the API says so", body: 
     (429, "RateLimitExceeded.EndpointRPMExceeded", RateLimited),
     (429, "QuotaExceeded", RateLimited),
     (429, "ServerOverloaded", RateLimited),
-    (400, "InputTextSensitiveContentDetected", RemoteTaskFailed),
-    (400, "InputImageSensitiveContentDetected.PrivacyInformation", RemoteTaskFailed),
-    (400, "InputTextRiskDetection", RemoteTaskFailed),
-    (400, "InputImageRiskDetection", RemoteTaskFailed),
-    (400, "OutputVideoSensitiveContentDetected", RemoteTaskFailed),
-    (400, "OutputVideoSensitiveContentDetected.PolicyViolation", RemoteTaskFailed),
-    (400, "InputVideoSensitiveContentDetected.PrivacyInformation", RemoteTaskFailed),
-    (400, "SensitiveContentDetected.Violence", RemoteTaskFailed),
+    (400, "InputTextSensitiveContentDetected", ContentRefused),
+    (400, "InputImageSensitiveContentDetected.PrivacyInformation", ContentRefused),
+    (400, "InputTextRiskDetection", ContentRefused),
+    (400, "InputImageRiskDetection", ContentRefused),
+    (400, "OutputVideoSensitiveContentDetected", ContentRefused),
+    (400, "OutputVideoSensitiveContentDetected.PolicyViolation", ContentRefused),
+    (400, "InputVideoSensitiveContentDetected.PrivacyInformation", ContentRefused),
+    (400, "SensitiveContentDetected.Violence", ContentRefused),
     (400, "InvalidParameter", BadParameters),
     (404, "ModelNotOpen", BadParameters),
     (500, "InternalServiceError", TransientError),
@@ -286,7 +286,7 @@ def test_every_error_code_maps_to_one_outcome(status, code, kind):
     assert type(raised.value) is kind
     if kind is TransientError:
         assert raised.value.maybe_created  # a create that failed this way may have been made
-    if kind is RemoteTaskFailed:
+    if kind is ContentRefused:
         assert str(raised.value).startswith("the API says so (")  # the API's words, verbatim
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger.errors import (AuthError, BadParameters, ConfigError, InsufficientBalance, RateLimited, RemoteTaskFailed,
+from ledger.errors import (AuthError, BadParameters, ConfigError, ContentRefused, InsufficientBalance, RateLimited,
                            TaskNotFound, TransientError)
 from ledger.providers.base import Mapped, Mismatch, Request
 from ledger.providers.wan import (DEFAULT_PRICES, LEGACY, LEGACY_SIZES, MODELS, RULES, STATUSES, _error_kind, _status,
@@ -212,7 +212,7 @@ def test_every_status_word_has_its_outcome_and_an_unknown_one_is_not_finished_an
     ("POST", "/x", "Throttling.RateQuota", 429, RateLimited),
     ("POST", "/x", "Throttling.AllocationQuota", 429, RateLimited),
     ("POST", "/x", "Throttling", 429, RateLimited),
-    ("POST", "/x", "DataInspectionFailed", 400, RemoteTaskFailed),
+    ("POST", "/x", "DataInspectionFailed", 400, ContentRefused),
     ("POST", "/x", "InvalidParameter", 400, BadParameters),
     ("POST", "/x", "InvalidParameter.NotSupported", 400, BadParameters),
     ("POST", "/x", "AccessDenied", 403, BadParameters),

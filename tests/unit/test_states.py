@@ -89,7 +89,8 @@ def test_requeue_never_touches_a_job_that_left_failed_meanwhile(store: Store):
     job_id = job_in(store, State.FAILED, owner=None)  # type: ignore[arg-type]
     with write_tx(store.engine) as conn:  # another worker took it back up a moment ago
         conn.execute(update(jobs).where(jobs.c.id == job_id).values(state=State.SUBMITTED, remote_task_id="paid"))
-    assert store.requeue([job_id]) == (0, 0)
+    done = store.requeue([job_id])
+    assert (done.downloads, done.generations, done.refused) == (0, 0, [])
     row = store.job(job_id)
     assert row is not None and row.state is State.SUBMITTED and row.remote_task_id == "paid"
 

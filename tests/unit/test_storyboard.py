@@ -171,7 +171,7 @@ def test_unknown_keys_are_warnings_not_errors(tmp_path: Path):
 def test_unknown_keys_anywhere_are_warnings_naming_the_key_meant(tmp_path: Path):
     doc = {"metadata": {"projct_name": "P"},
            "defaults": {"duraton": 10, "image_url": "https://x.com/a.jpg", "_note": "a comment"},
-           "segments": [{"segment_index": 1, "prompt_text": "x", "is_pr": True, "colour": "red",
+           "segments": [{"segment_index": 1, "prompt_text": "x", "colour": "red",
                          "asset": {"scen": "city", "characters": [{"nmae": "Mia"}]}}]}
     parsed = read(write(tmp_path / "input" / "storyboard_w.json", doc), tmp_path)
     assert parsed.valid and len(parsed.jobs) == 2  # warnings never block
@@ -186,11 +186,48 @@ def test_unknown_keys_anywhere_are_warnings_naming_the_key_meant(tmp_path: Path)
         "input/storyboard_w.json: /segments/0/asset/scen: unknown key 'scen' ignored; did you mean 'scene'? "
         "(prefix a key with '_' to mark a comment)",
         "input/storyboard_w.json: /segments/0/colour: unknown key 'colour' ignored (prefix it with '_' to mark a comment)",
-        "input/storyboard_w.json: /segments/0/is_pr: unknown key 'is_pr' ignored; did you mean 'is_pro'? "
-        "(prefix a key with '_' to mark a comment)",
     ]
-    # the misspelt key is ignored, not guessed: is_pro stays the default
-    assert parsed.jobs[0].params["is_pro"] is False
+
+
+@pytest.mark.parametrize("doc, line", [
+    ({"segments": [{"segment_index": 1, "prompt_text": "x", "duraton_seconds": 15}]},
+     "/segments/0/duraton_seconds: unknown key — did you mean duration_seconds?"),
+    ({"segments": [{"segment_index": 1, "prompt_text": "x", "Duration_Seconds": 15}]},
+     "/segments/0/Duration_Seconds: unknown key — did you mean duration_seconds?"),
+    ({"segments": [{"segment_index": 1, "prompt_text": "x", "is_pr": True}]},
+     "/segments/0/is_pr: unknown key — did you mean is_pro?"),
+    ({"defaults": {"resolutoin": "vertical"}, "segments": [{"segment_index": 1, "prompt_text": "x"}]},
+     "/defaults/resolutoin: unknown key — did you mean resolution?"),
+    ({"defualts": {"is_pro": True}, "segments": [{"segment_index": 1, "prompt_text": "x"}]},
+     "/defualts: unknown key — did you mean defaults?"),
+    ({"segments": [{"segment_index": 1, "prompt_text": "x", "provider": "kling", "kling": {"mdoe": "pro"}}]},
+     "/segments/0/kling/mdoe: unknown key — did you mean mode?"),
+    ({"defaults": {"Kling": {"mode": "pro"}}, "segments": [{"segment_index": 1, "prompt_text": "x"}]},
+     "/defaults/Kling: unknown key — did you mean kling?"),
+])
+def test_a_near_miss_of_a_paid_key_is_an_error_at_its_pointer(tmp_path: Path, doc, line):
+    """Before: a warning, and the job was paid at the default (15 s asked, 10 s paid)."""
+    parsed = read(write(tmp_path / "input" / "storyboard_p.json", doc), tmp_path)
+    assert [str(p) for p in parsed.problems] == [f"input/storyboard_p.json: {line}"]
+    assert parsed.jobs == [] and parsed.warnings == []
+
+
+def test_a_provider_block_names_a_misspelt_option_at_its_key_and_any_other_unknown_one_once(tmp_path: Path):
+    doc = {"segments": [{"segment_index": 1, "prompt_text": "x", "provider": "kling",
+                         "kling": {"mdoe": "pro", "motion": "fast", "_note": "a comment"}}]}
+    parsed = read(write(tmp_path / "input" / "storyboard_k.json", doc), tmp_path)
+    assert [str(p).split(": ", 1)[1] for p in parsed.problems] == [
+        "/segments/0/kling: unknown option 'motion' for the kling provider (it takes 'cfg_scale', 'mode', "
+        "'negative_prompt', 'sound')",
+        "/segments/0/kling/mdoe: unknown key — did you mean mode?"]
+
+
+def test_far_unknown_keys_stay_warnings_and_underscore_keys_stay_comments(tmp_path: Path):
+    doc = {"defaults": {"_duraton_seconds": 15, "frame_rate": 24},
+           "segments": [{"segment_index": 1, "prompt_text": "x", "_Is_Pro": True, "camera_angle": "low"}]}
+    parsed = read(write(tmp_path / "input" / "storyboard_c.json", doc), tmp_path)
+    assert parsed.valid and parsed.problems == []
+    assert [w.pointer for w in parsed.warnings] == ["/defaults/frame_rate", "/segments/0/camera_angle"]
 
 
 def test_character_bible_is_free_form(tmp_path: Path):
@@ -229,6 +266,7 @@ def test_one_reading_reports_every_problem_of_a_file(tmp_path: Path):
     parsed = read(write(tmp_path / "input" / "storyboard_all.json", doc), tmp_path)
     assert [str(p).split(": ", 1)[1] for p in parsed.problems] == [
         "/defaults/duration_seconds: duration 25s needs the Pro model (is_pro: true); normal generations take 10 or 15 seconds",
+        "/defaults/qualty: unknown key — did you mean quality?",
         "/segments/0/resolution: 'square' is not allowed here; use one of 'horizontal', 'vertical'",
         "/segments/1/is_pro: 'yes' is not of type 'boolean'",
         "/segments/1/segment_index: segment_index 1 is used twice (first at /segments/0)",
@@ -236,8 +274,7 @@ def test_one_reading_reports_every_problem_of_a_file(tmp_path: Path):
         "/segments/2/promt_text: unknown key 'promt_text': did you mean 'prompt_text'? ('prompt_text' is required)",
         "/segments/3/segment_index: segment_index must be a whole number without a decimal point (3, not 3.0)",
     ]
-    assert [str(w).split(": ", 1)[1] for w in parsed.warnings] == [
-        "/defaults/qualty: unknown key 'qualty' ignored; did you mean 'quality'? (prefix a key with '_' to mark a comment)"]
+    assert parsed.warnings == []
     assert parsed.jobs == []
 
 
