@@ -267,7 +267,7 @@ def test_each_refusal_ends_its_job_as_the_error_table_says(ws, sim, env):
 def test_the_risk_checks_and_every_sensitive_content_code_are_refusals_in_the_apis_words(ws, sim, env):
     """Ark's error table: InputTextRiskDetection, InputImageRiskDetection and the
     *SensitiveContentDetected* family (HTTP 400) refuse the content: the job ends refused
-    (remote_failed) with the API's message, never as bad parameters."""
+    (error kind refused) with the API's message, never as bad parameters."""
     env = {**env, "MAX_CONCURRENT_TASKS": "1"}
     codes = {"InputTextRiskDetection": "The request could not be processed because the input text includes "
                                        "sensitive content that violates ContentSecurityDetection.",
@@ -281,7 +281,7 @@ def test_the_risk_checks_and_every_sensitive_content_code_are_refusals_in_the_ap
     result = ws.cli("run", "--no-progress", env=env)
     assert result.exit_code == 1, result.output
     rows = query(ws.root, "SELECT state, error_kind, error_message FROM jobs ORDER BY segment_index")
-    assert rows == [("failed", "remote_failed", f"{message} ({code})") for code, message in codes.items()]
+    assert rows == [("failed", "refused", f"{message} ({code})") for code, message in codes.items()]
     assert (billed(sim), spent(ws), sim.stats()["tasks_created"]) == (0, 0, 0)
 
 

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from ledger.cli import cli
 from ledger.settings import load_settings
-from tests.helpers import query
+from tests.helpers import api_env, query
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "input" / "_template.json"
@@ -57,7 +57,7 @@ def quick_start_commands() -> List[str]:
     return [line.split(" #")[0].strip() for line in block.group(1).splitlines() if line.strip()]
 
 
-def test_a_fresh_clone_following_the_quick_start_pays_only_for_the_users_storyboard(tmp_path, sim, api_key):
+def test_a_fresh_clone_following_the_quick_start_pays_only_for_the_users_storyboard(tmp_path, make_sim):
     clone = fresh_clone(tmp_path / "clone")
     ledger = f"{sys.executable} -m ledger"
     ran = []
@@ -68,18 +68,21 @@ def test_a_fresh_clone_following_the_quick_start_pays_only_for_the_users_storybo
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, (command, result.stdout, result.stderr)
         ran.append(command)
-        if command.endswith("ledger init"):
-            # What the user does next: their key into .env (and, here, the simulator as the API).
+        init = re.search(r"ledger init(?: --provider (\w+))?$", command)
+        if init:
+            # What the user does next: their key into .env (and, here, a simulator of that API as the API).
+            sim = make_sim(protocol=init.group(1) or "sora_hk")
             env = (clone / ".env").read_text(encoding="utf-8")
-            assert "\nSORA_API_KEY=\n" in env
-            (clone / ".env").write_text(env.replace("\nSORA_API_KEY=\n", f"\nSORA_API_KEY={api_key}\n")
-                                        + f"SORA_BASE_URL={sim.base_url}\nPOLL_MIN_INTERVAL=0.05\n", encoding="utf-8")
+            for name, value in api_env(sim).items():
+                if name != "PROVIDER":
+                    assert f"\n{name}=" in env, (name, env)  # init wrote the setting for the user to fill in
+                    env = re.sub(rf"\n{name}=[^\n]*\n", f"\n{name}={value}\n", env)
+            (clone / ".env").write_text(env + "POLL_MIN_INTERVAL=0.05\n", encoding="utf-8")
     assert any(c.endswith("ledger run") for c in ran) and any("--dry-run" in c for c in ran)
     assert query(clone, "SELECT path FROM storyboards") == [("input/storyboard_myfilm.json",)]
     assert query(clone, "SELECT state, count(*) FROM jobs GROUP BY state") == [("done", 2)]
-    tasks = sim.tasks()
     prompt = "A drone shot over a neon city at dusk, rain-slick streets reflecting signs."
-    assert [(t["prompt"], t["image_url"]) for t in tasks] == [(prompt, ""), (prompt, "")]
+    assert [t.prompt for t in sim.tasks_newest_first()] == [prompt, prompt]
     assert git_status(clone) == []  # the user's storyboard, key, ledger and videos stay out of git
 
 
