@@ -148,7 +148,9 @@ def test_kill_9_at_random_moments_then_resume(ws, make_sim, work_env):
     # Creates answer 0.3 s after the task is made, like the real service: kills often land between
     # the paid POST and the ledger learning its task id.
     sim = make_sim(gen_seconds=0.6, create_latency=0.3)
-    env = {**work_env, **api_env(sim), "MAX_CONCURRENT_TASKS": "4"}
+    # A job written ahead by a killed worker whose task is not listed is sent again only once its
+    # create could no longer be on its way (connect + read timeout + grace): short timeouts here.
+    env = {**work_env, **api_env(sim), "MAX_CONCURRENT_TASKS": "4", "CONNECT_TIMEOUT": "2", "READ_TIMEOUT": "5"}
     ws.storyboard("storyboard_a.json", segments(*[f"shot {i}" for i in range(12)]))
     assert ws.cli("scan", env=work_env).exit_code == 0
     seed = random.randrange(1 << 30)
