@@ -48,7 +48,7 @@ from .states import ALL_STATES, State
 from .store import JobRow, JobScope, Requeued, Store
 from . import export as exporting
 from . import destinations, quickstart, refs
-from .i18n import ntr, tr
+from .i18n import N_, ntr, tr
 from .store import (PickRefused, clear_pick, job_by_key, pick_counts, pick_rows, record_pick, segment_pick,
                     storyboards_by_suffix, takes)
 from .storyboard import ledger_path
@@ -254,15 +254,16 @@ def cli(ctx: click.Context, verbose: int, database_url: Optional[str]) -> None:
     ctx.obj = App(cwd=Path.cwd(), environ=dict(os.environ), verbose=verbose, database_url=database_url, redactor=redactor)
 
 
+_INIT_ACTIONS = (N_("created"), N_("replaced"), N_("kept"))  # quickstart.Action, as init says them
 _INIT_NOTES = {
-    (quickstart.ENV_FILE, quickstart.Action.CREATED): "every setting, commented out; your key goes after {key}=",
-    (quickstart.ENV_FILE, quickstart.Action.REPLACED): "(--force) every setting, commented out; your key goes after "
-                                                       "{key}=",
-    (quickstart.ENV_FILE, quickstart.Action.KEPT): "it exists (--force replaces it)",
-    ("input", quickstart.Action.CREATED): "storyboard*.json files in it (and in its sub-folders) are scanned",
-    ("input/_template.json", quickstart.Action.CREATED): "the documented example; never scanned, nothing is paid for it",
-    ("input/_template.json", quickstart.Action.REPLACED): "(--force) the documented example; never scanned",
-    ("input/_template.json", quickstart.Action.KEPT): "it exists (--force replaces it)",
+    (quickstart.ENV_FILE, quickstart.Action.CREATED): N_("every setting, commented out; your key goes after {key}="),
+    (quickstart.ENV_FILE, quickstart.Action.REPLACED): N_("(--force) every setting, commented out; your key goes after "
+                                                       "{key}="),
+    (quickstart.ENV_FILE, quickstart.Action.KEPT): N_("it exists (--force replaces it)"),
+    ("input", quickstart.Action.CREATED): N_("storyboard*.json files in it (and in its sub-folders) are scanned"),
+    ("input/_template.json", quickstart.Action.CREATED): N_("the documented example; never scanned, nothing is paid for it"),
+    ("input/_template.json", quickstart.Action.REPLACED): N_("(--force) the documented example; never scanned"),
+    ("input/_template.json", quickstart.Action.KEPT): N_("it exists (--force replaces it)"),
 }
 
 
@@ -277,21 +278,22 @@ def init_command(app: App, force: bool, provider: Optional[str]) -> None:
     steps = quickstart.init_project(app.cwd, force=force, provider=provider)
     key = quickstart.key_setting(provider)
     for step in steps:
-        out.print(f"{step.action.value} {step.path.as_posix()}: "
-                  f"{_INIT_NOTES[(step.path.as_posix(), step.action)].format(key=key)}", markup=False)
+        out.print(f"{tr(step.action.value)} {step.path.as_posix()}: "
+                  f"{tr(_INIT_NOTES[(step.path.as_posix(), step.action)]).format(key=key)}", markup=False)
     if provider and quickstart.Step(Path(quickstart.ENV_FILE), quickstart.Action.KEPT) in steps:
-        out.print(f"Next: set PROVIDER={provider} and {key}= in your .env (or `ledger init --provider {provider} "
-                  "--force` rewrites it), then", markup=False)
+        out.print(tr("Next: set PROVIDER={provider} and {key}= in your .env (or `ledger init --provider {provider} "
+                     "--force` rewrites it), then").format(provider=provider, key=key), markup=False)
     else:
-        out.print(f"Next: put your key after {key}= in .env, then", markup=False)
-    out.print("  cp input/_template.json input/storyboard_myfilm.json   # write your segments in the copy", markup=False)
-    out.print("  ledger run --dry-run                                   # what would be paid, beside your balance",
+        out.print(tr("Next: put your key after {key}= in .env, then").format(key=key), markup=False)
+    out.print("  cp input/_template.json input/storyboard_myfilm.json   # " + tr("write your segments in the copy"),
               markup=False)
-    out.print("and `ledger run` to generate. Only storyboard*.json files are submitted.", markup=False)
+    out.print("  ledger run --dry-run                                   # " + tr("what would be paid, beside your balance"),
+              markup=False)
+    out.print(tr("and `ledger run` to generate. Only storyboard*.json files are submitted."), markup=False)
     if (provider or DEFAULT_PROVIDER) in SORA_PROVIDERS:
         others = ", ".join(name for name in REGISTRY if name not in SORA_PROVIDERS)
-        out.print(f"Note: the Sora upstream closed on {CLOSED_ON}; `ledger init --provider NAME --force` writes .env "
-                  f"for another provider ({others}).", markup=False)
+        out.print(tr("Note: the Sora upstream closed on {date}; `ledger init --provider NAME --force` writes .env "
+                     "for another provider ({others}).").format(date=CLOSED_ON, others=others), markup=False)
 
 
 def layout_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -472,21 +474,24 @@ def status_command(ctx: click.Context, as_json: bool, job: Optional[str], show_a
     if maybe_paid:
         whose = ", ".join(maybe_paid)
         owed = f"{plural(unpaid, 'job')} not yet paid for and " if unpaid else ""
-        out.print(f"Spent {spent_text}; estimated remaining {report.remaining} for {owed}"
-                  f"{plural(sum(maybe_paid.values()), 'job')} maybe paid ({whose} bills at the create, and "
-                  f"the create got no answer), at {described}.", markup=False)
+        out.print(tr("Spent {spent}; estimated remaining {remaining} for {owed}{maybe} maybe paid ({whose} bills at "
+                     "the create, and the create got no answer), at {prices}.").format(
+                  spent=spent_text, remaining=report.remaining, owed=owed, maybe=plural(sum(maybe_paid.values()), "job"),
+                  whose=whose, prices=described), markup=False)
     elif unpaid:
-        out.print(f"Spent {spent_text}; estimated remaining {report.remaining} "
-                  f"for {plural(unpaid, 'job')} not yet paid for, at {described}.", markup=False)
+        out.print(ntr("Spent {spent}; estimated remaining {remaining} for {n} job not yet paid for, at {prices}.",
+                      "Spent {spent}; estimated remaining {remaining} for {n} jobs not yet paid for, at {prices}.",
+                      unpaid, spent=spent_text, remaining=report.remaining, prices=described), markup=False)
     else:
-        out.print(f"Spent {spent_text}; nothing left to pay for. Prices: {described}.", markup=False)
+        out.print(tr("Spent {spent}; nothing left to pay for. Prices: {prices}.").format(spent=spent_text,
+                                                                                          prices=described), markup=False)
     if workers:
         held = ", ".join(f"{w.host}:{w.pid} holding {w.jobs_held}" for w in workers)
         out.print(f"Workers: {len(workers)} live ({held}); `ledger workers` shows them and the API keys.", markup=False)
     if report.unresolved:
-        out.print(f"{report.unresolved} job(s) are unresolved: a create went unanswered and the task list could not "
-                  f"be read back far enough to tell whether it made a task. Nothing is sent again for them; "
-                  f"`ledger work` looks again (details: `ledger show JOB`).", markup=False)
+        out.print(tr("{n} job(s) are unresolved: a create went unanswered and the task list could not be read back "
+                     "far enough to tell whether it made a task. Nothing is sent again for them; `ledger work` looks "
+                     "again (details: `ledger show JOB`).").format(n=report.unresolved), markup=False)
 
 
 class MoneyType(click.ParamType):
@@ -523,10 +528,12 @@ def _spend_caps(given: Sequence[Tuple[int, Optional[str]]], currencies: Sequence
                                  f"give each cap its currency, e.g. --max-spend '$5' --max-spend ¥50 (quoted: a shell reads $5 as a variable)")
             currency = in_play[0]
         elif currency not in in_play:
-            raise UsageError(f"--max-spend {money(amount, currency)}: no job of this run is priced in {currency} — "
-                             f"it would limit nothing; the run pays in {', '.join(in_play)}: give the cap in that "
-                             f"currency (a bare --max-spend {amount / 100:g} is in {in_play[0]})" if len(in_play) == 1
-                             else "currency")
+            bare = (tr(" (a bare --max-spend {amount} is in {currency})").format(amount=f"{amount / 100:g}",
+                                                                                 currency=in_play[0])
+                    if len(in_play) == 1 else "")
+            raise UsageError(tr("--max-spend {cap}: no job of this run is priced in {currency} — it would limit "
+                                "nothing; the run pays in {in_play}: give the cap in that currency").format(
+                cap=money(amount, currency), currency=currency, in_play=", ".join(in_play)) + bare)
         if currency in caps:
             raise UsageError(f"--max-spend names {currency} twice ({money(caps[currency], currency)} and "
                              f"{money(amount, currency)})")

@@ -40,6 +40,7 @@ from urllib3.util.retry import Retry
 
 from . import __version__
 from .download import DownloadLimits, DownloadResult, describe_request_error, download_file
+from .i18n import tr
 from .errors import (
     ApiError,
     AuthError,
@@ -457,7 +458,8 @@ class ApiClient:
         unreachable or wrong base URL, a proxy that refuses or does not answer. Only answers that
         show the API is there but busy are tried again (``PREFLIGHT_ATTEMPTS``)."""
         if not self._has_credentials():
-            raise ConfigError(f"{self.KEY_SETTING} is not set: set it in .env ({self.KEY_SETTING}={self.KEY_EXAMPLE})")
+            raise ConfigError(tr("{setting} is not set: set it in .env ({setting}={example})").format(
+                setting=self.KEY_SETTING, example=self.KEY_EXAMPLE))
         timeouts = (min(timeout[0], self._timeout[0]), min(timeout[1], self._timeout[1]))
         session = _Session()
         # No urllib3 retries here: one refused connection already says what is wrong. The

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Dict, List, Set, Tuple
 
 from .errors import ConfigError
+from .i18n import tr
 from .settings import Settings
 from .storyboard import Layout, ledger_path
 from .store import JobScope, Store
@@ -59,9 +60,10 @@ def prove_writable(folders: List[Path], output_dir: Path) -> None:
             os.replace(probe, final)
         except OSError as exc:
             cause = exc.strerror or type(exc).__name__
-            fix = ("set OUTPUT_DIR (or --output-dir) to a folder this machine can write" if folder == output_dir
-                   else "make the storyboard's folder writable, or use --output-mode centralized")
-            raise ConfigError(f"the videos cannot be saved in {folder}: {cause}; nothing was sent — {fix}") from exc
+            fix = (tr("set OUTPUT_DIR (or --output-dir) to a folder this machine can write") if folder == output_dir
+                   else tr("make the storyboard's folder writable, or use --output-mode centralized"))
+            raise ConfigError(tr("the videos cannot be saved in {folder}: {cause}; nothing was sent — {fix}").format(
+                folder=folder, cause=cause, fix=fix)) from exc
         finally:  # also on Ctrl+C: the probe never stays behind
             for leftover in (probe, final):
                 try:

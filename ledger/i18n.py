@@ -71,6 +71,11 @@ def translations() -> gettext.NullTranslations:
     return _active
 
 
+def N_(message: str) -> str:
+    """Marks a message for the catalog where it is defined; ``tr`` translates it where it is shown."""
+    return message
+
+
 def tr(message: str) -> str:
     """``message`` in the user's language (itself when it has no translation)."""
     return translations().gettext(message)

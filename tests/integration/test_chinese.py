@@ -42,3 +42,17 @@ def test_ledger_lang_in_the_projects_env_file_is_heard(ws, sim, work_env):
                             env={**machine, **work_env, "LANG": "en_US.UTF-8", "LC_ALL": ""}, capture_output=True,
                             timeout=60)
     assert result.returncode == 0 and "已扫描" in result.stdout, result.stdout + result.stderr
+
+
+def test_first_contact_errors_in_chinese(ws, sim, work_env):
+    """The errors a newcomer meets first: a cap in the wrong currency, an unwritable output folder."""
+    ws.storyboard("storyboard_a.json", segments("never paid for"))
+    zh = {**work_env, "LEDGER_LANG": "zh"}
+    proc = spawn(ws.root, zh, "run", "--no-progress", "--max-spend", "¥5")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "错误：" in err and "--max-spend ¥5.00：本次运行没有任务以 CNY 计价" in err, err
+    (ws.root / "afile").write_text("x")
+    proc = spawn(ws.root, {**zh, "OUTPUT_DIR": "afile/out"}, "work", "--no-progress")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3 and "视频无法保存到" in err and "未提交任何任务" in err, err
+    assert sim.stats()["creates_received"] == 0
