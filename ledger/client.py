@@ -420,6 +420,16 @@ class ApiClient:
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._session.headers["User-Agent"] = f"ledger/{__version__}"
+        # Everything but a GET goes out once, never again by urllib3 — not even after a refused
+        # connection: a retry after its back-off could send a paid create past the lease check
+        # (``Store.clear_to_send``) after another worker took the job over. The steps decide.
+        once = HTTPAdapter(max_retries=Retry(total=0, connect=0, read=0, redirect=0, status=0, other=0,
+                                             raise_on_status=False))
+        once.poolmanager, once.proxy_manager = adapter.poolmanager, adapter.proxy_manager
+        self._sent_once = _Session()
+        self._sent_once.mount("http://", once)
+        self._sent_once.mount("https://", once)
+        self._sent_once.headers["User-Agent"] = self._session.headers["User-Agent"]
 
     @classmethod
     def from_settings(
@@ -615,7 +625,8 @@ class ApiClient:
         url = self.base_url + path
         retry = self._retry
         while True:
-            self.backoff.wait()
+            if method == "GET":  # a create waited out the pauses before its lease check (``clear_to_send``)
+                self.backoff.wait()
             try:
                 return self._call_once(method, path, url, params, body)
             except TransientError as exc:
@@ -644,7 +655,8 @@ class ApiClient:
         headers.update(self._auth_headers())
         started = time.monotonic()
         try:
-            resp = self._session.request(
+            session = self._session if method == "GET" else self._sent_once
+            resp = session.request(
                 method, url, params=params, json=body, headers=headers, timeout=self._timeout,
                 proxies=self._proxies_for(url),  # type: ignore[arg-type]  # None entries mean "direct"
             )

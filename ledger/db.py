@@ -84,6 +84,10 @@ def make_engine(url: str, *, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> Engi
         parsed = parsed.set(drivername="postgresql+psycopg")
     # Without a connect timeout an unroutable host keeps a command waiting for minutes.
     connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+    if parsed.get_backend_name() == "postgresql":
+        # A worker frozen (or cut off) inside a transaction would hold its row locks for ever and stop
+        # every other machine: the server ends such a transaction after as long as others wait for a lock.
+        connect_args["options"] = f"-c idle_in_transaction_session_timeout={max(1000, int(busy_timeout * 1000))}"
     try:
         return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
     except (ImportError, sa_exc.NoSuchModuleError) as exc:

@@ -654,7 +654,7 @@ class WanClient(ApiClient):
         self.backoff.wait()
         headers = {"Accept": "application/json", ASYNC_HEADER: "enable", **self._auth_headers()}
         try:
-            resp = self._session.post(url, json=body, headers=headers, timeout=self._timeout,
+            resp = self._sent_once.post(url, json=body, headers=headers, timeout=self._timeout,
                                       proxies=self._proxies_for(url))  # type: ignore[arg-type]
         except requests.RequestException as exc:
             raise self._transport_error("POST", path, exc) from exc
