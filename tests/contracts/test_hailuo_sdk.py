@@ -7,12 +7,12 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any, Dict
 
 import pytest
 
 from ledger.providers.hailuo import request_body
-from ledger.sim import SimConfig, SimServer
+from ledger.sim import SimServer
 from tests.contracts import runner
 
 KEY = "sk-api-contract-0000000000000000"
@@ -31,10 +31,8 @@ def mcp_server(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 @pytest.fixture
-def sim() -> Iterator[SimServer]:
-    server = SimServer(SimConfig(protocol="hailuo", api_key=KEY, gen_seconds=0.0, seed=7)).start()
-    yield server
-    server.stop()
+def sim(start_sim: Any) -> SimServer:
+    return start_sim("hailuo", KEY, gen_seconds=0.0)
 
 
 def point(server: Any, monkeypatch: pytest.MonkeyPatch, url: str) -> None:

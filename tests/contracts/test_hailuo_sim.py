@@ -5,12 +5,12 @@ the documented shape — the v2 list's ``items``/``total``, a task's ``error{cod
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Iterator, Mapping
+from typing import Any, Dict, Mapping
 
 import pytest
 import requests
 
-from ledger.sim import SimConfig, SimServer
+from ledger.sim import SimServer
 from ledger.sim.hailuo import PROTOCOL
 from tests.contracts import runner
 
@@ -31,17 +31,8 @@ def documented_request(name: str) -> Mapping[str, Any]:
 
 
 @pytest.fixture
-def make_sim() -> Iterator[Any]:
-    servers = []
-
-    def make(**config: Any) -> SimServer:
-        server = SimServer(SimConfig(protocol="hailuo", api_key=KEY, seed=7, **{"gen_seconds": 0.0, **config}))
-        servers.append(server.start())
-        return server
-
-    yield make
-    for server in servers:
-        server.stop()
+def make_sim(start_sim: Any) -> Any:
+    return lambda **config: start_sim("hailuo", KEY, **{"gen_seconds": 0.0, **config})
 
 
 def call(sim: SimServer, method: str, path: str, **kw: Any) -> requests.Response:

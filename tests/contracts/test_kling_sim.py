@@ -3,12 +3,12 @@ documented paths (and answers the undocumented ones as the API does, 404), and i
 documented shape. The simulator is the rehearsal server; the fixtures are the truth."""
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import pytest
 import requests
 
-from ledger.sim import SimConfig, SimServer
+from ledger.sim import SimServer
 from tests.contracts import runner
 
 KEY = "kling-sim-contract-key-0000000000"
@@ -20,10 +20,8 @@ OPTIONAL = (".data.watermark_info", ".data.task_result.videos[].watermark_url", 
 
 
 @pytest.fixture
-def sim() -> Iterator[SimServer]:
-    server = SimServer(SimConfig(protocol="kling", api_key=KEY, gen_seconds=GEN, seed=7, balance=10 ** 8)).start()
-    yield server
-    server.stop()
+def sim(start_sim: Any) -> SimServer:
+    return start_sim("kling", KEY, gen_seconds=GEN, balance=10 ** 8)
 
 
 def call(sim: SimServer, method: str, path: str, *, params: Optional[Mapping[str, Any]] = None,

@@ -14,7 +14,7 @@ from openai.types import Video
 from pytest_httpserver import HTTPServer
 from werkzeug.wrappers import Request
 
-from ledger.sim import SimConfig, SimServer
+from ledger.sim import SimServer
 from ledger.sim.server import POLICY_TRIGGER
 from tests.contracts import runner
 
@@ -120,10 +120,8 @@ def test_every_documented_video_is_a_valid_sdk_video(name):
 
 
 @pytest.fixture
-def sim() -> Iterator[SimServer]:
-    server = SimServer(SimConfig(protocol="openai", api_key=KEY, gen_seconds=0.0, seed=5)).start()
-    yield server
-    server.stop()
+def sim(start_sim: Any) -> SimServer:
+    return start_sim("openai", KEY, gen_seconds=0.0, seed=5)
 
 
 def test_the_sdk_runs_against_the_simulator_and_its_answers_are_valid_sdk_types(sim):

@@ -3,13 +3,13 @@ serves the documented paths (and no others), and its answers have the documented
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Iterator
+from typing import Any, Dict
 
 import pytest
 import requests
 
 from ledger.providers.openai_videos import OpenAIVideos
-from ledger.sim import SimConfig, SimServer
+from ledger.sim import SimServer
 from ledger.sim.server import POLICY_TRIGGER
 from tests.contracts import runner
 
@@ -20,10 +20,8 @@ UNFINISHED = ("completed_at", "expires_at", "remixed_from_video_id", "error")
 
 
 @pytest.fixture
-def sim() -> Iterator[SimServer]:
-    server = SimServer(SimConfig(protocol="openai", api_key=KEY, gen_seconds=0.0, seed=3)).start()
-    yield server
-    server.stop()
+def sim(start_sim: Any) -> SimServer:
+    return start_sim("openai", KEY, gen_seconds=0.0, seed=3)
 
 
 def call(sim: SimServer, method: str, path: str, key: str = KEY, **kw: Any) -> requests.Response:

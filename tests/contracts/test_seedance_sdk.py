@@ -19,7 +19,7 @@ from volcenginesdkarkruntime.types.content_generation.create_task_content_param 
 from werkzeug.wrappers import Response
 
 from ledger.providers.seedance import FAST, NORMAL, PRO, V25, seed_of
-from ledger.sim.server import SimConfig, SimServer
+
 from tests.contracts import runner
 
 KEY = "seedance-contract-key-000000000000"  # the key runner.open_client gives ledger
@@ -161,17 +161,8 @@ def test_ledger_gets_and_lists_as_the_sdk_does(httpserver, ledger_client):
 
 
 @pytest.fixture
-def start() -> Iterator[Any]:
-    servers: List[SimServer] = []
-
-    def make(**config: Any) -> SimServer:
-        server = SimServer(SimConfig(protocol="seedance", api_key=KEY, seed=7, **config)).start()
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.stop()
+def start(start_sim: Any) -> Any:
+    return lambda **config: start_sim("seedance", KEY, **config)
 
 
 def typed_fields(model: Any, raw: Mapping[str, Any]) -> List[str]:

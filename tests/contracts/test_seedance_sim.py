@@ -4,13 +4,13 @@ so a rehearsal with ``ledger sim --protocol seedance`` meets the API as Ark docu
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Iterator, Mapping
+from typing import Any, Dict, Mapping
 
 import pytest
 import requests
 
 from ledger.providers.seedance import request_body
-from ledger.sim.server import SimConfig, SimServer
+from ledger.sim.server import SimServer
 from tests.contracts import runner
 
 KEY = "ark-contract-key-0000000000000000"
@@ -19,17 +19,8 @@ TASKS = "/api/v3/contents/generations/tasks"
 
 
 @pytest.fixture
-def start() -> Iterator[Any]:
-    servers = []
-
-    def make(**config: Any) -> SimServer:
-        server = SimServer(SimConfig(protocol="seedance", api_key=KEY, seed=7, **config)).start()
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.stop()
+def start(start_sim: Any) -> Any:
+    return lambda **config: start_sim("seedance", KEY, **config)
 
 
 def call(sim: SimServer, method: str, path: str, key: str = KEY, **kw: Any) -> requests.Response:

@@ -2,12 +2,12 @@
 serves the documented paths (and no others), and its answers have the documented shape."""
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator
+from typing import Any, Dict
 
 import pytest
 import requests
 
-from ledger.sim import SimConfig, SimServer
+from ledger.sim import SimServer
 from ledger.sim.server import POLICY_TRIGGER
 from tests.contracts import runner
 
@@ -16,10 +16,8 @@ DOCS = {f.path.stem: f.data for f in runner.fixtures("sora_hk")}
 
 
 @pytest.fixture
-def sim() -> Iterator[SimServer]:
-    server = SimServer(SimConfig(protocol="sora_hk", api_key=KEY, gen_seconds=0.0, seed=3)).start()
-    yield server
-    server.stop()
+def sim(start_sim: Any) -> SimServer:
+    return start_sim("sora_hk", KEY, gen_seconds=0.0, seed=3)
 
 
 def call(sim: SimServer, method: str, path: str, key: str = KEY, **kw: Any) -> requests.Response:

@@ -10,9 +10,9 @@ from typing import Any, Dict, Iterator, List, Mapping, Tuple
 import dashscope
 import pytest
 from dashscope import VideoSynthesis
-from werkzeug.wrappers import Request as WerkzeugRequest, Response
+from werkzeug.wrappers import Request as WerkzeugRequest
 
-from ledger.sim import SimConfig, SimServer
+from ledger.sim import SimServer
 from tests.contracts import runner
 
 KEY = "sk-contract-0000000000000000"
@@ -95,10 +95,8 @@ def test_ledger_sends_the_create_the_official_sdk_sends_field_by_field(httpserve
 
 
 @pytest.fixture
-def sim() -> Iterator[SimServer]:
-    server = SimServer(SimConfig(protocol="wan", api_key=KEY, seed=7, gen_seconds=0.0)).start()
-    yield server
-    server.stop()
+def sim(start_sim: Any) -> SimServer:
+    return start_sim("wan", KEY, gen_seconds=0.0)
 
 
 def test_the_sdk_creates_fetches_and_lists_through_the_simulator_with_its_own_response_types(sim, sdk_at):

@@ -5,12 +5,12 @@ protocol's fields, serves the documented paths only, and its answers have the do
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Iterator, Mapping
+from typing import Any, Dict, Mapping
 
 import pytest
 import requests
 
-from ledger.sim import SimConfig, SimServer
+from ledger.sim import SimServer
 from tests.contracts import runner
 
 KEY = "sk-contract-0000000000000000"
@@ -20,17 +20,8 @@ HEADERS = {"Authorization": f"Bearer {KEY}", "X-DashScope-Async": "enable"}
 
 
 @pytest.fixture
-def make() -> Iterator[Any]:
-    servers = []
-
-    def start(**config: Any) -> SimServer:
-        server = SimServer(SimConfig(protocol="wan", api_key=KEY, seed=7, **config)).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
+def make(start_sim: Any) -> Any:
+    return lambda **config: start_sim("wan", KEY, **config)
 
 
 def url(sim: SimServer, path: str) -> str:
