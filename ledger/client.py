@@ -40,7 +40,6 @@ from urllib3.util.retry import Retry
 
 from . import __version__
 from .download import DownloadLimits, DownloadResult, describe_request_error, download_file
-from .i18n import tr
 from .errors import (
     ApiError,
     AuthError,
@@ -49,12 +48,12 @@ from .errors import (
     InsufficientBalance,
     RateLimited,
     InvalidTaskId,
-    RemoteTaskFailed,
     ServiceClosed,
-    remote_failure,
     TaskNotFound,
     TransientError,
+    remote_failure,
 )
+from .i18n import tr
 from .redact import mask_key, redact
 from .settings import Settings
 from .sunset import closed_message, says_closed
@@ -715,6 +714,12 @@ class ApiClient:
     def _preflight_once(self, session: requests.Session, timeouts: Tuple[float, float]) -> Any:
         """Make the pre-flight call once; ``_Busy`` when another try may do."""
         raise NotImplementedError
+
+    def _not_the_apis_404(self, where: str, detail: str, status: int) -> TransientError:
+        """A 404 on a task's path without the API's own error body: a proxy's or load balancer's
+        page, not the API's word that the task is gone — asked again, never "task not found"."""
+        return TransientError(self._redact(f"{where}, not the API's own answer ({detail}); asked again"),
+                              http_status=status)
 
     def _not_the_api(self, resp: requests.Response) -> ConfigError:
         """The pre-flight's answer is not this API's: the base URL points elsewhere."""

@@ -32,7 +32,7 @@ import math
 import re
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Type, Union
 from urllib.parse import quote
@@ -587,8 +587,7 @@ class Hailuo(ApiClient):
         kind = kind or ERRORS.get(status)
         if _is_lookup(method, path) and code is None and status == 404:
             # Not MiniMax's own body: a proxy or load balancer answered, not the task's end.
-            return TransientError(self._redact(f"{where}, not the API's own answer ({detail}); asked again"),
-                                  http_status=status)
+            return self._not_the_apis_404(where, detail, status)
         if _is_lookup(method, path) and code in NOT_FOUND:
             return TaskNotFound(self._redact(f"{where}, the API does not know this id ({detail})"), code=code,
                                 http_status=status)

@@ -652,8 +652,7 @@ class KlingClient(ApiClient):
             return self._rate_limit_error(where, resp, detail, code)
         if outcome == NOT_FOUND and method == "GET" and _TASK_PATH.match(path) and code is None:
             # Not Kling's envelope: a proxy or load balancer answered, not the task's end.
-            return TransientError(self._redact(f"{where}, not the API's own answer ({detail}); asked again"),
-                                  http_status=status)
+            return self._not_the_apis_404(where, detail, status)
         if outcome == NOT_FOUND and method == "GET" and _TASK_PATH.match(path):
             return TaskNotFound(self._redact(f"{where}, the API does not know this task ({detail})"), code=code,
                                 http_status=status)

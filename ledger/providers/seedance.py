@@ -512,8 +512,7 @@ class Seedance(ApiClient):
         detail = "; ".join(p for p in parts if p) or f"unexpected body: {_snippet(resp.text)!r}"
         if status == 404 and method == "GET" and path.startswith(TASKS + "/") and not code:
             # Not Ark's own error body: a proxy or load balancer answered, not the task's end.
-            return TransientError(self._redact(f"{where}, not the API's own answer ({detail}); asked again"),
-                                  http_status=status)
+            return self._not_the_apis_404(where, detail, status)
         if status == 404 and method == "GET" and path.startswith(TASKS + "/"):
             return TaskNotFound(self._redact(f"{where}, the API does not know this task ({detail})"), http_status=status)
         kind = ERRORS.get(code) or ERRORS.get(code.split(".")[0]) or _refusal(code) or ERRORS.get(status)
